@@ -1,0 +1,1525 @@
+"""schedserver: a cron scheduling server for script and HTTP request schedules, driven over REST.
+
+One module by design: drop it on a box or embed it.
+
+    schedserver [serve] [--config FILE] [--host HOST] [--port PORT] [--data-dir DIR] [--scripts-dir DIR]
+
+is the same as ``python schedserver.py ...`` and ``python -m schedserver ...``. Sections follow the data:
+constants, errors, config, time and cron, storage, runners, scheduler, services, web, CLI.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+import argparse
+import hmac
+import heapq
+import json
+import logging
+import os
+import re
+import secrets
+import signal
+import socket
+import sys
+import threading
+import time
+import tomllib
+import traceback
+import urllib.parse
+import uuid
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable, Iterator
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import bottle
+import croniter
+import filelock
+import requests
+
+log = logging.getLogger("schedserver")
+
+
+###############################################################################
+# Constants and defaults #######################################################
+###############################################################################
+
+API_PREFIX = "/api/v1"
+CURL_PREFIX = API_PREFIX + "/curl/schedule"
+EXEC_PREFIX = API_PREFIX + "/exec/schedules"
+
+MAX_BODY_BYTES = 1024 * 1024            # request bodies above this answer 413
+MAX_RESPONSE_BYTES = 64 * 1024          # an HTTP run reads at most this much of the target's answer
+HISTORY_SIZE = 20                       # runs kept per HTTP schedule for GET /{id}
+MAX_NAME_LENGTH = 200
+MAX_HTTP_TIMEOUT = 300.0
+MAX_REDIRECTS = 10
+MISSED_SCAN_LIMIT = 1000                # slots counted one by one before a missed run is summarised
+FILE_LOCK_TIMEOUT = 10.0                # seconds a writer waits for a file lock before reporting a storage error
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+CRON_HELP = ("use 6 fields: second minute hour day month weekday, e.g. '0 0 9 * * MON-FRI' "
+             "(5-field expressions and @hourly, @daily, @weekly, @monthly, @yearly are accepted too)")
+DEFAULT_DATA_DIR = "./data"
+DEFAULT_SCRIPTS_DIR = "./scripts"
+
+
+###############################################################################
+# Errors #######################################################################
+###############################################################################
+
+class SchedserverError(Exception):
+    """Root of every error schedserver raises on purpose."""
+
+
+class ConfigError(SchedserverError, ValueError):
+    """A problem the user fixes in config, flags or the machine; main() prints it as one line, exit 2."""
+
+
+class StartupError(SchedserverError, RuntimeError):
+    """The server cannot start (data dir in use, corrupt store, port taken); one line, exit 2."""
+
+
+class ApiError(SchedserverError):
+    """An error answered over HTTP: status, machine code and a message a person can act on."""
+
+    status = 500
+    code = "INTERNAL_ERROR"
+
+    def __init__(self, message: str, *, code: str | None = None, status: int | None = None,
+                 headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.message = message
+        if code:
+            self.code = code
+        if status:
+            self.status = status
+        self.headers = headers or {}
+
+
+class InvalidParameter(ApiError, ValueError):
+    status, code = 400, "INVALID_PARAMETER"
+
+
+class InvalidCron(ApiError, ValueError):
+    status, code = 400, "INVALID_CRON_EXPRESSION"
+
+
+class Unauthorized(ApiError):
+    status, code = 401, "UNAUTHORIZED"
+
+    def __init__(self, message: str = "Missing or invalid bearer token"):
+        super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
+
+
+class Forbidden(ApiError):
+    status, code = 403, "FORBIDDEN"
+
+
+class NotFound(ApiError, LookupError):
+    status, code = 404, "NOT_FOUND"
+
+
+class StorageError(ApiError, OSError):
+    status, code = 500, "STORAGE_ERROR"
+
+
+###############################################################################
+# Config #######################################################################
+###############################################################################
+
+def _to_str(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("expected a non-empty string")
+    return value.strip()
+
+
+def _to_int(low: int, high: int) -> Callable[[Any], int]:
+    def convert(value: Any) -> int:
+        if isinstance(value, str) and re.fullmatch(r"\s*-?\d+\s*", value):
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ValueError(f"expected an integer from {low} to {high}")
+        return value
+    return convert
+
+
+def _to_str_list(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):      # environment variables: comma-separated
+        value = [part for part in value.split(",")]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError("expected a list of strings")
+    return tuple(v.strip() for v in value if v.strip())
+
+
+def _to_timezone_name(value: Any) -> str:
+    name = _to_str(value)
+    load_timezone(name)
+    return name
+
+
+def _to_log_level(value: Any) -> str:
+    level = _to_str(value).upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ValueError("expected one of DEBUG, INFO, WARNING, ERROR")
+    return level
+
+
+# (section, key, converter, default, environment variable). Every config key is here; anything else is an error.
+CONFIG_TABLE: tuple[tuple[str, str, Callable[[Any], Any], Any, str | None], ...] = (
+    ("server", "host", _to_str, "127.0.0.1", "SCHEDSERVER_HOST"),
+    ("server", "port", _to_int(0, 65535), 8080, "SCHEDSERVER_PORT"),
+    ("server", "data_dir", _to_str, DEFAULT_DATA_DIR, "SCHEDSERVER_DATA_DIR"),
+    ("server", "scripts_dir", _to_str, DEFAULT_SCRIPTS_DIR, "SCHEDSERVER_SCRIPTS_DIR"),
+    ("server", "threads", _to_int(1, 256), 8, "SCHEDSERVER_THREADS"),
+    ("server", "log_level", _to_log_level, "INFO", "SCHEDSERVER_LOG_LEVEL"),
+    ("scheduler", "timezone", _to_timezone_name, "UTC", "SCHEDSERVER_TIMEZONE"),
+    ("scheduler", "workers", _to_int(1, 1024), 8, "SCHEDSERVER_WORKERS"),
+    ("scheduler", "misfire_grace_seconds", _to_int(0, 3600), 30, "SCHEDSERVER_MISFIRE_GRACE_SECONDS"),
+    ("auth", "tokens", _to_str_list, (), "SCHEDSERVER_TOKEN"),
+    ("auth", "read_tokens", _to_str_list, (), "SCHEDSERVER_READ_TOKEN"),
+    ("auth", "token_file", _to_str, None, "SCHEDSERVER_TOKEN_FILE"),
+    ("curl", "runs_log_max_bytes", _to_int(4096, 2**40), 10 * 1024 * 1024, "SCHEDSERVER_CURL_RUNS_LOG_MAX_BYTES"),
+    ("curl", "runs_log_backups", _to_int(0, 100), 5, "SCHEDSERVER_CURL_RUNS_LOG_BACKUPS"),
+)
+PATH_KEYS = ("data_dir", "scripts_dir", "token_file")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Validated settings; paths are absolute."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: str = DEFAULT_DATA_DIR
+    scripts_dir: str = DEFAULT_SCRIPTS_DIR
+    threads: int = 8
+    log_level: str = "INFO"
+    timezone: str = "UTC"
+    workers: int = 8
+    misfire_grace_seconds: int = 30
+    tokens: tuple[str, ...] = ()
+    read_tokens: tuple[str, ...] = ()
+    token_file: str | None = None
+    runs_log_max_bytes: int = 10 * 1024 * 1024
+    runs_log_backups: int = 5
+    config_file: str | None = None
+
+
+def load_config(flags: dict[str, Any] | None = None, environ: dict[str, str] | None = None) -> Config:
+    """Build the config: flags > environment > TOML file > defaults. Raises ConfigError naming the key."""
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    environ = dict(os.environ if environ is None else environ)
+    config_file = flags.get("config") or environ.get("SCHEDSERVER_CONFIG")
+    file_values: dict[str, Any] = {}
+    base_dir = os.getcwd()
+    if config_file:
+        config_file = os.path.abspath(config_file)
+        base_dir = os.path.dirname(config_file)
+        file_values = _read_toml(config_file)
+    known = {(section, key) for section, key, *_ in CONFIG_TABLE}
+    for section, table in file_values.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{config_file}: [{section}] must be a table, not a value")
+        for key in table:
+            if (section, key) not in known:
+                raise ConfigError(f"{config_file}: unknown key '{section}.{key}'")
+
+    values: dict[str, Any] = {}
+    for section, key, convert, default, env_name in CONFIG_TABLE:
+        value, where, origin_dir = default, None, os.getcwd()
+        if key in file_values.get(section, {}):
+            value, where, origin_dir = file_values[section][key], f"{config_file}: {section}.{key}", base_dir
+        if env_name and env_name in environ:
+            value, where, origin_dir = environ[env_name], f"environment {env_name}", os.getcwd()
+        if key in flags:
+            value, where, origin_dir = flags[key], f"--{key.replace('_', '-')}", os.getcwd()
+        if where is not None:
+            try:
+                value = convert(value)
+            except ValueError as e:
+                raise ConfigError(f"{where}: {e}, got {value!r}") from None
+        if key in PATH_KEYS and value is not None:
+            value = os.path.abspath(os.path.join(origin_dir, os.path.expanduser(value)))
+        values[key] = value
+    return Config(**values, config_file=config_file)
+
+
+def _read_toml(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config file ({e.strerror})") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not valid TOML ({e})") from None
+
+
+###############################################################################
+# Time and cron ################################################################
+###############################################################################
+
+def load_timezone(name: str) -> ZoneInfo:
+    """The IANA zone `name`; ValueError with a readable message when there is none."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, TypeError):
+        raise ValueError(f"unknown timezone {name!r} (use an IANA name such as 'UTC' or 'Europe/Berlin')") from None
+
+
+def utc_iso(ts: float | None, *, ms: bool = False) -> str | None:
+    """An epoch instant as UTC ISO 8601 with `Z`: second precision, or milliseconds with ms=True."""
+    if ts is None:
+        return None
+    dt = datetime.fromtimestamp(ts, timezone.utc)
+    if ms:
+        return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+    return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_iso(text: str) -> float:
+    """An ISO 8601 timestamp as an epoch instant (naive means UTC). ValueError if unparsable."""
+    if not isinstance(text, str):
+        raise ValueError("expected an ISO 8601 string")
+    dt = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.timestamp()
+
+
+CRON_MACROS = {
+    "@yearly": "0 0 0 1 1 *", "@annually": "0 0 0 1 1 *", "@monthly": "0 0 0 1 * *",
+    "@weekly": "0 0 0 * * 0", "@daily": "0 0 0 * * *", "@midnight": "0 0 0 * * *", "@hourly": "0 0 * * * *",
+}
+MONTH_NAMES = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
+DAY_NAMES = ("SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT")
+# (name, low, high, names); weekday 7 is Sunday, as in Vixie cron.
+CRON_FIELDS = (
+    ("second", 0, 59, ()), ("minute", 0, 59, ()), ("hour", 0, 23, ()),
+    ("day", 1, 31, ()), ("month", 1, 12, MONTH_NAMES), ("weekday", 0, 7, DAY_NAMES),
+)
+_CRON_ITEM = re.compile(r"^(?:(\*)|([0-9A-Za-z]+)(?:-([0-9A-Za-z]+))?)(?:/([0-9]+))?$")
+
+
+@dataclass(frozen=True)
+class CronSpec:
+    """A validated cron expression: as the user wrote it, and as six fields, seconds first."""
+
+    expression: str
+    fields: tuple[str, ...]
+
+    @property
+    def wildcard_time(self) -> bool:
+        """True when the minute or hour field starts with `*` (Vixie cron's 'wildcard job')."""
+        return self.fields[1].startswith("*") or self.fields[2].startswith("*")
+
+    def next_after(self, after: float, tz: ZoneInfo) -> float | None:
+        """The first fire instant strictly after `after` (epoch seconds), or None if it never fires again.
+
+        Vixie cron runs a fixed-time job once when the clock falls back; croniter would run it in both
+        passes of the repeated hour, so the second pass is skipped here for non-wildcard jobs.
+        """
+        start = datetime.fromtimestamp(after, tz)
+        try:
+            it = croniter.croniter(" ".join(self.fields), start, second_at_beginning=True)
+            for _ in range(8):
+                ts = it.get_next(datetime).timestamp()
+                if ts <= after:
+                    continue
+                if not self.wildcard_time and _in_repeated_second_pass(ts, tz):
+                    continue
+                return ts
+        except (croniter.CroniterBadDateError, OverflowError, ValueError):
+            return None
+        return None
+
+
+def _in_repeated_second_pass(ts: float, tz: ZoneInfo) -> bool:
+    local = datetime.fromtimestamp(ts, tz)
+    if local.fold != 1:
+        return False
+    return local.replace(fold=0).utcoffset() != local.utcoffset()
+
+
+def parse_cron(expression: Any) -> CronSpec:
+    """Validate a cron expression (6 fields seconds first, 5 fields, or a macro). Raises InvalidCron."""
+    if not isinstance(expression, str):
+        raise InvalidCron(f"Invalid cron expression: expected a string; {CRON_HELP}")
+    text = " ".join(expression.split())
+    if not text:
+        raise InvalidCron(f"Invalid cron expression: empty; {CRON_HELP}")
+    if text.startswith("@"):
+        six = CRON_MACROS.get(text.lower())
+        if six is None:
+            raise InvalidCron(f"Invalid cron expression: unknown macro {text!r}; {CRON_HELP}")
+        return CronSpec(expression, tuple(six.split()))
+    parts = text.split(" ")
+    if len(parts) == 5:
+        parts = ["0"] + parts
+    elif len(parts) != 6:
+        raise InvalidCron(f"Invalid cron expression: {text!r} has {len(parts)} fields; {CRON_HELP}")
+    fields = tuple(_validate_cron_field(part, *spec) for part, spec in zip(parts, CRON_FIELDS))
+    result = CronSpec(expression, fields)
+    if result.next_after(time.time(), ZoneInfo("UTC")) is None:
+        raise InvalidCron(f"Invalid cron expression: {text!r} never fires (no such date); {CRON_HELP}")
+    return result
+
+
+def _validate_cron_field(text: str, name: str, low: int, high: int, names: tuple[str, ...]) -> str:
+    if text == "?" and name in ("day", "weekday"):
+        return "*"
+    for item in text.split(","):
+        match = _CRON_ITEM.match(item)
+        if not match:
+            raise InvalidCron(f"Invalid cron expression: {name} field {text!r} is not valid "
+                              f"(use numbers, names, '*', ranges a-b, lists a,b and steps */n); {CRON_HELP}")
+        star, start, end, step = match.groups()
+        values = [_cron_value(v, name, low, high, names) for v in (start, end) if v is not None]
+        if len(values) == 2 and values[0] > values[1]:
+            raise InvalidCron(f"Invalid cron expression: {name} range {start}-{end} runs backwards; {CRON_HELP}")
+        if step is not None and not 1 <= int(step) <= high - low + 1:
+            raise InvalidCron(f"Invalid cron expression: {name} step /{step} must be from 1 to "
+                              f"{high - low + 1}; {CRON_HELP}")
+        if star is None and not values:
+            raise InvalidCron(f"Invalid cron expression: {name} field {text!r} is empty; {CRON_HELP}")
+    return text.upper()
+
+
+def _cron_value(text: str, name: str, low: int, high: int, names: tuple[str, ...]) -> int:
+    if text.isdigit():
+        value = int(text)
+    elif text.upper() in names:
+        value = names.index(text.upper()) + (1 if name == "month" else 0)
+    else:
+        raise InvalidCron(f"Invalid cron expression: {name} value {text!r} is not a number"
+                          + (f" or a name ({', '.join(names)})" if names else "") + f"; {CRON_HELP}")
+    if not low <= value <= high:
+        raise InvalidCron(f"Invalid cron expression: {name} value {value} is out of range {low}-{high}; "
+                          f"{CRON_HELP}")
+    return value
+
+
+###############################################################################
+# Storage ######################################################################
+###############################################################################
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str, data: bytes, mode: int = 0o600) -> None:
+    """Replace `path` with `data` so that a crash leaves either the old or the new file, never a mix."""
+    directory = os.path.dirname(path)
+    tmp = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    fsync_dir(directory)
+
+
+class JsonStore:
+    """A JSON document on disk, read once at start and replaced atomically under a file lock."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._lock = threading.Lock()
+        self._file_lock = filelock.FileLock(path + ".lock", timeout=FILE_LOCK_TIMEOUT, mode=0o600)
+
+    def load(self, default: Any) -> Any:
+        """The stored document, or `default` when there is no file. A corrupt file raises StartupError."""
+        try:
+            with open(self.path, "rb") as f:
+                raw = f.read()
+        except FileNotFoundError:
+            return default
+        except OSError as e:
+            raise StartupError(f"{self.path}: cannot read ({e.strerror})") from None
+        try:
+            return json.loads(raw)
+        except ValueError as e:
+            raise StartupError(f"{self.path}: corrupt JSON ({e}); the file was left as it is for inspection, "
+                               "restore it from a backup or move it away") from None
+
+    def save(self, document: Any) -> None:
+        """Write `document` crash-safely; raises OSError (or filelock.Timeout) on failure."""
+        data = json.dumps(document, indent=1, sort_keys=True).encode() + b"\n"
+        with self._lock, self._file_lock:
+            atomic_write(self.path, data)
+
+
+class NdjsonLog:
+    """An append-only NDJSON log, rotated by size (`name.1` is the newest backup), read newest first.
+
+    A crash mid-append leaves a torn last line: readers skip it and the next append starts on a new line.
+    """
+
+    def __init__(self, path: str, max_bytes: int, backups: int):
+        self.path = path
+        self.max_bytes = max_bytes
+        self.backups = backups
+        self._lock = threading.Lock()
+        self._file_lock = filelock.FileLock(path + ".lock", timeout=FILE_LOCK_TIMEOUT, mode=0o600)
+        self._warned: set[str] = set()
+
+    def append(self, record: dict) -> None:
+        """Append one record as one line; raises OSError (or filelock.Timeout) on failure."""
+        line = json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+        with self._lock, self._file_lock:
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                size = os.fstat(fd).st_size
+                if size and self.max_bytes and size + len(line) > self.max_bytes:
+                    os.close(fd)
+                    fd = -1
+                    self._rotate()
+                    fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+                    size = 0
+                if size and os.pread(fd, 1, size - 1) != b"\n":
+                    line = b"\n" + line      # a torn line from a crash: never glue onto it
+                os.write(fd, line)
+            finally:
+                if fd >= 0:
+                    os.close(fd)
+
+    def _rotate(self) -> None:
+        if self.backups <= 0:
+            os.truncate(self.path, 0)
+            return
+        for n in range(self.backups - 1, 0, -1):
+            older = f"{self.path}.{n}"
+            if os.path.exists(older):
+                os.replace(older, f"{self.path}.{n + 1}")
+        os.replace(self.path, f"{self.path}.1")
+        fsync_dir(os.path.dirname(self.path))
+
+    def files(self, include_rotated: bool = True) -> list[str]:
+        """The log's files, newest first."""
+        paths = [self.path]
+        if include_rotated:
+            paths += [f"{self.path}.{n}" for n in range(1, self.backups + 1)]
+        return paths
+
+    def read_newest(self, include_rotated: bool = True, contains: bytes | None = None) -> Iterator[dict]:
+        """Records newest first, reading each file backwards in blocks; lines without `contains` are skipped
+        before JSON parsing."""
+        for path in self.files(include_rotated):
+            for line in _lines_backwards(path):
+                if contains is not None and contains not in line:
+                    continue
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    record = None
+                if not isinstance(record, dict):
+                    self._warn_malformed(path)
+                    continue
+                yield record
+
+    def _warn_malformed(self, path: str) -> None:
+        if path not in self._warned:
+            self._warned.add(path)
+            log.warning("%s: skipping a malformed line (reported once per file)", path)
+
+
+def _lines_backwards(path: str, block: int = 64 * 1024) -> Iterator[bytes]:
+    """Complete lines of a file, last first; a final line without a newline (torn by a crash) is skipped."""
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        return
+    with f:
+        end = f.seek(0, os.SEEK_END)
+        tail = b""
+        first = True
+        while end > 0:
+            start = max(0, end - block)
+            f.seek(start)
+            chunk = f.read(end - start) + tail
+            end = start
+            lines = chunk.split(b"\n")
+            tail = lines.pop(0)
+            if first:
+                first = False
+                lines.pop()     # the text after the last newline: empty, or a torn line
+            for line in reversed(lines):
+                if line.strip():
+                    yield line
+        if tail.strip() and not first:
+            yield tail
+
+
+class DataDirLock:
+    """Holds `<data-dir>/.lock` for the life of the process, so one server owns a data dir at a time."""
+
+    def __init__(self, data_dir: str):
+        self.data_dir = data_dir
+        self._lock = filelock.FileLock(os.path.join(data_dir, "schedserver.lock"), thread_local=False, mode=0o600)
+
+    def acquire(self) -> None:
+        try:
+            self._lock.acquire(timeout=0)
+        except filelock.Timeout:
+            raise StartupError(f"data dir {self.data_dir} is in use by another schedserver process") from None
+
+    def release(self) -> None:
+        self._lock.release()
+
+
+def prepare_data_dir(path: str) -> None:
+    """Create the data dir (0700) if missing and check it is writable; ConfigError otherwise."""
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"data dir {path}: cannot create ({e.strerror})") from None
+    if not os.path.isdir(path):
+        raise ConfigError(f"data dir {path}: not a directory")
+    probe = os.path.join(path, f".write-test-{os.getpid()}")
+    try:
+        with open(probe, "wb"):
+            pass
+        os.unlink(probe)
+    except OSError as e:
+        raise ConfigError(f"data dir {path}: not writable ({e.strerror})") from None
+
+
+###############################################################################
+# Runners ######################################################################
+###############################################################################
+
+@dataclass
+class RunResult:
+    """What a run did. A failed run is a result, not an exception."""
+
+    status: str                     # ok | error | timeout
+    started_at: float
+    duration_ms: int
+    status_code: int | None = None
+    error: str | None = None
+
+
+class HttpRunner:
+    """Sends one scheduled HTTP request with bounded time and memory; never reads ~/.netrc or proxy env."""
+
+    def __init__(self, clock: Callable[[], float] = time.time, max_response_bytes: int = MAX_RESPONSE_BYTES):
+        self.clock = clock
+        self.max_response_bytes = max_response_bytes
+        self._local = threading.local()
+
+    def _session(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            session.trust_env = False       # no ~/.netrc, no *_PROXY variables
+            session.max_redirects = MAX_REDIRECTS
+            self._local.session = session
+        return session
+
+    def run(self, spec: dict, extra_headers: dict[str, str]) -> RunResult:
+        timeout = float(spec.get("timeout", 30))
+        started = self.clock()
+        monotonic_start = time.monotonic()
+        deadline = monotonic_start + timeout
+        headers = dict(spec.get("headers") or {})
+        headers.update(extra_headers)
+        kwargs: dict[str, Any] = {"headers": headers}
+        if "json" in spec:
+            kwargs["json"] = spec["json"]
+        elif "body" in spec:
+            kwargs["data"] = spec["body"].encode()
+
+        def result(status: str, code: int | None = None, error: str | None = None) -> RunResult:
+            return RunResult(status, started, int((time.monotonic() - monotonic_start) * 1000), code, error)
+
+        try:
+            response = self._session().request(
+                spec["method"], spec["url"], timeout=(min(timeout, 10.0), timeout),
+                allow_redirects=bool(spec.get("follow_redirects")), stream=True, **kwargs)
+        except requests.Timeout:
+            return result("timeout", error=f"timed out after {timeout:g} s")
+        except requests.RequestException as e:
+            return result("error", error=_short_error(e))
+        try:
+            read = 0
+            while read < self.max_response_bytes:
+                if time.monotonic() > deadline:
+                    return result("timeout", response.status_code, f"timed out after {timeout:g} s reading the body")
+                chunk = response.raw.read1(min(16384, self.max_response_bytes - read))
+                if not chunk:
+                    break
+                read += len(chunk)
+        except requests.RequestException as e:
+            return result("error", response.status_code, _short_error(e))
+        except Exception as e:  # urllib3 and socket errors while streaming
+            if time.monotonic() > deadline or "timed out" in str(e).lower():
+                return result("timeout", response.status_code, f"timed out after {timeout:g} s reading the body")
+            return result("error", response.status_code, _short_error(e))
+        finally:
+            response.close()
+        code = response.status_code
+        if 200 <= code < 300 or (300 <= code < 400 and not spec.get("follow_redirects")):
+            return result("ok", code)
+        return result("error", code, f"HTTP {code} {response.reason or ''}".strip())
+
+
+def _short_error(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= 500 else text[:497] + "..."
+
+
+###############################################################################
+# Scheduler ####################################################################
+###############################################################################
+
+@dataclass(eq=False)
+class Job:
+    """One registered schedule as the scheduler sees it.
+
+    `fire(slot)` runs in a worker thread; `record(status, slot, count)` writes a `skipped` or `missed`
+    record (also in a worker thread, so the ticker never waits on a file).
+    """
+
+    key: str
+    spec: CronSpec
+    tz: ZoneInfo
+    fire: Callable[[float], None]
+    record: Callable[[str, float, int], None]
+    next_at: float | None = None
+    last_slot: float | None = None
+    running: bool = False
+    generation: int = 0
+
+
+class Scheduler:
+    """Keeps jobs ordered by next fire instant; `tick(now)` fires what is due into a bounded worker pool."""
+
+    def __init__(self, workers: int = 8, misfire_grace: float = 30.0, clock: Callable[[], float] = time.time,
+                 submit: Callable[..., Any] | None = None):
+        self.misfire_grace = misfire_grace
+        self.clock = clock
+        self._pool = None if submit else ThreadPoolExecutor(workers, thread_name_prefix="schedserver-worker")
+        self._submit = submit or self._pool.submit
+        self._lock = threading.Lock()
+        self._jobs: dict[str, Job] = {}
+        self._heap: list[tuple[float, int, str, int]] = []
+        self._seq = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.last_tick: float | None = None
+
+    # -- registrations --------------------------------------------------------------------------------------
+    def add(self, job: Job, anchor: float) -> None:
+        """Register (or replace) `job`; its first fire is the first slot strictly after `anchor`."""
+        with self._lock:
+            old = self._jobs.get(job.key)
+            if old is not None:
+                job.generation = old.generation + 1
+                job.running = old.running
+            job.last_slot = anchor
+            job.next_at = job.spec.next_after(anchor, job.tz)
+            self._jobs[job.key] = job
+            self._push(job)
+
+    def remove(self, key: str) -> None:
+        with self._lock:
+            self._jobs.pop(key, None)
+
+    def get(self, key: str) -> Job | None:
+        with self._lock:
+            return self._jobs.get(key)
+
+    def next_at(self, key: str) -> float | None:
+        with self._lock:
+            job = self._jobs.get(key)
+            return job.next_at if job else None
+
+    def is_running(self, key: str) -> bool:
+        with self._lock:
+            job = self._jobs.get(key)
+            return bool(job and job.running)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._jobs)
+
+    def _push(self, job: Job) -> None:
+        if job.next_at is not None:
+            self._seq += 1
+            heapq.heappush(self._heap, (job.next_at, self._seq, job.key, job.generation))
+
+    # -- firing ---------------------------------------------------------------------------------------------
+    def tick(self, now: float) -> None:
+        """Fire every job due at or before `now`. Costs nothing per job that is not due."""
+        actions: list[tuple] = []
+        with self._lock:
+            self.last_tick = now
+            while self._heap and self._heap[0][0] <= now:
+                at, _, key, generation = heapq.heappop(self._heap)
+                job = self._jobs.get(key)
+                if job is None or job.generation != generation or job.next_at != at:
+                    continue        # removed or re-registered since this entry was pushed
+                actions.extend(self._due(job, at, now))
+                self._push(job)
+        for action in actions:
+            try:
+                self._submit(*action)
+            except RuntimeError:    # pool shut down while stopping
+                log.warning("worker pool is shut down; dropped a fire of %s", action[1].key)
+
+    def _due(self, job: Job, slot: float, now: float) -> list[tuple]:
+        """Decide what happens to `job` whose slot `slot` is due; sets its next slot. Lock held."""
+        actions: list[tuple] = []
+        missed, first_missed = 0, slot
+        # Slots past the grace, and all but the latest slot within it, are missed: no burst of catch-up runs.
+        steps = 0
+        while slot is not None and slot <= now:
+            following = job.spec.next_after(slot, job.tz)
+            if now - slot <= self.misfire_grace and (following is None or following > now):
+                break                       # the latest due slot, within the grace: it runs
+            missed += 1
+            steps += 1
+            if steps >= MISSED_SCAN_LIMIT and following is not None and following <= now - self.misfire_grace:
+                # A long gap (clock jump, long downtime): stop counting slot by slot.
+                following = job.spec.next_after(now - self.misfire_grace - 1, job.tz)
+                while following is not None and following <= now - self.misfire_grace:
+                    following = job.spec.next_after(following, job.tz)
+            slot = following
+        if missed:
+            actions.append((self._run_record, job, "missed", first_missed, missed))
+        if slot is not None and slot <= now:
+            if job.running:
+                actions.append((self._run_record, job, "skipped", slot, 1))
+            else:
+                job.running = True
+                actions.append((self._run_fire, job, slot))
+            job.last_slot = slot
+            job.next_at = job.spec.next_after(slot, job.tz)
+        else:
+            job.next_at = slot
+        return actions
+
+    def _run_fire(self, job: Job, slot: float) -> None:
+        try:
+            job.fire(slot)
+        except Exception:
+            log.exception("fire of %s failed", job.key)
+        finally:
+            with self._lock:
+                job.running = False
+                current = self._jobs.get(job.key)
+                if current is not None and current is not job:
+                    current.running = False
+
+    def _run_record(self, job: Job, status: str, slot: float, count: int) -> None:
+        try:
+            job.record(status, slot, count)
+        except Exception:
+            log.exception("recording %s for %s failed", status, job.key)
+
+    # -- the ticker thread ----------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="schedserver-ticker", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            now = self.clock()
+            # Wake just after the next whole second.
+            if self._stop.wait(max(0.0, 1.0 - (now % 1.0)) + 0.0005):
+                break
+            try:
+                self.tick(self.clock())
+            except Exception:
+                log.exception("tick failed")
+
+    def stop(self, wait: bool = True) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if self._pool is not None:
+            self._pool.shutdown(wait=wait, cancel_futures=True)
+
+
+###############################################################################
+# Services: HTTP request schedules #############################################
+###############################################################################
+
+REQUEST_FIELDS = ("url", "method", "headers", "body", "json", "timeout", "follow_redirects")
+CREATE_FIELDS = ("cron", "request", "name", "enabled", "timezone")
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+
+def validate_request(value: Any) -> dict:
+    """The `request` of an HTTP schedule, normalised; InvalidParameter naming the field otherwise."""
+    if not isinstance(value, dict):
+        raise InvalidParameter("request must be an object with at least a url")
+    for key in value:
+        if key not in REQUEST_FIELDS:
+            raise InvalidParameter(f"request.{key} is not a known field (known: {', '.join(REQUEST_FIELDS)})")
+    url = value.get("url")
+    if not isinstance(url, str) or not url.strip():
+        raise InvalidParameter("request.url is required and must be a string")
+    url = url.strip()
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port                      # raises ValueError on a bad port
+    except ValueError:
+        raise InvalidParameter(f"request.url {url!r} is not a valid URL") from None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise InvalidParameter(f"request.url {url!r} must be an http or https URL with a host")
+    if len(url) > 8192 or any(c in url for c in "\r\n\t \x00"):
+        raise InvalidParameter("request.url must be at most 8192 characters with no spaces or control characters")
+    method = value.get("method", "GET")
+    if not isinstance(method, str) or method.upper() not in HTTP_METHODS:
+        raise InvalidParameter(f"request.method must be one of {', '.join(HTTP_METHODS)}")
+    result: dict[str, Any] = {"url": url, "method": method.upper()}
+    headers = value.get("headers", {})
+    if headers is None:
+        headers = {}
+    if not isinstance(headers, dict):
+        raise InvalidParameter("request.headers must be an object of string to string")
+    for name, header_value in headers.items():
+        if not _HEADER_NAME.match(name):
+            raise InvalidParameter(f"request.headers: {name!r} is not a valid header name")
+        if not isinstance(header_value, str) or any(c in header_value for c in "\r\n\x00"):
+            raise InvalidParameter(f"request.headers.{name} must be a string without line breaks")
+    result["headers"] = dict(headers)
+    if "body" in value and "json" in value:
+        raise InvalidParameter("request.body and request.json cannot both be given")
+    if "body" in value:
+        if not isinstance(value["body"], str):
+            raise InvalidParameter("request.body must be a string (use request.json for a JSON value)")
+        result["body"] = value["body"]
+    if "json" in value:
+        result["json"] = value["json"]
+    timeout = value.get("timeout", 30)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= MAX_HTTP_TIMEOUT:
+        raise InvalidParameter(f"request.timeout must be a number of seconds, more than 0 and at most "
+                               f"{MAX_HTTP_TIMEOUT:g}")
+    result["timeout"] = timeout
+    follow = value.get("follow_redirects", False)
+    if not isinstance(follow, bool):
+        raise InvalidParameter("request.follow_redirects must be true or false")
+    result["follow_redirects"] = follow
+    return result
+
+
+def validate_create(payload: Any, default_timezone: str) -> dict:
+    """A create body checked and normalised: cron, request, name, enabled, timezone."""
+    if not isinstance(payload, dict):
+        raise InvalidParameter("body must be a JSON object")
+    for key in payload:
+        if key not in CREATE_FIELDS:
+            raise InvalidParameter(f"{key} is not a known field (known: {', '.join(CREATE_FIELDS)})")
+    if "cron" not in payload:
+        raise InvalidParameter("cron is required: a six-field expression such as '0 0 9 * * MON-FRI'")
+    if not isinstance(payload["cron"], str):
+        raise InvalidParameter("cron must be a string such as '0 0 9 * * MON-FRI'")
+    spec = parse_cron(payload["cron"])
+    if "request" not in payload:
+        raise InvalidParameter("request is required: an object with at least a url")
+    request = validate_request(payload["request"])
+    name = payload.get("name")
+    if name is not None and (not isinstance(name, str) or len(name) > MAX_NAME_LENGTH):
+        raise InvalidParameter(f"name must be a string of at most {MAX_NAME_LENGTH} characters")
+    enabled = payload.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise InvalidParameter("enabled must be true or false")
+    tz_name = payload.get("timezone", default_timezone)
+    if tz_name is None:
+        tz_name = default_timezone
+    if not isinstance(tz_name, str):
+        raise InvalidParameter("timezone must be an IANA name such as 'Europe/Berlin'")
+    try:
+        load_timezone(tz_name)
+    except ValueError as e:
+        raise InvalidParameter(f"timezone: {e}") from None
+    return {"cron": spec.expression, "request": request, "name": name, "enabled": enabled, "timezone": tz_name}
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        return str(uuid.UUID(text)) == text.lower()
+    except (ValueError, AttributeError, TypeError):
+        return False
+
+
+@dataclass
+class CurlSchedule:
+    """One HTTP request schedule: its definition plus run state rebuilt from the runs log."""
+
+    id: str
+    cron: str
+    request: dict
+    name: str | None
+    enabled: bool
+    timezone: str
+    created_at: float
+    enabled_at: float
+    last_run: float | None = None
+    last_slot: float | None = None
+    history: deque = field(default_factory=lambda: deque(maxlen=HISTORY_SIZE))
+
+    def definition(self) -> dict:
+        return {"id": self.id, "cron": self.cron, "request": self.request, "name": self.name,
+                "enabled": self.enabled, "timezone": self.timezone,
+                "created_at": utc_iso(self.created_at, ms=True), "enabled_at": utc_iso(self.enabled_at, ms=True)}
+
+    @classmethod
+    def from_definition(cls, d: dict) -> "CurlSchedule":
+        return cls(id=d["id"], cron=d["cron"], request=d["request"], name=d.get("name"),
+                   enabled=bool(d["enabled"]), timezone=d.get("timezone") or "UTC",
+                   created_at=parse_iso(d["created_at"]),
+                   enabled_at=parse_iso(d.get("enabled_at") or d["created_at"]))
+
+
+class CurlSchedules:
+    """The HTTP request schedule surface: create, list, get, toggle, delete, and firing."""
+
+    def __init__(self, store: JsonStore, runs: NdjsonLog, scheduler: Scheduler, runner: HttpRunner,
+                 default_timezone: str = "UTC", clock: Callable[[], float] = time.time):
+        self.store = store
+        self.runs = runs
+        self.scheduler = scheduler
+        self.runner = runner
+        self.default_timezone = default_timezone
+        self.clock = clock
+        self._lock = threading.Lock()           # guards self._schedules (memory only)
+        self._write_lock = threading.Lock()     # serialises mutations, which include a file write
+        self._schedules: dict[str, CurlSchedule] = {}   # insertion order = creation order
+
+    # -- start-up --------------------------------------------------------------------------------------------
+    def load(self) -> None:
+        """Read definitions and rebuild run state from the runs log; register enabled schedules."""
+        document = self.store.load({"version": 1, "schedules": []})
+        try:
+            items = document["schedules"]
+            schedules = [CurlSchedule.from_definition(d) for d in items]
+            for s in schedules:
+                parse_cron(s.cron)
+                load_timezone(s.timezone)
+        except (KeyError, TypeError, ValueError, ApiError) as e:
+            raise StartupError(f"{self.store.path}: not a valid schedules file ({e!r}); left as it is for "
+                               "inspection") from None
+        schedules.sort(key=lambda s: s.created_at)
+        by_id = {s.id: s for s in schedules}
+        pending = {s.id for s in schedules}
+        for record in self.runs.read_newest():
+            schedule = by_id.get(record.get("schedule_id"))
+            if schedule is None or schedule.id not in pending:
+                continue
+            entry = _history_entry(record)
+            schedule.history.appendleft(entry)
+            slot = _parse_optional_iso(record.get("scheduled_at"))
+            if schedule.last_slot is None and slot is not None:
+                schedule.last_slot = slot
+            if schedule.last_run is None and entry["started_at"]:
+                schedule.last_run = _parse_optional_iso(entry["started_at"])
+            if len(schedule.history) >= HISTORY_SIZE and schedule.last_run is not None:
+                pending.discard(schedule.id)
+            if not pending:
+                break
+        with self._lock:
+            self._schedules = by_id
+        for s in schedules:
+            if s.enabled:
+                self._register(s)
+
+    # -- the API ---------------------------------------------------------------------------------------------
+    def create(self, payload: Any) -> dict:
+        values = validate_create(payload, self.default_timezone)
+        now = self.clock()
+        schedule = CurlSchedule(id=str(uuid.uuid4()), created_at=now, enabled_at=now, **values)
+        with self._write_lock:
+            with self._lock:
+                definitions = [s.definition() for s in self._schedules.values()] + [schedule.definition()]
+            self._save(definitions, code="SCHEDULE_CREATION_FAILED", action="create schedule")
+            with self._lock:
+                self._schedules[schedule.id] = schedule
+            if schedule.enabled:
+                self._register(schedule)
+        result = self._summary(schedule)
+        result["request"] = dict(schedule.request)
+        return result
+
+    def list(self, page: int = 1, limit: int | None = None) -> dict:
+        with self._lock:
+            items = list(reversed(self._schedules.values()))
+        total = len(items)
+        if limit is None:
+            chosen = items if page == 1 else []
+            meta_limit = len(chosen)
+        else:
+            chosen = items[(page - 1) * limit: page * limit]
+            meta_limit = limit
+        return {"items": [self._summary(s) for s in chosen], "meta": {"page": page, "limit": meta_limit,
+                                                                      "total": total}}
+
+    def get(self, schedule_id: str) -> dict:
+        schedule = self._find(schedule_id)
+        with self._lock:
+            history = list(reversed(schedule.history))
+        result = self._summary(schedule)
+        result["request"] = dict(schedule.request)
+        result["last_status"] = history[0]["status"] if history else None
+        result["history"] = history
+        return result
+
+    def toggle(self, schedule_id: str, payload: Any) -> dict:
+        if payload is None or payload == {}:
+            wanted = None
+        elif isinstance(payload, dict) and set(payload) == {"enabled"} and isinstance(payload["enabled"], bool):
+            wanted = payload["enabled"]
+        else:
+            raise InvalidParameter('body must be {"enabled": true} or {"enabled": false}, or empty to flip the state')
+        with self._write_lock:
+            schedule = self._find(schedule_id)
+            enabled = (not schedule.enabled) if wanted is None else wanted
+            now = self.clock()
+            changed = enabled != schedule.enabled
+            if changed:
+                with self._lock:
+                    definitions = []
+                    for s in self._schedules.values():
+                        d = s.definition()
+                        if s.id == schedule_id:
+                            d["enabled"] = enabled
+                            if enabled:
+                                d["enabled_at"] = utc_iso(now, ms=True)
+                        definitions.append(d)
+                self._save(definitions, action="toggle schedule")
+                with self._lock:
+                    schedule.enabled = enabled
+                    if enabled:
+                        schedule.enabled_at = now
+                if enabled:
+                    self._register(schedule, anchor=now)
+                else:
+                    self.scheduler.remove(schedule.id)
+        return {"id": schedule.id, "enabled": enabled, "next_run": utc_iso(self._next_run(schedule))}
+
+    def delete(self, schedule_id: str) -> dict:
+        with self._write_lock:
+            schedule = self._find(schedule_id)
+            with self._lock:
+                definitions = [s.definition() for s in self._schedules.values() if s.id != schedule_id]
+            self._save(definitions, action="delete schedule")
+            with self._lock:
+                self._schedules.pop(schedule_id, None)
+            self.scheduler.remove(schedule.id)
+        return {"id": schedule.id}
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self._schedules)
+
+    # -- internals -------------------------------------------------------------------------------------------
+    def _find(self, schedule_id: str) -> CurlSchedule:
+        with self._lock:
+            schedule = self._schedules.get(schedule_id) if _is_uuid(schedule_id) else None
+        if schedule is None:
+            raise NotFound("Schedule not found", code="SCHEDULE_NOT_FOUND")
+        return schedule
+
+    def _save(self, definitions: list[dict], action: str, code: str = "STORAGE_ERROR") -> None:
+        try:
+            self.store.save({"version": 1, "schedules": definitions})
+        except (OSError, filelock.Timeout) as e:
+            log.error("cannot %s: %s: %s", action, self.store.path, e)
+            raise StorageError(f"Failed to {action}: the schedules file could not be written", code=code) from None
+
+    def _summary(self, s: CurlSchedule) -> dict:
+        return {"id": s.id, "cron": s.cron, "enabled": s.enabled, "created_at": utc_iso(s.created_at),
+                "last_run": utc_iso(s.last_run), "name": s.name, "timezone": s.timezone,
+                "next_run": utc_iso(self._next_run(s)),
+                "request": {"url": s.request["url"], "method": s.request["method"]}}
+
+    def _next_run(self, s: CurlSchedule) -> float | None:
+        return self.scheduler.next_at(_curl_key(s.id)) if s.enabled else None
+
+    def _register(self, s: CurlSchedule, anchor: float | None = None) -> None:
+        if anchor is None:
+            anchor = max(s.enabled_at, s.last_slot or 0.0)
+        job = Job(key=_curl_key(s.id), spec=parse_cron(s.cron), tz=load_timezone(s.timezone),
+                  fire=lambda slot, sid=s.id: self._fire(sid, slot),
+                  record=lambda status, slot, count, sid=s.id: self._record(sid, status, slot, count))
+        self.scheduler.add(job, anchor)
+
+    def _fire(self, schedule_id: str, slot: float) -> None:
+        with self._lock:
+            schedule = self._schedules.get(schedule_id)
+        if schedule is None:
+            return
+        run_id = str(uuid.uuid4())
+        result = self.runner.run(schedule.request, {"X-Schedserver-Schedule-Id": schedule_id,
+                                                    "X-Schedserver-Scheduled-At": utc_iso(slot)})
+        record = {"ts": utc_iso(result.started_at, ms=True), "schedule_id": schedule_id, "run_id": run_id,
+                  "scheduled_at": utc_iso(slot, ms=True), "started_at": utc_iso(result.started_at, ms=True),
+                  "status": result.status, "status_code": result.status_code, "duration_ms": result.duration_ms,
+                  "error": result.error, "trigger": "cron"}
+        log.info("http run %s status=%s http_status=%s duration_ms=%d%s", schedule_id, result.status,
+                 result.status_code, result.duration_ms, f" error={result.error}" if result.error else "")
+        self._append(schedule_id, record, slot)
+
+    def _record(self, schedule_id: str, status: str, slot: float, count: int) -> None:
+        if status == "missed":
+            error = f"missed {count} run{'s' if count != 1 else ''} from {utc_iso(slot)} (server down, " \
+                    f"suspended or busy beyond the misfire grace)"
+        else:
+            error = "previous run still in progress"
+        record = {"ts": utc_iso(self.clock(), ms=True), "schedule_id": schedule_id, "run_id": str(uuid.uuid4()),
+                  "scheduled_at": utc_iso(slot, ms=True), "started_at": None, "status": status,
+                  "status_code": None, "duration_ms": 0, "error": error, "trigger": "cron", "count": count}
+        log.info("http run %s status=%s count=%d", schedule_id, status, count)
+        self._append(schedule_id, record, slot)
+
+    def _append(self, schedule_id: str, record: dict, slot: float) -> None:
+        try:
+            self.runs.append(record)
+        except (OSError, filelock.Timeout) as e:
+            log.error("cannot append to %s: %s", self.runs.path, e)
+        entry = _history_entry(record)
+        with self._lock:
+            schedule = self._schedules.get(schedule_id)
+            if schedule is not None:
+                schedule.history.append(entry)
+                schedule.last_slot = max(slot, schedule.last_slot or 0.0)
+                if record["started_at"]:
+                    schedule.last_run = _parse_optional_iso(record["started_at"])
+
+
+def _curl_key(schedule_id: str) -> str:
+    return "curl:" + schedule_id
+
+
+def _parse_optional_iso(text: Any) -> float | None:
+    try:
+        return parse_iso(text) if text else None
+    except ValueError:
+        return None
+
+
+def _history_entry(record: dict) -> dict:
+    """A runs-log record as the API shows it: UTC, second precision."""
+    entry = {"run_id": record.get("run_id"),
+             "scheduled_at": utc_iso(_parse_optional_iso(record.get("scheduled_at"))),
+             "started_at": utc_iso(_parse_optional_iso(record.get("started_at"))),
+             "status": record.get("status"), "status_code": record.get("status_code"),
+             "duration_ms": record.get("duration_ms"), "error": record.get("error")}
+    if record.get("status") == "missed":
+        entry["count"] = record.get("count", 1)
+    return entry
+
+
+###############################################################################
+# Web ##########################################################################
+###############################################################################
+
+class Auth:
+    """Bearer tokens: admin tokens may do everything, read-only tokens only GET/HEAD."""
+
+    def __init__(self, admin_tokens: tuple[str, ...], read_tokens: tuple[str, ...] = ()):
+        self._tokens = [(t.encode(), "admin") for t in admin_tokens] + [(t.encode(), "read") for t in read_tokens]
+
+    def role(self, authorization: str | None) -> str | None:
+        """The caller's role, or None. Every token is compared, in constant time, whichever matches."""
+        if not authorization or not authorization[:7].lower() == "bearer ":
+            return None
+        given = authorization[7:].strip().encode()
+        found = None
+        for token, role in self._tokens:
+            if hmac.compare_digest(given, token) and found is None:
+                found = role
+        return found
+
+    def check(self, authorization: str | None, method: str) -> str:
+        role = self.role(authorization)
+        if role is None:
+            raise Unauthorized()
+        if role == "read" and method not in ("GET", "HEAD"):
+            raise Forbidden("This token is read-only; it may only call GET routes")
+        return role
+
+
+EXEC_TITLES = {400: "Invalid parameter format", 401: "Unauthorized", 403: "Access denied",
+               404: "Resource not found", 409: "Conflict", 500: "Internal server error", 503: "Service unavailable"}
+
+
+def error_body(path: str, status: int, code: str, message: str, now: float | None = None) -> dict:
+    """An error in the shape of the surface that `path` belongs to."""
+    if path.startswith(EXEC_PREFIX):
+        return {"error": EXEC_TITLES.get(status, bottle.HTTP_CODES.get(status, "Error")), "code": code,
+                "message": message, "timestamp": utc_iso(time.time() if now is None else now, ms=True)}
+    return {"error": code, "message": message}
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> bottle.HTTPResponse:
+    response = bottle.HTTPResponse(json.dumps(body, ensure_ascii=False), status=status, **(headers or {}))
+    response.content_type = "application/json"
+    return response
+
+
+def read_json_body(request: bottle.LocalRequest) -> Any:
+    """The request body as JSON (None when empty). 413 above MAX_BODY_BYTES, 400/415 when not JSON."""
+    length = request.content_length
+    if length > MAX_BODY_BYTES:
+        raise ApiError(f"body is larger than {MAX_BODY_BYTES} bytes", code="PAYLOAD_TOO_LARGE", status=413)
+    raw = request.body.read(MAX_BODY_BYTES + 1)
+    if len(raw) > MAX_BODY_BYTES:
+        raise ApiError(f"body is larger than {MAX_BODY_BYTES} bytes", code="PAYLOAD_TOO_LARGE", status=413)
+    if not raw.strip():
+        return None
+    content_type = (request.content_type or "").split(";")[0].strip().lower()
+    if content_type and content_type != "application/json" and not content_type.endswith("+json"):
+        raise InvalidParameter(f"Content-Type must be application/json, not {content_type!r}", status=415)
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise InvalidParameter(f"body is not valid JSON ({e})") from None
+
+
+def _query_int(request: bottle.LocalRequest, name: str, low: int, high: int | None = None) -> int | None:
+    raw = request.query.getall(name)
+    if not raw:
+        return None
+    if len(raw) > 1 or not re.fullmatch(r"[0-9]+", raw[0].strip()):
+        raise InvalidParameter(f"{name} must be a whole number" + (f" from {low} to {high}" if high else f" >= {low}"))
+    value = int(raw[0])
+    if value < low or (high is not None and value > high):
+        raise InvalidParameter(f"{name} must be a whole number" + (f" from {low} to {high}" if high else f" >= {low}"))
+    return value
+
+
+def make_app(curl: CurlSchedules, auth: Auth) -> bottle.Bottle:
+    """The WSGI app: thin routes over the services, every answer JSON."""
+    app = bottle.Bottle(catchall=True)
+    request = bottle.request
+
+    def api(callback: Callable) -> Callable:
+        """Route wrapper: auth, then the callback; any error becomes JSON in the surface's shape."""
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                auth.check(request.get_header("Authorization"), request.method)
+                status, body = 200, callback(*args, **kwargs)
+                if isinstance(body, tuple):
+                    status, body = body
+                return json_response(body, status)
+            except ApiError as e:
+                return json_response(error_body(request.path, e.status, e.code, e.message), e.status, e.headers)
+            except Exception:
+                log.error("unexpected error on %s %s\n%s", request.method, request.path, traceback.format_exc())
+                return json_response(error_body(request.path, 500, "INTERNAL_ERROR", "Internal server error"), 500)
+        return wrapper
+
+    @app.get(CURL_PREFIX)
+    @api
+    def list_curl() -> dict:
+        page = _query_int(request, "page", 1) or 1
+        limit = _query_int(request, "limit", 1, 1000)
+        return curl.list(page, limit)
+
+    @app.post(CURL_PREFIX)
+    @api
+    def create_curl() -> tuple[int, dict]:
+        return 201, curl.create(read_json_body(request))
+
+    @app.get(CURL_PREFIX + "/<schedule_id>")
+    @api
+    def get_curl(schedule_id: str) -> dict:
+        return curl.get(schedule_id)
+
+    @app.route(CURL_PREFIX + "/<schedule_id>/toggle", method="PATCH")
+    @api
+    def toggle_curl(schedule_id: str) -> dict:
+        curl._find(schedule_id)     # 404 before complaining about the body
+        return curl.toggle(schedule_id, read_json_body(request))
+
+    @app.delete(CURL_PREFIX + "/<schedule_id>")
+    @api
+    def delete_curl(schedule_id: str) -> dict:
+        return curl.delete(schedule_id)
+
+    def router_error(status: int, code: str, message: str) -> Callable:
+        def handler(error: bottle.HTTPError) -> str:
+            bottle.response.content_type = "application/json"
+            if status == 405 and error.status_code == 405:
+                message_text = f"Method {request.method} is not allowed here"
+            elif status == 500 and error.traceback:
+                log.error("unexpected error on %s %s\n%s", request.method, request.path, error.traceback)
+                message_text = message
+            else:
+                message_text = message
+            return json.dumps(error_body(request.path, status, code, message_text))
+        return handler
+
+    app.error(404)(router_error(404, "NOT_FOUND", "No such route"))
+    app.error(405)(router_error(405, "METHOD_NOT_ALLOWED", "Method not allowed"))
+    app.error(413)(router_error(413, "PAYLOAD_TOO_LARGE", f"body is larger than {MAX_BODY_BYTES} bytes"))
+    app.error(500)(router_error(500, "INTERNAL_ERROR", "Internal server error"))
+    return app
+
+
+###############################################################################
+# CLI and serving ##############################################################
+###############################################################################
+
+def resolve_admin_tokens(config: Config) -> tuple[str, ...]:
+    """Admin tokens from config/env and the token file; with none, a generated `<data-dir>/api-token`."""
+    tokens = list(config.tokens)
+    if config.token_file:
+        try:
+            with open(config.token_file, encoding="utf-8") as f:
+                tokens += [t.strip() for t in re.split(r"[,\s]+", f.read()) if t.strip()]
+        except OSError as e:
+            raise ConfigError(f"auth.token_file {config.token_file}: cannot read ({e.strerror})") from None
+    if tokens:
+        return tuple(tokens)
+    path = os.path.join(config.data_dir, "api-token")
+    try:
+        with open(path, encoding="utf-8") as f:
+            token = f.read().strip()
+        if token:
+            log.info("admin token: read from %s", path)
+            return (token,)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
+    token = secrets.token_urlsafe(32)
+    try:
+        atomic_write(path, token.encode() + b"\n", mode=0o600)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot write the generated token ({e.strerror})") from None
+    log.info("admin token: none configured, generated one into %s (mode 0600)", path)
+    return (token,)
+
+
+class Server:
+    """Everything a running schedserver holds, wired together; `start()` then `serve()`."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.data_lock = DataDirLock(config.data_dir)
+        self.scheduler = Scheduler(workers=config.workers, misfire_grace=config.misfire_grace_seconds)
+        self.curl = CurlSchedules(
+            JsonStore(os.path.join(config.data_dir, "curl-schedules.json")),
+            NdjsonLog(os.path.join(config.data_dir, "curl-runs.log"), config.runs_log_max_bytes,
+                      config.runs_log_backups),
+            self.scheduler, HttpRunner(), default_timezone=config.timezone)
+        self.wsgi_server: Any = None
+
+    def start(self) -> None:
+        """Claim the data dir, load state, bind the port; raises ConfigError/StartupError with one line."""
+        cfg = self.config
+        prepare_data_dir(cfg.data_dir)
+        try:
+            os.makedirs(cfg.scripts_dir, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"scripts dir {cfg.scripts_dir}: cannot create ({e.strerror})") from None
+        self.data_lock.acquire()
+        auth = Auth(resolve_admin_tokens(cfg), cfg.read_tokens)
+        self.curl.load()
+        app = make_app(self.curl, auth)
+        import waitress.server
+        try:
+            self.wsgi_server = waitress.server.create_server(
+                app, host=cfg.host, port=cfg.port, threads=cfg.threads, ident="schedserver",
+                max_request_body_size=2 * MAX_BODY_BYTES, clear_untrusted_proxy_headers=True)
+        except OSError as e:
+            raise ConfigError(f"cannot listen on {cfg.host}:{cfg.port}: {e.strerror or e}") from None
+        self.scheduler.start()
+        host = self.wsgi_server.effective_host
+        shown = f"[{host}]" if ":" in str(host) else host
+        log.info("schedserver listening on http://%s:%s", shown, self.wsgi_server.effective_port)
+        log.info("%d http schedules loaded; data dir %s", self.curl.count(), cfg.data_dir)
+
+    def serve(self) -> None:
+        self.wsgi_server.run()
+
+    def stop(self) -> None:
+        self.scheduler.stop(wait=False)
+        if self.wsgi_server is not None:
+            self.wsgi_server.close()
+        self.data_lock.release()
+
+
+class _Shutdown(BaseException):
+    """Raised in the main thread by SIGTERM/SIGINT to leave the serving loop."""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="schedserver", description="Cron scheduling server (REST).")
+    parser.add_argument("command", nargs="?", default="serve", choices=["serve"], help="what to do (default: serve)")
+    parser.add_argument("--config", help="TOML config file (also SCHEDSERVER_CONFIG)")
+    parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", help="port to listen on; 0 picks a free one (default 8080)")
+    parser.add_argument("--data-dir", dest="data_dir", help="where schedules and logs live (default ./data)")
+    parser.add_argument("--scripts-dir", dest="scripts_dir", help="where scripts live (default ./scripts)")
+    parser.add_argument("--version", action="version", version=f"schedserver {__version__}")
+    return parser.parse_args(argv)
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    under_journald = bool(os.environ.get("JOURNAL_STREAM") or os.environ.get("INVOCATION_ID"))
+    fmt = "%(levelname)s %(message)s" if under_journald else "%(asctime)s %(levelname)s %(message)s"
+    handler.setFormatter(logging.Formatter(fmt))
+    log.handlers[:] = [handler]
+    log.setLevel(level)
+    log.propagate = False
+    logging.getLogger("waitress").setLevel(logging.ERROR if level != "DEBUG" else logging.INFO)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point; returns the exit status (2 for problems the user can fix)."""
+    args = parse_args(argv)
+    try:
+        config = load_config(vars(args))
+    except ConfigError as e:
+        print(f"schedserver: {e}", file=sys.stderr)
+        return 2
+    setup_logging(config.log_level)
+    server = Server(config)
+    try:
+        server.start()
+    except (ConfigError, StartupError) as e:
+        print(f"schedserver: {e}", file=sys.stderr)
+        return 2
+
+    def on_signal(signum: int, frame: Any) -> None:
+        raise _Shutdown(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        server.serve()
+    except _Shutdown as e:
+        log.info("schedserver stopping (%s)", e)
+    finally:
+        server.stop()
+    log.info("schedserver stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
