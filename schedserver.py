@@ -20,7 +20,10 @@ import logging
 import os
 import re
 import secrets
+import shlex
+import shutil
 import signal
+import subprocess
 import socket
 import sys
 import threading
@@ -63,6 +66,12 @@ FILE_LOCK_TIMEOUT = 10.0                # seconds a writer waits for a file lock
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 CRON_HELP = ("use 6 fields: second minute hour day month weekday, e.g. '0 0 9 * * MON-FRI' "
              "(5-field expressions and @hourly, @daily, @weekly, @monthly, @yearly are accepted too)")
+MAX_SCRIPT_TIMEOUT_MS = 24 * 3600 * 1000
+MAX_OUTPUT_BYTES = 64 * 1024            # the tail of a script's stdout and of its stderr kept in memory
+HEADER_BYTES = 16 * 1024                # directives are read from at most this much of a script's head
+KILL_GRACE_SECONDS = 2.0                # between SIGTERM and SIGKILL for a script's process group
+PREFLIGHT_TIMEOUT_SECONDS = 20.0
+HISTORY_MAX_LIMIT = 1000
 DEFAULT_DATA_DIR = "./data"
 DEFAULT_SCRIPTS_DIR = "./scripts"
 
@@ -168,6 +177,22 @@ def _to_log_level(value: Any) -> str:
     return level
 
 
+def _to_command_table(value: Any) -> dict[str, tuple[str, ...]]:
+    """`{".ext": "cmd args" or ["cmd", "args"]}`, as for [exec.interpreters] and [exec.preflight]."""
+    if not isinstance(value, dict):
+        raise ValueError('expected a table such as { ".rb" = "ruby" }')
+    table = {}
+    for ext, command in value.items():
+        if not ext.startswith(".") or len(ext) < 2:
+            raise ValueError(f"key {ext!r} must be a file extension starting with '.'")
+        if isinstance(command, str):
+            command = shlex.split(command)
+        if not isinstance(command, list) or not command or not all(isinstance(c, str) and c for c in command):
+            raise ValueError(f"{ext}: expected a command as a string or a list of strings")
+        table[ext.lower()] = tuple(command)
+    return table
+
+
 # (section, key, converter, default, environment variable). Every config key is here; anything else is an error.
 CONFIG_TABLE: tuple[tuple[str, str, Callable[[Any], Any], Any, str | None], ...] = (
     ("server", "host", _to_str, "127.0.0.1", "SCHEDSERVER_HOST"),
@@ -184,6 +209,12 @@ CONFIG_TABLE: tuple[tuple[str, str, Callable[[Any], Any], Any, str | None], ...]
     ("auth", "token_file", _to_str, None, "SCHEDSERVER_TOKEN_FILE"),
     ("curl", "runs_log_max_bytes", _to_int(4096, 2**40), 10 * 1024 * 1024, "SCHEDSERVER_CURL_RUNS_LOG_MAX_BYTES"),
     ("curl", "runs_log_backups", _to_int(0, 100), 5, "SCHEDSERVER_CURL_RUNS_LOG_BACKUPS"),
+    ("exec", "default_timeout_ms", _to_int(1, MAX_SCRIPT_TIMEOUT_MS), 30000, "SCHEDSERVER_EXEC_DEFAULT_TIMEOUT_MS"),
+    ("exec", "fires_log_max_bytes", _to_int(4096, 2**40), 10 * 1024 * 1024, "SCHEDSERVER_EXEC_FIRES_LOG_MAX_BYTES"),
+    ("exec", "fires_log_backups", _to_int(0, 100), 5, "SCHEDSERVER_EXEC_FIRES_LOG_BACKUPS"),
+    ("exec", "return_preview_chars", _to_int(1, 65536), 200, "SCHEDSERVER_EXEC_RETURN_PREVIEW_CHARS"),
+    ("exec", "interpreters", _to_command_table, {}, None),
+    ("exec", "preflight", _to_command_table, {}, None),
 )
 PATH_KEYS = ("data_dir", "scripts_dir", "token_file")
 
@@ -206,6 +237,12 @@ class Config:
     token_file: str | None = None
     runs_log_max_bytes: int = 10 * 1024 * 1024
     runs_log_backups: int = 5
+    default_timeout_ms: int = 30000
+    fires_log_max_bytes: int = 10 * 1024 * 1024
+    fires_log_backups: int = 5
+    return_preview_chars: int = 200
+    interpreters: dict = field(default_factory=dict)
+    preflight: dict = field(default_factory=dict)
     config_file: str | None = None
 
 
@@ -687,6 +724,127 @@ def _short_error(exc: BaseException) -> str:
     return text if len(text) <= 500 else text[:497] + "..."
 
 
+class OutputTail:
+    """Reads a pipe to its end in a thread, keeping only the last `limit` bytes and counting the rest."""
+
+    def __init__(self, pipe: Any, limit: int = MAX_OUTPUT_BYTES):
+        self.limit = limit
+        self.data = bytearray()
+        self.dropped = 0
+        self._pipe = pipe
+        self._thread = threading.Thread(target=self._read, name="schedserver-output", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        try:
+            while True:
+                chunk = self._pipe.read1(65536)
+                if not chunk:
+                    break
+                self.data += chunk
+                if len(self.data) > self.limit:
+                    extra = len(self.data) - self.limit
+                    del self.data[:extra]
+                    self.dropped += extra
+        except (OSError, ValueError):
+            pass
+        finally:
+            try:
+                self._pipe.close()
+            except OSError:
+                pass
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
+    def last_line(self, max_chars: int) -> str | None:
+        """The last non-empty line, cut to `max_chars` characters."""
+        for line in reversed(self.data.decode("utf-8", errors="replace").splitlines()):
+            if line.strip():
+                line = line.strip()
+                return line if len(line) <= max_chars else line[:max_chars]
+        return None
+
+
+@dataclass
+class ScriptResult(RunResult):
+    """A script run: RunResult plus the script's last stdout line and how much output was dropped."""
+
+    return_preview: str | None = None
+    exit_code: int | None = None
+    output_dropped: int = 0
+
+
+class ScriptRunner:
+    """Runs a script as a subprocess in its own process group, with a time limit and bounded output.
+
+    When the script ends (or times out) the whole process group is killed, so grandchildren such as a
+    `sleep 300 &` never outlive their run.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.time, preview_chars: int = 200,
+                 kill_grace: float = KILL_GRACE_SECONDS):
+        self.clock = clock
+        self.preview_chars = preview_chars
+        self.kill_grace = kill_grace
+
+    def run(self, argv: list[str], cwd: str, env: dict[str, str], timeout_ms: int) -> ScriptResult:
+        started = self.clock()
+        t0 = time.monotonic()
+
+        def elapsed_ms() -> int:
+            return int((time.monotonic() - t0) * 1000)
+
+        try:
+            proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, start_new_session=True, close_fds=True)
+        except OSError as e:
+            return ScriptResult("error", started, elapsed_ms(), error=f"cannot start: {e.strerror or e}")
+        stdout, stderr = OutputTail(proc.stdout), OutputTail(proc.stderr)
+        timed_out = False
+        try:
+            proc.wait(timeout=timeout_ms / 1000)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            _kill_group(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=self.kill_grace)
+            except subprocess.TimeoutExpired:
+                pass
+        finally:
+            _kill_group(proc.pid, signal.SIGKILL)      # whatever is left of the group, grandchildren included
+            proc.wait()
+        duration = elapsed_ms()
+        stdout.join(5)
+        stderr.join(5)
+        dropped = stdout.dropped + stderr.dropped
+        code = proc.returncode
+        if timed_out:
+            return ScriptResult("timeout", started, duration, error=f"timed out after {timeout_ms} ms",
+                                exit_code=code, output_dropped=dropped)
+        if code == 0:
+            return ScriptResult("ok", started, duration, return_preview=stdout.last_line(self.preview_chars),
+                                exit_code=0, output_dropped=dropped)
+        error = stderr.last_line(500)
+        if error is None:
+            error = f"killed by signal {_signal_name(-code)}" if code < 0 else f"exit status {code}"
+        return ScriptResult("error", started, duration, error=error, exit_code=code, output_dropped=dropped)
+
+
+def _kill_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return str(number)
+
+
 ###############################################################################
 # Scheduler ####################################################################
 ###############################################################################
@@ -761,6 +919,21 @@ class Scheduler:
     def __len__(self) -> int:
         with self._lock:
             return len(self._jobs)
+
+    def claim(self, key: str) -> bool:
+        """Mark a registered job as running (for a manual run); False if unknown or already running."""
+        with self._lock:
+            job = self._jobs.get(key)
+            if job is None or job.running:
+                return False
+            job.running = True
+            return True
+
+    def release(self, key: str) -> None:
+        with self._lock:
+            job = self._jobs.get(key)
+            if job is not None:
+                job.running = False
 
     def _push(self, job: Job) -> None:
         if job.next_at is not None:
@@ -1232,6 +1405,458 @@ def _history_entry(record: dict) -> dict:
 
 
 ###############################################################################
+# Services: script schedules ###################################################
+###############################################################################
+
+SKIPPED_DIRS = ("__pycache__", "node_modules")
+COMMENT_MARKERS = ("/*", "*/", "//", "--", "#", ";", "*")
+DEFAULT_INTERPRETERS: dict[str, tuple[tuple[str, ...], ...]] = {
+    ".py": ((sys.executable,),), ".sh": (("/bin/sh",),), ".bash": (("bash",),),
+    ".js": (("node",),), ".mjs": (("node",),), ".cjs": (("node",),),
+    ".ts": (("deno", "run", "-A"), ("bun",), ("tsx",)),
+}
+DEFAULT_PREFLIGHT: dict[str, tuple[str, ...]] = {
+    ".sh": ("/bin/sh", "-n"), ".bash": ("bash", "-n"),
+    ".js": ("node", "--check"), ".mjs": ("node", "--check"), ".cjs": ("node", "--check"),
+}
+_DIRECTIVE = re.compile(r"^@([A-Za-z][A-Za-z0-9_-]*)(?:\s+(.*))?$")
+_DURATION = re.compile(r"^([0-9]+)\s*(ms|s|m|h)?$")
+
+
+class RegistrationError(SchedserverError, ValueError):
+    """Why a script cannot be scheduled, in words a person can act on."""
+
+
+def parse_directives(head: str) -> list[tuple[str, str]]:
+    """`(name, value)` pairs from a script's leading comment block (shebang, blank and comment lines)."""
+    directives = []
+    for number, line in enumerate(head.splitlines()):
+        text = line.strip()
+        if not text or (number == 0 and text.startswith("#!")):
+            continue
+        marker = next((m for m in COMMENT_MARKERS if text.startswith(m)), None)
+        if marker is None:
+            break                   # the first line that is not a comment ends the header
+        text = text[len(marker):].strip()
+        if text.endswith("*/"):
+            text = text[:-2].strip()
+        match = _DIRECTIVE.match(text)
+        if match:
+            directives.append((match.group(1).lower(), (match.group(2) or "").strip()))
+    return directives
+
+
+def parse_timeout(value: str) -> int:
+    """`@timeout` as milliseconds: `500`, `500ms`, `30s`, `5m`, `1h`."""
+    match = _DURATION.match(value.strip().lower())
+    if not match:
+        raise RegistrationError(f"invalid @timeout: {value!r} (use milliseconds or a unit: 500ms, 30s, 5m)")
+    ms = int(match.group(1)) * {"ms": 1, None: 1, "s": 1000, "m": 60000, "h": 3600000}[match.group(2)]
+    if not 0 < ms <= MAX_SCRIPT_TIMEOUT_MS:
+        raise RegistrationError(f"invalid @timeout: {value!r} (must be more than 0 and at most 24h)")
+    return ms
+
+
+def script_identity(rel: str) -> dict[str, str]:
+    """The contract's names for a script: subdomain and execId are its first directory ('default' at top level)."""
+    parts = rel.split("/")
+    exec_id = parts[0] if len(parts) > 1 else "default"
+    return {"scriptRel": rel, "subdomain": exec_id, "execId": exec_id, "vmCacheKey": f"{exec_id}:{rel}"}
+
+
+def discover_scripts(root: str) -> list[str]:
+    """scriptRel of every regular file under `root`, skipping hidden entries, __pycache__ and node_modules;
+    symlinks are followed only when they stay inside `root`."""
+    real_root = os.path.realpath(root)
+    found = []
+    for directory, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in SKIPPED_DIRS
+                         and not os.path.islink(os.path.join(directory, d)))
+        for name in files:
+            if name.startswith("."):
+                continue
+            path = os.path.join(directory, name)
+            real = os.path.realpath(path)
+            if not os.path.isfile(real) or os.path.commonpath([real_root, real]) != real_root:
+                continue
+            found.append(os.path.relpath(path, root).replace(os.sep, "/"))
+    return sorted(found)
+
+
+@dataclass
+class ScriptSchedule:
+    """A registered script schedule."""
+
+    rel: str
+    path: str
+    spec: CronSpec
+    timeout_ms: int
+    argv: tuple[str, ...]
+    description: str | None = None
+    token: bool = False
+    registered_at: float = 0.0
+
+    def signature(self) -> tuple:
+        """What a reload compares to tell a kept script from a changed one."""
+        return (self.spec.expression, self.timeout_ms, self.argv, self.description, self.token)
+
+
+@dataclass
+class ReloadPlan:
+    """A reload's diff against the registered scripts."""
+
+    registrations: dict[str, ScriptSchedule]
+    added: list[str]
+    kept: list[str]
+    changed: list[str]
+    removed: list[str]
+    failed: list[dict]
+
+
+class ScriptSchedules:
+    """The script schedule surface: scan and register @schedule scripts, fire them, list, history, trigger."""
+
+    def __init__(self, scripts_dir: str, fires: NdjsonLog, scheduler: Scheduler, runner: ScriptRunner, *,
+                 default_timeout_ms: int = 30000, timezone_name: str = "UTC",
+                 interpreters: dict[str, tuple[str, ...]] | None = None,
+                 preflight: dict[str, tuple[str, ...]] | None = None,
+                 secret_values: tuple[str, ...] = (), clock: Callable[[], float] = time.time):
+        self.scripts_dir = os.path.abspath(scripts_dir)
+        self.fires = fires
+        self.scheduler = scheduler
+        self.runner = runner
+        self.default_timeout_ms = default_timeout_ms
+        self.tz = load_timezone(timezone_name)
+        self.interpreters = dict(interpreters or {})
+        self.preflight = dict(preflight or {})
+        self.secret_values = tuple(secret_values)
+        self.clock = clock
+        self._lock = threading.Lock()               # guards the dicts below (memory only)
+        self._reload_lock = threading.Lock()        # one reload at a time
+        self._registered: dict[str, ScriptSchedule] = {}
+        self._last_fire: dict[str, dict] = {}       # scriptRel -> newest fires-log record
+        self._last_cron_slot: dict[str, float] = {}
+        self._preflight_cache: dict[str, tuple[int, int, str | None]] = {}
+
+    # -- registration ----------------------------------------------------------------------------------------
+    def inspect(self, rel: str) -> ScriptSchedule | None:
+        """The registration for one script, None if it has no @schedule; RegistrationError if it cannot run."""
+        path = os.path.join(self.scripts_dir, *rel.split("/"))
+        try:
+            with open(path, "rb") as f:
+                head = f.read(HEADER_BYTES)
+        except OSError as e:
+            raise RegistrationError(f"cannot read: {e.strerror}") from None
+        directives = parse_directives(head.decode("utf-8", errors="replace"))
+        names = [name for name, _ in directives]
+        if "schedule" not in names:
+            return None
+        if "websocket" in names:
+            raise RegistrationError("@websocket scripts cannot be scheduled")
+        if names.count("schedule") > 1:
+            raise RegistrationError("multiple @schedule directives")
+        values = {name: value for name, value in directives}
+        expression = values["schedule"]
+        try:
+            spec = parse_cron(expression)
+        except InvalidCron as e:
+            detail = e.message.split(": ", 1)[-1].split("; use 6 fields")[0]
+            raise RegistrationError(f"Invalid cron expression: {expression!r} ({detail})") from None
+        timeout_ms = parse_timeout(values["timeout"]) if "timeout" in values else self.default_timeout_ms
+        argv = self._command_for(path, head)
+        self._check_preflight(path)
+        return ScriptSchedule(rel=rel, path=path, spec=spec, timeout_ms=timeout_ms, argv=argv,
+                              description=values.get("description") or None, token="token" in names)
+
+    def _command_for(self, path: str, head: bytes) -> tuple[str, ...]:
+        if head.startswith(b"#!") and os.access(path, os.X_OK):
+            return (path,)
+        ext = os.path.splitext(path)[1].lower()
+        if ext in self.interpreters:
+            candidates: tuple[tuple[str, ...], ...] = (self.interpreters[ext],)
+        else:
+            candidates = DEFAULT_INTERPRETERS.get(ext, ())
+        if not candidates:
+            raise RegistrationError(f"no way to run it: not executable with a shebang, and no interpreter for "
+                                    f"{ext or 'files without an extension'!r} (set [exec.interpreters] "
+                                    f"\"{ext or '.ext'}\" in the config)")
+        for command in candidates:
+            program = shutil.which(command[0])
+            if program:
+                return (program, *command[1:], path)
+        tried = ", ".join(c[0] for c in candidates)
+        raise RegistrationError(f"no interpreter for {ext!r}: {tried} not found on PATH (install it or set "
+                                f"[exec.interpreters] \"{ext}\" in the config)")
+
+    def _check_preflight(self, path: str) -> None:
+        """Compile/syntax-check a script before registering it; results cached by path, size and mtime."""
+        st = os.stat(path)
+        cached = self._preflight_cache.get(path)
+        if cached and cached[:2] == (st.st_size, st.st_mtime_ns):
+            problem = cached[2]
+        else:
+            problem = self._run_preflight(path)
+            self._preflight_cache[path] = (st.st_size, st.st_mtime_ns, problem)
+        if problem:
+            raise RegistrationError(f"preflight failed: {problem}")
+
+    def _run_preflight(self, path: str) -> str | None:
+        ext = os.path.splitext(path)[1].lower()
+        if ext == ".py" and ext not in self.preflight:
+            try:
+                with open(path, "rb") as f:
+                    compile(f.read(), path, "exec", dont_inherit=True)
+            except (SyntaxError, ValueError) as e:
+                return f"{type(e).__name__}: {e}"
+            return None
+        command = self.preflight.get(ext) or DEFAULT_PREFLIGHT.get(ext)
+        if not command or not shutil.which(command[0]):
+            return None
+        try:
+            done = subprocess.run([*command, path], stdin=subprocess.DEVNULL, capture_output=True,
+                                  timeout=PREFLIGHT_TIMEOUT_SECONDS, cwd=os.path.dirname(path),
+                                  env=self._environment({}), start_new_session=True)
+        except subprocess.TimeoutExpired:
+            return f"{command[0]} took longer than {PREFLIGHT_TIMEOUT_SECONDS:g} s"
+        except OSError as e:
+            return f"{command[0]}: {e.strerror}"
+        if done.returncode == 0:
+            return None
+        text = (done.stderr or done.stdout).decode("utf-8", errors="replace")
+        first = next((line.strip() for line in text.splitlines() if line.strip()), f"exit status {done.returncode}")
+        return first[:300]
+
+    def plan(self) -> ReloadPlan:
+        """Scan the scripts dir and diff it against what is registered (changes nothing)."""
+        registrations: dict[str, ScriptSchedule] = {}
+        failed = []
+        for rel in discover_scripts(self.scripts_dir):
+            try:
+                schedule = self.inspect(rel)
+            except (RegistrationError, OSError) as e:
+                failed.append({"path": rel, "reason": str(e)})
+                continue
+            if schedule is not None:
+                registrations[rel] = schedule
+        with self._lock:
+            current = dict(self._registered)
+        kept = sorted(set(registrations) & set(current))
+        changed = [rel for rel in kept if registrations[rel].signature() != current[rel].signature()]
+        return ReloadPlan(registrations=registrations, added=sorted(set(registrations) - set(current)), kept=kept,
+                          changed=changed, removed=sorted(set(current) - set(registrations)), failed=failed)
+
+    def reload(self, dry_run: bool = False, *, startup: bool = False) -> dict:
+        """Rescan and reconcile; the answer lists added, kept, changed, removed and failed scripts."""
+        with self._reload_lock:
+            plan = self.plan()
+            if not dry_run:
+                self._apply(plan, startup)
+        return {"dry_run": dry_run, "added": plan.added, "kept": plan.kept, "changed": plan.changed,
+                "removed": plan.removed, "failed": plan.failed}
+
+    def _apply(self, plan: ReloadPlan, startup: bool) -> None:
+        now = self.clock()
+        with self._lock:
+            previous = self._registered
+            registered = {}
+            for rel, schedule in plan.registrations.items():
+                if rel in previous and rel not in plan.changed:
+                    registered[rel] = previous[rel]
+                else:
+                    schedule.registered_at = now
+                    registered[rel] = schedule
+            self._registered = registered
+        for rel in plan.removed:
+            self.scheduler.remove(_exec_key(rel))
+        for rel in plan.added + plan.changed:
+            schedule = registered[rel]
+            anchor = now
+            if startup:     # fires due while the server was down are recorded as missed
+                with self._lock:
+                    anchor = self._last_cron_slot.get(rel, now)
+            self.scheduler.add(Job(key=_exec_key(rel), spec=schedule.spec, tz=self.tz,
+                                   fire=lambda slot, r=rel: self._fire(r, slot, "cron"),
+                                   record=lambda status, slot, count, r=rel: self._record(r, status, slot, count)),
+                               anchor)
+        if plan.added or plan.changed or plan.removed:
+            log.info("scripts reloaded: %d added, %d changed, %d removed, %d failed, %d registered",
+                     len(plan.added), len(plan.changed), len(plan.removed), len(plan.failed), len(registered))
+        for failure in plan.failed:
+            log.warning("script %s not scheduled: %s", failure["path"], failure["reason"])
+
+    def load(self) -> None:
+        """Rebuild last-fire state from the fires log's tail, then register the scripts."""
+        with self._lock:
+            for record in self.fires.read_newest(include_rotated=False):
+                rel = record.get("scriptPath")
+                if not isinstance(rel, str):
+                    continue
+                self._last_fire.setdefault(rel, record)
+                if record.get("trigger") == "cron" and rel not in self._last_cron_slot:
+                    slot = _parse_optional_iso(record.get("ts"))
+                    if slot is not None:
+                        self._last_cron_slot[rel] = slot
+        self.reload(startup=True)
+
+    # -- firing ----------------------------------------------------------------------------------------------
+    def _environment(self, extra: dict[str, str]) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("SCHEDSERVER_TOKEN", "SCHEDSERVER_READ_TOKEN") and v not in self.secret_values}
+        env.update(extra)
+        return env
+
+    def _fire(self, rel: str, slot: float, trigger: str) -> dict:
+        with self._lock:
+            schedule = self._registered.get(rel)
+        if schedule is None:
+            return {}
+        run_id = str(uuid.uuid4())
+        env = self._environment({"SCHEDSERVER_RUN_ID": run_id, "SCHEDSERVER_SCRIPT": rel,
+                                 "SCHEDSERVER_TRIGGER": trigger, "SCHEDSERVER_SCHEDULED_AT": utc_iso(slot, ms=True)})
+        result = self.runner.run(list(schedule.argv), os.path.dirname(schedule.path), env, schedule.timeout_ms)
+        record = {"ts": utc_iso(slot, ms=True), "scriptPath": rel, "expression": schedule.spec.expression,
+                  "runId": run_id, "status": result.status, "durationMs": result.duration_ms, "trigger": trigger,
+                  "startedAt": utc_iso(result.started_at, ms=True)}
+        if result.status == "ok":
+            record["returnPreview"] = result.return_preview
+        else:
+            record["error"] = result.error
+        if result.output_dropped:
+            record["outputDropped"] = result.output_dropped
+        log.info("script fire %s trigger=%s status=%s duration_ms=%d%s", rel, trigger, result.status,
+                 result.duration_ms, f" error={result.error}" if result.error else "")
+        self._append(record)
+        return record
+
+    def _record(self, rel: str, status: str, slot: float, count: int) -> None:
+        with self._lock:
+            schedule = self._registered.get(rel)
+        record = {"ts": utc_iso(slot, ms=True), "scriptPath": rel,
+                  "expression": schedule.spec.expression if schedule else None, "runId": str(uuid.uuid4()),
+                  "status": status, "durationMs": 0, "trigger": "cron", "count": count,
+                  "error": (f"missed {count} fire{'s' if count != 1 else ''} from {utc_iso(slot)} (server down, "
+                            "suspended or busy beyond the misfire grace)") if status == "missed"
+                  else "previous run still in progress"}
+        log.info("script fire %s status=%s count=%d", rel, status, count)
+        self._append(record)
+
+    def _append(self, record: dict) -> None:
+        try:
+            self.fires.append(record)
+        except (OSError, filelock.Timeout) as e:
+            log.error("cannot append to %s: %s", self.fires.path, e)
+        with self._lock:
+            self._last_fire[record["scriptPath"]] = record
+            if record["trigger"] == "cron":
+                slot = parse_iso(record["ts"])
+                self._last_cron_slot[record["scriptPath"]] = max(slot, self._last_cron_slot.get(record["scriptPath"], 0))
+
+    # -- the API ---------------------------------------------------------------------------------------------
+    def list(self) -> dict:
+        with self._lock:
+            schedules = sorted(self._registered.values(), key=lambda s: s.rel)
+            last = {s.rel: self._last_fire.get(s.rel) for s in schedules}
+        items = []
+        for s in schedules:
+            fire = last[s.rel] or {}
+            key = _exec_key(s.rel)
+            items.append({"scriptPath": s.path, **script_identity(s.rel), "expression": s.spec.expression,
+                          "timeoutMs": s.timeout_ms, "registeredAt": utc_iso(s.registered_at, ms=True),
+                          "nextFire": utc_iso(self.scheduler.next_at(key), ms=True),
+                          "lastFireAt": fire.get("ts"), "lastFireStatus": fire.get("status"),
+                          "lastFireRunId": fire.get("runId"), "description": s.description,
+                          "running": self.scheduler.is_running(key)})
+        return {"total": len(items), "schedules": items}
+
+    def relative_path(self, script_path: Any) -> str:
+        """scriptRel for a path given relative to the scripts dir or absolute inside it; 400 when it escapes."""
+        if not isinstance(script_path, str) or not script_path.strip() or "\x00" in script_path:
+            raise InvalidParameter("scriptPath must be a non-empty string")
+        text = script_path.strip()
+        if os.path.isabs(text):
+            full = os.path.normpath(text)
+            if os.path.commonpath([self.scripts_dir, full]) != self.scripts_dir:
+                raise InvalidParameter("scriptPath must be inside the scripts directory")
+            rel = os.path.relpath(full, self.scripts_dir)
+        else:
+            rel = os.path.normpath(text)
+        rel = rel.replace(os.sep, "/")
+        if rel in (".", "") or rel == ".." or rel.startswith("../") or rel.startswith("/"):
+            raise InvalidParameter("scriptPath must be inside the scripts directory")
+        return rel
+
+    def history(self, script_path: str | None = None, since: float | None = None, limit: int = 100,
+                include_rotated: bool = False) -> dict:
+        """Newest-first fires, read backwards from the log's end; stops once it has `limit` entries."""
+        rel = self.relative_path(script_path) if script_path is not None else None
+        contains = None
+        if rel is not None:
+            contains = b'"scriptPath":' + json.dumps(rel, ensure_ascii=False).encode()
+        entries = []
+        for record in self.fires.read_newest(include_rotated=include_rotated, contains=contains):
+            if rel is not None and record.get("scriptPath") != rel:
+                continue
+            if since is not None:
+                ts = _parse_optional_iso(record.get("ts"))
+                if ts is None:
+                    continue
+                if ts < since:
+                    # Lines are appended when a fire ends, so an older fire can follow a newer one by at most
+                    # the longest run time; past that, nothing newer than `since` can follow.
+                    if ts < since - MAX_SCRIPT_TIMEOUT_MS / 1000:
+                        break
+                    continue
+            entries.append(record)
+            if len(entries) >= limit:
+                break
+        return {"total": len(entries), "limit": limit, "includeRotated": include_rotated, "entries": entries}
+
+    def trigger(self, payload: Any) -> dict:
+        """Fire a registered script now, in the caller's thread, and answer with the result."""
+        if not isinstance(payload, dict):
+            raise InvalidParameter("body must be a JSON object with scriptPath")
+        unknown = set(payload) - {"scriptPath", "force"}
+        if unknown:
+            raise InvalidParameter(f"{sorted(unknown)[0]} is not a known field (known: scriptPath, force)")
+        if "scriptPath" not in payload:
+            raise InvalidParameter("scriptPath is required")
+        force = payload.get("force", False)
+        if not isinstance(force, bool):
+            raise InvalidParameter("force must be true or false")
+        rel = self.relative_path(payload["scriptPath"])
+        with self._lock:
+            schedule = self._registered.get(rel)
+        if schedule is None:
+            raise NotFound(f"no registered @schedule script {rel!r}")
+        if schedule.token and not force:
+            raise Forbidden(f"{rel} declares @token; pass \"force\": true to fire it without a token")
+        key = _exec_key(rel)
+        if not self.scheduler.claim(key):
+            raise ApiError(f"{rel} is already running", code="CONFLICT", status=409)
+        try:
+            record = self._fire(rel, self.clock(), "manual")
+        finally:
+            self.scheduler.release(key)
+        if not record:
+            raise NotFound(f"no registered @schedule script {rel!r}")
+        result = {"triggered": True, "scriptPath": rel, "runId": record["runId"], "status": record["status"],
+                  "durationMs": record["durationMs"]}
+        if "returnPreview" in record:
+            result["returnPreview"] = record["returnPreview"]
+        if "error" in record:
+            result["error"] = record["error"]
+        return result
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self._registered)
+
+
+def _exec_key(rel: str) -> str:
+    return "exec:" + rel
+
+
+###############################################################################
 # Web ##########################################################################
 ###############################################################################
 
@@ -1265,10 +1890,15 @@ EXEC_TITLES = {400: "Invalid parameter format", 401: "Unauthorized", 403: "Acces
                404: "Resource not found", 409: "Conflict", 500: "Internal server error", 503: "Service unavailable"}
 
 
+EXEC_CODES = {"INVALID_PARAMETER": "VALIDATION_ERROR", "INVALID_CRON_EXPRESSION": "VALIDATION_ERROR",
+              "INTERNAL_ERROR": "ERROR_500", "STORAGE_ERROR": "ERROR_500"}
+
+
 def error_body(path: str, status: int, code: str, message: str, now: float | None = None) -> dict:
     """An error in the shape of the surface that `path` belongs to."""
     if path.startswith(EXEC_PREFIX):
-        return {"error": EXEC_TITLES.get(status, bottle.HTTP_CODES.get(status, "Error")), "code": code,
+        return {"error": EXEC_TITLES.get(status, bottle.HTTP_CODES.get(status, "Error")),
+                "code": EXEC_CODES.get(code, code),
                 "message": message, "timestamp": utc_iso(time.time() if now is None else now, ms=True)}
     return {"error": code, "message": message}
 
@@ -1310,7 +1940,19 @@ def _query_int(request: bottle.LocalRequest, name: str, low: int, high: int | No
     return value
 
 
-def make_app(curl: CurlSchedules, auth: Auth) -> bottle.Bottle:
+def _query_bool(request: bottle.LocalRequest, name: str) -> bool | None:
+    raw = request.query.getall(name)
+    if not raw:
+        return None
+    value = raw[-1].strip().lower() if len(raw) == 1 else None
+    if value in ("true", "1"):
+        return True
+    if value in ("false", "0"):
+        return False
+    raise InvalidParameter(f"{name} must be true or false (or 1 or 0)")
+
+
+def make_app(curl: CurlSchedules, auth: Auth, scripts: ScriptSchedules | None = None) -> bottle.Bottle:
     """The WSGI app: thin routes over the services, every answer JSON."""
     app = bottle.Bottle(catchall=True)
     request = bottle.request
@@ -1358,6 +2000,57 @@ def make_app(curl: CurlSchedules, auth: Auth) -> bottle.Bottle:
     @api
     def delete_curl(schedule_id: str) -> dict:
         return curl.delete(schedule_id)
+
+    if scripts is not None:
+        @app.get(EXEC_PREFIX + "/list")
+        @api
+        def list_scripts() -> dict:
+            return scripts.list()
+
+        @app.get(EXEC_PREFIX + "/history")
+        @api
+        def script_history() -> dict:
+            known = {"scriptPath", "since", "limit", "includeRotated"}
+            for name in request.query.keys():
+                if name not in known:
+                    raise InvalidParameter(f"unknown query parameter {name!r} (known: {', '.join(sorted(known))})")
+            since = None
+            if "since" in request.query:
+                try:
+                    since = parse_iso(request.query.getunicode("since") or "")
+                except ValueError:
+                    raise InvalidParameter("since must be an ISO 8601 timestamp, e.g. 2026-01-15T00:00:00Z") from None
+            limit_raw = request.query.getunicode("limit")
+            limit = 100
+            if limit_raw is not None:
+                if not re.fullmatch(r"-?[0-9]+", limit_raw.strip()) or int(limit_raw) < 1:
+                    raise InvalidParameter("limit must be a whole number from 1 (values above 1000 count as 1000)")
+                limit = min(int(limit_raw), HISTORY_MAX_LIMIT)
+            script_path = request.query.getunicode("scriptPath") if "scriptPath" in request.query else None
+            if "scriptPath" in request.query and script_path is None:
+                raise InvalidParameter("scriptPath must be valid UTF-8")
+            return scripts.history(script_path, since, limit, bool(_query_bool(request, "includeRotated")))
+
+        @app.post(EXEC_PREFIX + "/reload")
+        @api
+        def reload_scripts() -> dict:
+            body = read_json_body(request)
+            if body is None:
+                body = {}
+            if not isinstance(body, dict):
+                raise InvalidParameter('body must be a JSON object such as {"dry_run": true}')
+            unknown = set(body) - {"dry_run"}
+            if unknown:
+                raise InvalidParameter(f"{sorted(unknown)[0]} is not a known field (known: dry_run)")
+            dry_run = body.get("dry_run", False)
+            if not isinstance(dry_run, bool):
+                raise InvalidParameter("dry_run must be true or false")
+            return scripts.reload(dry_run)
+
+        @app.post(EXEC_PREFIX + "/trigger")
+        @api
+        def trigger_script() -> dict:
+            return scripts.trigger(read_json_body(request))
 
     def router_error(status: int, code: str, message: str) -> Callable:
         def handler(error: bottle.HTTPError) -> str:
@@ -1426,6 +2119,7 @@ class Server:
             NdjsonLog(os.path.join(config.data_dir, "curl-runs.log"), config.runs_log_max_bytes,
                       config.runs_log_backups),
             self.scheduler, HttpRunner(), default_timezone=config.timezone)
+        self.scripts: ScriptSchedules | None = None
         self.wsgi_server: Any = None
 
     def start(self) -> None:
@@ -1437,9 +2131,18 @@ class Server:
         except OSError as e:
             raise ConfigError(f"scripts dir {cfg.scripts_dir}: cannot create ({e.strerror})") from None
         self.data_lock.acquire()
-        auth = Auth(resolve_admin_tokens(cfg), cfg.read_tokens)
+        admin_tokens = resolve_admin_tokens(cfg)
+        auth = Auth(admin_tokens, cfg.read_tokens)
+        self.scripts = ScriptSchedules(
+            cfg.scripts_dir,
+            NdjsonLog(os.path.join(cfg.data_dir, "fires.log"), cfg.fires_log_max_bytes, cfg.fires_log_backups),
+            self.scheduler, ScriptRunner(preview_chars=cfg.return_preview_chars),
+            default_timeout_ms=cfg.default_timeout_ms, timezone_name=cfg.timezone,
+            interpreters=cfg.interpreters, preflight=cfg.preflight,
+            secret_values=admin_tokens + cfg.read_tokens)
         self.curl.load()
-        app = make_app(self.curl, auth)
+        self.scripts.load()
+        app = make_app(self.curl, auth, self.scripts)
         import waitress.server
         try:
             self.wsgi_server = waitress.server.create_server(
@@ -1451,7 +2154,20 @@ class Server:
         host = self.wsgi_server.effective_host
         shown = f"[{host}]" if ":" in str(host) else host
         log.info("schedserver listening on http://%s:%s", shown, self.wsgi_server.effective_port)
-        log.info("%d http schedules loaded; data dir %s", self.curl.count(), cfg.data_dir)
+        log.info("%d http schedules and %d script schedules loaded; data dir %s, scripts dir %s",
+                 self.curl.count(), self.scripts.count(), cfg.data_dir, cfg.scripts_dir)
+
+    def reload_scripts(self) -> None:
+        """SIGHUP: rescan the scripts dir in a thread of its own (never inside the signal handler)."""
+        def run() -> None:
+            try:
+                result = self.scripts.reload()
+                log.info("SIGHUP reload: %d added, %d kept, %d changed, %d removed, %d failed",
+                         len(result["added"]), len(result["kept"]), len(result["changed"]),
+                         len(result["removed"]), len(result["failed"]))
+            except Exception:
+                log.exception("SIGHUP reload failed")
+        threading.Thread(target=run, name="schedserver-reload", daemon=True).start()
 
     def serve(self) -> None:
         self.wsgi_server.run()
@@ -1511,6 +2227,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, lambda signum, frame: server.reload_scripts())
     try:
         server.serve()
     except _Shutdown as e:
