@@ -698,10 +698,15 @@ class HttpRunner:
             return result("error", error=_short_error(e))
         try:
             read = 0
+            read1 = getattr(response.raw, "read1", None) or response.raw.read
+            sock = getattr(getattr(response.raw, "connection", None), "sock", None)
             while read < self.max_response_bytes:
-                if time.monotonic() > deadline:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
                     return result("timeout", response.status_code, f"timed out after {timeout:g} s reading the body")
-                chunk = response.raw.read1(min(16384, self.max_response_bytes - read))
+                if sock is not None:
+                    sock.settimeout(remaining)      # the overall deadline, not a fresh timeout per read
+                chunk = read1(min(16384, self.max_response_bytes - read))
                 if not chunk:
                     break
                 read += len(chunk)
@@ -1204,8 +1209,8 @@ class CurlSchedules:
             entry = _history_entry(record)
             schedule.history.appendleft(entry)
             slot = _parse_optional_iso(record.get("scheduled_at"))
-            if schedule.last_slot is None and slot is not None:
-                schedule.last_slot = slot
+            if slot is not None:        # lines are appended when runs end, so take the latest slot seen
+                schedule.last_slot = max(slot, schedule.last_slot or 0.0)
             if schedule.last_run is None and entry["started_at"]:
                 schedule.last_run = _parse_optional_iso(entry["started_at"])
             if len(schedule.history) >= HISTORY_SIZE and schedule.last_run is not None:
@@ -1692,10 +1697,9 @@ class ScriptSchedules:
                 if not isinstance(rel, str):
                     continue
                 self._last_fire.setdefault(rel, record)
-                if record.get("trigger") == "cron" and rel not in self._last_cron_slot:
-                    slot = _parse_optional_iso(record.get("ts"))
-                    if slot is not None:
-                        self._last_cron_slot[rel] = slot
+                slot = _parse_optional_iso(record.get("ts"))
+                if record.get("trigger") == "cron" and slot is not None:
+                    self._last_cron_slot[rel] = max(slot, self._last_cron_slot.get(rel, 0.0))
         self.reload(startup=True)
 
     # -- firing ----------------------------------------------------------------------------------------------
@@ -2179,8 +2183,8 @@ class Server:
         self.data_lock.release()
 
 
-class _Shutdown(BaseException):
-    """Raised in the main thread by SIGTERM/SIGINT to leave the serving loop."""
+class _Shutdown(SystemExit):
+    """Raised in the main thread by SIGTERM/SIGINT; waitress stops its loop and request threads on SystemExit."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -2222,17 +2226,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"schedserver: {e}", file=sys.stderr)
         return 2
 
+    stopping: list[str] = []
+
     def on_signal(signum: int, frame: Any) -> None:
-        raise _Shutdown(signal.Signals(signum).name)
+        if stopping:
+            os._exit(1)         # a second signal: stop at once
+        stopping.append(signal.Signals(signum).name)
+        raise _Shutdown(0)
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGHUP, lambda signum, frame: server.reload_scripts())
     try:
         server.serve()
-    except _Shutdown as e:
-        log.info("schedserver stopping (%s)", e)
+    except _Shutdown:
+        pass
     finally:
+        log.info("schedserver stopping (%s)", stopping[0] if stopping else "server loop ended")
         server.stop()
     log.info("schedserver stopped")
     return 0
