@@ -338,6 +338,7 @@ CRON_FIELDS = (
     ("second", 0, 59, ()), ("minute", 0, 59, ()), ("hour", 0, 23, ()),
     ("day", 1, 31, ()), ("month", 1, 12, MONTH_NAMES), ("weekday", 0, 7, DAY_NAMES),
 )
+CRON_CHECK_FROM = 946684800.0    # 2000-01-01: every valid expression fires within croniter's search window from here
 _CRON_ITEM = re.compile(r"^(?:(\*)|([0-9A-Za-z]+)(?:-([0-9A-Za-z]+))?)(?:/([0-9]+))?$")
 
 
@@ -400,7 +401,7 @@ def parse_cron(expression: Any) -> CronSpec:
         raise InvalidCron(f"Invalid cron expression: {text!r} has {len(parts)} fields; {CRON_HELP}")
     fields = tuple(_validate_cron_field(part, *spec) for part, spec in zip(parts, CRON_FIELDS))
     result = CronSpec(expression, fields)
-    if result.next_after(time.time(), ZoneInfo("UTC")) is None:
+    if result.next_after(CRON_CHECK_FROM, ZoneInfo("UTC")) is None:
         raise InvalidCron(f"Invalid cron expression: {text!r} never fires (no such date); {CRON_HELP}")
     return result
 
@@ -1042,6 +1043,7 @@ class Scheduler:
 # Services: HTTP request schedules #############################################
 ###############################################################################
 
+EMPTY_BODY: Any = type("EmptyBody", (), {"__repr__": lambda self: "EMPTY_BODY"})()   # a request with no body
 REQUEST_FIELDS = ("url", "method", "headers", "body", "json", "timeout", "follow_redirects")
 CREATE_FIELDS = ("cron", "request", "name", "enabled", "timezone")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
@@ -1242,7 +1244,7 @@ class CurlSchedules:
 
     def list(self, page: int = 1, limit: int | None = None) -> dict:
         with self._lock:
-            items = list(reversed(self._schedules.values()))
+            items = sorted(reversed(self._schedules.values()), key=lambda s: s.created_at, reverse=True)
         total = len(items)
         if limit is None:
             chosen = items if page == 1 else []
@@ -1263,8 +1265,9 @@ class CurlSchedules:
         result["history"] = history
         return result
 
-    def toggle(self, schedule_id: str, payload: Any) -> dict:
-        if payload is None or payload == {}:
+    def toggle(self, schedule_id: str, payload: Any = EMPTY_BODY) -> dict:
+        """Set `enabled` from `{"enabled": bool}`; an empty body (EMPTY_BODY) flips it."""
+        if payload is EMPTY_BODY:
             wanted = None
         elif isinstance(payload, dict) and set(payload) == {"enabled"} and isinstance(payload["enabled"], bool):
             wanted = payload["enabled"]
@@ -1293,7 +1296,7 @@ class CurlSchedules:
                 if enabled:
                     self._register(schedule, anchor=now)
                 else:
-                    self.scheduler.remove(schedule.id)
+                    self.scheduler.remove(_curl_key(schedule.id))
         return {"id": schedule.id, "enabled": enabled, "next_run": utc_iso(self._next_run(schedule))}
 
     def delete(self, schedule_id: str) -> dict:
@@ -1304,7 +1307,7 @@ class CurlSchedules:
             self._save(definitions, action="delete schedule")
             with self._lock:
                 self._schedules.pop(schedule_id, None)
-            self.scheduler.remove(schedule.id)
+            self.scheduler.remove(_curl_key(schedule.id))
         return {"id": schedule.id}
 
     def count(self) -> int:
@@ -1913,8 +1916,8 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
     return response
 
 
-def read_json_body(request: bottle.LocalRequest) -> Any:
-    """The request body as JSON (None when empty). 413 above MAX_BODY_BYTES, 400/415 when not JSON."""
+def read_json_body(request: bottle.LocalRequest, empty: Any = None) -> Any:
+    """The request body as JSON (`empty` when there is none). 413 above MAX_BODY_BYTES, 400/415 when not JSON."""
     length = request.content_length
     if length > MAX_BODY_BYTES:
         raise ApiError(f"body is larger than {MAX_BODY_BYTES} bytes", code="PAYLOAD_TOO_LARGE", status=413)
@@ -1922,7 +1925,7 @@ def read_json_body(request: bottle.LocalRequest) -> Any:
     if len(raw) > MAX_BODY_BYTES:
         raise ApiError(f"body is larger than {MAX_BODY_BYTES} bytes", code="PAYLOAD_TOO_LARGE", status=413)
     if not raw.strip():
-        return None
+        return empty
     content_type = (request.content_type or "").split(";")[0].strip().lower()
     if content_type and content_type != "application/json" and not content_type.endswith("+json"):
         raise InvalidParameter(f"Content-Type must be application/json, not {content_type!r}", status=415)
@@ -1998,7 +2001,14 @@ def make_app(curl: CurlSchedules, auth: Auth, scripts: ScriptSchedules | None = 
     @api
     def toggle_curl(schedule_id: str) -> dict:
         curl._find(schedule_id)     # 404 before complaining about the body
-        return curl.toggle(schedule_id, read_json_body(request))
+        return curl.toggle(schedule_id, read_json_body(request, empty=EMPTY_BODY))
+
+    # An id holding a slash (`..%2Fx` arrives decoded) is a malformed id, not an unknown route.
+    @app.route(CURL_PREFIX + "/<schedule_id:re:(?!.*/toggle$).+/.+>", method=["GET", "DELETE"])
+    @app.route(CURL_PREFIX + "/<schedule_id:re:.+/.+>/toggle", method="PATCH")
+    @api
+    def malformed_curl_id(schedule_id: str) -> dict:
+        raise NotFound("Schedule not found", code="SCHEDULE_NOT_FOUND")
 
     @app.delete(CURL_PREFIX + "/<schedule_id>")
     @api
