@@ -1,0 +1,434 @@
+"""Scheduler.tick(now) driven by a fake clock, with a synchronous stand-in for the worker pool.
+
+Nothing here sleeps: the clock is a number the test moves, and "submitted to a worker" means "kept in a list
+until the test runs it" (or run at once, for tests that do not care about overlap).
+"""
+
+from datetime import datetime, timezone
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from schedserver import (MISSED_SCAN_LIMIT, CurlSchedules, Job, JsonStore, NdjsonLog, RunResult, Scheduler,
+                         parse_cron)
+
+UTC = ZoneInfo("UTC")
+NOW = "2025-01-10T12:00:00Z"
+GRACE = 30
+
+
+def ts(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def iso(epoch: float | None) -> str | None:
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+###############################################################################
+# Fakes
+###############################################################################
+
+class FakeClock:
+    """A clock that only moves when the test says so."""
+
+    def __init__(self, start: str):
+        self.now = ts(start)
+
+    def __call__(self) -> float:
+        return self.now
+
+    def set(self, text: str) -> float:
+        self.now = ts(text)
+        return self.now
+
+
+class RecordingPool:
+    """Stands in for the worker pool: keeps submitted calls, runs them at once when `inline`, else on demand."""
+
+    def __init__(self, inline: bool = True):
+        self.inline = inline
+        self.pending: list[tuple] = []
+        self.submitted = 0
+
+    def submit(self, fn, *args):
+        self.submitted += 1
+        self.pending.append((fn, args))
+        if self.inline:
+            self.run_pending()
+
+    def run_pending(self) -> None:
+        while self.pending:
+            fn, args = self.pending.pop(0)
+            fn(*args)
+
+
+class CountingSpec:
+    """A CronSpec that counts how often the scheduler asks it for a next fire."""
+
+    def __init__(self, expression: str):
+        self._spec = parse_cron(expression)
+        self.expression = self._spec.expression
+        self.fields = self._spec.fields
+        self.calls = 0
+
+    @property
+    def wildcard_time(self):
+        return self._spec.wildcard_time
+
+    def next_after(self, after, tz):
+        return next(self.iter_after(after, tz), None)
+
+    def iter_after(self, after, tz):
+        for instant in self._spec.iter_after(after, tz):
+            self.calls += 1
+            yield instant
+
+
+class Harness:
+    """A scheduler on a fake clock and a recording pool; every fire and record lands in `events`."""
+
+    def __init__(self, inline: bool = True, grace: float = GRACE, start: str = NOW):
+        self.clock = FakeClock(start)
+        self.pool = RecordingPool(inline)
+        self.scheduler = Scheduler(misfire_grace=grace, clock=self.clock, submit=self.pool.submit)
+        self.events: list[tuple] = []
+
+    def job(self, key: str, cron, label: str | None = None, fail: bool = False) -> Job:
+        spec = parse_cron(cron) if isinstance(cron, str) else cron
+        label = label or key
+
+        def fire(slot):
+            self.events.append((label, "fire", iso(slot)))
+            if fail:
+                raise RuntimeError("the target blew up")
+
+        def record(status, slot, count, last_slot):
+            self.events.append((label, status, iso(slot), count))
+
+        return Job(key, spec, UTC, fire, record)
+
+    def add(self, key: str, cron, **kwargs) -> Job:
+        job = self.job(key, cron, **kwargs)
+        self.scheduler.add(job, self.clock())
+        return job
+
+    def tick_at(self, text: str) -> None:
+        self.clock.set(text)
+        self.scheduler.tick(self.clock())
+
+    def next_at(self, key: str) -> str | None:
+        return iso(self.scheduler.next_at(key))
+
+
+###############################################################################
+# Due, not due, idle
+###############################################################################
+
+def test_a_due_job_fires_once_at_its_slot():
+    h = Harness()
+    h.add("a", "0 * * * * *")
+    assert h.next_at("a") == "2025-01-10T12:01:00Z"
+    h.tick_at("2025-01-10T12:01:00Z")
+    h.tick_at("2025-01-10T12:01:00Z")
+    h.tick_at("2025-01-10T12:01:00.900Z")
+    assert h.events == [("a", "fire", "2025-01-10T12:01:00Z")]
+    assert h.next_at("a") == "2025-01-10T12:02:00Z"
+
+
+def test_a_fire_reached_a_little_late_still_runs_for_its_slot():
+    h = Harness()
+    h.add("a", "0 * * * * *")
+    h.tick_at("2025-01-10T12:01:20Z")
+    assert h.events == [("a", "fire", "2025-01-10T12:01:00Z")]
+    assert h.next_at("a") == "2025-01-10T12:02:00Z"
+
+
+def test_a_job_that_is_not_due_does_nothing():
+    h = Harness()
+    h.add("a", "0 * * * * *")
+    h.clock.now = ts("2025-01-10T12:01:00Z") - 0.001
+    h.scheduler.tick(h.clock())
+    assert h.events == []
+    assert h.pool.submitted == 0
+    assert h.next_at("a") == "2025-01-10T12:01:00Z"
+
+
+def test_only_the_job_that_is_due_fires():
+    h = Harness()
+    h.add("minutely", "0 * * * * *")
+    h.add("hourly", "@hourly")
+    h.tick_at("2025-01-10T12:01:00Z")
+    assert h.events == [("minutely", "fire", "2025-01-10T12:01:00Z")]
+    assert h.next_at("hourly") == "2025-01-10T13:00:00Z"
+
+
+def test_idle_ticks_submit_nothing_and_never_evaluate_a_schedule():
+    h = Harness()
+    specs = [CountingSpec("@yearly") for _ in range(100)]
+    for n, spec in enumerate(specs):
+        h.add(f"job-{n}", spec)
+    assert all(spec.calls == 1 for spec in specs)         # once, to place it in the queue
+    for second in range(3600):
+        h.scheduler.tick(ts(NOW) + second)
+    assert h.pool.submitted == 0
+    assert h.events == []
+    assert sum(spec.calls for spec in specs) == 100
+
+
+def test_a_tick_with_no_jobs_is_harmless():
+    h = Harness()
+    h.tick_at("2025-01-10T12:00:01Z")
+    assert h.pool.submitted == 0
+    assert h.scheduler.last_tick == ts("2025-01-10T12:00:01Z")
+
+
+###############################################################################
+# Overlap
+###############################################################################
+
+def test_it_skips_a_run_while_the_previous_one_is_running():
+    h = Harness(inline=False)
+    h.add("a", "* * * * * *")
+    h.tick_at("2025-01-10T12:00:01Z")           # the fire is handed to a worker, which has not finished
+    assert h.scheduler.is_running("a")
+    h.tick_at("2025-01-10T12:00:02Z")           # due again while in flight
+    h.pool.run_pending()
+    assert h.events == [("a", "fire", "2025-01-10T12:00:01Z"),
+                        ("a", "skipped", "2025-01-10T12:00:02Z", 1)]
+    assert not h.scheduler.is_running("a")
+    h.tick_at("2025-01-10T12:00:03Z")           # finished: the next slot runs again
+    h.pool.run_pending()
+    assert h.events[2:] == [("a", "fire", "2025-01-10T12:00:03Z")]
+
+
+def test_a_slow_job_does_not_hold_back_another_job():
+    h = Harness(inline=False)
+    h.add("slow", "* * * * * *")
+    h.add("other", "* * * * * *")
+    h.tick_at("2025-01-10T12:00:01Z")
+    h.tick_at("2025-01-10T12:00:02Z")
+    h.pool.run_pending()
+    fires = [e for e in h.events if e[1] == "fire"]
+    skips = [e for e in h.events if e[1] == "skipped"]
+    assert sorted(fires) == [("other", "fire", "2025-01-10T12:00:01Z"), ("slow", "fire", "2025-01-10T12:00:01Z")]
+    assert sorted(skips) == [("other", "skipped", "2025-01-10T12:00:02Z", 1),
+                             ("slow", "skipped", "2025-01-10T12:00:02Z", 1)]
+
+
+def test_a_fire_that_raises_is_logged_and_the_job_keeps_firing(caplog):
+    h = Harness()
+    h.add("a", "* * * * * *", fail=True)
+    h.tick_at("2025-01-10T12:00:01Z")
+    assert not h.scheduler.is_running("a")
+    h.tick_at("2025-01-10T12:00:02Z")
+    assert h.events == [("a", "fire", "2025-01-10T12:00:01Z"), ("a", "fire", "2025-01-10T12:00:02Z")]
+    assert "fire of a failed" in caplog.text
+
+
+###############################################################################
+# Missed runs
+###############################################################################
+
+def test_three_hours_down_with_an_hourly_job_is_one_missed_record_of_three_and_no_burst():
+    h = Harness(start="2025-01-10T09:30:00Z")
+    h.add("a", "@hourly")
+    h.tick_at("2025-01-10T12:45:00Z")           # 10:00, 11:00 and 12:00 all passed long ago
+    assert h.events == [("a", "missed", "2025-01-10T10:00:00Z", 3)]
+    assert h.next_at("a") == "2025-01-10T13:00:00Z"
+    h.tick_at("2025-01-10T13:00:00Z")
+    assert h.events[1:] == [("a", "fire", "2025-01-10T13:00:00Z")]
+
+
+def test_after_missed_slots_the_latest_slot_still_runs_when_it_is_within_the_grace():
+    h = Harness(start="2025-01-10T09:30:00Z")
+    h.add("a", "@hourly")
+    h.tick_at("2025-01-10T13:00:10Z")
+    assert h.events == [("a", "missed", "2025-01-10T10:00:00Z", 3), ("a", "fire", "2025-01-10T13:00:00Z")]
+    assert h.next_at("a") == "2025-01-10T14:00:00Z"
+
+
+@pytest.mark.parametrize("late, expected", [
+    (GRACE, [("a", "fire", "2025-01-10T12:01:00Z")]),
+    (GRACE + 1, [("a", "missed", "2025-01-10T12:01:00Z", 1)]),
+])
+def test_a_fire_is_missed_only_beyond_the_misfire_grace(late, expected):
+    h = Harness()
+    h.add("a", "0 * * * * *")
+    h.scheduler.tick(ts("2025-01-10T12:01:00Z") + late)
+    assert h.events == expected
+    assert h.next_at("a") == "2025-01-10T12:02:00Z"
+
+
+def test_slots_passed_within_the_grace_are_not_run_as_a_burst():
+    h = Harness()
+    h.add("a", "* * * * * *")
+    h.tick_at("2025-01-10T12:00:05Z")           # a 5-second stall: 12:00:01 .. 12:00:05 are all due
+    assert h.events == [("a", "missed", "2025-01-10T12:00:01Z", 4), ("a", "fire", "2025-01-10T12:00:05Z")]
+
+
+def test_a_day_down_with_a_minutely_job_counts_every_missed_slot():
+    h = Harness()
+    h.add("a", "0 * * * * *")
+    h.tick_at("2025-01-11T12:00:45Z")           # 12:01 yesterday .. 12:00 today: 1440 slots, all beyond the grace
+    assert h.events == [("a", "missed", "2025-01-10T12:01:00Z", 1440)]
+    assert h.next_at("a") == "2025-01-11T12:01:00Z"
+
+
+def test_a_year_long_clock_jump_with_an_every_second_job_is_one_missed_record_and_one_fire():
+    h = Harness()
+    spec = CountingSpec("* * * * * *")
+    h.add("a", spec)
+    h.tick_at("2026-01-10T12:00:00Z")
+    assert [e[:3] for e in h.events] == [("a", "missed", "2025-01-10T12:00:01Z"),
+                                         ("a", "fire", "2026-01-10T12:00:00Z")]
+    assert h.events[0][3] >= MISSED_SCAN_LIMIT
+    assert h.pool.submitted == 2
+    assert spec.calls < 5 * MISSED_SCAN_LIMIT     # bounded work, not one step per second of the year
+    assert h.next_at("a") == "2026-01-10T12:00:01Z"
+
+
+###############################################################################
+# Clock going backwards
+###############################################################################
+
+def test_a_backward_clock_jump_never_fires_a_slot_at_or_before_the_last_fired_one():
+    h = Harness()
+    h.add("a", "0 * * * * *")
+    h.tick_at("2025-01-10T12:01:00Z")
+    for text in ("2025-01-10T11:01:00Z", "2025-01-10T11:59:59Z", "2025-01-10T12:00:00Z",
+                 "2025-01-10T12:01:00Z", "2025-01-10T12:01:59Z"):
+        h.tick_at(text)                         # the clock was set back an hour and walks forward again
+    assert h.events == [("a", "fire", "2025-01-10T12:01:00Z")]
+    h.tick_at("2025-01-10T12:02:00Z")
+    assert h.events == [("a", "fire", "2025-01-10T12:01:00Z"), ("a", "fire", "2025-01-10T12:02:00Z")]
+
+
+###############################################################################
+# Registration changes
+###############################################################################
+
+def test_a_removed_job_does_not_fire():
+    h = Harness()
+    h.add("a", "0 * * * * *")
+    h.scheduler.remove("a")
+    h.tick_at("2025-01-10T12:01:00Z")
+    h.tick_at("2025-01-10T12:05:00Z")
+    assert h.events == []
+    assert h.scheduler.next_at("a") is None
+    assert len(h.scheduler) == 0
+
+
+def test_a_job_registered_again_under_the_same_key_uses_the_new_spec():
+    h = Harness()
+    h.add("a", "0 0 13 * * *", label="old")
+    h.add("a", "0 30 12 * * *", label="new")
+    assert len(h.scheduler) == 1
+    assert h.next_at("a") == "2025-01-10T12:30:00Z"
+    h.tick_at("2025-01-10T12:30:00Z")
+    h.tick_at("2025-01-10T13:00:00Z")           # the old spec's slot: nothing
+    assert h.events == [("new", "fire", "2025-01-10T12:30:00Z")]
+    assert h.next_at("a") == "2025-01-11T12:30:00Z"
+
+
+def test_a_job_registered_again_while_it_runs_still_skips_the_overlapping_slot():
+    h = Harness(inline=False)
+    h.add("a", "* * * * * *", label="old")
+    h.tick_at("2025-01-10T12:00:01Z")           # old run in flight
+    h.add("a", "*/2 * * * * *", label="new")
+    h.tick_at("2025-01-10T12:00:02Z")
+    h.pool.run_pending()
+    assert h.events == [("old", "fire", "2025-01-10T12:00:01Z"), ("new", "skipped", "2025-01-10T12:00:02Z", 1)]
+    h.tick_at("2025-01-10T12:00:04Z")
+    h.pool.run_pending()
+    assert h.events[2:] == [("new", "fire", "2025-01-10T12:00:04Z")]
+
+
+###############################################################################
+# Disabled and re-enabled HTTP schedules (through the service, as the API does it)
+###############################################################################
+
+class RecordingRunner:
+    """Stands in for HttpRunner: remembers each request it was asked to send and answers 200."""
+
+    def __init__(self, clock):
+        self.clock = clock
+        self.calls: list[tuple[str, str]] = []
+
+    def run(self, spec, extra_headers):
+        self.calls.append((spec["url"], extra_headers["X-Schedserver-Scheduled-At"]))
+        return RunResult("ok", self.clock(), 12, 200)
+
+
+class Service:
+    """CurlSchedules wired to a fake clock, a recording pool and a recording runner, with files in tmp_path."""
+
+    def __init__(self, data_dir):
+        self.clock = FakeClock(NOW)
+        self.scheduler = Scheduler(misfire_grace=GRACE, clock=self.clock, submit=RecordingPool(inline=True).submit)
+        self.runner = RecordingRunner(self.clock)
+        self.curl = CurlSchedules(JsonStore(str(data_dir / "curl-schedules.json")),
+                                  NdjsonLog(str(data_dir / "curl-runs.log"), 1 << 20, 2),
+                                  self.scheduler, self.runner, clock=self.clock)
+
+    def tick_at(self, text: str) -> None:
+        self.clock.set(text)
+        self.scheduler.tick(self.clock())
+
+
+@pytest.fixture
+def service(tmp_path):
+    return Service(tmp_path)
+
+
+def test_a_disabled_schedule_does_not_fire_and_reenabling_starts_from_now_without_catch_up(service):
+    created = service.curl.create({"cron": "0 * * * * *", "request": {"url": "http://127.0.0.1:9/hook"}})
+    sid = created["id"]
+    assert created["next_run"] == "2025-01-10T12:01:00Z"
+    service.tick_at("2025-01-10T12:01:00Z")
+    assert service.runner.calls == [("http://127.0.0.1:9/hook", "2025-01-10T12:01:00Z")]
+
+    service.clock.set("2025-01-10T12:01:30Z")
+    assert service.curl.toggle(sid, {"enabled": False}) == {"id": sid, "enabled": False, "next_run": None}
+    for text in ("2025-01-10T12:02:00Z", "2025-01-10T13:00:00Z", "2025-01-10T15:00:00Z"):
+        service.tick_at(text)
+    assert len(service.runner.calls) == 1
+    assert service.curl.get(sid)["next_run"] is None
+
+    service.clock.set("2025-01-10T15:00:20Z")
+    assert service.curl.toggle(sid, {"enabled": True}) == {"id": sid, "enabled": True,
+                                                           "next_run": "2025-01-10T15:01:00Z"}
+    service.tick_at("2025-01-10T15:00:20Z")
+    assert len(service.runner.calls) == 1       # nothing caught up, nothing recorded as missed
+    service.tick_at("2025-01-10T15:01:00Z")
+    assert service.runner.calls[1:] == [("http://127.0.0.1:9/hook", "2025-01-10T15:01:00Z")]
+    history = service.curl.get(sid)["history"]
+    assert [(h["scheduled_at"], h["status"]) for h in history] == [
+        ("2025-01-10T15:01:00Z", "ok"), ("2025-01-10T12:01:00Z", "ok")]
+
+
+def test_a_toggle_without_a_body_flips_the_state_and_a_schedule_created_disabled_never_fires(service):
+    created = service.curl.create({"cron": "* * * * * *", "request": {"url": "http://127.0.0.1:9/hook"},
+                                   "enabled": False})
+    assert created["next_run"] is None
+    service.tick_at("2025-01-10T12:00:05Z")
+    assert service.runner.calls == []
+    service.clock.set("2025-01-10T12:00:10Z")
+    assert service.curl.toggle(created["id"])["next_run"] == "2025-01-10T12:00:11Z"   # no body: flip
+    service.tick_at("2025-01-10T12:00:11Z")
+    assert service.runner.calls == [("http://127.0.0.1:9/hook", "2025-01-10T12:00:11Z")]
+    assert service.curl.toggle(created["id"])["enabled"] is False
+    service.tick_at("2025-01-10T12:00:12Z")
+    assert len(service.runner.calls) == 1
+
+
+def test_a_deleted_schedule_leaves_the_scheduler_and_records_nothing_more(service):
+    created = service.curl.create({"cron": "0 * * * * *", "request": {"url": "http://127.0.0.1:9/hook"}})
+    service.curl.delete(created["id"])
+    assert len(service.scheduler) == 0
+    service.tick_at("2025-01-10T12:01:00Z")
+    service.tick_at("2025-01-10T14:00:00Z")         # long after: no missed record for a schedule that is gone
+    assert service.runner.calls == []
+    assert list(service.curl.runs.read_newest()) == []
