@@ -61,7 +61,7 @@ HISTORY_SIZE = 20                       # runs kept per HTTP schedule for GET /{
 MAX_NAME_LENGTH = 200
 MAX_HTTP_TIMEOUT = 300.0
 MAX_REDIRECTS = 10
-MISSED_SCAN_LIMIT = 1000                # slots counted one by one before a missed run is summarised
+MISSED_SCAN_LIMIT = 3000                # missed slots counted one by one (~60 us each); beyond, "at least"
 FILE_LOCK_TIMEOUT = 10.0                # seconds a writer waits for a file lock before reporting a storage error
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 CRON_HELP = ("use 6 fields: second minute hour day month weekday, e.g. '0 0 9 * * MON-FRI' "
@@ -148,8 +148,6 @@ def _to_str(value: Any) -> str:
 
 def _to_int(low: int, high: int) -> Callable[[Any], int]:
     def convert(value: Any) -> int:
-        if isinstance(value, str) and re.fullmatch(r"\s*-?\d+\s*", value):
-            value = int(value)
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             raise ValueError(f"expected an integer from {low} to {high}")
         return value
@@ -157,8 +155,6 @@ def _to_int(low: int, high: int) -> Callable[[Any], int]:
 
 
 def _to_str_list(value: Any) -> tuple[str, ...]:
-    if isinstance(value, str):      # environment variables: comma-separated
-        value = [part for part in value.split(",")]
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ValueError("expected a list of strings")
     return tuple(v.strip() for v in value if v.strip())
@@ -271,9 +267,9 @@ def load_config(flags: dict[str, Any] | None = None, environ: dict[str, str] | N
         if key in file_values.get(section, {}):
             value, where, origin_dir = file_values[section][key], f"{config_file}: {section}.{key}", base_dir
         if env_name and env_name in environ:
-            value, where, origin_dir = environ[env_name], f"environment {env_name}", os.getcwd()
+            value, where, origin_dir = _from_text(environ[env_name], default), f"environment {env_name}", os.getcwd()
         if key in flags:
-            value, where, origin_dir = flags[key], f"--{key.replace('_', '-')}", os.getcwd()
+            value, where, origin_dir = _from_text(flags[key], default), f"--{key.replace('_', '-')}", os.getcwd()
         if where is not None:
             try:
                 value = convert(value)
@@ -283,6 +279,17 @@ def load_config(flags: dict[str, Any] | None = None, environ: dict[str, str] | N
             value = os.path.abspath(os.path.join(origin_dir, os.path.expanduser(value)))
         values[key] = value
     return Config(**values, config_file=config_file)
+
+
+def _from_text(text: Any, default: Any) -> Any:
+    """An environment variable or flag as the type of its key: whole numbers, comma-separated lists."""
+    if not isinstance(text, str):
+        return text
+    if isinstance(default, int) and re.fullmatch(r"\s*-?[0-9]+\s*", text):
+        return int(text)
+    if isinstance(default, tuple):
+        return [part for part in text.split(",")]
+    return text
 
 
 def _read_toml(path: str) -> dict[str, Any]:
@@ -355,24 +362,28 @@ class CronSpec:
         return self.fields[1].startswith("*") or self.fields[2].startswith("*")
 
     def next_after(self, after: float, tz: ZoneInfo) -> float | None:
-        """The first fire instant strictly after `after` (epoch seconds), or None if it never fires again.
+        """The first fire instant strictly after `after` (epoch seconds), or None if it never fires again."""
+        return next(self.iter_after(after, tz), None)
+
+    def iter_after(self, after: float, tz: ZoneInfo) -> Iterator[float]:
+        """Fire instants strictly after `after`, strictly increasing as UTC instants.
 
         Vixie cron runs a fixed-time job once when the clock falls back; croniter would run it in both
         passes of the repeated hour, so the second pass is skipped here for non-wildcard jobs.
         """
-        start = datetime.fromtimestamp(after, tz)
         try:
-            it = croniter.croniter(" ".join(self.fields), start, second_at_beginning=True)
-            for _ in range(8):
+            it = croniter.croniter(" ".join(self.fields), datetime.fromtimestamp(after, tz),
+                                   second_at_beginning=True)
+            last, stuck = after, 0
+            while stuck < 8:
                 ts = it.get_next(datetime).timestamp()
-                if ts <= after:
+                if ts <= last or (not self.wildcard_time and _in_repeated_second_pass(ts, tz)):
+                    stuck += 1
                     continue
-                if not self.wildcard_time and _in_repeated_second_pass(ts, tz):
-                    continue
-                return ts
+                last, stuck = ts, 0
+                yield ts
         except (croniter.CroniterBadDateError, OverflowError, ValueError):
-            return None
-        return None
+            return
 
 
 def _in_repeated_second_pass(ts: float, tz: ZoneInfo) -> bool:
@@ -522,7 +533,7 @@ class NdjsonLog:
 
     def append(self, record: dict) -> None:
         """Append one record as one line; raises OSError (or filelock.Timeout) on failure."""
-        line = json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+        line = json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "backslashreplace") + b"\n"
         with self._lock, self._file_lock:
             fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
             try:
@@ -596,10 +607,13 @@ def _lines_backwards(path: str, block: int = 64 * 1024) -> Iterator[bytes]:
             chunk = f.read(end - start) + tail
             end = start
             lines = chunk.split(b"\n")
-            tail = lines.pop(0)
             if first:
+                if len(lines) == 1:     # no newline yet: all of it belongs to a torn last line
+                    tail = b""
+                    continue
                 first = False
                 lines.pop()     # the text after the last newline: empty, or a torn line
+            tail = lines.pop(0)
             for line in reversed(lines):
                 if line.strip():
                     yield line
@@ -859,18 +873,18 @@ def _signal_name(number: int) -> str:
 class Job:
     """One registered schedule as the scheduler sees it.
 
-    `fire(slot)` runs in a worker thread; `record(status, slot, count)` writes a `skipped` or `missed`
-    record (also in a worker thread, so the ticker never waits on a file).
+    `fire(slot)` runs in a worker thread; `record(status, slot, count, last_slot)` writes a `skipped` or
+    `missed` record for `count` slots from `slot` to `last_slot` (also in a worker thread, so the ticker never
+    waits on a file).
     """
 
     key: str
     spec: CronSpec
     tz: ZoneInfo
     fire: Callable[[float], None]
-    record: Callable[[str, float, int], None]
+    record: Callable[[str, float, int, float], None]
     next_at: float | None = None
     last_slot: float | None = None
-    running: bool = False
     generation: int = 0
 
 
@@ -886,6 +900,8 @@ class Scheduler:
         self._lock = threading.Lock()
         self._jobs: dict[str, Job] = {}
         self._heap: list[tuple[float, int, str, int]] = []
+        self._running: set[str] = set()     # keys with a run in flight; outlives remove(), so re-adding a
+                                            # job while its old run still goes on cannot overlap it
         self._seq = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -898,7 +914,6 @@ class Scheduler:
             old = self._jobs.get(job.key)
             if old is not None:
                 job.generation = old.generation + 1
-                job.running = old.running
             job.last_slot = anchor
             job.next_at = job.spec.next_after(anchor, job.tz)
             self._jobs[job.key] = job
@@ -919,8 +934,7 @@ class Scheduler:
 
     def is_running(self, key: str) -> bool:
         with self._lock:
-            job = self._jobs.get(key)
-            return bool(job and job.running)
+            return key in self._running
 
     def __len__(self) -> int:
         with self._lock:
@@ -929,17 +943,14 @@ class Scheduler:
     def claim(self, key: str) -> bool:
         """Mark a registered job as running (for a manual run); False if unknown or already running."""
         with self._lock:
-            job = self._jobs.get(key)
-            if job is None or job.running:
+            if key not in self._jobs or key in self._running:
                 return False
-            job.running = True
+            self._running.add(key)
             return True
 
     def release(self, key: str) -> None:
         with self._lock:
-            job = self._jobs.get(key)
-            if job is not None:
-                job.running = False
+            self._running.discard(key)
 
     def _push(self, job: Job) -> None:
         if job.next_at is not None:
@@ -965,34 +976,35 @@ class Scheduler:
             except RuntimeError:    # pool shut down while stopping
                 log.warning("worker pool is shut down; dropped a fire of %s", action[1].key)
 
-    def _due(self, job: Job, slot: float, now: float) -> list[tuple]:
-        """Decide what happens to `job` whose slot `slot` is due; sets its next slot. Lock held."""
+    def _due(self, job: Job, slot: float | None, now: float) -> list[tuple]:
+        """Decide what happens to `job` whose slot `slot` is due; sets its next slot. Lock held.
+
+        Slots past the grace, and all but the latest slot within it, are missed: one `missed` record with a
+        count, never a burst of catch-up runs. Counting stops at MISSED_SCAN_LIMIT (then the count is a lower
+        bound), so a clock jumping forward by a year costs a bounded amount of work.
+        """
         actions: list[tuple] = []
-        missed, first_missed = 0, slot
-        # Slots past the grace, and all but the latest slot within it, are missed: no burst of catch-up runs.
-        steps = 0
+        missed, first_missed, last_missed = 0, slot, slot
+        slots = job.spec.iter_after(slot, job.tz)
+        following = next(slots, None)
         while slot is not None and slot <= now:
-            following = job.spec.next_after(slot, job.tz)
             if now - slot <= self.misfire_grace and (following is None or following > now):
                 break                       # the latest due slot, within the grace: it runs
-            missed += 1
-            steps += 1
-            if steps >= MISSED_SCAN_LIMIT and following is not None and following <= now - self.misfire_grace:
-                # A long gap (clock jump, long downtime): stop counting slot by slot.
-                following = job.spec.next_after(now - self.misfire_grace - 1, job.tz)
-                while following is not None and following <= now - self.misfire_grace:
-                    following = job.spec.next_after(following, job.tz)
-            slot = following
+            missed, last_missed = missed + 1, slot
+            if missed >= MISSED_SCAN_LIMIT and following is not None and following <= now - self.misfire_grace:
+                slots = job.spec.iter_after(now - self.misfire_grace, job.tz)
+                following = next(slots, None)
+            slot, following = following, next(slots, None)
         if missed:
-            actions.append((self._run_record, job, "missed", first_missed, missed))
+            actions.append((self._run_record, job, "missed", first_missed, missed, last_missed))
         if slot is not None and slot <= now:
-            if job.running:
-                actions.append((self._run_record, job, "skipped", slot, 1))
+            if job.key in self._running:
+                actions.append((self._run_record, job, "skipped", slot, 1, slot))
             else:
-                job.running = True
+                self._running.add(job.key)
                 actions.append((self._run_fire, job, slot))
             job.last_slot = slot
-            job.next_at = job.spec.next_after(slot, job.tz)
+            job.next_at = following
         else:
             job.next_at = slot
         return actions
@@ -1004,14 +1016,11 @@ class Scheduler:
             log.exception("fire of %s failed", job.key)
         finally:
             with self._lock:
-                job.running = False
-                current = self._jobs.get(job.key)
-                if current is not None and current is not job:
-                    current.running = False
+                self._running.discard(job.key)
 
-    def _run_record(self, job: Job, status: str, slot: float, count: int) -> None:
+    def _run_record(self, job: Job, status: str, slot: float, count: int, last_slot: float) -> None:
         try:
-            job.record(status, slot, count)
+            job.record(status, slot, count, last_slot)
         except Exception:
             log.exception("recording %s for %s failed", status, job.key)
 
@@ -1209,8 +1218,9 @@ class CurlSchedules:
             if schedule is None or schedule.id not in pending:
                 continue
             entry = _history_entry(record)
-            schedule.history.appendleft(entry)
-            slot = _parse_optional_iso(record.get("scheduled_at"))
+            if len(schedule.history) < HISTORY_SIZE:
+                schedule.history.appendleft(entry)
+            slot = _parse_optional_iso(record.get("last_scheduled_at") or record.get("scheduled_at"))
             if slot is not None:        # lines are appended when runs end, so take the latest slot seen
                 schedule.last_slot = max(slot, schedule.last_slot or 0.0)
             if schedule.last_run is None and entry["started_at"]:
@@ -1343,7 +1353,7 @@ class CurlSchedules:
             anchor = max(s.enabled_at, s.last_slot or 0.0)
         job = Job(key=_curl_key(s.id), spec=parse_cron(s.cron), tz=load_timezone(s.timezone),
                   fire=lambda slot, sid=s.id: self._fire(sid, slot),
-                  record=lambda status, slot, count, sid=s.id: self._record(sid, status, slot, count))
+                  record=lambda status, slot, count, last, sid=s.id: self._record(sid, status, slot, count, last))
         self.scheduler.add(job, anchor)
 
     def _fire(self, schedule_id: str, slot: float) -> None:
@@ -1362,17 +1372,18 @@ class CurlSchedules:
                  result.status_code, result.duration_ms, f" error={result.error}" if result.error else "")
         self._append(schedule_id, record, slot)
 
-    def _record(self, schedule_id: str, status: str, slot: float, count: int) -> None:
+    def _record(self, schedule_id: str, status: str, slot: float, count: int, last_slot: float) -> None:
         if status == "missed":
-            error = f"missed {count} run{'s' if count != 1 else ''} from {utc_iso(slot)} (server down, " \
-                    f"suspended or busy beyond the misfire grace)"
+            error = f"missed {_count_text(count)} run{'s' if count != 1 else ''} from {utc_iso(slot)} (server " \
+                    f"down, suspended or busy beyond the misfire grace)"
         else:
             error = "previous run still in progress"
         record = {"ts": utc_iso(self.clock(), ms=True), "schedule_id": schedule_id, "run_id": str(uuid.uuid4()),
                   "scheduled_at": utc_iso(slot, ms=True), "started_at": None, "status": status,
-                  "status_code": None, "duration_ms": 0, "error": error, "trigger": "cron", "count": count}
+                  "status_code": None, "duration_ms": 0, "error": error, "trigger": "cron", "count": count,
+                  "last_scheduled_at": utc_iso(last_slot, ms=True)}
         log.info("http run %s status=%s count=%d", schedule_id, status, count)
-        self._append(schedule_id, record, slot)
+        self._append(schedule_id, record, last_slot)
 
     def _append(self, schedule_id: str, record: dict, slot: float) -> None:
         try:
@@ -1387,6 +1398,10 @@ class CurlSchedules:
                 schedule.last_slot = max(slot, schedule.last_slot or 0.0)
                 if record["started_at"]:
                     schedule.last_run = _parse_optional_iso(record["started_at"])
+
+
+def _count_text(count: int) -> str:
+    return f"at least {count}" if count >= MISSED_SCAN_LIMIT else str(count)
 
 
 def _curl_key(schedule_id: str) -> str:
@@ -1545,6 +1560,10 @@ class ScriptSchedules:
         self._last_fire: dict[str, dict] = {}       # scriptRel -> newest fires-log record
         self._last_cron_slot: dict[str, float] = {}
         self._preflight_cache: dict[str, tuple[int, int, str | None]] = {}
+        # Which scripts were registered, kept beside the fires log so a restart knows whose downtime counts.
+        self.state = JsonStore(os.path.join(os.path.dirname(fires.path), "exec-registered.json"))
+        self._registered_at_stop: set[str] | None = None    # None: unknown, so every script counts
+        self._saved_registered: set[str] | None = None
 
     # -- registration ----------------------------------------------------------------------------------------
     def inspect(self, rel: str) -> ScriptSchedule | None:
@@ -1639,6 +1658,9 @@ class ScriptSchedules:
         registrations: dict[str, ScriptSchedule] = {}
         failed = []
         for rel in discover_scripts(self.scripts_dir):
+            if not _is_utf8(rel):
+                failed.append({"path": _printable(rel), "reason": "file name is not valid UTF-8; rename it"})
+                continue
             try:
                 schedule = self.inspect(rel)
             except (RegistrationError, OSError) as e:
@@ -1653,16 +1675,19 @@ class ScriptSchedules:
         return ReloadPlan(registrations=registrations, added=sorted(set(registrations) - set(current)), kept=kept,
                           changed=changed, removed=sorted(set(current) - set(registrations)), failed=failed)
 
-    def reload(self, dry_run: bool = False, *, startup: bool = False) -> dict:
-        """Rescan and reconcile; the answer lists added, kept, changed, removed and failed scripts."""
+    def reload(self, dry_run: bool = False, *, reason: str = "api") -> dict:
+        """Rescan and reconcile; the answer lists added, kept, changed, removed and failed scripts.
+
+        `reason` ("start", "api", "SIGHUP") goes into the one summary line a reload logs.
+        """
         with self._reload_lock:
             plan = self.plan()
             if not dry_run:
-                self._apply(plan, startup)
+                self._apply(plan, reason)
         return {"dry_run": dry_run, "added": plan.added, "kept": plan.kept, "changed": plan.changed,
                 "removed": plan.removed, "failed": plan.failed}
 
-    def _apply(self, plan: ReloadPlan, startup: bool) -> None:
+    def _apply(self, plan: ReloadPlan, reason: str) -> None:
         now = self.clock()
         with self._lock:
             previous = self._registered
@@ -1679,31 +1704,47 @@ class ScriptSchedules:
         for rel in plan.added + plan.changed:
             schedule = registered[rel]
             anchor = now
-            if startup:     # fires due while the server was down are recorded as missed
+            if reason == "start" and (self._registered_at_stop is None or rel in self._registered_at_stop):
+                # Fires due while the server was down are recorded as missed, counted from the last cron fire;
+                # only for scripts that were registered when it went down (not for ones broken back then).
                 with self._lock:
-                    anchor = self._last_cron_slot.get(rel, now)
+                    anchor = min(now, self._last_cron_slot.get(rel, now))
             self.scheduler.add(Job(key=_exec_key(rel), spec=schedule.spec, tz=self.tz,
                                    fire=lambda slot, r=rel: self._fire(r, slot, "cron"),
-                                   record=lambda status, slot, count, r=rel: self._record(r, status, slot, count)),
+                                   record=lambda status, slot, count, last, r=rel: self._record(
+                                       r, status, slot, count, last)),
                                anchor)
-        if plan.added or plan.changed or plan.removed:
-            log.info("scripts reloaded: %d added, %d changed, %d removed, %d failed, %d registered",
-                     len(plan.added), len(plan.changed), len(plan.removed), len(plan.failed), len(registered))
+        log.info("scripts reloaded (%s): %d added, %d kept, %d changed, %d removed, %d failed; %d registered",
+                 reason, len(plan.added), len(plan.kept), len(plan.changed), len(plan.removed), len(plan.failed),
+                 len(registered))
         for failure in plan.failed:
             log.warning("script %s not scheduled: %s", failure["path"], failure["reason"])
+        if set(registered) != self._saved_registered:
+            try:
+                self.state.save({"version": 1, "registered": sorted(registered)})
+                self._saved_registered = set(registered)
+            except (OSError, filelock.Timeout) as e:
+                log.error("cannot write %s: %s", self.state.path, e)
 
     def load(self) -> None:
         """Rebuild last-fire state from the fires log's tail, then register the scripts."""
+        try:
+            registered = self.state.load(None)
+            if registered is not None:
+                self._registered_at_stop = set(registered["registered"])
+                self._saved_registered = set(self._registered_at_stop)
+        except (StartupError, KeyError, TypeError) as e:
+            log.warning("%s: unreadable (%s); treating every script as registered before", self.state.path, e)
         with self._lock:
             for record in self.fires.read_newest(include_rotated=False):
                 rel = record.get("scriptPath")
                 if not isinstance(rel, str):
                     continue
                 self._last_fire.setdefault(rel, record)
-                slot = _parse_optional_iso(record.get("ts"))
+                slot = _parse_optional_iso(record.get("lastSlot") or record.get("ts"))
                 if record.get("trigger") == "cron" and slot is not None:
                     self._last_cron_slot[rel] = max(slot, self._last_cron_slot.get(rel, 0.0))
-        self.reload(startup=True)
+        self.reload(reason="start")
 
     # -- firing ----------------------------------------------------------------------------------------------
     def _environment(self, extra: dict[str, str]) -> dict[str, str]:
@@ -1735,19 +1776,21 @@ class ScriptSchedules:
         self._append(record)
         return record
 
-    def _record(self, rel: str, status: str, slot: float, count: int) -> None:
+    def _record(self, rel: str, status: str, slot: float, count: int, last_slot: float) -> None:
         with self._lock:
             schedule = self._registered.get(rel)
         record = {"ts": utc_iso(slot, ms=True), "scriptPath": rel,
                   "expression": schedule.spec.expression if schedule else None, "runId": str(uuid.uuid4()),
                   "status": status, "durationMs": 0, "trigger": "cron", "count": count,
-                  "error": (f"missed {count} fire{'s' if count != 1 else ''} from {utc_iso(slot)} (server down, "
+                  "lastSlot": utc_iso(last_slot, ms=True),
+                  "error": (f"missed {_count_text(count)} fire{'s' if count != 1 else ''} from {utc_iso(slot)} (server down, "
                             "suspended or busy beyond the misfire grace)") if status == "missed"
                   else "previous run still in progress"}
         log.info("script fire %s status=%s count=%d", rel, status, count)
         self._append(record)
 
     def _append(self, record: dict) -> None:
+        record["loggedAt"] = utc_iso(self.clock(), ms=True)
         try:
             self.fires.append(record)
         except (OSError, filelock.Timeout) as e:
@@ -1755,7 +1798,7 @@ class ScriptSchedules:
         with self._lock:
             self._last_fire[record["scriptPath"]] = record
             if record["trigger"] == "cron":
-                slot = parse_iso(record["ts"])
+                slot = parse_iso(record.get("lastSlot") or record["ts"])
                 self._last_cron_slot[record["scriptPath"]] = max(slot, self._last_cron_slot.get(record["scriptPath"], 0))
 
     # -- the API ---------------------------------------------------------------------------------------------
@@ -1798,20 +1841,19 @@ class ScriptSchedules:
         rel = self.relative_path(script_path) if script_path is not None else None
         contains = None
         if rel is not None:
-            contains = b'"scriptPath":' + json.dumps(rel, ensure_ascii=False).encode()
+            contains = json.dumps(rel, ensure_ascii=False).encode("utf-8", "backslashreplace")
         entries = []
         for record in self.fires.read_newest(include_rotated=include_rotated, contains=contains):
             if rel is not None and record.get("scriptPath") != rel:
                 continue
             if since is not None:
                 ts = _parse_optional_iso(record.get("ts"))
-                if ts is None:
-                    continue
-                if ts < since:
-                    # Lines are appended when a fire ends, so an older fire can follow a newer one by at most
-                    # the longest run time; past that, nothing newer than `since` can follow.
-                    if ts < since - MAX_SCRIPT_TIMEOUT_MS / 1000:
-                        break
+                logged = _parse_optional_iso(record.get("loggedAt"))
+                if logged is not None and logged < since:
+                    break   # a line is logged after its `ts`, so every line before this one is older than `since`
+                if ts is None or ts < since:
+                    if logged is None and ts is not None and ts < since - MAX_SCRIPT_TIMEOUT_MS / 1000:
+                        break   # no loggedAt (older lines): a fire is logged at most one run time after its ts
                     continue
             entries.append(record)
             if len(entries) >= limit:
@@ -1857,6 +1899,19 @@ class ScriptSchedules:
     def count(self) -> int:
         with self._lock:
             return len(self._registered)
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def _printable(text: str) -> str:
+    """A file name that may hold undecodable bytes (as surrogates), made safe to show."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _exec_key(rel: str) -> str:
@@ -1911,7 +1966,7 @@ def error_body(path: str, status: int, code: str, message: str, now: float | Non
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> bottle.HTTPResponse:
-    response = bottle.HTTPResponse(json.dumps(body, ensure_ascii=False), status=status, **(headers or {}))
+    response = bottle.HTTPResponse(json.dumps(body), status=status, **(headers or {}))
     response.content_type = "application/json"
     return response
 
@@ -2135,9 +2190,15 @@ class Server:
             self.scheduler, HttpRunner(), default_timezone=config.timezone)
         self.scripts: ScriptSchedules | None = None
         self.wsgi_server: Any = None
+        self.app: bottle.Bottle | None = None
+
+    def _wsgi(self, environ: dict, start_response: Callable) -> Any:
+        # waitress binds before the app exists (so a taken port is the first and only error); requests are
+        # served only from serve(), after start() has set self.app.
+        return self.app(environ, start_response)
 
     def start(self) -> None:
-        """Claim the data dir, load state, bind the port; raises ConfigError/StartupError with one line."""
+        """Claim the data dir, bind the port, load state; raises ConfigError/StartupError with one line."""
         cfg = self.config
         prepare_data_dir(cfg.data_dir)
         try:
@@ -2145,6 +2206,13 @@ class Server:
         except OSError as e:
             raise ConfigError(f"scripts dir {cfg.scripts_dir}: cannot create ({e.strerror})") from None
         self.data_lock.acquire()
+        import waitress.server
+        try:
+            self.wsgi_server = waitress.server.create_server(
+                self._wsgi, host=cfg.host, port=cfg.port, threads=cfg.threads, ident="schedserver",
+                max_request_body_size=2 * MAX_BODY_BYTES, clear_untrusted_proxy_headers=True)
+        except OSError as e:
+            raise ConfigError(f"cannot listen on {cfg.host}:{cfg.port}: {e.strerror or e}") from None
         admin_tokens = resolve_admin_tokens(cfg)
         auth = Auth(admin_tokens, cfg.read_tokens)
         self.scripts = ScriptSchedules(
@@ -2156,14 +2224,7 @@ class Server:
             secret_values=admin_tokens + cfg.read_tokens)
         self.curl.load()
         self.scripts.load()
-        app = make_app(self.curl, auth, self.scripts)
-        import waitress.server
-        try:
-            self.wsgi_server = waitress.server.create_server(
-                app, host=cfg.host, port=cfg.port, threads=cfg.threads, ident="schedserver",
-                max_request_body_size=2 * MAX_BODY_BYTES, clear_untrusted_proxy_headers=True)
-        except OSError as e:
-            raise ConfigError(f"cannot listen on {cfg.host}:{cfg.port}: {e.strerror or e}") from None
+        self.app = make_app(self.curl, auth, self.scripts)
         self.scheduler.start()
         host = self.wsgi_server.effective_host
         shown = f"[{host}]" if ":" in str(host) else host
@@ -2175,10 +2236,8 @@ class Server:
         """SIGHUP: rescan the scripts dir in a thread of its own (never inside the signal handler)."""
         def run() -> None:
             try:
-                result = self.scripts.reload()
-                log.info("SIGHUP reload: %d added, %d kept, %d changed, %d removed, %d failed",
-                         len(result["added"]), len(result["kept"]), len(result["changed"]),
-                         len(result["removed"]), len(result["failed"]))
+                if self.scripts is not None:
+                    self.scripts.reload(reason="SIGHUP")
             except Exception:
                 log.exception("SIGHUP reload failed")
         threading.Thread(target=run, name="schedserver-reload", daemon=True).start()
@@ -2190,7 +2249,7 @@ class Server:
         self.scheduler.stop(wait=False)
         if self.wsgi_server is not None:
             self.wsgi_server.close()
-        self.data_lock.release()
+        self.data_lock.release()        # a no-op when it was never acquired
 
 
 class _Shutdown(SystemExit):
@@ -2230,12 +2289,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     setup_logging(config.log_level)
     server = Server(config)
-    try:
-        server.start()
-    except (ConfigError, StartupError) as e:
-        print(f"schedserver: {e}", file=sys.stderr)
-        return 2
-
     stopping: list[str] = []
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -2244,18 +2297,28 @@ def main(argv: list[str] | None = None) -> int:
         stopping.append(signal.Signals(signum).name)
         raise _Shutdown(0)
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGHUP, lambda signum, frame: server.reload_scripts())
+    handlers = {signal.SIGTERM: on_signal, signal.SIGINT: on_signal,
+                signal.SIGHUP: lambda signum, frame: server.reload_scripts()}
+    previous = {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
     try:
-        server.serve()
-    except _Shutdown:
-        pass
+        try:
+            server.start()
+        except (ConfigError, StartupError) as e:
+            print(f"schedserver: {e}", file=sys.stderr)
+            server.stop()
+            return 2
+        try:
+            server.serve()
+        except _Shutdown:
+            pass
+        finally:
+            log.info("schedserver stopping (%s)", stopping[0] if stopping else "server loop ended")
+            server.stop()
+        log.info("schedserver stopped")
+        return 0
     finally:
-        log.info("schedserver stopping (%s)", stopping[0] if stopping else "server loop ended")
-        server.stop()
-    log.info("schedserver stopped")
-    return 0
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 if __name__ == "__main__":
