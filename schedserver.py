@@ -33,7 +33,7 @@ import traceback
 import urllib.parse
 import uuid
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+import queue
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterator
@@ -154,6 +154,12 @@ def _to_int(low: int, high: int) -> Callable[[Any], int]:
     return convert
 
 
+def _to_bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("expected true or false")
+    return value
+
+
 def _to_str_list(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ValueError("expected a list of strings")
@@ -197,6 +203,8 @@ CONFIG_TABLE: tuple[tuple[str, str, Callable[[Any], Any], Any, str | None], ...]
     ("server", "scripts_dir", _to_str, DEFAULT_SCRIPTS_DIR, "SCHEDSERVER_SCRIPTS_DIR"),
     ("server", "threads", _to_int(1, 256), 8, "SCHEDSERVER_THREADS"),
     ("server", "log_level", _to_log_level, "INFO", "SCHEDSERVER_LOG_LEVEL"),
+    ("server", "access_log", _to_bool, False, "SCHEDSERVER_ACCESS_LOG"),
+    ("server", "shutdown_grace_seconds", _to_int(0, 3600), 10, "SCHEDSERVER_SHUTDOWN_GRACE_SECONDS"),
     ("scheduler", "timezone", _to_timezone_name, "UTC", "SCHEDSERVER_TIMEZONE"),
     ("scheduler", "workers", _to_int(1, 1024), 8, "SCHEDSERVER_WORKERS"),
     ("scheduler", "misfire_grace_seconds", _to_int(0, 3600), 30, "SCHEDSERVER_MISFIRE_GRACE_SECONDS"),
@@ -225,6 +233,8 @@ class Config:
     scripts_dir: str = DEFAULT_SCRIPTS_DIR
     threads: int = 8
     log_level: str = "INFO"
+    access_log: bool = False
+    shutdown_grace_seconds: int = 10
     timezone: str = "UTC"
     workers: int = 8
     misfire_grace_seconds: int = 30
@@ -285,6 +295,9 @@ def _from_text(text: Any, default: Any) -> Any:
     """An environment variable or flag as the type of its key: whole numbers, comma-separated lists."""
     if not isinstance(text, str):
         return text
+    if isinstance(default, bool):
+        return {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}.get(
+            text.strip().lower(), text)
     if isinstance(default, int) and re.fullmatch(r"\s*-?[0-9]+\s*", text):
         return int(text)
     if isinstance(default, tuple):
@@ -463,8 +476,11 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str, data: bytes, mode: int = 0o600) -> None:
-    """Replace `path` with `data` so that a crash leaves either the old or the new file, never a mix."""
+def atomic_write(path: str, data: bytes, mode: int = 0o600, durable: bool = True) -> None:
+    """Replace `path` with `data` so that a crash leaves either the old or the new file, never a mix.
+
+    durable=False skips the fsyncs (for markers whose loss on power failure costs little).
+    """
     directory = os.path.dirname(path)
     tmp = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
@@ -473,7 +489,8 @@ def atomic_write(path: str, data: bytes, mode: int = 0o600) -> None:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.chmod(tmp, mode)
@@ -484,7 +501,8 @@ def atomic_write(path: str, data: bytes, mode: int = 0o600) -> None:
         except OSError:
             pass
         raise
-    fsync_dir(directory)
+    if durable:
+        fsync_dir(directory)
 
 
 class JsonStore:
@@ -808,7 +826,9 @@ class ScriptRunner:
         self.preview_chars = preview_chars
         self.kill_grace = kill_grace
 
-    def run(self, argv: list[str], cwd: str, env: dict[str, str], timeout_ms: int) -> ScriptResult:
+    def run(self, argv: list[str], cwd: str, env: dict[str, str], timeout_ms: int,
+            on_spawn: Callable[[int], None] | None = None) -> ScriptResult:
+        """Run to completion; `on_spawn(pgid)` is told the process group as soon as it exists."""
         started = self.clock()
         t0 = time.monotonic()
 
@@ -820,6 +840,8 @@ class ScriptRunner:
                                     stderr=subprocess.PIPE, start_new_session=True, close_fds=True)
         except OSError as e:
             return ScriptResult("error", started, elapsed_ms(), error=f"cannot start: {e.strerror or e}")
+        if on_spawn is not None:
+            on_spawn(proc.pid)
         stdout, stderr = OutputTail(proc.stdout), OutputTail(proc.stderr)
         timed_out = False
         try:
@@ -865,6 +887,145 @@ def _signal_name(number: int) -> str:
         return str(number)
 
 
+class InFlightRun:
+    """One run in progress, as InFlightRuns tracks it."""
+
+    def __init__(self, marker: dict, on_interrupt: Callable[[dict, str], None]):
+        self.marker = marker
+        self.on_interrupt = on_interrupt
+        self.pgid: int | None = None
+        self.interrupted = False
+        self._lock = threading.Lock()
+
+    def set_pgid(self, pgid: int) -> None:
+        """The run's process group (scripts); killed at once if shutdown already gave up on this run."""
+        with self._lock:
+            self.pgid = pgid
+            interrupted = self.interrupted
+        if interrupted:
+            _kill_group(pgid, signal.SIGKILL)
+
+    def signal(self, sig: int) -> None:
+        with self._lock:
+            self.interrupted = True
+            pgid = self.pgid
+        if pgid is not None:
+            _kill_group(pgid, sig)
+
+
+class InFlightRuns:
+    """Runs in progress. Each has a marker file while it runs, so a run cut short by SIGKILL or power loss is
+    found (and recorded as interrupted) at the next start; graceful shutdown waits for them, then stops the rest.
+    """
+
+    def __init__(self, marker_dir: str | None = None):
+        self.marker_dir = marker_dir
+        self._cond = threading.Condition()
+        self._runs: dict[str, InFlightRun] = {}
+        if marker_dir:
+            os.makedirs(marker_dir, mode=0o700, exist_ok=True)
+
+    def _marker_path(self, run_id: str) -> str | None:
+        return os.path.join(self.marker_dir, run_id + ".json") if self.marker_dir else None
+
+    def begin(self, run_id: str, marker: dict, on_interrupt: Callable[[dict, str], None]) -> InFlightRun:
+        """Track a run starting now; `on_interrupt(marker, reason)` records it if it never finishes."""
+        run = InFlightRun(marker, on_interrupt)
+        path = self._marker_path(run_id)
+        if path:
+            try:
+                atomic_write(path, json.dumps(marker).encode(), durable=False)
+            except OSError as e:
+                log.error("cannot write run marker %s: %s", path, e)
+        with self._cond:
+            self._runs[run_id] = run
+        return run
+
+    def finish(self, run_id: str) -> bool:
+        """The run ended. False if shutdown already recorded it as interrupted (then record nothing more)."""
+        with self._cond:
+            run = self._runs.pop(run_id, None)
+            self._cond.notify_all()
+        if run is None:
+            return False
+        self._remove_marker(run_id)
+        return True
+
+    def _remove_marker(self, run_id: str) -> None:
+        path = self._marker_path(run_id)
+        if path:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+    def count(self) -> int:
+        with self._cond:
+            return len(self._runs)
+
+    def wait_idle(self, deadline: float) -> bool:
+        """Wait until no run is in flight or time.monotonic() reaches `deadline`; True if idle."""
+        with self._cond:
+            while self._runs:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+            return True
+
+    def interrupt_all(self, reason: str, kill_grace: float = 1.0) -> int:
+        """Stop every run still in flight (SIGTERM, then SIGKILL, to whole process groups) and record each
+        through its `on_interrupt` with `reason`. Returns how many there were."""
+        with self._cond:
+            runs = dict(self._runs)
+            self._runs.clear()
+            self._cond.notify_all()
+        for run in runs.values():
+            run.signal(signal.SIGTERM)
+        deadline = time.monotonic() + kill_grace
+        while time.monotonic() < deadline and any(_group_alive(r.pgid) for r in runs.values()):
+            time.sleep(0.02)
+        for run_id, run in runs.items():
+            run.signal(signal.SIGKILL)
+            try:
+                run.on_interrupt(run.marker, reason)
+            except Exception:
+                log.exception("recording the interrupted run %s failed", run_id)
+            self._remove_marker(run_id)
+        return len(runs)
+
+    def recover(self) -> list[dict]:
+        """Markers a previous process left behind (it died with those runs in flight); removed once read."""
+        if not self.marker_dir:
+            return []
+        markers = []
+        for name in sorted(os.listdir(self.marker_dir)):
+            path = os.path.join(self.marker_dir, name)
+            if name.endswith(".json"):
+                try:
+                    with open(path, "rb") as f:
+                        marker = json.loads(f.read())
+                    if isinstance(marker, dict):
+                        markers.append(marker)
+                except (OSError, ValueError) as e:
+                    log.warning("%s: unreadable run marker (%s); ignored", path, e)
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        return markers
+
+
+def _group_alive(pgid: int | None) -> bool:
+    if pgid is None:
+        return False
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
 ###############################################################################
 # Scheduler ####################################################################
 ###############################################################################
@@ -888,14 +1049,51 @@ class Job:
     generation: int = 0
 
 
+class WorkerPool:
+    """A fixed number of daemon threads running submitted calls; a failing call is logged, the thread lives on.
+
+    Daemon threads, unlike concurrent.futures', never hold the process open at exit behind a hung HTTP run.
+    """
+
+    def __init__(self, workers: int):
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._closed = False
+        for n in range(workers):
+            threading.Thread(target=self._work, name=f"schedserver-worker-{n}", daemon=True).start()
+
+    def submit(self, fn: Callable, *args: Any) -> None:
+        if self._closed:
+            raise RuntimeError("worker pool is shut down")
+        self._queue.put((fn, args))
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            fn, args = item
+            try:
+                fn(*args)
+            except Exception:
+                log.exception("worker task failed")
+
+    def shutdown(self) -> None:
+        """Stop taking work; queued calls are dropped once the workers see the end marker."""
+        self._closed = True
+        self._queue.put(None)
+
+
 class Scheduler:
     """Keeps jobs ordered by next fire instant; `tick(now)` fires what is due into a bounded worker pool."""
 
     def __init__(self, workers: int = 8, misfire_grace: float = 30.0, clock: Callable[[], float] = time.time,
-                 submit: Callable[..., Any] | None = None):
+                 submit: Callable[..., Any] | None = None, monotonic: Callable[[], float] = time.monotonic,
+                 on_tick: Callable[[float], None] | None = None):
         self.misfire_grace = misfire_grace
         self.clock = clock
-        self._pool = None if submit else ThreadPoolExecutor(workers, thread_name_prefix="schedserver-worker")
+        self.monotonic = monotonic
+        self.on_tick = on_tick          # called by the ticker thread after each good tick (the systemd watchdog)
+        self._pool = None if submit else WorkerPool(workers)
         self._submit = submit or self._pool.submit
         self._lock = threading.Lock()
         self._jobs: dict[str, Job] = {}
@@ -905,7 +1103,8 @@ class Scheduler:
         self._seq = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.last_tick: float | None = None
+        self.last_tick: float | None = None                 # the `now` of the last tick (wall clock)
+        self.last_tick_monotonic: float | None = None       # when it happened, for health checks
 
     # -- registrations --------------------------------------------------------------------------------------
     def add(self, job: Job, anchor: float) -> None:
@@ -936,6 +1135,10 @@ class Scheduler:
         with self._lock:
             return key in self._running
 
+    def running_count(self) -> int:
+        with self._lock:
+            return len(self._running)
+
     def __len__(self) -> int:
         with self._lock:
             return len(self._jobs)
@@ -963,6 +1166,7 @@ class Scheduler:
         actions: list[tuple] = []
         with self._lock:
             self.last_tick = now
+            self.last_tick_monotonic = self.monotonic()
             while self._heap and self._heap[0][0] <= now:
                 at, _, key, generation = heapq.heappop(self._heap)
                 job = self._jobs.get(key)
@@ -1036,16 +1240,27 @@ class Scheduler:
             if self._stop.wait(max(0.0, 1.0 - (now % 1.0)) + 0.0005):
                 break
             try:
-                self.tick(self.clock())
+                now = self.clock()
+                self.tick(now)
             except Exception:
                 log.exception("tick failed")
+                continue
+            if self.on_tick is not None:
+                try:
+                    self.on_tick(now)
+                except Exception:
+                    log.exception("tick hook failed")
 
-    def stop(self, wait: bool = True) -> None:
+    def stop_ticking(self) -> None:
+        """No more fires; runs in flight go on."""
         self._stop.set()
-        if self._thread is not None:
+        if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
+
+    def stop(self) -> None:
+        self.stop_ticking()
         if self._pool is not None:
-            self._pool.shutdown(wait=wait, cancel_futures=True)
+            self._pool.shutdown()
 
 
 ###############################################################################
@@ -1186,8 +1401,10 @@ class CurlSchedules:
     """The HTTP request schedule surface: create, list, get, toggle, delete, and firing."""
 
     def __init__(self, store: JsonStore, runs: NdjsonLog, scheduler: Scheduler, runner: HttpRunner,
-                 default_timezone: str = "UTC", clock: Callable[[], float] = time.time):
+                 default_timezone: str = "UTC", clock: Callable[[], float] = time.time,
+                 inflight: InFlightRuns | None = None):
         self.store = store
+        self.inflight = inflight or InFlightRuns()
         self.runs = runs
         self.scheduler = scheduler
         self.runner = runner
@@ -1362,8 +1579,17 @@ class CurlSchedules:
         if schedule is None:
             return
         run_id = str(uuid.uuid4())
-        result = self.runner.run(schedule.request, {"X-Schedserver-Schedule-Id": schedule_id,
-                                                    "X-Schedserver-Scheduled-At": utc_iso(slot)})
+        marker = {"surface": "curl", "schedule_id": schedule_id, "run_id": run_id,
+                  "scheduled_at": utc_iso(slot, ms=True), "started_at": utc_iso(self.clock(), ms=True),
+                  "trigger": "cron"}
+        self.inflight.begin(run_id, marker, self.record_interrupted)
+        try:
+            result = self.runner.run(schedule.request, {"X-Schedserver-Schedule-Id": schedule_id,
+                                                        "X-Schedserver-Scheduled-At": utc_iso(slot)})
+        finally:
+            own = self.inflight.finish(run_id)
+        if not own:
+            return      # shutdown gave up on this run and recorded it
         record = {"ts": utc_iso(result.started_at, ms=True), "schedule_id": schedule_id, "run_id": run_id,
                   "scheduled_at": utc_iso(slot, ms=True), "started_at": utc_iso(result.started_at, ms=True),
                   "status": result.status, "status_code": result.status_code, "duration_ms": result.duration_ms,
@@ -1371,6 +1597,19 @@ class CurlSchedules:
         log.info("http run %s status=%s http_status=%s duration_ms=%d%s", schedule_id, result.status,
                  result.status_code, result.duration_ms, f" error={result.error}" if result.error else "")
         self._append(schedule_id, record, slot)
+
+    def record_interrupted(self, marker: dict, reason: str) -> None:
+        """Record a run that never finished (shutdown, or found by its marker at the next start)."""
+        started = _parse_optional_iso(marker.get("started_at"))
+        now = self.clock()
+        slot = _parse_optional_iso(marker.get("scheduled_at")) or now
+        record = {"ts": utc_iso(now, ms=True), "schedule_id": marker.get("schedule_id"), "run_id": marker.get("run_id"),
+                  "scheduled_at": marker.get("scheduled_at"), "started_at": marker.get("started_at"),
+                  "status": "error", "status_code": None,
+                  "duration_ms": max(0, int((now - started) * 1000)) if started else 0, "error": reason,
+                  "trigger": marker.get("trigger", "cron")}
+        log.warning("http run %s status=error error=%s", marker.get("schedule_id"), reason)
+        self._append(str(marker.get("schedule_id")), record, slot)
 
     def _record(self, schedule_id: str, status: str, slot: float, count: int, last_slot: float) -> None:
         if status == "missed":
@@ -1543,8 +1782,11 @@ class ScriptSchedules:
                  default_timeout_ms: int = 30000, timezone_name: str = "UTC",
                  interpreters: dict[str, tuple[str, ...]] | None = None,
                  preflight: dict[str, tuple[str, ...]] | None = None,
-                 secret_values: tuple[str, ...] = (), clock: Callable[[], float] = time.time):
+                 secret_values: tuple[str, ...] = (), clock: Callable[[], float] = time.time,
+                 inflight: InFlightRuns | None = None, notify: Callable[[str], Any] | None = None):
         self.scripts_dir = os.path.abspath(scripts_dir)
+        self.inflight = inflight or InFlightRuns()
+        self.notify = notify or (lambda message: None)      # systemd notifications around reloads
         self.fires = fires
         self.scheduler = scheduler
         self.runner = runner
@@ -1681,9 +1923,15 @@ class ScriptSchedules:
         `reason` ("start", "api", "SIGHUP") goes into the one summary line a reload logs.
         """
         with self._reload_lock:
-            plan = self.plan()
-            if not dry_run:
-                self._apply(plan, reason)
+            if not dry_run and reason != "start":
+                self.notify(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
+            try:
+                plan = self.plan()
+                if not dry_run:
+                    self._apply(plan, reason)
+            finally:
+                if not dry_run and reason != "start":
+                    self.notify("READY=1")
         return {"dry_run": dry_run, "added": plan.added, "kept": plan.kept, "changed": plan.changed,
                 "removed": plan.removed, "failed": plan.failed}
 
@@ -1761,7 +2009,17 @@ class ScriptSchedules:
         run_id = str(uuid.uuid4())
         env = self._environment({"SCHEDSERVER_RUN_ID": run_id, "SCHEDSERVER_SCRIPT": rel,
                                  "SCHEDSERVER_TRIGGER": trigger, "SCHEDSERVER_SCHEDULED_AT": utc_iso(slot, ms=True)})
-        result = self.runner.run(list(schedule.argv), os.path.dirname(schedule.path), env, schedule.timeout_ms)
+        marker = {"surface": "exec", "ts": utc_iso(slot, ms=True), "scriptPath": rel,
+                  "expression": schedule.spec.expression, "runId": run_id, "trigger": trigger,
+                  "startedAt": utc_iso(self.clock(), ms=True)}
+        run = self.inflight.begin(run_id, marker, self.record_interrupted)
+        try:
+            result = self.runner.run(list(schedule.argv), os.path.dirname(schedule.path), env,
+                                     schedule.timeout_ms, on_spawn=run.set_pgid)
+        finally:
+            own = self.inflight.finish(run_id)
+        if not own:
+            return {**marker, "status": "error", "durationMs": 0, "error": "interrupted by shutdown"}
         record = {"ts": utc_iso(slot, ms=True), "scriptPath": rel, "expression": schedule.spec.expression,
                   "runId": run_id, "status": result.status, "durationMs": result.duration_ms, "trigger": trigger,
                   "startedAt": utc_iso(result.started_at, ms=True)}
@@ -1775,6 +2033,15 @@ class ScriptSchedules:
                  result.duration_ms, f" error={result.error}" if result.error else "")
         self._append(record)
         return record
+
+    def record_interrupted(self, marker: dict, reason: str) -> None:
+        """Record a fire that never finished (shutdown, or found by its marker at the next start)."""
+        started = _parse_optional_iso(marker.get("startedAt"))
+        now = self.clock()
+        record = {key: marker.get(key) for key in ("ts", "scriptPath", "expression", "runId", "trigger", "startedAt")}
+        record.update(status="error", durationMs=max(0, int((now - started) * 1000)) if started else 0, error=reason)
+        log.warning("script fire %s status=error error=%s", record["scriptPath"], reason)
+        self._append(record)
 
     def _record(self, rel: str, status: str, slot: float, count: int, last_slot: float) -> None:
         with self._lock:
@@ -1797,8 +2064,8 @@ class ScriptSchedules:
             log.error("cannot append to %s: %s", self.fires.path, e)
         with self._lock:
             self._last_fire[record["scriptPath"]] = record
-            if record["trigger"] == "cron":
-                slot = parse_iso(record.get("lastSlot") or record["ts"])
+            slot = _parse_optional_iso(record.get("lastSlot") or record.get("ts"))
+            if record.get("trigger") == "cron" and slot is not None:
                 self._last_cron_slot[record["scriptPath"]] = max(slot, self._last_cron_slot.get(record["scriptPath"], 0))
 
     # -- the API ---------------------------------------------------------------------------------------------
@@ -2014,7 +2281,8 @@ def _query_bool(request: bottle.LocalRequest, name: str) -> bool | None:
     raise InvalidParameter(f"{name} must be true or false (or 1 or 0)")
 
 
-def make_app(curl: CurlSchedules, auth: Auth, scripts: ScriptSchedules | None = None) -> bottle.Bottle:
+def make_app(curl: CurlSchedules, auth: Auth, scripts: ScriptSchedules | None = None,
+             health: Any = None) -> bottle.Bottle:
     """The WSGI app: thin routes over the services, every answer JSON."""
     app = bottle.Bottle(catchall=True)
     request = bottle.request
@@ -2034,6 +2302,12 @@ def make_app(curl: CurlSchedules, auth: Auth, scripts: ScriptSchedules | None = 
                 log.error("unexpected error on %s %s\n%s", request.method, request.path, traceback.format_exc())
                 return json_response(error_body(request.path, 500, "INTERNAL_ERROR", "Internal server error"), 500)
         return wrapper
+
+    if health is not None:
+        @app.get("/healthz")
+        def healthz() -> bottle.HTTPResponse:     # no auth: for load balancers and monitors
+            status, body = health.report()
+            return json_response(body, status)
 
     @app.get(CURL_PREFIX)
     @api
@@ -2176,26 +2450,101 @@ def resolve_admin_tokens(config: Config) -> tuple[str, ...]:
     return (token,)
 
 
+def sd_notify(message: str) -> bool:
+    """Tell systemd (Type=notify) about our state over $NOTIFY_SOCKET; without it, do nothing."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]       # an abstract socket
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(address)
+            sock.sendall(message.encode())
+        return True
+    except OSError:
+        return False
+
+
+def watchdog_enabled() -> bool:
+    """True when systemd expects WATCHDOG=1 pings from this process (WatchdogSec= in the unit)."""
+    pid = os.environ.get("WATCHDOG_PID")
+    return bool(os.environ.get("WATCHDOG_USEC")) and (not pid or pid == str(os.getpid()))
+
+
+class Health:
+    """What GET /healthz answers: ok, or stalled when the ticker has not ticked for STALL_SECONDS."""
+
+    STALL_SECONDS = 5.0
+
+    def __init__(self, scheduler: Scheduler, curl: CurlSchedules, scripts: ScriptSchedules | None):
+        self.scheduler = scheduler
+        self.curl = curl
+        self.scripts = scripts
+        self.started = scheduler.monotonic()
+
+    def report(self) -> tuple[int, dict]:
+        now = self.scheduler.monotonic()
+        last = self.scheduler.last_tick_monotonic
+        age = now - (last if last is not None else self.started)
+        stalled = age >= self.STALL_SECONDS
+        body = {"status": "stalled" if stalled else "ok", "version": __version__,
+                "uptime_s": round(now - self.started, 3), "last_tick_age_ms": int(age * 1000),
+                "schedules": {"scripts": self.scripts.count() if self.scripts else 0, "http": self.curl.count()},
+                "running": self.scheduler.running_count()}
+        return (503 if stalled else 200), body
+
+
+class AccessLog:
+    """WSGI middleware: one line per request with method, path, status and duration (never headers)."""
+
+    def __init__(self, app: Callable):
+        self.app = app
+
+    def __call__(self, environ: dict, start_response: Callable) -> Any:
+        t0 = time.monotonic()
+        status_holder = []
+
+        def recording_start_response(status: str, headers: list, exc_info: Any = None) -> Any:
+            status_holder.append(status.split(" ", 1)[0])
+            return start_response(status, headers, exc_info)
+
+        try:
+            return self.app(environ, recording_start_response)
+        finally:
+            log.info("access %s %s %s %.1fms", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"),
+                     status_holder[0] if status_holder else "-", (time.monotonic() - t0) * 1000)
+
+
 class Server:
-    """Everything a running schedserver holds, wired together; `start()` then `serve()`."""
+    """Everything a running schedserver holds, wired together: start(), serve(), then shutdown()."""
 
     def __init__(self, config: Config):
         self.config = config
         self.data_lock = DataDirLock(config.data_dir)
-        self.scheduler = Scheduler(workers=config.workers, misfire_grace=config.misfire_grace_seconds)
+        self.inflight = InFlightRuns()
+        self.scheduler = Scheduler(workers=config.workers, misfire_grace=config.misfire_grace_seconds,
+                                   on_tick=self._on_tick if os.environ.get("NOTIFY_SOCKET") else None)
         self.curl = CurlSchedules(
             JsonStore(os.path.join(config.data_dir, "curl-schedules.json")),
             NdjsonLog(os.path.join(config.data_dir, "curl-runs.log"), config.runs_log_max_bytes,
                       config.runs_log_backups),
-            self.scheduler, HttpRunner(), default_timezone=config.timezone)
+            self.scheduler, HttpRunner(), default_timezone=config.timezone, inflight=self.inflight)
         self.scripts: ScriptSchedules | None = None
         self.wsgi_server: Any = None
-        self.app: bottle.Bottle | None = None
+        self.app: Callable | None = None
+        self._watchdog = watchdog_enabled()
 
     def _wsgi(self, environ: dict, start_response: Callable) -> Any:
         # waitress binds before the app exists (so a taken port is the first and only error); requests are
         # served only from serve(), after start() has set self.app.
         return self.app(environ, start_response)
+
+    def _on_tick(self, now: float) -> None:
+        """After each good tick: the systemd watchdog ping and status line. A stalled ticker sends neither."""
+        status = (f"STATUS={self.scripts.count() if self.scripts else 0} script and {self.curl.count()} http "
+                  f"schedules, {self.scheduler.running_count()} running; last tick {utc_iso(now)}")
+        sd_notify(("WATCHDOG=1\n" if self._watchdog else "") + status)
 
     def start(self) -> None:
         """Claim the data dir, bind the port, load state; raises ConfigError/StartupError with one line."""
@@ -2205,6 +2554,8 @@ class Server:
             os.makedirs(cfg.scripts_dir, exist_ok=True)
         except OSError as e:
             raise ConfigError(f"scripts dir {cfg.scripts_dir}: cannot create ({e.strerror})") from None
+        if not os.access(cfg.scripts_dir, os.R_OK | os.X_OK):
+            raise ConfigError(f"scripts dir {cfg.scripts_dir}: not readable")
         self.data_lock.acquire()
         import waitress.server
         try:
@@ -2215,22 +2566,33 @@ class Server:
             raise ConfigError(f"cannot listen on {cfg.host}:{cfg.port}: {e.strerror or e}") from None
         admin_tokens = resolve_admin_tokens(cfg)
         auth = Auth(admin_tokens, cfg.read_tokens)
+        self.inflight = InFlightRuns(os.path.join(cfg.data_dir, "running"))
+        self.curl.inflight = self.inflight
         self.scripts = ScriptSchedules(
             cfg.scripts_dir,
             NdjsonLog(os.path.join(cfg.data_dir, "fires.log"), cfg.fires_log_max_bytes, cfg.fires_log_backups),
             self.scheduler, ScriptRunner(preview_chars=cfg.return_preview_chars),
             default_timeout_ms=cfg.default_timeout_ms, timezone_name=cfg.timezone,
             interpreters=cfg.interpreters, preflight=cfg.preflight,
-            secret_values=admin_tokens + cfg.read_tokens)
+            secret_values=admin_tokens + cfg.read_tokens, inflight=self.inflight, notify=sd_notify)
+        # Runs in flight when the last process died hard: recorded as interrupted, never re-run.
+        for marker in self.inflight.recover():
+            service = self.scripts if marker.get("surface") == "exec" else self.curl
+            service.record_interrupted(marker, "interrupted")
         self.curl.load()
         self.scripts.load()
-        self.app = make_app(self.curl, auth, self.scripts)
+        app = make_app(self.curl, auth, self.scripts, Health(self.scheduler, self.curl, self.scripts))
+        self.app = AccessLog(app) if cfg.access_log else app
         self.scheduler.start()
         host = self.wsgi_server.effective_host
         shown = f"[{host}]" if ":" in str(host) else host
         log.info("schedserver listening on http://%s:%s", shown, self.wsgi_server.effective_port)
         log.info("%d http schedules and %d script schedules loaded; data dir %s, scripts dir %s",
                  self.curl.count(), self.scripts.count(), cfg.data_dir, cfg.scripts_dir)
+        sd_notify(f"READY=1\nSTATUS=listening on port {self.wsgi_server.effective_port}")
+
+    def serve(self) -> None:
+        self.wsgi_server.run()
 
     def reload_scripts(self) -> None:
         """SIGHUP: rescan the scripts dir in a thread of its own (never inside the signal handler)."""
@@ -2242,11 +2604,24 @@ class Server:
                 log.exception("SIGHUP reload failed")
         threading.Thread(target=run, name="schedserver-reload", daemon=True).start()
 
-    def serve(self) -> None:
-        self.wsgi_server.run()
+    def shutdown(self, deadline: float) -> None:
+        """Stop firing and serving, give runs in flight until `deadline` (time.monotonic()), then stop the rest
+        (recorded as `interrupted by shutdown`) and let go of the data dir."""
+        sd_notify("STOPPING=1")
+        self.scheduler.stop_ticking()
+        if self.wsgi_server is not None:
+            self.wsgi_server.close()
+        if self.inflight.count():
+            log.info("waiting up to %.0f s for %d run(s) in flight", max(0.0, deadline - time.monotonic()),
+                     self.inflight.count())
+        if not self.inflight.wait_idle(deadline):
+            count = self.inflight.interrupt_all("interrupted by shutdown")
+            log.warning("%d run(s) interrupted by shutdown", count)
+        self.stop()
 
     def stop(self) -> None:
-        self.scheduler.stop(wait=False)
+        """Let go at once (also after a failed start)."""
+        self.scheduler.stop()
         if self.wsgi_server is not None:
             self.wsgi_server.close()
         self.data_lock.release()        # a no-op when it was never acquired
@@ -2289,12 +2664,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     setup_logging(config.log_level)
     server = Server(config)
-    stopping: list[str] = []
+    stopping: list[tuple[str, float]] = []
 
     def on_signal(signum: int, frame: Any) -> None:
         if stopping:
             os._exit(1)         # a second signal: stop at once
-        stopping.append(signal.Signals(signum).name)
+        stopping.append((signal.Signals(signum).name, time.monotonic() + config.shutdown_grace_seconds))
         raise _Shutdown(0)
 
     handlers = {signal.SIGTERM: on_signal, signal.SIGINT: on_signal,
@@ -2311,9 +2686,9 @@ def main(argv: list[str] | None = None) -> int:
             server.serve()
         except _Shutdown:
             pass
-        finally:
-            log.info("schedserver stopping (%s)", stopping[0] if stopping else "server loop ended")
-            server.stop()
+        reason, deadline = stopping[0] if stopping else ("server loop ended", time.monotonic())
+        log.info("schedserver stopping (%s)", reason)
+        server.shutdown(deadline)
         log.info("schedserver stopped")
         return 0
     finally:

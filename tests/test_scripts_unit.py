@@ -78,7 +78,7 @@ class InstantRunner:
         self.preview = preview
         self.calls: list[dict] = []
 
-    def run(self, argv, cwd, env, timeout_ms) -> ScriptResult:
+    def run(self, argv, cwd, env, timeout_ms, on_spawn=None) -> ScriptResult:
         self.calls.append({"argv": argv, "cwd": cwd, "env": env, "timeout_ms": timeout_ms})
         return ScriptResult("ok", self.clock(), 3, return_preview=self.preview, exit_code=0)
 
