@@ -43,6 +43,11 @@ import bottle
 import croniter
 import filelock
 import requests
+import requests.adapters
+import urllib3
+import waitress.channel
+import waitress.server
+import waitress.task
 
 log = logging.getLogger("schedserver")
 
@@ -207,7 +212,7 @@ CONFIG_TABLE: tuple[tuple[str, str, Callable[[Any], Any], Any, str | None], ...]
     ("server", "shutdown_grace_seconds", _to_int(0, 3600), 10, "SCHEDSERVER_SHUTDOWN_GRACE_SECONDS"),
     ("scheduler", "timezone", _to_timezone_name, "UTC", "SCHEDSERVER_TIMEZONE"),
     ("scheduler", "workers", _to_int(1, 1024), 8, "SCHEDSERVER_WORKERS"),
-    ("scheduler", "misfire_grace_seconds", _to_int(0, 3600), 30, "SCHEDSERVER_MISFIRE_GRACE_SECONDS"),
+    ("scheduler", "misfire_grace_seconds", _to_int(1, 3600), 30, "SCHEDSERVER_MISFIRE_GRACE_SECONDS"),
     ("auth", "tokens", _to_str_list, (), "SCHEDSERVER_TOKEN"),
     ("auth", "read_tokens", _to_str_list, (), "SCHEDSERVER_READ_TOKEN"),
     ("auth", "token_file", _to_str, None, "SCHEDSERVER_TOKEN_FILE"),
@@ -284,7 +289,8 @@ def load_config(flags: dict[str, Any] | None = None, environ: dict[str, str] | N
             try:
                 value = convert(value)
             except ValueError as e:
-                raise ConfigError(f"{where}: {e}, got {value!r}") from None
+                shown = "a value (not shown: it may be a secret)" if section == "auth" else repr(value)
+                raise ConfigError(f"{where}: {e}, got {shown}") from None
         if key in PATH_KEYS and value is not None:
             value = os.path.abspath(os.path.join(origin_dir, os.path.expanduser(value)))
         values[key] = value
@@ -640,7 +646,7 @@ def _lines_backwards(path: str, block: int = 64 * 1024) -> Iterator[bytes]:
 
 
 class DataDirLock:
-    """Holds `<data-dir>/.lock` for the life of the process, so one server owns a data dir at a time."""
+    """Holds `<data-dir>/schedserver.lock` for the life of the process, so one server owns a data dir at a time."""
 
     def __init__(self, data_dir: str):
         self.data_dir = data_dir
@@ -664,6 +670,11 @@ def prepare_data_dir(path: str) -> None:
         raise ConfigError(f"data dir {path}: cannot create ({e.strerror})") from None
     if not os.path.isdir(path):
         raise ConfigError(f"data dir {path}: not a directory")
+    try:
+        if os.stat(path).st_mode & 0o077:
+            os.chmod(path, 0o700)       # it holds tokens and stored request headers
+    except OSError as e:
+        raise ConfigError(f"data dir {path}: cannot make it private ({e.strerror})") from None
     probe = os.path.join(path, f".write-test-{os.getpid()}")
     try:
         with open(probe, "wb"):
@@ -688,8 +699,45 @@ class RunResult:
     error: str | None = None
 
 
+_http_run = threading.local()       # the HttpRunner run in progress on this thread, for the pools below
+
+
+class _DeadlinePoolMixin:
+    """Hands each connection a run takes to that run, so its deadline can cut the connection."""
+
+    def _get_conn(self, timeout: float | None = None) -> Any:
+        conn = super()._get_conn(timeout)       # type: ignore[misc]
+        connections = getattr(_http_run, "connections", None)
+        if connections is not None:
+            connections.append(conn)
+        return conn
+
+
+class _DeadlineHTTPPool(_DeadlinePoolMixin, urllib3.HTTPConnectionPool):
+    pass
+
+
+class _DeadlineHTTPSPool(_DeadlinePoolMixin, urllib3.HTTPSConnectionPool):
+    pass
+
+
+def _cut(connections: list) -> None:
+    """Shut down the sockets of a run past its deadline: a blocked read returns at once."""
+    for conn in list(connections):
+        sock = getattr(conn, "sock", None)
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
 class HttpRunner:
-    """Sends one scheduled HTTP request with bounded time and memory; never reads ~/.netrc or proxy env."""
+    """Sends one scheduled HTTP request with bounded time and memory; never reads ~/.netrc or proxy env.
+
+    requests' read timeout applies to each socket read, so a target that dribbles bytes could hold a run for
+    ever; a timer cuts the run's connection at its overall deadline instead.
+    """
 
     def __init__(self, clock: Callable[[], float] = time.time, max_response_bytes: int = MAX_RESPONSE_BYTES):
         self.clock = clock
@@ -702,63 +750,80 @@ class HttpRunner:
             session = requests.Session()
             session.trust_env = False       # no ~/.netrc, no *_PROXY variables
             session.max_redirects = MAX_REDIRECTS
+            adapter = requests.adapters.HTTPAdapter(max_retries=0)
+            adapter.poolmanager.pool_classes_by_scheme = {"http": _DeadlineHTTPPool, "https": _DeadlineHTTPSPool}
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
             self._local.session = session
         return session
 
     def run(self, spec: dict, extra_headers: dict[str, str]) -> RunResult:
+        """Send the request; always a RunResult (ok, error or timeout), never an exception."""
         timeout = float(spec.get("timeout", 30))
         started = self.clock()
-        monotonic_start = time.monotonic()
-        deadline = monotonic_start + timeout
-        headers = dict(spec.get("headers") or {})
-        headers.update(extra_headers)
-        kwargs: dict[str, Any] = {"headers": headers}
-        if "json" in spec:
-            kwargs["json"] = spec["json"]
-        elif "body" in spec:
-            kwargs["data"] = spec["body"].encode()
+        t0 = time.monotonic()
+        deadline = t0 + timeout
+        _http_run.connections = connections = []
+        timer = threading.Timer(timeout, _cut, (connections,))
+        timer.daemon = True
+        timer.start()
 
         def result(status: str, code: int | None = None, error: str | None = None) -> RunResult:
-            return RunResult(status, started, int((time.monotonic() - monotonic_start) * 1000), code, error)
+            return RunResult(status, started, int((time.monotonic() - t0) * 1000), code, error)
+
+        def failure(exc: BaseException, code: int | None = None) -> RunResult:
+            if time.monotonic() >= deadline or isinstance(exc, requests.Timeout):
+                return result("timeout", code, f"timed out after {timeout:g} s")
+            return result("error", code, _short_error(exc))
 
         try:
-            response = self._session().request(
-                spec["method"], spec["url"], timeout=(min(timeout, 10.0), timeout),
-                allow_redirects=bool(spec.get("follow_redirects")), stream=True, **kwargs)
-        except requests.Timeout:
-            return result("timeout", error=f"timed out after {timeout:g} s")
-        except requests.RequestException as e:
+            headers = dict(spec.get("headers") or {})
+            headers.update(extra_headers)
+            kwargs: dict[str, Any] = {"headers": headers}
+            if "json" in spec:
+                kwargs["json"] = spec["json"]
+            elif "body" in spec:
+                kwargs["data"] = spec["body"].encode()
+            try:
+                response = self._session().request(
+                    spec["method"], spec["url"], timeout=(min(timeout, 10.0), timeout),
+                    allow_redirects=bool(spec.get("follow_redirects")), stream=True, **kwargs)
+            except Exception as e:
+                return failure(e)
+            try:
+                read = 0
+                read1 = getattr(response.raw, "read1", None) or response.raw.read
+                while read < self.max_response_bytes:
+                    if time.monotonic() >= deadline:
+                        return result("timeout", response.status_code, f"timed out after {timeout:g} s")
+                    chunk = read1(min(16384, self.max_response_bytes - read))
+                    if not chunk:
+                        break
+                    read += len(chunk)
+            except Exception as e:          # urllib3 and socket errors while streaming, a cut connection
+                return failure(e, response.status_code)
+            finally:
+                response.close()
+            code = response.status_code
+            if 200 <= code < 300 or (300 <= code < 400 and not spec.get("follow_redirects")):
+                return result("ok", code)
+            return result("error", code, f"HTTP {code} {response.reason or ''}".strip())
+        except Exception as e:              # a bug or a surprise from a library: still a result
+            log.exception("http run failed unexpectedly")
             return result("error", error=_short_error(e))
-        try:
-            read = 0
-            read1 = getattr(response.raw, "read1", None) or response.raw.read
-            sock = getattr(getattr(response.raw, "connection", None), "sock", None)
-            while read < self.max_response_bytes:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return result("timeout", response.status_code, f"timed out after {timeout:g} s reading the body")
-                if sock is not None:
-                    sock.settimeout(remaining)      # the overall deadline, not a fresh timeout per read
-                chunk = read1(min(16384, self.max_response_bytes - read))
-                if not chunk:
-                    break
-                read += len(chunk)
-        except requests.RequestException as e:
-            return result("error", response.status_code, _short_error(e))
-        except Exception as e:  # urllib3 and socket errors while streaming
-            if time.monotonic() > deadline or "timed out" in str(e).lower():
-                return result("timeout", response.status_code, f"timed out after {timeout:g} s reading the body")
-            return result("error", response.status_code, _short_error(e))
         finally:
-            response.close()
-        code = response.status_code
-        if 200 <= code < 300 or (300 <= code < 400 and not spec.get("follow_redirects")):
-            return result("ok", code)
-        return result("error", code, f"HTTP {code} {response.reason or ''}".strip())
+            timer.cancel()
+            _http_run.connections = None
+
+
+_URL_QUERY = re.compile(r"((?:\bhttps?://|\burl: )[^\s?#'\"]*)\?[^\s#'\")]*")
 
 
 def _short_error(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}"
+    """An exception as one short line: its root cause, with URL query strings (often holding keys) taken out."""
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None    # requests wraps urllib3's MaxRetryError
+    text = f"{type(exc).__name__}: {reason if reason is not None else exc}"
+    text = _URL_QUERY.sub(r"\1?<query>", text)
     return text if len(text) <= 500 else text[:497] + "..."
 
 
@@ -1215,6 +1280,10 @@ class Scheduler:
 
     def _run_fire(self, job: Job, slot: float) -> None:
         try:
+            if self.clock() - slot > self.misfire_grace:
+                # Every worker was busy for longer than the grace: too late to be the run that was asked for.
+                job.record("missed", slot, 1, slot)
+                return
             job.fire(slot)
         except Exception:
             log.exception("fire of %s failed", job.key)
@@ -1307,14 +1376,27 @@ def validate_request(value: Any) -> dict:
             raise InvalidParameter(f"request.headers: {name!r} is not a valid header name")
         if not isinstance(header_value, str) or any(c in header_value for c in "\r\n\x00"):
             raise InvalidParameter(f"request.headers.{name} must be a string without line breaks")
+        try:
+            header_value.encode("latin-1")
+        except UnicodeEncodeError:
+            raise InvalidParameter(f"request.headers.{name} must be Latin-1 text (HTTP header values cannot "
+                                   "carry other characters; percent-encode them)") from None
     result["headers"] = dict(headers)
     if "body" in value and "json" in value:
         raise InvalidParameter("request.body and request.json cannot both be given")
     if "body" in value:
         if not isinstance(value["body"], str):
             raise InvalidParameter("request.body must be a string (use request.json for a JSON value)")
+        try:
+            value["body"].encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidParameter("request.body must be valid Unicode text") from None
         result["body"] = value["body"]
     if "json" in value:
+        try:
+            json.dumps(value["json"], allow_nan=False).encode("utf-8")
+        except (ValueError, UnicodeEncodeError):
+            raise InvalidParameter("request.json must be a JSON value of valid Unicode text") from None
         result["json"] = value["json"]
     timeout = value.get("timeout", 30)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= MAX_HTTP_TIMEOUT:
@@ -1424,6 +1506,7 @@ class CurlSchedules:
             for s in schedules:
                 parse_cron(s.cron)
                 load_timezone(s.timezone)
+                s.request = validate_request(s.request)
         except (KeyError, TypeError, ValueError, ApiError) as e:
             raise StartupError(f"{self.store.path}: not a valid schedules file ({e!r}); left as it is for "
                                "inspection") from None
@@ -1833,7 +1916,7 @@ class ScriptSchedules:
             raise RegistrationError(f"Invalid cron expression: {expression!r} ({detail})") from None
         timeout_ms = parse_timeout(values["timeout"]) if "timeout" in values else self.default_timeout_ms
         argv = self._command_for(path, head)
-        self._check_preflight(path)
+        self._check_preflight(path, _interpreter_name(argv, head))
         return ScriptSchedule(rel=rel, path=path, spec=spec, timeout_ms=timeout_ms, argv=argv,
                               description=values.get("description") or None, token="token" in names)
 
@@ -1857,28 +1940,35 @@ class ScriptSchedules:
         raise RegistrationError(f"no interpreter for {ext!r}: {tried} not found on PATH (install it or set "
                                 f"[exec.interpreters] \"{ext}\" in the config)")
 
-    def _check_preflight(self, path: str) -> None:
-        """Compile/syntax-check a script before registering it; results cached by path, size and mtime."""
+    def _check_preflight(self, path: str, interpreter: str | None) -> None:
+        """Compile/syntax-check a script before registering it; results cached by path, size, mtime and the
+        interpreter that will run it."""
         st = os.stat(path)
         cached = self._preflight_cache.get(path)
-        if cached and cached[:2] == (st.st_size, st.st_mtime_ns):
-            problem = cached[2]
+        if cached and cached[:3] == (st.st_size, st.st_mtime_ns, interpreter):
+            problem = cached[3]
         else:
-            problem = self._run_preflight(path)
-            self._preflight_cache[path] = (st.st_size, st.st_mtime_ns, problem)
+            problem = self._run_preflight(path, interpreter)
+            self._preflight_cache[path] = (st.st_size, st.st_mtime_ns, interpreter, problem)
         if problem:
             raise RegistrationError(f"preflight failed: {problem}")
 
-    def _run_preflight(self, path: str) -> str | None:
+    def _run_preflight(self, path: str, interpreter: str | None = None) -> str | None:
+        """The check for the interpreter that will run the script (a `#!/bin/bash` .sh file gets `bash -n`, not
+        `sh -n`); by extension when the interpreter is not one we know; [exec.preflight] first."""
         ext = os.path.splitext(path)[1].lower()
-        if ext == ".py" and ext not in self.preflight:
-            try:
-                with open(path, "rb") as f:
-                    compile(f.read(), path, "exec", dont_inherit=True)
-            except (SyntaxError, ValueError) as e:
-                return f"{type(e).__name__}: {e}"
-            return None
-        command = self.preflight.get(ext) or DEFAULT_PREFLIGHT.get(ext)
+        command = self.preflight.get(ext)
+        if command is None and interpreter:
+            if interpreter.startswith("python"):
+                return _compile_python(path)
+            if interpreter in ("sh", "dash", "bash", "zsh", "ksh", "mksh"):
+                command = (interpreter, "-n")
+            elif interpreter in ("node", "nodejs"):
+                command = (interpreter, "--check")
+        if command is None and (not interpreter or interpreter in ("env",)):
+            if ext == ".py":
+                return _compile_python(path)
+            command = DEFAULT_PREFLIGHT.get(ext)
         if not command or not shutil.which(command[0]):
             return None
         try:
@@ -1983,8 +2073,12 @@ class ScriptSchedules:
                 self._saved_registered = set(self._registered_at_stop)
         except (StartupError, KeyError, TypeError) as e:
             log.warning("%s: unreadable (%s); treating every script as registered before", self.state.path, e)
+        # Newest first, into the rotated files if need be, until every script on disk has its last fire and
+        # last cron slot (lines are appended when runs end, so keep the latest slot of the first few seen).
+        wanted = set(discover_scripts(self.scripts_dir))
+        seen_cron: dict[str, int] = {}
         with self._lock:
-            for record in self.fires.read_newest(include_rotated=False):
+            for record in self.fires.read_newest(include_rotated=True):
                 rel = record.get("scriptPath")
                 if not isinstance(rel, str):
                     continue
@@ -1992,12 +2086,16 @@ class ScriptSchedules:
                 slot = _parse_optional_iso(record.get("lastSlot") or record.get("ts"))
                 if record.get("trigger") == "cron" and slot is not None:
                     self._last_cron_slot[rel] = max(slot, self._last_cron_slot.get(rel, 0.0))
+                    seen_cron[rel] = seen_cron.get(rel, 0) + 1
+                if wanted and all(seen_cron.get(r, 0) >= 8 for r in wanted):
+                    break
         self.reload(reason="start")
 
     # -- firing ----------------------------------------------------------------------------------------------
     def _environment(self, extra: dict[str, str]) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items()
-               if k not in ("SCHEDSERVER_TOKEN", "SCHEDSERVER_READ_TOKEN") and v not in self.secret_values}
+               if k not in ("SCHEDSERVER_TOKEN", "SCHEDSERVER_READ_TOKEN")
+               and not any(secret in v for secret in self.secret_values)}
         env.update(extra)
         return env
 
@@ -2168,6 +2266,25 @@ class ScriptSchedules:
             return len(self._registered)
 
 
+def _interpreter_name(argv: tuple[str, ...], head: bytes) -> str | None:
+    """The base name of the program that runs a script: from its shebang when it runs directly."""
+    if len(argv) == 1 and head.startswith(b"#!"):
+        words = head[2:].split(b"\n", 1)[0].decode("utf-8", "replace").split()
+        if words and os.path.basename(words[0]) == "env":
+            words = [w for w in words[1:] if not w.startswith("-")]
+        return os.path.basename(words[0]) if words else None
+    return os.path.basename(argv[0]) if argv else None
+
+
+def _compile_python(path: str) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            compile(f.read(), path, "exec", dont_inherit=True)
+    except (SyntaxError, ValueError) as e:
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
 def _is_utf8(text: str) -> bool:
     try:
         text.encode("utf-8")
@@ -2233,13 +2350,13 @@ def error_body(path: str, status: int, code: str, message: str, now: float | Non
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> bottle.HTTPResponse:
-    response = bottle.HTTPResponse(json.dumps(body), status=status, **(headers or {}))
+    response = bottle.HTTPResponse(json.dumps(body, allow_nan=False), status=status, **(headers or {}))
     response.content_type = "application/json"
     return response
 
 
 def read_json_body(request: bottle.LocalRequest, empty: Any = None) -> Any:
-    """The request body as JSON (`empty` when there is none). 413 above MAX_BODY_BYTES, 400/415 when not JSON."""
+    """The request body as JSON (`empty` when there is none). 413 above MAX_BODY_BYTES, 400 when not JSON."""
     length = request.content_length
     if length > MAX_BODY_BYTES:
         raise ApiError(f"body is larger than {MAX_BODY_BYTES} bytes", code="PAYLOAD_TOO_LARGE", status=413)
@@ -2250,18 +2367,24 @@ def read_json_body(request: bottle.LocalRequest, empty: Any = None) -> Any:
         return empty
     content_type = (request.content_type or "").split(";")[0].strip().lower()
     if content_type and content_type != "application/json" and not content_type.endswith("+json"):
-        raise InvalidParameter(f"Content-Type must be application/json, not {content_type!r}", status=415)
+        raise InvalidParameter(f"body must be JSON with Content-Type application/json, not {content_type!r}")
     try:
-        return json.loads(raw.decode("utf-8"))
+        return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    except RecursionError:
+        raise InvalidParameter("body is nested too deeply") from None
     except (UnicodeDecodeError, ValueError) as e:
         raise InvalidParameter(f"body is not valid JSON ({e})") from None
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def _query_int(request: bottle.LocalRequest, name: str, low: int, high: int | None = None) -> int | None:
     raw = request.query.getall(name)
     if not raw:
         return None
-    if len(raw) > 1 or not re.fullmatch(r"[0-9]+", raw[0].strip()):
+    if len(raw) > 1 or not re.fullmatch(r"[0-9]{1,12}", raw[0].strip()):
         raise InvalidParameter(f"{name} must be a whole number" + (f" from {low} to {high}" if high else f" >= {low}"))
     value = int(raw[0])
     if value < low or (high is not None and value > high):
@@ -2291,7 +2414,7 @@ def make_app(curl: CurlSchedules, auth: Auth, scripts: ScriptSchedules | None = 
         """Route wrapper: auth, then the callback; any error becomes JSON in the surface's shape."""
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             try:
-                auth.check(request.get_header("Authorization"), request.method)
+                auth.check(request.environ.get("HTTP_AUTHORIZATION"), request.method)
                 status, body = 200, callback(*args, **kwargs)
                 if isinstance(body, tuple):
                     status, body = body
@@ -2366,7 +2489,7 @@ def make_app(curl: CurlSchedules, auth: Auth, scripts: ScriptSchedules | None = 
             limit_raw = request.query.getunicode("limit")
             limit = 100
             if limit_raw is not None:
-                if not re.fullmatch(r"-?[0-9]+", limit_raw.strip()) or int(limit_raw) < 1:
+                if not re.fullmatch(r"-?[0-9]{1,12}", limit_raw.strip()) or int(limit_raw) < 1:
                     raise InvalidParameter("limit must be a whole number from 1 (values above 1000 count as 1000)")
                 limit = min(int(limit_raw), HISTORY_MAX_LIMIT)
             script_path = request.query.getunicode("scriptPath") if "scriptPath" in request.query else None
@@ -2408,7 +2531,17 @@ def make_app(curl: CurlSchedules, auth: Auth, scripts: ScriptSchedules | None = 
             return json.dumps(error_body(request.path, status, code, message_text))
         return handler
 
-    app.error(404)(router_error(404, "NOT_FOUND", "No such route"))
+    not_found = router_error(404, "NOT_FOUND", "No such route")
+    schedule_not_found = router_error(404, "SCHEDULE_NOT_FOUND", "Schedule not found")
+
+    def route_not_found(error: bottle.HTTPError) -> str:
+        # A schedule path the router could not match (an id bottle could not decode, say) is an unknown id.
+        path = request.environ.get("PATH_INFO", "")
+        if path.startswith(CURL_PREFIX + "/") and request.method in ("GET", "HEAD", "PATCH", "DELETE"):
+            return schedule_not_found(error)
+        return not_found(error)
+
+    app.error(404)(route_not_found)
     app.error(405)(router_error(405, "METHOD_NOT_ALLOWED", "Method not allowed"))
     app.error(413)(router_error(413, "PAYLOAD_TOO_LARGE", f"body is larger than {MAX_BODY_BYTES} bytes"))
     app.error(500)(router_error(500, "INTERNAL_ERROR", "Internal server error"))
@@ -2516,6 +2649,31 @@ class AccessLog:
                      status_holder[0] if status_holder else "-", (time.monotonic() - t0) * 1000)
 
 
+WAITRESS_ERROR_CODES = {400: "INVALID_PARAMETER", 413: "PAYLOAD_TOO_LARGE", 431: "HEADERS_TOO_LARGE",
+                        501: "NOT_IMPLEMENTED"}
+
+
+class JsonErrorTask(waitress.task.ErrorTask):
+    """waitress's answer to a request it rejects before the app sees it (bad request line, oversize body or
+    headers, unsupported transfer encoding), as JSON in the surface's error shape instead of plain text."""
+
+    def execute(self) -> None:
+        error = self.request.error
+        path = getattr(self.request, "path", "") or ""
+        body = json.dumps(error_body(path if isinstance(path, str) else "", error.code,
+                                     WAITRESS_ERROR_CODES.get(error.code, "INTERNAL_ERROR"),
+                                     f"{error.reason}: {error.body}")).encode()
+        self.status = f"{error.code} {error.reason}"
+        self.response_headers.append(("Content-Type", "application/json"))
+        self.set_close_on_finish()
+        self.content_length = len(body)
+        self.write(body)
+
+
+class JsonErrorChannel(waitress.channel.HTTPChannel):
+    error_task_class = JsonErrorTask
+
+
 class Server:
     """Everything a running schedserver holds, wired together: start(), serve(), then shutdown()."""
 
@@ -2557,13 +2715,13 @@ class Server:
         if not os.access(cfg.scripts_dir, os.R_OK | os.X_OK):
             raise ConfigError(f"scripts dir {cfg.scripts_dir}: not readable")
         self.data_lock.acquire()
-        import waitress.server
         try:
             self.wsgi_server = waitress.server.create_server(
                 self._wsgi, host=cfg.host, port=cfg.port, threads=cfg.threads, ident="schedserver",
                 max_request_body_size=2 * MAX_BODY_BYTES, clear_untrusted_proxy_headers=True)
-        except OSError as e:
-            raise ConfigError(f"cannot listen on {cfg.host}:{cfg.port}: {e.strerror or e}") from None
+        except (OSError, ValueError) as e:     # waitress raises ValueError for a host it cannot resolve
+            raise ConfigError(f"cannot listen on {cfg.host}:{cfg.port}: {getattr(e, 'strerror', None) or e}") from None
+        self.wsgi_server.channel_class = JsonErrorChannel
         admin_tokens = resolve_admin_tokens(cfg)
         auth = Auth(admin_tokens, cfg.read_tokens)
         self.inflight = InFlightRuns(os.path.join(cfg.data_dir, "running"))

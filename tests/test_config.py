@@ -120,14 +120,14 @@ def test_every_documented_section_and_key_is_accepted_from_the_file(tmp_path, wo
         [scheduler]
         timezone = "Europe/Berlin"
         workers = 2
-        misfire_grace_seconds = 0
+        misfire_grace_seconds = 1
         [curl]
         runs_log_max_bytes = 4096
         runs_log_backups = 0
     """.replace("\n        ", "\n"))
     config = load_config({"config": toml}, environ={})
     assert (config.host, config.port, config.threads, config.log_level) == ("::1", 0, 4, "DEBUG")
-    assert (config.timezone, config.workers, config.misfire_grace_seconds) == ("Europe/Berlin", 2, 0)
+    assert (config.timezone, config.workers, config.misfire_grace_seconds) == ("Europe/Berlin", 2, 1)
     assert (config.runs_log_max_bytes, config.runs_log_backups) == (4096, 0)
 
 

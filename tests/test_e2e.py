@@ -339,7 +339,7 @@ def test_the_installed_console_script_prints_the_same_version_when_installed():
     # CI installs with `pip install -e`, which puts the script next to the interpreter running the tests.
     script = shutil.which("schedserver", path=os.path.dirname(sys.executable))
     if script is None:
-        return
+        pytest.skip("schedserver is not installed next to this interpreter (CI's pip install -e puts it there)")
     result = run_schedserver([script, "--version"])
     assert result.returncode == 0, result.stderr
     assert _version() in result.stdout

@@ -450,10 +450,10 @@ class TestCreateRejects:
 
     @pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded",
                                               "multipart/form-data; boundary=x", "application/xml"])
-    def test_a_body_that_is_not_declared_json_answers_415_invalid_parameter(self, server, content_type):
+    def test_a_body_that_is_not_declared_json_answers_400_invalid_parameter(self, server, content_type):
         response = server.post_raw(json.dumps(valid_create_body()), content_type)
 
-        assert_error(response, 415, "INVALID_PARAMETER", "Content-Type")
+        assert_error(response, 400, "INVALID_PARAMETER", "Content-Type")
         assert server.service.count() == 0
 
 

@@ -543,10 +543,10 @@ def test_a_wrong_method_is_answered_with_a_json_405(server, method, route):
 
 def test_a_body_that_is_not_json_content_is_refused(server):
     response = server.post_raw("/trigger", "scriptPath=a.sh", content_type="application/x-www-form-urlencoded")
-    assert response.status_int == 415
+    assert response.status_int == 400
     body = json.loads(response.body)
     assert set(body) == {"error", "code", "message", "timestamp"}
-    assert body["code"] == "VALIDATION_ERROR"
+    assert (body["error"], body["code"]) == ("Invalid parameter format", "VALIDATION_ERROR")
 
 
 def test_the_http_schedule_surface_keeps_its_own_error_shape(server):
