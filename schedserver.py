@@ -759,6 +759,13 @@ class HttpRunner:
 
     def run(self, spec: dict, extra_headers: dict[str, str]) -> RunResult:
         """Send the request; always a RunResult (ok, error or timeout), never an exception."""
+        try:
+            return self._send(spec, extra_headers)
+        except Exception as e:              # a malformed spec, a bug, a surprise from a library
+            log.exception("http run failed unexpectedly")
+            return RunResult("error", self.clock(), 0, error=_short_error(e))
+
+    def _send(self, spec: dict, extra_headers: dict[str, str]) -> RunResult:
         timeout = float(spec.get("timeout", 30))
         started = self.clock()
         t0 = time.monotonic()
@@ -986,7 +993,8 @@ class InFlightRuns:
     def __init__(self, marker_dir: str | None = None):
         self.marker_dir = marker_dir
         self._cond = threading.Condition()
-        self._runs: dict[str, InFlightRun] = {}
+        self._runs: dict[str, InFlightRun] = {}     # running: shutdown may interrupt these
+        self._ending: set[str] = set()              # finished, their record being written: shutdown waits
         if marker_dir:
             os.makedirs(marker_dir, mode=0o700, exist_ok=True)
 
@@ -1007,14 +1015,22 @@ class InFlightRuns:
         return run
 
     def finish(self, run_id: str) -> bool:
-        """The run ended. False if shutdown already recorded it as interrupted (then record nothing more)."""
+        """The run ended: True if the caller now records its result (then calls done()), False if shutdown
+        already recorded it as interrupted (then record nothing more)."""
         with self._cond:
-            run = self._runs.pop(run_id, None)
+            if self._runs.pop(run_id, None) is None:
+                return False
+            self._ending.add(run_id)
+            return True
+
+    def done(self, run_id: str) -> None:
+        """The result of a finished run is recorded: drop its marker. Harmless for unknown ids."""
+        with self._cond:
+            if run_id not in self._ending:
+                return
+            self._ending.discard(run_id)
             self._cond.notify_all()
-        if run is None:
-            return False
         self._remove_marker(run_id)
-        return True
 
     def _remove_marker(self, run_id: str) -> None:
         path = self._marker_path(run_id)
@@ -1026,12 +1042,12 @@ class InFlightRuns:
 
     def count(self) -> int:
         with self._cond:
-            return len(self._runs)
+            return len(self._runs) + len(self._ending)
 
     def wait_idle(self, deadline: float) -> bool:
         """Wait until no run is in flight or time.monotonic() reaches `deadline`; True if idle."""
         with self._cond:
-            while self._runs:
+            while self._runs or self._ending:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
@@ -1057,6 +1073,10 @@ class InFlightRuns:
             except Exception:
                 log.exception("recording the interrupted run %s failed", run_id)
             self._remove_marker(run_id)
+        with self._cond:    # runs that ended meanwhile are writing their records: give them a moment
+            end = time.monotonic() + 2.0
+            while self._ending and time.monotonic() < end:
+                self._cond.wait(end - time.monotonic())
         return len(runs)
 
     def recover(self) -> list[dict]:
@@ -1082,13 +1102,28 @@ class InFlightRuns:
 
 
 def _group_alive(pgid: int | None) -> bool:
+    """True while a process of the group is alive; zombies (left when PID 1 does not reap) do not count."""
     if pgid is None:
         return False
     try:
         os.killpg(pgid, 0)
-        return True
     except (ProcessLookupError, PermissionError):
         return False
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return True
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 2 and fields[2] == str(pgid).encode() and fields[0] != b"Z":
+            return True
+    return False
 
 
 ###############################################################################
@@ -1667,12 +1702,17 @@ class CurlSchedules:
                   "trigger": "cron"}
         self.inflight.begin(run_id, marker, self.record_interrupted)
         try:
-            result = self.runner.run(schedule.request, {"X-Schedserver-Schedule-Id": schedule_id,
-                                                        "X-Schedserver-Scheduled-At": utc_iso(slot)})
+            try:
+                result = self.runner.run(schedule.request, {"X-Schedserver-Schedule-Id": schedule_id,
+                                                            "X-Schedserver-Scheduled-At": utc_iso(slot)})
+            finally:
+                own = self.inflight.finish(run_id)
+            if own:     # else shutdown gave up on this run and recorded it
+                self._record_result(schedule_id, run_id, slot, result)
         finally:
-            own = self.inflight.finish(run_id)
-        if not own:
-            return      # shutdown gave up on this run and recorded it
+            self.inflight.done(run_id)
+
+    def _record_result(self, schedule_id: str, run_id: str, slot: float, result: RunResult) -> None:
         record = {"ts": utc_iso(result.started_at, ms=True), "schedule_id": schedule_id, "run_id": run_id,
                   "scheduled_at": utc_iso(slot, ms=True), "started_at": utc_iso(result.started_at, ms=True),
                   "status": result.status, "status_code": result.status_code, "duration_ms": result.duration_ms,
@@ -2112,12 +2152,19 @@ class ScriptSchedules:
                   "startedAt": utc_iso(self.clock(), ms=True)}
         run = self.inflight.begin(run_id, marker, self.record_interrupted)
         try:
-            result = self.runner.run(list(schedule.argv), os.path.dirname(schedule.path), env,
-                                     schedule.timeout_ms, on_spawn=run.set_pgid)
+            try:
+                result = self.runner.run(list(schedule.argv), os.path.dirname(schedule.path), env,
+                                         schedule.timeout_ms, on_spawn=run.set_pgid)
+            finally:
+                own = self.inflight.finish(run_id)
+            if not own:     # shutdown gave up on this run and recorded it
+                return {**marker, "status": "error", "durationMs": 0, "error": "interrupted by shutdown"}
+            return self._record_result(rel, run_id, slot, trigger, schedule, result)
         finally:
-            own = self.inflight.finish(run_id)
-        if not own:
-            return {**marker, "status": "error", "durationMs": 0, "error": "interrupted by shutdown"}
+            self.inflight.done(run_id)
+
+    def _record_result(self, rel: str, run_id: str, slot: float, trigger: str, schedule: ScriptSchedule,
+                       result: ScriptResult) -> dict:
         record = {"ts": utc_iso(slot, ms=True), "scriptPath": rel, "expression": schedule.spec.expression,
                   "runId": run_id, "status": result.status, "durationMs": result.duration_ms, "trigger": trigger,
                   "startedAt": utc_iso(result.started_at, ms=True)}
@@ -2645,7 +2692,8 @@ class AccessLog:
         try:
             return self.app(environ, recording_start_response)
         finally:
-            log.info("access %s %s %s %.1fms", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"),
+            path = urllib.parse.quote(environ.get("PATH_INFO", ""), safe="/%:@!$&'()*+,;=-._~")
+            log.info("access %s %s %s %.1fms", environ.get("REQUEST_METHOD"), path,
                      status_holder[0] if status_holder else "-", (time.monotonic() - t0) * 1000)
 
 
