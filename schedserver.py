@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 
 import argparse
 import hmac
+import ipaddress
 import heapq
 import json
 import logging
@@ -45,6 +46,8 @@ import filelock
 import requests
 import requests.adapters
 import urllib3
+import urllib3.connection
+import urllib3.exceptions
 import waitress.channel
 import waitress.server
 import waitress.task
@@ -171,6 +174,16 @@ def _to_str_list(value: Any) -> tuple[str, ...]:
     return tuple(v.strip() for v in value if v.strip())
 
 
+def _to_network_list(value: Any) -> tuple[str, ...]:
+    networks = _to_str_list(value)
+    for text in networks:
+        try:
+            ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            raise ValueError(f"{text!r} is not a network (use CIDR such as 10.0.0.0/8 or an address)") from None
+    return networks
+
+
 def _to_timezone_name(value: Any) -> str:
     name = _to_str(value)
     load_timezone(name)
@@ -218,6 +231,8 @@ CONFIG_TABLE: tuple[tuple[str, str, Callable[[Any], Any], Any, str | None], ...]
     ("auth", "token_file", _to_str, None, "SCHEDSERVER_TOKEN_FILE"),
     ("curl", "runs_log_max_bytes", _to_int(4096, 2**40), 10 * 1024 * 1024, "SCHEDSERVER_CURL_RUNS_LOG_MAX_BYTES"),
     ("curl", "runs_log_backups", _to_int(0, 100), 5, "SCHEDSERVER_CURL_RUNS_LOG_BACKUPS"),
+    ("curl", "allow_networks", _to_network_list, (), "SCHEDSERVER_CURL_ALLOW_NETWORKS"),
+    ("curl", "deny_networks", _to_network_list, (), "SCHEDSERVER_CURL_DENY_NETWORKS"),
     ("exec", "default_timeout_ms", _to_int(1, MAX_SCRIPT_TIMEOUT_MS), 30000, "SCHEDSERVER_EXEC_DEFAULT_TIMEOUT_MS"),
     ("exec", "fires_log_max_bytes", _to_int(4096, 2**40), 10 * 1024 * 1024, "SCHEDSERVER_EXEC_FIRES_LOG_MAX_BYTES"),
     ("exec", "fires_log_backups", _to_int(0, 100), 5, "SCHEDSERVER_EXEC_FIRES_LOG_BACKUPS"),
@@ -248,6 +263,8 @@ class Config:
     token_file: str | None = None
     runs_log_max_bytes: int = 10 * 1024 * 1024
     runs_log_backups: int = 5
+    allow_networks: tuple[str, ...] = ()
+    deny_networks: tuple[str, ...] = ()
     default_timeout_ms: int = 30000
     fires_log_max_bytes: int = 10 * 1024 * 1024
     fires_log_backups: int = 5
@@ -702,6 +719,69 @@ class RunResult:
 _http_run = threading.local()       # the HttpRunner run in progress on this thread, for the pools below
 
 
+class EgressPolicy:
+    """Where HTTP runs may connect: [curl] allow_networks / deny_networks (off when both are empty).
+
+    Checked on the address a connection actually goes to (every redirect hop opens its own), and the
+    connection is made to that very address, so a name cannot resolve one way for the check and another for
+    the connect.
+    """
+
+    def __init__(self, allow: tuple[str, ...] = (), deny: tuple[str, ...] = ()):
+        self.allow = [ipaddress.ip_network(n, strict=False) for n in allow]
+        self.deny = [ipaddress.ip_network(n, strict=False) for n in deny]
+
+    @property
+    def active(self) -> bool:
+        return bool(self.allow or self.deny)
+
+    def permits(self, address: str) -> bool:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        if any(ip in network for network in self.deny):
+            return False
+        return not self.allow or any(ip in network for network in self.allow)
+
+    def refuses_literal(self, host: str) -> bool:
+        """True when `host` is an IP address literal the policy refuses (checked when a schedule is created)."""
+        try:
+            ipaddress.ip_address(host.strip("[]").split("%", 1)[0])
+        except ValueError:
+            return False
+        return self.active and not self.permits(host.strip("[]"))
+
+
+class _PolicyConnectionMixin:
+    """Resolves the host itself, keeps the addresses the egress policy permits, and connects to one of them."""
+
+    def _new_conn(self) -> socket.socket:
+        policy = getattr(_http_run, "policy", None)
+        if policy is None or not policy.active:
+            return super()._new_conn()          # type: ignore[misc]
+        try:
+            infos = socket.getaddrinfo(self._dns_host, self.port, type=socket.SOCK_STREAM)
+        except socket.gaierror as e:
+            raise urllib3.exceptions.NameResolutionError(self.host, self, e) from e
+        permitted = [info[4][0] for info in infos if policy.permits(info[4][0])]
+        if not permitted:
+            raise urllib3.exceptions.NewConnectionError(
+                self, f"egress policy refuses {self.host} ({', '.join(sorted({i[4][0] for i in infos}))})")
+        resolved, self._dns_host = self._dns_host, permitted[0]
+        try:
+            return super()._new_conn()          # type: ignore[misc]
+        finally:
+            self._dns_host = resolved
+
+
+class _PolicyHTTPConnection(_PolicyConnectionMixin, urllib3.connection.HTTPConnection):
+    pass
+
+
+class _PolicyHTTPSConnection(_PolicyConnectionMixin, urllib3.connection.HTTPSConnection):
+    pass
+
+
 class _DeadlinePoolMixin:
     """Hands each connection a run takes to that run, so its deadline can cut the connection."""
 
@@ -714,11 +794,11 @@ class _DeadlinePoolMixin:
 
 
 class _DeadlineHTTPPool(_DeadlinePoolMixin, urllib3.HTTPConnectionPool):
-    pass
+    ConnectionCls = _PolicyHTTPConnection
 
 
 class _DeadlineHTTPSPool(_DeadlinePoolMixin, urllib3.HTTPSConnectionPool):
-    pass
+    ConnectionCls = _PolicyHTTPSConnection
 
 
 def _cut(connections: list) -> None:
@@ -739,9 +819,11 @@ class HttpRunner:
     ever; a timer cuts the run's connection at its overall deadline instead.
     """
 
-    def __init__(self, clock: Callable[[], float] = time.time, max_response_bytes: int = MAX_RESPONSE_BYTES):
+    def __init__(self, clock: Callable[[], float] = time.time, max_response_bytes: int = MAX_RESPONSE_BYTES,
+                 policy: EgressPolicy | None = None):
         self.clock = clock
         self.max_response_bytes = max_response_bytes
+        self.policy = policy or EgressPolicy()
         self._local = threading.local()
 
     def _session(self) -> requests.Session:
@@ -771,6 +853,7 @@ class HttpRunner:
         t0 = time.monotonic()
         deadline = t0 + timeout
         _http_run.connections = connections = []
+        _http_run.policy = self.policy
         timer = threading.Timer(timeout, _cut, (connections,))
         timer.daemon = True
         timer.start()
@@ -1445,7 +1528,7 @@ def validate_request(value: Any) -> dict:
     return result
 
 
-def validate_create(payload: Any, default_timezone: str) -> dict:
+def validate_create(payload: Any, default_timezone: str, policy: EgressPolicy | None = None) -> dict:
     """A create body checked and normalised: cron, request, name, enabled, timezone."""
     if not isinstance(payload, dict):
         raise InvalidParameter("body must be a JSON object")
@@ -1460,6 +1543,10 @@ def validate_create(payload: Any, default_timezone: str) -> dict:
     if "request" not in payload:
         raise InvalidParameter("request is required: an object with at least a url")
     request = validate_request(payload["request"])
+    host = urllib.parse.urlsplit(request["url"]).hostname or ""
+    if policy is not None and policy.refuses_literal(host):
+        raise InvalidParameter(f"request.url: address {host} is refused by the egress policy "
+                               "([curl] allow_networks / deny_networks)")
     name = payload.get("name")
     if name is not None and (not isinstance(name, str) or len(name) > MAX_NAME_LENGTH):
         raise InvalidParameter(f"name must be a string of at most {MAX_NAME_LENGTH} characters")
@@ -1572,7 +1659,7 @@ class CurlSchedules:
 
     # -- the API ---------------------------------------------------------------------------------------------
     def create(self, payload: Any) -> dict:
-        values = validate_create(payload, self.default_timezone)
+        values = validate_create(payload, self.default_timezone, getattr(self.runner, "policy", None))
         now = self.clock()
         schedule = CurlSchedule(id=str(uuid.uuid4()), created_at=now, enabled_at=now, **values)
         with self._write_lock:
@@ -2735,7 +2822,8 @@ class Server:
             JsonStore(os.path.join(config.data_dir, "curl-schedules.json")),
             NdjsonLog(os.path.join(config.data_dir, "curl-runs.log"), config.runs_log_max_bytes,
                       config.runs_log_backups),
-            self.scheduler, HttpRunner(), default_timezone=config.timezone, inflight=self.inflight)
+            self.scheduler, HttpRunner(policy=EgressPolicy(config.allow_networks, config.deny_networks)),
+            default_timezone=config.timezone, inflight=self.inflight)
         self.scripts: ScriptSchedules | None = None
         self.wsgi_server: Any = None
         self.app: Callable | None = None
