@@ -80,6 +80,7 @@ HEADER_BYTES = 16 * 1024                # directives are read from at most this 
 KILL_GRACE_SECONDS = 2.0                # between SIGTERM and SIGKILL for a script's process group
 PREFLIGHT_TIMEOUT_SECONDS = 20.0
 HISTORY_MAX_LIMIT = 1000
+MAX_JSON_DEPTH = 64                     # nesting allowed in a stored request.json
 DEFAULT_DATA_DIR = "./data"
 DEFAULT_SCRIPTS_DIR = "./scripts"
 
@@ -1241,6 +1242,7 @@ class WorkerPool:
     def __init__(self, workers: int):
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._closed = False
+        self._workers = workers
         for n in range(workers):
             threading.Thread(target=self._work, name=f"schedserver-worker-{n}", daemon=True).start()
 
@@ -1261,9 +1263,10 @@ class WorkerPool:
                 log.exception("worker task failed")
 
     def shutdown(self) -> None:
-        """Stop taking work; queued calls are dropped once the workers see the end marker."""
+        """Stop taking work; each worker ends when it reaches its end marker."""
         self._closed = True
-        self._queue.put(None)
+        for _ in range(self._workers):
+            self._queue.put(None)
 
 
 class Scheduler:
@@ -1511,8 +1514,10 @@ def validate_request(value: Any) -> dict:
             raise InvalidParameter("request.body must be valid Unicode text") from None
         result["body"] = value["body"]
     if "json" in value:
+        if _json_depth(value["json"]) > MAX_JSON_DEPTH:
+            raise InvalidParameter(f"request.json is nested more than {MAX_JSON_DEPTH} levels deep")
         try:
-            json.dumps(value["json"], allow_nan=False).encode("utf-8")
+            json.dumps(value["json"], allow_nan=False, ensure_ascii=False).encode("utf-8")
         except (ValueError, UnicodeEncodeError):
             raise InvalidParameter("request.json must be a JSON value of valid Unicode text") from None
         result["json"] = value["json"]
@@ -1526,6 +1531,19 @@ def validate_request(value: Any) -> dict:
         raise InvalidParameter("request.follow_redirects must be true or false")
     result["follow_redirects"] = follow
     return result
+
+
+def _json_depth(value: Any, limit: int = 10_000) -> int:
+    """How deeply a parsed JSON value nests (iteratively: no recursion limit to hit)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth)
+            if deepest > limit:
+                break
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 def validate_create(payload: Any, default_timezone: str, policy: EgressPolicy | None = None) -> dict:
@@ -2795,6 +2813,9 @@ class JsonErrorTask(waitress.task.ErrorTask):
     def execute(self) -> None:
         error = self.request.error
         path = getattr(self.request, "path", "") or ""
+        if not path:        # waitress sets no path when it cannot split the URI; the raw one still tells the surface
+            uri = getattr(self.request, "request_uri", b"") or b""
+            path = uri.decode("latin-1") if isinstance(uri, bytes) else str(uri)
         body = json.dumps(error_body(path if isinstance(path, str) else "", error.code,
                                      WAITRESS_ERROR_CODES.get(error.code, "INTERNAL_ERROR"),
                                      f"{error.reason}: {error.body}")).encode()
