@@ -729,8 +729,8 @@ class EgressPolicy:
     """
 
     def __init__(self, allow: tuple[str, ...] = (), deny: tuple[str, ...] = ()):
-        self.allow = [ipaddress.ip_network(n, strict=False) for n in allow]
-        self.deny = [ipaddress.ip_network(n, strict=False) for n in deny]
+        self.allow = [_unmapped(ipaddress.ip_network(n, strict=False)) for n in allow]
+        self.deny = [_unmapped(ipaddress.ip_network(n, strict=False)) for n in deny]
 
     @property
     def active(self) -> bool:
@@ -751,6 +751,14 @@ class EgressPolicy:
         except ValueError:
             return False
         return self.active and not self.permits(host.strip("[]"))
+
+
+def _unmapped(network: Any) -> Any:
+    """An IPv4-mapped IPv6 network (::ffff:a.b.c.d/n) as the IPv4 network it means: addresses are compared
+    unmapped, so a mapped entry would otherwise match nothing."""
+    if network.version == 6 and network.prefixlen >= 96 and network.network_address.ipv4_mapped is not None:
+        return ipaddress.ip_network((network.network_address.ipv4_mapped, network.prefixlen - 96))
+    return network
 
 
 class _PolicyConnectionMixin:
