@@ -680,6 +680,18 @@ class DataDirLock:
         self._lock.release()
 
 
+def remove_stale_temp_files(data_dir: str) -> None:
+    """Delete atomic_write temp files that a killed process left behind (they may hold copies of secrets).
+    Only safe with the data dir lock held: then no other writer can own them."""
+    for name in os.listdir(data_dir):
+        if ".tmp-" in name:
+            try:
+                os.unlink(os.path.join(data_dir, name))
+                log.info("removed %s, left by an interrupted write", name)
+            except OSError as e:
+                log.warning("cannot remove %s: %s", name, e)
+
+
 def prepare_data_dir(path: str) -> None:
     """Create the data dir (0700) if missing and check it is writable; ConfigError otherwise."""
     try:
@@ -2880,6 +2892,7 @@ class Server:
         if not os.access(cfg.scripts_dir, os.R_OK | os.X_OK):
             raise ConfigError(f"scripts dir {cfg.scripts_dir}: not readable")
         self.data_lock.acquire()
+        remove_stale_temp_files(cfg.data_dir)
         try:
             self.wsgi_server = waitress.server.create_server(
                 self._wsgi, host=cfg.host, port=cfg.port, threads=cfg.threads, ident="schedserver",

@@ -357,6 +357,26 @@ def test_a_pre_existing_data_dir_open_to_others_is_made_private_at_start(tmp_pat
     assert mode == 0o700, oct(mode)
 
 
+def test_temp_files_left_by_a_write_that_was_killed_are_removed_at_start(tmp_path, monkeypatch):
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    stale = data_dir / "curl-schedules.json.tmp-4242-139900"
+    stale.write_text('{"schedules": [{"request": {"headers": {"Authorization": "Bearer secret"}}}]}')
+    kept = data_dir / "notes.txt"
+    kept.write_text("not ours to remove")
+    config = schedserver.load_config(
+        {"host": "127.0.0.1", "port": "0", "data_dir": str(data_dir), "scripts_dir": str(tmp_path / "scripts")},
+        environ={"SCHEDSERVER_TOKEN": DEFAULT_TOKEN})
+    server = schedserver.Server(config)
+    try:
+        server.start()
+    finally:
+        server.stop()
+    assert not stale.exists()
+    assert kept.read_text() == "not ours to remove"
+
+
 ###############################################################################
 # Late fires ###################################################################
 ###############################################################################

@@ -1,0 +1,569 @@
+"""Crash safety: the real server killed with SIGKILL mid-traffic, over and over; the NDJSON logs under concurrent
+writers and rotation; a malformed line in the middle of a log.
+
+The kill loop drives creates, toggles and deletes from several threads, kills the server at a random moment and
+checks, with the server dead and again after a restart, that every acknowledged operation holds. An operation
+cut off by the kill got no answer: it is "unknown" and may have happened or not, but nothing else may.
+
+SIGKILL cannot tear a single small write(2) to a regular file, so the loop also tears the runs log itself
+now and then (what a power cut or a full disk leaves) to check that readers skip the torn line and the next
+append does not glue onto it. Every wait has a deadline; all traffic stays on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import random
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import requests
+
+import schedserver
+from e2e_helpers import CURL_PATH, DEFAULT_TOKEN, REPO_ROOT, ServerProcess, TargetServer, wait_until
+
+CRASH_ITERATIONS = 100
+CLIENT_THREADS = 3
+OPS_PER_THREAD = 8
+MAX_KILL_DELAY = 0.3                # seconds after the operations start
+OWNED_LIMIT = 6                     # live schedules a client thread keeps at most (bounds the work per save)
+EVERY_SECOND = "*/1 * * * * *"
+ONCE_A_YEAR = "0 0 0 1 1 *"
+RUNS_LOG_MAX_BYTES = 4096           # the smallest allowed, so the runs log rotates during the loop
+RUNS_LOG_BACKUPS = 100              # and keeps every line, so every torn line can be found again
+TEAR_EVERY = 10                     # iterations between torn lines written by the test itself
+APPEND_WAIT = 3.0                   # seconds for the heartbeat schedule to append after a restart
+CLIENT_TIMEOUT = (2.0, 5.0)         # connect, read
+
+
+###############################################################################
+# The kill -9 loop
+###############################################################################
+
+@dataclass
+class Op:
+    """One mutating call and what became of it: "ack" (answered as asked), "unknown" (no answer: the kill), or
+    "error" (answered otherwise: a bug unless the kill explains it)."""
+
+    kind: str                       # create | toggle | delete
+    thread: int
+    schedule_id: str | None
+    name: str | None = None
+    enabled: bool | None = None     # asked for (create, toggle)
+    before: bool | None = None      # the model's enabled state before (toggle, delete)
+    outcome: str = "unknown"
+    status: int | None = None
+    detail: str = ""
+    ended: float = 0.0              # time.monotonic() when the outcome was known
+
+
+@dataclass
+class Model:
+    """What the acknowledged operations say the server holds."""
+
+    live: dict[str, tuple[int, bool]] = field(default_factory=dict)    # id -> (owning thread, enabled)
+    gone: set[str] = field(default_factory=set)                          # deleted for good
+    acknowledged: int = 0
+
+    def owned_by(self, thread: int) -> dict[str, bool]:
+        return {sid: enabled for sid, (owner, enabled) in self.live.items() if owner == thread}
+
+
+def drive_client(url: str, thread: int, owned: dict[str, bool], go: threading.Event, rng: random.Random,
+                 iteration: int, target_url: str, ops: list[Op]) -> None:
+    """Mutate this thread's own schedules until the budget is spent or the server stops answering."""
+    session = requests.Session()
+    session.trust_env = False
+    session.headers["Authorization"] = f"Bearer {DEFAULT_TOKEN}"
+    go.wait(10)
+    try:
+        for n in range(OPS_PER_THREAD):
+            roll = rng.random()
+            if not owned or (len(owned) < OWNED_LIMIT and roll < 0.4):
+                every_second = rng.random() < 0.15
+                op = Op("create", thread, None, name=f"crash-{iteration}-{thread}-{n}", enabled=rng.random() < 0.8)
+                body = {"cron": EVERY_SECOND if every_second else ONCE_A_YEAR, "name": op.name, "enabled": op.enabled,
+                        "request": {"url": f"{target_url}/crash/{thread}", "timeout": 2}}
+                call = lambda: session.post(url + CURL_PATH, json=body, timeout=CLIENT_TIMEOUT)
+                expected = 201
+            elif roll < 0.75:
+                sid = rng.choice(sorted(owned))
+                op = Op("toggle", thread, sid, enabled=rng.random() < 0.5, before=owned[sid])
+                call = lambda: session.patch(f"{url}{CURL_PATH}/{op.schedule_id}/toggle", json={"enabled": op.enabled},
+                                             timeout=CLIENT_TIMEOUT)
+                expected = 200
+            else:
+                sid = rng.choice(sorted(owned))
+                op = Op("delete", thread, sid, before=owned[sid])
+                call = lambda: session.delete(f"{url}{CURL_PATH}/{op.schedule_id}", timeout=CLIENT_TIMEOUT)
+                expected = 200
+            ops.append(op)
+            try:
+                answer = call()
+            except requests.RequestException as e:
+                op.outcome, op.detail, op.ended = "unknown", type(e).__name__, time.monotonic()
+                return                  # the server is gone (or going): stop here
+            op.ended, op.status = time.monotonic(), answer.status_code
+            if answer.status_code != expected:
+                op.outcome, op.detail = "error", answer.text[:300]
+                continue
+            op.outcome = "ack"
+            body_answer = answer.json()
+            if op.kind == "create":
+                op.schedule_id = body_answer["id"]
+                owned[op.schedule_id] = op.enabled
+                if body_answer["enabled"] is not op.enabled:
+                    op.outcome, op.detail = "error", f"created with enabled={op.enabled}, answered {body_answer}"
+            elif op.kind == "toggle":
+                owned[op.schedule_id] = op.enabled
+                if body_answer["enabled"] is not op.enabled:
+                    op.outcome, op.detail = "error", f"toggled to {op.enabled}, answered {body_answer}"
+            else:
+                owned.pop(op.schedule_id)
+    finally:
+        session.close()
+
+
+def fold_and_check(model: Model, ops: list[Op], stored: dict[str, dict], killed_at: float) -> list[str]:
+    """Fold one iteration's operations into `model`, checking each against `stored` (id -> definition, from the
+    definitions file after the kill). Returns the violations; unknown outcomes are resolved from the file."""
+    violations: list[str] = []
+    unknown_creates: dict[str, tuple[int, bool]] = {}           # name -> (thread, enabled asked for)
+    allowed: dict[str, set] = {}                                # id -> states an unknown op allows (None: absent)
+    for op in ops:
+        if op.outcome == "error":
+            violations.append(f"{op.kind} {op.schedule_id or op.name} answered {op.status}: {op.detail}")
+        elif op.outcome == "unknown" and op.ended < killed_at:
+            violations.append(f"{op.kind} {op.schedule_id or op.name} failed before the kill: {op.detail}")
+        elif op.outcome == "ack":
+            model.acknowledged += 1
+            if op.kind == "create":
+                model.live[op.schedule_id] = (op.thread, op.enabled)
+            elif op.kind == "toggle":
+                model.live[op.schedule_id] = (op.thread, op.enabled)
+            else:
+                model.live.pop(op.schedule_id, None)
+                model.gone.add(op.schedule_id)
+        elif op.kind == "create":
+            unknown_creates[op.name] = (op.thread, op.enabled)
+        elif op.kind == "toggle":
+            allowed[op.schedule_id] = {op.before, op.enabled}
+        else:
+            allowed[op.schedule_id] = {op.before, None}
+
+    for sid, (owner, enabled) in list(model.live.items()):
+        found = stored[sid]["enabled"] if sid in stored else None
+        if found not in allowed.get(sid, {enabled}):
+            what = "acknowledged schedule is missing" if found is None else \
+                f"acknowledged enabled={enabled} but the file holds enabled={found}"
+            violations.append(f"{sid}: {what}")
+        elif found is None:             # a delete cut off by the kill that did happen
+            model.live.pop(sid)
+            model.gone.add(sid)
+        else:
+            model.live[sid] = (owner, found)
+    for sid in model.gone & stored.keys():
+        violations.append(f"{sid}: deleted, yet back in the file")
+    for sid in stored.keys() - model.live.keys() - model.gone:
+        name, enabled = stored[sid].get("name"), stored[sid].get("enabled")
+        if unknown_creates.get(name, (None, None))[1] is enabled and name is not None:
+            model.live[sid] = (unknown_creates.pop(name)[0], enabled)      # a create cut off by the kill
+        else:
+            violations.append(f"{sid}: in the file but never created ({stored[sid]})")
+    return violations
+
+
+def read_definitions(path: Path) -> dict[str, dict]:
+    """The definitions file as id -> definition; AssertionError if it does not parse."""
+    raw = path.read_bytes()
+    try:
+        document = json.loads(raw)
+    except ValueError as e:
+        raise AssertionError(f"{path} does not parse after a kill ({e}): {raw[:300]!r}") from None
+    assert document["version"] == 1
+    return {d["id"]: d for d in document["schedules"]}
+
+
+def ends_with_newline(path: Path) -> bool:
+    """True once the file's last line is complete (False while a rotation has it briefly missing)."""
+    try:
+        return path.read_bytes().endswith(b"\n")
+    except FileNotFoundError:
+        return False
+
+
+def check_runs_log(log_path: Path, fragments: set[bytes]) -> tuple[list[str], int]:
+    """Every line of the runs log and its backups parses, or is a torn line already known; the current file may
+    end with one new torn line, which joins `fragments`. Readers must skip torn lines and return every record.
+    Returns (violations, records)."""
+    violations: list[str] = []
+    runs = schedserver.NdjsonLog(str(log_path), RUNS_LOG_MAX_BYTES, RUNS_LOG_BACKUPS)
+    whole = 0
+    for name in runs.files():
+        try:
+            data = Path(name).read_bytes()
+        except FileNotFoundError:
+            continue
+        lines = data.split(b"\n")
+        tail = lines.pop()
+        for line in lines:
+            try:
+                parsed = json.loads(line)
+            except ValueError:
+                parsed = None
+            if isinstance(parsed, dict):
+                whole += 1
+            elif line not in fragments:
+                violations.append(f"{name}: a line that is neither a record nor a known torn line "
+                                  f"(glued?): {line[:200]!r}")
+        if tail:
+            if name == str(log_path):
+                fragments.add(tail)     # torn by this crash (or by the test): readers must skip it
+            elif tail not in fragments:
+                violations.append(f"{name}: a rotated file ends with an unknown torn line {tail[:200]!r}")
+    records = list(runs.read_newest())
+    if len(records) != whole:
+        violations.append(f"readers returned {len(records)} records, the files hold {whole} whole lines")
+    return violations, whole
+
+
+def tear_runs_log(log_path: Path, iteration: int) -> bytes | None:
+    """Cut an append short, as a power cut would: half a record and no newline. None if already torn."""
+    if log_path.exists() and log_path.stat().st_size and not log_path.read_bytes().endswith(b"\n"):
+        return None
+    record = json.dumps({"ts": "2000-01-01T00:00:00.000Z", "schedule_id": f"torn-{iteration}",
+                         "run_id": f"torn-{iteration}", "status": "ok", "status_code": 200},
+                        separators=(",", ":")).encode()
+    fragment = record[:len(record) // 2 + iteration % 7]
+    with open(log_path, "ab") as f:
+        f.write(fragment)
+    return fragment
+
+
+def listed_state(server: ServerProcess) -> dict[str, bool]:
+    answer = server.api("GET", CURL_PATH)
+    assert answer.status_code == 200, answer.text
+    return {item["id"]: item["enabled"] for item in answer.json()["items"]}
+
+
+def test_acknowledged_operations_survive_a_hundred_kill_9s_at_random_moments(tmp_path, figure):
+    data_dir, scripts_dir = tmp_path / "data", tmp_path / "scripts"
+    definitions, runs_log = data_dir / "curl-schedules.json", data_dir / "curl-runs.log"
+    env = {"SCHEDSERVER_CURL_RUNS_LOG_MAX_BYTES": str(RUNS_LOG_MAX_BYTES),
+           "SCHEDSERVER_CURL_RUNS_LOG_BACKUPS": str(RUNS_LOG_BACKUPS)}
+    seed = int(os.environ.get("RELIABILITY_SEED") or random.randrange(2**32))    # printed on failure
+    rng = random.Random(seed)
+    model, fragments, torn_by_test = Model(), set(), []
+    violations: list[str] = []
+    server: ServerProcess | None = None
+    started = time.monotonic()
+    with TargetServer() as target:
+        try:
+            for iteration in range(CRASH_ITERATIONS):
+                server = ServerProcess(data_dir, scripts_dir, env=env).start()
+                if iteration == 0:      # fires every second, so the runs log grows whenever a restart waits
+                    heartbeat = server.api("POST", CURL_PATH, json={
+                        "cron": EVERY_SECOND, "name": "heartbeat", "request": {"url": target.url + "/heartbeat"}})
+                    assert heartbeat.status_code == 201, heartbeat.text
+                    model.live[heartbeat.json()["id"]] = (-1, True)
+                    model.acknowledged += 1
+                listed = listed_state(server)
+                expected = {sid: enabled for sid, (_, enabled) in model.live.items()}
+                if listed != expected:
+                    violations.append(f"iteration {iteration}: after the restart the list differs from the "
+                                      f"model: {sorted(set(listed.items()) ^ set(expected.items()))}")
+                if torn_by_test and iteration % TEAR_EVERY == TEAR_EVERY // 2 + 1:
+                    appended = wait_until(lambda: ends_with_newline(runs_log), timeout=APPEND_WAIT)
+                    assert appended, f"no run appended after the torn line; stderr:\n{server.stderr_text()}"
+
+                go = threading.Event()
+                ops_by_thread: list[list[Op]] = [[] for _ in range(CLIENT_THREADS)]
+                clients = [threading.Thread(target=drive_client, name=f"crash-client-{t}",
+                                            args=(server.url, t, model.owned_by(t), go, random.Random(rng.random()),
+                                                  iteration, target.url, ops_by_thread[t]))
+                           for t in range(CLIENT_THREADS)]
+                for client in clients:
+                    client.start()
+                go.set()
+                time.sleep(rng.uniform(0, MAX_KILL_DELAY))
+                killed_at = time.monotonic()
+                server.kill()
+                for client in clients:
+                    client.join(timeout=15)
+                    assert not client.is_alive(), "a client thread hung past its request timeouts"
+
+                found = fold_and_check(model, [op for ops in ops_by_thread for op in ops],
+                                       read_definitions(definitions), killed_at)
+                found += check_runs_log(runs_log, fragments)[0]
+                violations += [f"iteration {iteration}: {v}" for v in found]
+                if iteration % TEAR_EVERY == TEAR_EVERY // 2:
+                    fragment = tear_runs_log(runs_log, iteration)
+                    if fragment is not None:
+                        fragments.add(fragment)
+                        torn_by_test.append(fragment)
+            loop_seconds = time.monotonic() - started
+
+            # One more start: the heartbeat appends a few runs, then the server stops cleanly.
+            server = ServerProcess(data_dir, scripts_dir, env=env).start()
+            if listed_state(server) != {sid: enabled for sid, (_, enabled) in model.live.items()}:
+                violations.append("after the last restart the list differs from the model")
+            before = check_runs_log(runs_log, set(fragments))[1]
+            grew = wait_until(lambda: check_runs_log(runs_log, set(fragments))[1] >= before + 2, timeout=2 * APPEND_WAIT)
+            assert grew, f"the runs log did not grow after the last restart; stderr:\n{server.stderr_text()}"
+            assert server.stop() == 0, server.stderr_text()
+        finally:
+            if server is not None:
+                server.kill()
+
+    final_violations, records = check_runs_log(runs_log, fragments)
+    violations += [f"after the loop: {v}" for v in final_violations]
+    assert runs_log.read_bytes().endswith(b"\n"), "the last append left a torn line"
+    lines = collections.Counter()
+    for name in schedserver.NdjsonLog(str(runs_log), RUNS_LOG_MAX_BYTES, RUNS_LOG_BACKUPS).files():
+        if os.path.exists(name):
+            lines.update(Path(name).read_bytes().split(b"\n"))
+    for fragment in torn_by_test:       # each one a line of its own: no record was glued onto it
+        if lines[fragment] != 1:
+            violations.append(f"the torn line {fragment!r} is not a line of its own (glued onto, or lost)")
+
+    figure(f"reliability: crash loop {CRASH_ITERATIONS} iterations, {model.acknowledged} acknowledged ops, "
+           f"{len(violations)} lost")
+    assert not violations, f"seed {seed}:\n" + "\n".join(violations[:40])
+    assert len(torn_by_test) == CRASH_ITERATIONS // TEAR_EVERY
+    assert records > 0 and model.acknowledged >= CRASH_ITERATIONS
+    print(f"kill loop: {loop_seconds:.1f} s for {CRASH_ITERATIONS} iterations, {records} run records, "
+          f"{len(fragments)} torn lines")
+
+
+###############################################################################
+# The fires log: concurrent writers and rotation
+###############################################################################
+
+FIRES_MAX_BYTES = 2048
+RECORDS_PER_WRITER = 150
+WRITERS = 8
+
+
+def fire_record(writer: str, n: int) -> dict:
+    """A record shaped like a script fire."""
+    return {"ts": "2025-01-10T12:00:00.000Z", "scriptPath": f"jobs/{writer}.sh", "runId": f"{writer}-{n}",
+            "writer": writer, "n": n, "status": "ok", "durationMs": n % 97, "trigger": "cron"}
+
+
+def backups_for(writers: int, per_writer: int) -> int:
+    """Enough backups that rotation never drops a line (lines are about 160 bytes)."""
+    return writers * per_writer * 200 // FIRES_MAX_BYTES + 20
+
+
+def read_fires(path: Path, backups: int) -> tuple[list[dict], int]:
+    """Every line of the log and its backups, oldest first (each line must parse), and the rotation count."""
+    assert not os.path.exists(f"{path}.{backups}"), "the last backup slot is used: lines may have been dropped"
+    rotated = [Path(f"{path}.{n}") for n in range(backups, 0, -1) if os.path.exists(f"{path}.{n}")]
+    records = []
+    for file in rotated + [path]:
+        data = file.read_bytes()
+        assert len(data) <= FIRES_MAX_BYTES, f"{file} holds {len(data)} bytes, more than the limit"
+        assert data.endswith(b"\n"), f"{file} ends with a torn line"
+        records += [json.loads(line) for line in data.splitlines()]
+    return records, len(rotated)
+
+
+def assert_every_record_once_in_order(records: list[dict], writers: list[str], per_writer: int) -> None:
+    seen = collections.Counter((r["writer"], r["n"]) for r in records)
+    missing = [(w, n) for w in writers for n in range(per_writer) if seen[(w, n)] == 0]
+    doubled = [key for key, count in seen.items() if count > 1]
+    assert not missing and not doubled, f"missing {missing[:10]}, doubled {doubled[:10]}"
+    assert len(records) == len(writers) * per_writer
+    for writer in writers:          # one writer's appends are sequential: rotation must not reorder them
+        numbers = [r["n"] for r in records if r["writer"] == writer]
+        assert numbers == list(range(per_writer)), f"{writer}'s records are out of order"
+
+
+def run_writers(target: callable, count: int) -> None:
+    threads = [threading.Thread(target=target, args=(n,), name=f"fires-writer-{n}") for n in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+        assert not thread.is_alive(), "a writer hung"
+
+
+def test_eight_threads_sharing_one_fires_log_lose_no_line_across_rotations(tmp_path, figure):
+    path, backups = tmp_path / "fires.log", backups_for(WRITERS, RECORDS_PER_WRITER)
+    fires = schedserver.NdjsonLog(str(path), FIRES_MAX_BYTES, backups)
+    writers = [f"t{n}" for n in range(WRITERS)]
+    errors: list[BaseException] = []
+
+    def write(n: int) -> None:
+        try:
+            for i in range(RECORDS_PER_WRITER):
+                fires.append(fire_record(writers[n], i))
+        except BaseException as e:      # surfaced below, not lost in the thread
+            errors.append(e)
+
+    run_writers(write, WRITERS)
+    assert not errors, errors
+    records, rotations = read_fires(path, backups)
+    assert_every_record_once_in_order(records, writers, RECORDS_PER_WRITER)
+    assert rotations >= 20
+    assert len(list(fires.read_newest())) == len(records)
+    figure(f"reliability: fires log {WRITERS} writers, {len(records)} lines, "
+           f"{WRITERS * RECORDS_PER_WRITER - len(records)} lost, {rotations} rotations")
+
+
+def test_eight_separate_log_objects_on_one_path_share_the_file_lock_and_lose_no_line(tmp_path):
+    path, backups = tmp_path / "fires.log", backups_for(WRITERS, RECORDS_PER_WRITER)
+    writers = [f"o{n}" for n in range(WRITERS)]
+    errors: list[BaseException] = []
+
+    def write(n: int) -> None:
+        fires = schedserver.NdjsonLog(str(path), FIRES_MAX_BYTES, backups)     # its own locks, same lock file
+        try:
+            for i in range(RECORDS_PER_WRITER):
+                fires.append(fire_record(writers[n], i))
+        except BaseException as e:
+            errors.append(e)
+
+    run_writers(write, WRITERS)
+    assert not errors, errors
+    records, rotations = read_fires(path, backups)
+    assert_every_record_once_in_order(records, writers, RECORDS_PER_WRITER)
+    assert rotations >= 20
+
+
+WRITER_PROCESS = """
+    import sys, threading
+    import schedserver
+    path, tag, per_writer, threads, max_bytes, backups = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:])
+    errors = []
+    def write(n):
+        fires = schedserver.NdjsonLog(path, max_bytes, backups)
+        try:
+            for i in range(per_writer):
+                fires.append({"ts": "2025-01-10T12:00:00.000Z", "scriptPath": f"jobs/{tag}{n}.sh",
+                              "runId": f"{tag}{n}-{i}", "writer": f"{tag}{n}", "n": i, "status": "ok",
+                              "durationMs": i % 97, "trigger": "cron"})
+        except BaseException as e:
+            errors.append(repr(e))
+    workers = [threading.Thread(target=write, args=(n,)) for n in range(threads)]
+    for w in workers: w.start()
+    for w in workers: w.join()
+    print(errors)
+    sys.exit(1 if errors else 0)
+"""
+
+
+def test_two_processes_of_four_writers_each_lose_no_line_across_rotations(tmp_path):
+    path, backups = tmp_path / "fires.log", backups_for(WRITERS, RECORDS_PER_WRITER)
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    procs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(WRITER_PROCESS), str(path), tag,
+                               str(RECORDS_PER_WRITER), str(WRITERS // 2), str(FIRES_MAX_BYTES), str(backups)],
+                              cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for tag in ("p", "q")]
+    try:
+        outputs = [proc.communicate(timeout=60) for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=5)
+    assert [proc.returncode for proc in procs] == [0, 0], outputs
+    records, rotations = read_fires(path, backups)
+    writers = [f"{tag}{n}" for tag in ("p", "q") for n in range(WRITERS // 2)]
+    assert_every_record_once_in_order(records, writers, RECORDS_PER_WRITER)
+    assert rotations >= 20
+
+
+###############################################################################
+# A malformed line in the middle of a log
+###############################################################################
+
+def malformed_warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "schedserver" and "malformed" in r.getMessage()]
+
+
+def test_a_malformed_line_in_the_middle_is_reported_once_and_reading_goes_on_past_it(tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="schedserver")
+    path = tmp_path / "fires.log"
+    fires = schedserver.NdjsonLog(str(path), 1 << 20, 3)
+    for n in range(3):
+        fires.append({"n": n})
+    with open(path, "ab") as f:
+        f.write(b'{"n": 99, "status": "o\n')           # a torn line some append already moved past
+        f.write(b"\x00\x00\x00\x00\n")                  # what a crashed filesystem can leave
+    for n in range(3, 6):
+        fires.append({"n": n})
+
+    assert [r["n"] for r in fires.read_newest()] == [5, 4, 3, 2, 1, 0]
+    assert [r["n"] for r in fires.read_newest()] == [5, 4, 3, 2, 1, 0]
+    warnings = malformed_warnings(caplog)
+    assert len(warnings) == 1, warnings
+    assert str(path) in warnings[0]
+
+
+def test_a_malformed_line_in_a_rotated_file_is_reported_for_that_file_and_older_files_are_still_read(
+        tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="schedserver")
+    path = tmp_path / "fires.log"
+    (tmp_path / "fires.log.2").write_bytes(b'{"n": 0}\n{"n": 1}\n')
+    (tmp_path / "fires.log.1").write_bytes(b'{"n": 2}\nnot json\n{"n": 3}\n')
+    path.write_bytes(b'{"n": 4}\n[4, 5]\n{"n": 5}\n')
+    fires = schedserver.NdjsonLog(str(path), 1 << 20, 3)
+
+    assert [r["n"] for r in fires.read_newest()] == [5, 4, 3, 2, 1, 0]
+    warnings = malformed_warnings(caplog)
+    assert len(warnings) == 2, warnings
+    assert str(path) in warnings[0] and f"{path}.1" in warnings[1]
+
+
+def test_a_malformed_line_straddling_read_blocks_does_not_end_the_reading(tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="schedserver")
+    path = tmp_path / "fires.log"
+    fires = schedserver.NdjsonLog(str(path), 1 << 30, 1)
+    for n in range(500):
+        fires.append({"n": n, "pad": "a" * 150})
+    with open(path, "ab") as f:
+        f.write(b"{" + b"x" * 150_000 + b"\n")           # garbage longer than two 64 KiB read blocks
+    for n in range(500, 1000):
+        fires.append({"n": n, "pad": "b" * 150})
+
+    assert [r["n"] for r in fires.read_newest()] == list(range(999, -1, -1))
+    assert len(malformed_warnings(caplog)) == 1
+
+
+def test_run_history_is_rebuilt_from_records_on_both_sides_of_a_malformed_line(tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="schedserver")
+    store = schedserver.JsonStore(str(tmp_path / "curl-schedules.json"))
+    runs = schedserver.NdjsonLog(str(tmp_path / "curl-runs.log"), 1 << 20, 3)
+    scheduler = schedserver.Scheduler(submit=lambda fn, *args: None)
+    first = schedserver.CurlSchedules(store, runs, scheduler, schedserver.HttpRunner())
+    sid = first.create({"cron": ONCE_A_YEAR, "request": {"url": "http://127.0.0.1:9/hook"}})["id"]
+
+    def run(n: int) -> dict:
+        at = f"2025-01-10T12:0{n}:00.000Z"
+        return {"ts": at, "schedule_id": sid, "run_id": f"run-{n}", "scheduled_at": at, "started_at": at,
+                "status": "ok", "status_code": 200, "duration_ms": 5, "error": None, "trigger": "cron"}
+
+    runs.append(run(1))
+    runs.append(run(2))
+    with open(runs.path, "ab") as f:
+        f.write(b'{"ts":"2025-01-10T12:02:30.000Z","schedule_id":"' + sid.encode() + b'","run_\n')
+    runs.append(run(3))
+
+    second = schedserver.CurlSchedules(store, schedserver.NdjsonLog(runs.path, 1 << 20, 3),
+                                       schedserver.Scheduler(submit=lambda fn, *args: None),
+                                       schedserver.HttpRunner())
+    second.load()
+    shown = second.get(sid)
+    assert [h["run_id"] for h in shown["history"]] == ["run-3", "run-2", "run-1"]
+    assert shown["last_run"] == "2025-01-10T12:03:00Z"
+    assert len(malformed_warnings(caplog)) == 1
