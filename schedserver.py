@@ -412,12 +412,14 @@ class CronSpec:
             it = croniter.croniter(" ".join(self.fields), datetime.fromtimestamp(after, tz),
                                    second_at_beginning=True)
             last, stuck = after, 0
-            while stuck < 8:
+            while stuck < 8:        # croniter answering the same instant again and again: give up
                 ts = it.get_next(datetime).timestamp()
-                if ts <= last or (not self.wildcard_time and _in_repeated_second_pass(ts, tz)):
+                if ts <= last:
                     stuck += 1
                     continue
                 last, stuck = ts, 0
+                if not self.wildcard_time and _in_repeated_second_pass(ts, tz):
+                    continue        # at most an hour of candidates, each later than the last
                 yield ts
         except (croniter.CroniterBadDateError, OverflowError, ValueError):
             return
@@ -553,10 +555,35 @@ class JsonStore:
                                "restore it from a backup or move it away") from None
 
     def save(self, document: Any) -> None:
-        """Write `document` crash-safely; raises OSError (or filelock.Timeout) on failure."""
+        """Write `document` crash-safely; raises OSError (or filelock.Timeout) on failure.
+
+        A failure after the rename (the directory fsync) would leave the new file in place while the caller
+        reports the change as failed; the previous contents are put back first, so a 500 never takes effect.
+        """
         data = json.dumps(document, indent=1, sort_keys=True).encode() + b"\n"
         with self._lock, self._file_lock:
-            atomic_write(self.path, data)
+            try:
+                with open(self.path, "rb") as f:
+                    previous: bytes | None = f.read()
+            except FileNotFoundError:
+                previous = None
+            try:
+                atomic_write(self.path, data)
+            except OSError:
+                self._restore(previous, data)
+                raise
+
+    def _restore(self, previous: bytes | None, attempted: bytes) -> None:
+        try:
+            with open(self.path, "rb") as f:
+                if f.read() != attempted:
+                    return                  # the failure came before the rename: the old file is intact
+            if previous is None:
+                os.unlink(self.path)
+            else:
+                atomic_write(self.path, previous, durable=False)
+        except OSError as e:
+            log.error("%s: could not put the previous contents back after a failed write: %s", self.path, e)
 
 
 class NdjsonLog:
@@ -773,24 +800,55 @@ def _unmapped(network: Any) -> Any:
     return network
 
 
+def resolve(host: str, port: int, timeout: float | None) -> list[str]:
+    """The addresses of `host`, in getaddrinfo's order, waiting at most `timeout` seconds: a dead resolver
+    (glibc waits 5 s per try and per nameserver) must not hold a run past its deadline. socket.timeout if
+    it takes longer, socket.gaierror if the name does not resolve."""
+    outcome: list = []
+    done = threading.Event()
+
+    def lookup() -> None:
+        try:
+            outcome.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        except Exception as e:
+            outcome.append(e)
+        done.set()
+
+    threading.Thread(target=lookup, name="schedserver-resolve", daemon=True).start()
+    if not done.wait(timeout):
+        raise socket.timeout(f"resolving {host} took longer than {timeout:.1f} s")
+    if isinstance(outcome[0], Exception):
+        raise outcome[0]
+    return list(dict.fromkeys(info[4][0] for info in outcome[0]))
+
+
 class _PolicyConnectionMixin:
-    """Resolves the host itself, keeps the addresses the egress policy permits, and connects to one of them."""
+    """Resolves the host itself within the run's deadline, keeps the addresses the egress policy permits,
+    and connects to those very addresses."""
 
     def _new_conn(self) -> socket.socket:
         policy = getattr(_http_run, "policy", None)
-        if policy is None or not policy.active:
-            return super()._new_conn()          # type: ignore[misc]
+        deadline = getattr(_http_run, "deadline", None)
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:
-            infos = socket.getaddrinfo(self._dns_host, self.port, type=socket.SOCK_STREAM)
+            addresses = resolve(self._dns_host, self.port, timeout)
         except socket.gaierror as e:
             raise urllib3.exceptions.NameResolutionError(self.host, self, e) from e
-        permitted = [info[4][0] for info in infos if policy.permits(info[4][0])]
+        except socket.timeout as e:
+            raise urllib3.exceptions.ConnectTimeoutError(self, f"Connection to {self.host} timed out ({e})") from e
+        permitted = [a for a in addresses if policy is None or not policy.active or policy.permits(a)]
         if not permitted:
             raise urllib3.exceptions.NewConnectionError(
-                self, f"egress policy refuses {self.host} ({', '.join(sorted({i[4][0] for i in infos}))})")
-        resolved, self._dns_host = self._dns_host, permitted[0]
+                self, f"egress policy refuses {self.host} ({', '.join(addresses)})")
+        resolved, last_error = self._dns_host, None
         try:
-            return super()._new_conn()          # type: ignore[misc]
+            for address in permitted:
+                self._dns_host = address
+                try:
+                    return super()._new_conn()          # type: ignore[misc]
+                except urllib3.exceptions.NewConnectionError as e:
+                    last_error = e                      # e.g. ::1 refused: try 127.0.0.1 next
+            raise last_error
         finally:
             self._dns_host = resolved
 
@@ -875,6 +933,7 @@ class HttpRunner:
         deadline = t0 + timeout
         _http_run.connections = connections = []
         _http_run.policy = self.policy
+        _http_run.deadline = deadline
         timer = threading.Timer(timeout, _cut, (connections,))
         timer.daemon = True
         timer.start()
@@ -924,7 +983,7 @@ class HttpRunner:
             return result("error", error=_short_error(e))
         finally:
             timer.cancel()
-            _http_run.connections = None
+            _http_run.connections = _http_run.deadline = None
 
 
 _URL_QUERY = re.compile(r"((?:\bhttps?://|\burl: )[^\s?#'\"]*)\?[^\s#'\")]*")
@@ -934,7 +993,7 @@ def _short_error(exc: BaseException) -> str:
     """An exception as one short line: its root cause, with URL query strings (often holding keys) taken out."""
     reason = getattr(exc.args[0], "reason", None) if exc.args else None    # requests wraps urllib3's MaxRetryError
     text = f"{type(exc).__name__}: {reason if reason is not None else exc}"
-    text = _URL_QUERY.sub(r"\1?<query>", text)
+    text = _URL_QUERY.sub(r"\1?<query>", text).replace("_PolicyHTTP", "HTTP")
     return text if len(text) <= 500 else text[:497] + "..."
 
 
@@ -1015,7 +1074,7 @@ class ScriptRunner:
             proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, start_new_session=True, close_fds=True)
         except OSError as e:
-            return ScriptResult("error", started, elapsed_ms(), error=f"cannot start: {e.strerror or e}")
+            return ScriptResult("error", started, elapsed_ms(), error=f"cannot start: {_start_failure(argv, e)}")
         if on_spawn is not None:
             on_spawn(proc.pid)
         stdout, stderr = OutputTail(proc.stdout), OutputTail(proc.stderr)
@@ -1047,6 +1106,19 @@ class ScriptRunner:
         if error is None:
             error = f"killed by signal {_signal_name(-code)}" if code < 0 else f"exit status {code}"
         return ScriptResult("error", started, duration, error=error, exit_code=code, output_dropped=dropped)
+
+
+def _start_failure(argv: list[str], error: OSError) -> str:
+    """Why a script did not start; names the #! line when the script exists but its interpreter does not."""
+    if isinstance(error, FileNotFoundError) and len(argv) == 1 and os.path.isfile(argv[0]):
+        try:
+            with open(argv[0], "rb") as f:
+                first = f.readline(200).strip().decode("utf-8", "replace")
+        except OSError:
+            first = ""
+        if first.startswith("#!"):
+            return f"bad interpreter {first!r}: {error.strerror}"
+    return str(error.strerror or error)
 
 
 def _kill_group(pgid: int, sig: int) -> None:

@@ -1,0 +1,922 @@
+"""Reliability, section 5 "Faults": the disk, the scripts and the HTTP targets misbehave; schedserver copes.
+
+- Disk: the data dir fills up or turns read-only, first simulated in-process (an OS call fails for files in the
+  data dir only), then for real on a 64 KiB tmpfs when the test may mount one. Mutating routes answer 500 with
+  the surface's error code, reads keep working, the schedules file stays byte-identical, and once the fault
+  clears writes work again without a restart.
+- Scripts: real subprocesses that hang, ignore SIGTERM, leave children behind, print 1 GB, cannot start or die
+  with 137. Each gets the right status; afterwards no process carrying the run's marker is alive, none of our
+  children is left a zombie, and this process's RSS has grown by less than 50 MB.
+- HTTP targets: loopback peers that refuse, never answer, dribble, never stop, gzip-bomb, redirect for ever or
+  speak plain HTTP to TLS. Each run is recorded with the right status and a clear error within its timeout
+  plus one second, in bounded memory.
+
+Each section prints a figure line. Every wait has a deadline; nothing leaves the loopback interface.
+"""
+
+from __future__ import annotations
+
+import errno
+import gzip
+import json
+import os
+import socket
+import subprocess
+import threading
+import time
+import tracemalloc
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import webtest
+
+import schedserver
+from schedserver import (MAX_OUTPUT_BYTES, MAX_RESPONSE_BYTES, Auth, CurlSchedules, HttpRunner, JsonStore,
+                         NdjsonLog, RunResult, Scheduler, ScriptRunner, ScriptSchedules, make_app)
+
+BASE = "/api/v1/curl/schedule"
+ADMIN = {"Authorization": "Bearer admin-token"}
+READER = {"Authorization": "Bearer read-token"}
+NOW = datetime(2025, 1, 15, 10, 30, 0, tzinfo=timezone.utc).timestamp()
+RSS_LIMIT_MB = 50
+PEER_STOP_TIMEOUT = 5.0
+
+
+class FakeClock:
+    """Time that moves only when a test says so."""
+
+    def __init__(self, now: float = NOW):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class InlinePool:
+    """Stands in for the worker pool: runs each submitted call at once."""
+
+    def __call__(self, fn, *args) -> None:
+        fn(*args)
+
+
+def rss_mb() -> float:
+    """This process's resident set size in MB, from /proc/self/status."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 5.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value or time.monotonic() >= deadline:
+            return value
+        time.sleep(0.02)
+
+
+@dataclass
+class Tally:
+    """One section's counters, printed as its figure line once the module's tests are done."""
+
+    template: Callable[["Tally"], str]
+    cases: int = 0
+    false_successes: int = 0
+    damaged_files: int = 0
+    survivors: int = 0
+    rss_growth_mb: list[float] = field(default_factory=list)
+    durations: list[float] = field(default_factory=list)
+
+
+class Tallies:
+    """The three sections' tallies and where their figure lines go (the `figure` fixture)."""
+
+    def __init__(self):
+        self.disk = Tally(lambda t: f"reliability: disk faults {t.cases} cases, {t.false_successes} false "
+                                    f"successes, {t.damaged_files} damaged files")
+        self.scripts = Tally(lambda t: f"reliability: script faults {t.cases} cases, {t.survivors} survivors, "
+                                       f"RSS +{max(t.rss_growth_mb, default=0):.1f} MB")
+        self.http = Tally(lambda t: f"reliability: http faults {t.cases} cases, "
+                                    f"max duration {max(t.durations, default=0):.2f} s")
+        self.figure: Callable[[str], None] | None = None
+
+    def report(self) -> None:
+        for tally in (self.disk, self.scripts, self.http):
+            if tally.cases and self.figure is not None:
+                self.figure(tally.template(tally))
+
+
+@pytest.fixture(scope="module")
+def tallies():
+    kept = Tallies()
+    yield kept
+    kept.report()
+
+
+@pytest.fixture(autouse=True)
+def _figure_lines_go_to_the_run_summary(tallies, figure):
+    tallies.figure = figure
+
+
+@pytest.fixture
+def disk_tally(tallies) -> Tally:
+    return tallies.disk
+
+
+@pytest.fixture
+def script_tally(tallies) -> Tally:
+    return tallies.scripts
+
+
+@pytest.fixture
+def http_tally(tallies) -> Tally:
+    return tallies.http
+
+
+###############################################################################
+# Disk #########################################################################
+###############################################################################
+
+class NullRunner:
+    def run(self, spec, extra_headers) -> RunResult:
+        return RunResult("ok", NOW, 1, 200)
+
+
+class DiskHarness:
+    """The HTTP schedule routes over a data dir, through webtest, as the server builds them."""
+
+    def __init__(self, data_dir: Path):
+        self.data_dir = data_dir
+        self.path = data_dir / "curl-schedules.json"
+        self.scheduler = Scheduler(clock=FakeClock(), submit=InlinePool())
+        self.service = CurlSchedules(JsonStore(str(self.path)), NdjsonLog(str(data_dir / "curl-runs.log"), 1 << 20, 2),
+                                     self.scheduler, NullRunner(), clock=FakeClock())
+        self.service.load()
+        self.app = webtest.TestApp(make_app(self.service, Auth(("admin-token",), ("read-token",))))
+
+    def create(self, name: str):
+        return self.app.post_json(BASE, {"cron": "0 0 9 * * *", "name": name,
+                                         "request": {"url": "https://api.example.com/hook"}},
+                                  headers=ADMIN, expect_errors=True)
+
+    def toggle(self, schedule_id: str, enabled: bool):
+        return self.app.patch_json(f"{BASE}/{schedule_id}/toggle", {"enabled": enabled}, headers=ADMIN,
+                                   expect_errors=True)
+
+    def delete(self, schedule_id: str):
+        return self.app.delete(f"{BASE}/{schedule_id}", headers=ADMIN, expect_errors=True)
+
+    def reads(self) -> list:
+        """What the read routes answer now, for an admin and a read-only token."""
+        answers = []
+        for headers in (ADMIN, READER):
+            listing = self.app.get(BASE, headers=headers, expect_errors=True)
+            answers.append((listing.status_int, listing.json))
+            for item in listing.json.get("items", []):
+                one = self.app.get(f"{BASE}/{item['id']}", headers=headers, expect_errors=True)
+                answers.append((one.status_int, one.json))
+        return answers
+
+    def leftovers(self) -> list[str]:
+        return sorted(name for name in os.listdir(self.data_dir) if ".tmp-" in name)
+
+
+def error_code(response) -> str | None:
+    """The API code of a JSON error in this surface's shape; None when the answer is something else."""
+    if response.content_type != "application/json":
+        return None
+    body = response.json
+    if set(body) != {"error", "message"} or not body["message"]:
+        return None
+    return body["error"]
+
+
+def check_writes_fail_safely(h: DiskHarness, counts: Tally, arm: Callable[[], None] = lambda: None) -> None:
+    """With the fault in place: every mutation answers 500 with its code, reads and the file stay as they were."""
+    items = h.app.get(BASE, headers=ADMIN).json["items"]
+    toggled, deleted = items[-1], items[0]         # the oldest and the newest schedule
+    on_disk, reads = h.path.read_bytes(), h.reads()
+    registered = {s["id"]: h.scheduler.next_at("curl:" + s["id"]) for s in items}
+
+    answers = []
+    for label, request, code in (("create", lambda: h.create("during the fault"), "SCHEDULE_CREATION_FAILED"),
+                                 ("toggle", lambda: h.toggle(toggled["id"], not toggled["enabled"]), "STORAGE_ERROR"),
+                                 ("delete", lambda: h.delete(deleted["id"]), "STORAGE_ERROR")):
+        arm()
+        response = request()
+        counts.cases += 1
+        counts.false_successes += int(200 <= response.status_int < 300)
+        after = h.path.read_bytes()
+        damaged = after != on_disk or bool(h.leftovers())
+        try:
+            json.loads(after)
+        except ValueError:
+            damaged = True
+        counts.damaged_files += int(damaged)
+        answers.append((label, response.status_int, error_code(response)))
+
+    assert answers == [("create", 500, "SCHEDULE_CREATION_FAILED"), ("toggle", 500, "STORAGE_ERROR"),
+                       ("delete", 500, "STORAGE_ERROR")]
+    assert h.reads() == reads                       # reads keep working and show the state as it was
+    assert {s["id"]: h.scheduler.next_at("curl:" + s["id"]) for s in items} == registered
+    # What a restart reads is what the API showed: no create answered 500 comes back, no delete takes effect.
+    restarted = DiskHarness(h.data_dir).app.get(BASE, headers=ADMIN).json["items"]
+    assert [(s["name"], s["enabled"]) for s in restarted] == [(s["name"], s["enabled"]) for s in items]
+    assert DiskHarness(h.data_dir).reads() == reads
+    assert h.path.read_bytes() == on_disk, "the schedules file changed although every write answered 500"
+    assert h.leftovers() == []
+
+
+def check_writes_work_again(h: DiskHarness) -> None:
+    """The fault has cleared: the same process writes again, and a restart reads what the API showed."""
+    items = h.app.get(BASE, headers=ADMIN).json["items"]
+    toggled, deleted = items[-1], items[0]
+    created = h.create("after the fault")
+    assert created.status_int == 201, created.body
+    assert h.toggle(toggled["id"], not toggled["enabled"]).status_int == 200
+    assert h.delete(deleted["id"]).status_int == 200
+    shown = h.app.get(BASE, headers=ADMIN).json
+    assert sorted((s["name"], s["enabled"]) for s in shown["items"]) == sorted(
+        [(s["name"], s["enabled"] != (s["id"] == toggled["id"])) for s in items if s["id"] != deleted["id"]]
+        + [("after the fault", True)])
+    restarted = DiskHarness(h.data_dir)
+    assert restarted.app.get(BASE, headers=ADMIN).json["items"] == shown["items"]
+
+
+class DataDirFault:
+    """Makes one OS call fail with `err` for the data dir while `active`, leaving every other path alone."""
+
+    def __init__(self, monkeypatch, data_dir: Path):
+        self.monkeypatch = monkeypatch
+        self.root = os.path.realpath(data_dir)
+        self.active = False
+        self.fresh = False      # armed, and not struck yet since
+        self.calls = 0
+
+    def arm(self) -> None:
+        self.active = self.fresh = True
+
+    def _ours(self, path: str) -> bool:
+        return path == self.root or path.startswith(self.root + os.sep)
+
+    def _fd_path(self, fd: int) -> str:
+        try:
+            return os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            return ""
+
+    def _fail(self, err: int) -> None:
+        self.calls += 1
+        self.fresh = False
+        raise OSError(err, os.strerror(err))
+
+    def fsync_of_files(self, err: int, once: bool = False) -> None:
+        real = os.fsync
+
+        def fsync(fd):
+            path = self._fd_path(fd)
+            if self.active and self._ours(path) and path != self.root:
+                if once:
+                    self.active = False
+                self._fail(err)
+            return real(fd)
+        self.monkeypatch.setattr(os, "fsync", fsync)
+
+    def fsync_of_the_dir(self, err: int) -> None:
+        real = os.fsync
+
+        def fsync(fd):
+            if self.active and self._fd_path(fd) == self.root:
+                self._fail(err)
+            return real(fd)
+        self.monkeypatch.setattr(os, "fsync", fsync)
+
+    def replace(self, err: int) -> None:
+        real = os.replace
+
+        def replace(src, dst, **kwargs):
+            if self.active and self._ours(os.path.realpath(os.path.dirname(os.fspath(dst)))):
+                self._fail(err)
+            return real(src, dst, **kwargs)
+        self.monkeypatch.setattr(os, "replace", replace)
+
+    def write(self, err: int, partial: bool = False) -> None:
+        real = os.write
+
+        def write(fd, data):
+            if self.active and self._ours(self._fd_path(fd)):
+                if partial and self.fresh:
+                    self.fresh = False      # the disk fills up half-way through this write
+                    return real(fd, bytes(data)[: max(1, len(data) // 2)])
+                self._fail(err)
+            return real(fd, data)
+        self.monkeypatch.setattr(os, "write", write)
+
+    def open_for_writing(self, err: int) -> None:
+        real = os.open
+        writing = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+
+        def open_(path, flags, *args, **kwargs):
+            if self.active and flags & writing and self._ours(os.path.realpath(os.path.dirname(os.fspath(path)))):
+                self._fail(err)
+            return real(path, flags, *args, **kwargs)
+        self.monkeypatch.setattr(os, "open", open_)
+
+
+DISK_FAULTS = {
+    "fsync-enospc": lambda f: f.fsync_of_files(errno.ENOSPC),
+    "fsync-fails-once": lambda f: f.fsync_of_files(errno.EIO, once=True),
+    "fsync-of-the-dir-eio": lambda f: f.fsync_of_the_dir(errno.EIO),
+    "rename-enospc": lambda f: f.replace(errno.ENOSPC),
+    "write-erofs": lambda f: f.write(errno.EROFS),
+    "short-write-then-enospc": lambda f: f.write(errno.ENOSPC, partial=True),
+    "open-erofs": lambda f: f.open_for_writing(errno.EROFS),
+}
+
+
+@pytest.mark.parametrize("fault_name", list(DISK_FAULTS))
+def test_a_failing_disk_write_answers_500_keeps_reads_and_the_file_and_recovers_without_restart(
+        tmp_path, monkeypatch, fault_name, disk_tally):
+    h = DiskHarness(tmp_path)
+    for name in ("first", "second"):
+        assert h.create(name).status_int == 201
+    fault = DataDirFault(monkeypatch, tmp_path)
+    DISK_FAULTS[fault_name](fault)
+
+    check_writes_fail_safely(h, disk_tally, arm=fault.arm)      # armed again before each request
+    assert fault.calls >= 3, "the fault never struck: the test did not test anything"
+
+    fault.active = False
+    check_writes_work_again(h)
+
+
+def test_an_fsync_failure_is_never_retried_into_a_false_success(tmp_path, monkeypatch, disk_tally):
+    h = DiskHarness(tmp_path)
+    fault = DataDirFault(monkeypatch, tmp_path)
+    fault.fsync_of_files(errno.EIO, once=True)      # a retry would succeed: it must not be tried
+    before = h.path.read_bytes() if h.path.exists() else None
+    fault.arm()
+    response = h.create("first")
+    disk_tally.cases += 1
+    disk_tally.false_successes += int(response.status_int == 201)
+    assert (response.status_int, error_code(response)) == (500, "SCHEDULE_CREATION_FAILED")
+    assert fault.calls == 1
+    assert (h.path.read_bytes() if h.path.exists() else None) == before
+    assert h.app.get(BASE, headers=ADMIN).json["meta"]["total"] == 0
+    assert len(h.scheduler) == 0
+
+
+def _mount(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["mount", *args], capture_output=True, text=True, timeout=10)
+
+
+def test_on_a_real_tmpfs_that_fills_up_or_turns_read_only_writes_fail_safely_and_recover(tmp_path, disk_tally):
+    if os.geteuid() != 0:
+        pytest.skip("mounting a 64 KiB tmpfs needs root; the in-process disk faults above still ran")
+    data_dir = tmp_path / "data"
+    data_dir.mkdir(mode=0o700)
+    try:
+        mounted = _mount("-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(data_dir))
+    except (OSError, subprocess.TimeoutExpired) as e:
+        pytest.skip(f"cannot run mount here ({e}); the in-process disk faults above still ran")
+    if mounted.returncode != 0:
+        pytest.skip(f"mount -t tmpfs is not permitted here ({mounted.stderr.strip()}); "
+                    "the in-process disk faults above still ran")
+    try:
+        h = DiskHarness(data_dir)
+        for name in ("first", "second"):
+            assert h.create(name).status_int == 201
+
+        # The disk fills up.
+        filler = data_dir / "filler"
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            while True:
+                os.write(fd, b"\0" * 4096)
+        except OSError as e:
+            assert e.errno == errno.ENOSPC
+        finally:
+            os.close(fd)
+        check_writes_fail_safely(h, disk_tally)
+        filler.unlink()
+        check_writes_work_again(h)
+
+        # The file system turns read-only.
+        h = DiskHarness(data_dir)
+        assert h.create("another").status_int == 201
+        remounted = _mount("-o", "remount,ro", str(data_dir))
+        assert remounted.returncode == 0, remounted.stderr
+        try:
+            check_writes_fail_safely(h, disk_tally)
+        finally:
+            assert _mount("-o", "remount,rw", str(data_dir)).returncode == 0
+        check_writes_work_again(h)
+    finally:
+        done = subprocess.run(["umount", str(data_dir)], capture_output=True, text=True, timeout=10)
+        if done.returncode != 0:
+            subprocess.run(["umount", "-l", str(data_dir)], capture_output=True, timeout=10)
+
+
+###############################################################################
+# Scripts ######################################################################
+###############################################################################
+
+def survivors(marker: str) -> list[str]:
+    """Live processes (zombies aside) whose command line or environment carries `marker`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+            if state in (b"Z", b"X"):
+                continue
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read()
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                environ = f.read()
+        except (OSError, IndexError):
+            continue
+        if marker.encode() in cmdline or marker.encode() in environ:
+            shown = cmdline.replace(b"\0", b" ").decode(errors="replace")
+            found.append(f"{entry}: {shown}")
+    return found
+
+
+def our_zombies() -> list[int]:
+    """Children of this process that exited and were never reaped."""
+    zombies = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] == b"Z" and int(fields[1]) == os.getpid():
+            zombies.append(int(entry))
+    return zombies
+
+
+def run_within(seconds: float, fn: Callable[..., Any], *args: Any) -> Any:
+    """fn(*args) in a helper thread; the test fails (instead of hanging) if it has not returned in `seconds`."""
+    box: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: box.setdefault("result", fn(*args)), name="test-run-within",
+                              daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"{getattr(fn, '__qualname__', fn)} did not return within {seconds} s"
+    return box["result"]
+
+
+@dataclass
+class ScriptCase:
+    script: str                 # shell text (run as /bin/sh -c), or a file's text for the `file` cases
+    timeout_ms: int
+    status: str
+    error: Callable[[str | None], bool]
+    file_mode: int | None = None    # run as a file with this mode instead of through /bin/sh -c
+    check: Callable[[Any, float], None] = lambda result, elapsed: None
+
+
+KILL_GRACE = 0.5
+ONE_GB = 1_000_000_000
+
+
+def _ignored_term_waited_for_the_grace(result, elapsed: float) -> None:
+    assert elapsed >= 0.3 + KILL_GRACE * 0.9, f"killed after {elapsed:.2f} s: SIGKILL did not wait for the grace"
+
+
+def _a_gigabyte_was_read_and_dropped(result, elapsed: float) -> None:
+    assert result.output_dropped == ONE_GB - MAX_OUTPUT_BYTES
+
+
+SCRIPT_CASES = {
+    "hangs": ScriptCase("sleep 300", 300, "timeout", lambda e: e == "timed out after 300 ms"),
+    "children-ignore-sigterm": ScriptCase("trap '' TERM; sleep 300 & sleep 300 & wait", 300, "timeout",
+                                          lambda e: e == "timed out after 300 ms",
+                                          check=_ignored_term_waited_for_the_grace),
+    "leaves-sleep-300-behind": ScriptCase("sleep 300 & echo started", 5000, "ok", lambda e: e is None,
+                                          check=lambda r, _: r.return_preview == "started"),
+    "prints-1-gb": ScriptCase(f"head -c {ONE_GB} /dev/zero", 60000, "ok", lambda e: e is None,
+                              check=_a_gigabyte_was_read_and_dropped),
+    "not-executable": ScriptCase("#!/bin/sh\necho never\n", 5000, "error",
+                                 lambda e: e == "cannot start: Permission denied", file_mode=0o644),
+    "bad-interpreter": ScriptCase("#!/nonexistent/interpreter\necho never\n", 5000, "error",
+                                  lambda e: bool(e) and e.startswith("cannot start: "), file_mode=0o755),
+    "exits-137": ScriptCase("exit 137", 5000, "error", lambda e: e == "exit status 137",
+                            check=lambda r, _: r.exit_code == 137),
+    "killed-by-sigkill": ScriptCase("kill -9 $$", 5000, "error", lambda e: e == "killed by signal SIGKILL"),
+}
+
+
+@pytest.mark.parametrize("name", list(SCRIPT_CASES))
+def test_a_misbehaving_script_gets_its_status_and_leaves_no_process_behind(tmp_path, name, script_tally):
+    case = SCRIPT_CASES[name]
+    marker = f"reliability-{uuid.uuid4().hex}"
+    env = {"PATH": os.environ["PATH"], "RELIABILITY_MARKER": marker}
+    if case.file_mode is None:
+        argv = ["/bin/sh", "-c", f": {marker}; {case.script}"]
+    else:
+        path = tmp_path / f"script-{marker}"
+        path.write_text(case.script)
+        path.chmod(case.file_mode)
+        argv = [str(path)]
+    runner = ScriptRunner(kill_grace=KILL_GRACE)
+
+    rss_before = rss_mb()
+    started = time.monotonic()
+    result = run_within(case.timeout_ms / 1000 + KILL_GRACE + 15, runner.run, argv, str(tmp_path), env,
+                        case.timeout_ms)
+    elapsed = time.monotonic() - started
+    wait_until(lambda: not survivors(marker), timeout=3.0)      # SIGKILL takes effect asynchronously
+    left = survivors(marker)
+    growth = rss_mb() - rss_before
+
+    script_tally.cases += 1
+    script_tally.survivors += len(left)
+    script_tally.rss_growth_mb.append(growth)
+    assert result.status == case.status and case.error(result.error), result
+    case.check(result, elapsed)
+    assert elapsed < case.timeout_ms / 1000 + KILL_GRACE + 2
+    assert left == [], f"still running after the run ended: {left}"
+    assert our_zombies() == []
+    assert growth < RSS_LIMIT_MB, f"RSS grew by {growth:.1f} MB"
+
+
+def test_misbehaving_scheduled_scripts_are_recorded_with_their_status_and_leave_nothing_behind(
+        tmp_path, monkeypatch, script_tally):
+    marker = f"reliability-{uuid.uuid4().hex}"
+    monkeypatch.setenv("RELIABILITY_MARKER", marker)        # scripts inherit the server's environment
+    root, data = tmp_path / "scripts", tmp_path / "data"
+    root.mkdir()
+    data.mkdir()
+    every_second = "# @schedule * * * * * *\n"
+    scripts = {
+        "hang.sh": (every_second + "# @timeout 300ms\nsleep 300\n", None),
+        "stubborn.sh": (every_second + "# @timeout 300ms\ntrap '' TERM\nsleep 300 &\nsleep 300\n", None),
+        "background.sh": (every_second + "sleep 300 &\necho started\n", None),
+        "loud.sh": (every_second + f"# @timeout 60s\nhead -c {ONE_GB} /dev/zero\n", None),
+        "exit137.sh": (every_second + "exit 137\n", None),
+        "bad-interpreter": ("#!/nonexistent/interpreter\n" + every_second + "echo never\n", 0o755),
+        "lost-exec-bit": ("#!/bin/sh\n" + every_second + "echo never\n", 0o755),
+        "not-executable": ("#!/bin/sh\n" + every_second + "echo never\n", 0o644),
+    }
+    for rel, (text, mode) in scripts.items():
+        (root / rel).write_text(text)
+        if mode is not None:
+            (root / rel).chmod(mode)
+    clock = FakeClock()
+    scheduler = Scheduler(workers=8, clock=clock)             # the real worker pool
+    service = ScriptSchedules(str(root), NdjsonLog(str(data / "fires.log"), 1 << 20, 2), scheduler,
+                              ScriptRunner(kill_grace=KILL_GRACE), clock=clock)
+    reloaded = service.reload()
+    assert [f["path"] for f in reloaded["failed"]] == ["not-executable"]
+    assert "no way to run it" in reloaded["failed"][0]["reason"]
+    (root / "lost-exec-bit").chmod(0o644)                   # registered, then someone drops its exec bit
+
+    rss_before = rss_mb()
+    try:
+        clock.now = NOW + 1
+        scheduler.tick(clock.now)
+        log = data / "fires.log"
+
+        def records():
+            return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+        assert wait_until(lambda: len(records()) >= 7, timeout=30), records()
+    finally:
+        scheduler.stop()
+    wait_until(lambda: not survivors(marker), timeout=3.0)
+    left = survivors(marker)
+    growth = rss_mb() - rss_before
+
+    by_script = {r["scriptPath"]: r for r in records()}
+    script_tally.cases += len(by_script) + len(reloaded["failed"])
+    script_tally.survivors += len(left)
+    script_tally.rss_growth_mb.append(growth)
+    assert {rel: r["status"] for rel, r in by_script.items()} == {
+        "hang.sh": "timeout", "stubborn.sh": "timeout", "background.sh": "ok", "loud.sh": "ok",
+        "exit137.sh": "error", "bad-interpreter": "error", "lost-exec-bit": "error"}
+    errors = {rel: r.get("error") for rel, r in by_script.items()}
+    assert errors["hang.sh"] == errors["stubborn.sh"] == "timed out after 300 ms"
+    assert errors["exit137.sh"] == "exit status 137"
+    assert errors["lost-exec-bit"] == "cannot start: Permission denied"
+    assert errors["bad-interpreter"].startswith("cannot start: ")
+    assert by_script["background.sh"]["returnPreview"] == "started"
+    assert by_script["loud.sh"]["outputDropped"] == ONE_GB - MAX_OUTPUT_BYTES
+    assert by_script["stubborn.sh"]["durationMs"] >= 300 + KILL_GRACE * 1000 * 0.9
+    assert left == [], f"still running after the runs ended: {left}"
+    assert our_zombies() == []
+    assert growth < RSS_LIMIT_MB, f"RSS grew by {growth:.1f} MB"
+    assert not any(scheduler.is_running(f"exec:{rel}") for rel in by_script)
+
+
+###############################################################################
+# HTTP targets #################################################################
+###############################################################################
+
+class RawPeer:
+    """A TCP listener on 127.0.0.1 that hands each connection to `behave(conn, stopping)` in its own thread."""
+
+    def __init__(self, behave: Callable[[socket.socket, threading.Event], None]):
+        self.behave = behave
+        self.stopping = threading.Event()
+        self.finished = threading.Event()       # a behaviour returned: the client went away, or stop
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.05)
+        self.port = self._listener.getsockname()[1]
+        self._threads: list[threading.Thread] = []
+        self._acceptor = threading.Thread(target=self._accept, name="test-raw-peer", daemon=True)
+
+    def _accept(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            thread = threading.Thread(target=self._serve, args=(conn,), name="test-raw-peer-conn", daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                self.behave(conn, self.stopping)
+            except OSError:
+                pass
+            finally:
+                self.finished.set()
+
+    def __enter__(self) -> "RawPeer":
+        self._acceptor.start()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.stopping.set()
+        self._acceptor.join(timeout=PEER_STOP_TIMEOUT)
+        self._listener.close()
+        for thread in self._threads:
+            thread.join(timeout=PEER_STOP_TIMEOUT)
+
+
+def read_request_head(conn: socket.socket) -> bytes:
+    conn.settimeout(5.0)
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = conn.recv(4096)
+        if not chunk:
+            break
+        head += chunk
+    return head
+
+
+def never_answer(conn: socket.socket, stopping: threading.Event) -> None:
+    read_request_head(conn)
+    stopping.wait(30)
+
+
+def a_byte_every_half_second(conn: socket.socket, stopping: threading.Event) -> None:
+    """The whole answer, status line included, one byte every 0.5 s: each read succeeds, the answer never ends."""
+    read_request_head(conn)
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n" + b"x" * 1000000
+    for byte in answer:
+        if stopping.wait(0.5):
+            return
+        conn.sendall(bytes([byte]))
+
+
+def body_byte_every_half_second(conn: socket.socket, stopping: threading.Event) -> None:
+    read_request_head(conn)
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n")
+    while not stopping.wait(0.5):
+        conn.sendall(b"x")
+
+
+class Flood:
+    """200, then `chunk` again and again until the client goes away; counts what it managed to send."""
+
+    def __init__(self, headers: bytes, chunk: bytes):
+        self.headers, self.chunk = headers, chunk
+        self.sent = 0
+
+    def __call__(self, conn: socket.socket, stopping: threading.Event) -> None:
+        read_request_head(conn)
+        conn.sendall(b"HTTP/1.1 200 OK\r\n" + self.headers + b"Connection: close\r\n\r\n")
+        conn.settimeout(0.1)
+        while not stopping.is_set():
+            try:
+                self.sent += conn.send(self.chunk)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+
+def endless_body() -> Flood:
+    return Flood(b"Content-Type: application/octet-stream\r\n", bytes(64 * 1024))
+
+
+def gzip_bomb() -> Flood:
+    """Concatenated gzip members of 16 MiB of zeros each (~16 KiB compressed): endless once decompressed."""
+    member = gzip.compress(bytes(16 * 1024 * 1024), compresslevel=9)
+    return Flood(b"Content-Type: text/plain\r\nContent-Encoding: gzip\r\n", member * 4)
+
+
+class RedirectLoop:
+    """http.server on 127.0.0.1 whose /loop answers 302 to itself; counts the hits."""
+
+    def __init__(self):
+        loop = self
+        self.hits = 0
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                loop.hits += 1
+                self.send_response(302)
+                self.send_header("Location", "/loop")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self.port = self._httpd.server_address[1]
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="test-redirect-loop", daemon=True)
+
+    def __enter__(self) -> "RedirectLoop":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=PEER_STOP_TIMEOUT)
+
+
+def plain_http(conn: socket.socket, stopping: threading.Event) -> None:
+    """Whatever arrives (a TLS ClientHello here) gets a plain-text HTTP 400."""
+    conn.settimeout(5.0)
+    conn.recv(4096)
+    conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+
+
+def tls_handshake_dribbled(conn: socket.socket, stopping: threading.Event) -> None:
+    """Answers a ClientHello with the header of a 16 KiB handshake record, then one byte every 0.5 s."""
+    conn.settimeout(5.0)
+    conn.recv(4096)
+    conn.sendall(b"\x16\x03\x03\x40\x00")
+    while not stopping.wait(0.5):
+        conn.sendall(b"\x00")
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class HttpHarness:
+    """One HTTP schedule per run, fired by a tick, sent by the real HttpRunner, recorded by the service."""
+
+    def __init__(self, data_dir: Path):
+        self.clock = FakeClock()
+        self.runs_log = data_dir / "curl-runs.log"
+        self.service = CurlSchedules(JsonStore(str(data_dir / "curl-schedules.json")),
+                                     NdjsonLog(str(self.runs_log), 1 << 20, 2),
+                                     Scheduler(clock=self.clock, submit=InlinePool()), HttpRunner(),
+                                     clock=self.clock)
+        self.scheduler = self.service.scheduler
+
+    def fire(self, request: dict) -> tuple[dict, dict, float, int]:
+        """Create a schedule, tick at its first slot; its history entry, its log record, the wall time the run
+        took and the peak traced memory during it."""
+        created = self.service.create({"cron": "* * * * * *", "request": request})
+        self.clock.now += 1
+        tracemalloc.start()
+        started = time.monotonic()
+        try:
+            self.scheduler.tick(self.clock.now)
+            elapsed = time.monotonic() - started
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        [entry] = self.service.get(created["id"])["history"]
+        records = [json.loads(line) for line in self.runs_log.read_text().splitlines()]
+        [record] = [r for r in records if r["schedule_id"] == created["id"]]
+        return entry, record, elapsed, peak
+
+
+@dataclass
+class HttpCase:
+    peer: Callable[[], Any] | None          # a context manager giving .port, or None for no peer
+    url: str                                # formatted with {port}
+    timeout: float
+    status: str
+    status_code: int | None
+    error: Callable[[str | None], bool]
+    follow_redirects: bool = False
+    check: Callable[[Any], None] = lambda peer: None
+
+
+def _client_went_away(peer) -> None:
+    assert peer.finished.wait(PEER_STOP_TIMEOUT), "the runner kept reading after its run ended"
+    assert peer.behave.sent < 16 * 1024 * 1024, f"the peer got {peer.behave.sent} bytes out"
+
+
+HTTP_CASES = {
+    "connection-refused": HttpCase(None, "http://127.0.0.1:{closed}/hook", 5, "error", None,
+                                   lambda e: "refused" in e.lower()),
+    "dns-failure": HttpCase(None, "http://no-such-host.invalid/hook", 5, "error", None,
+                            lambda e: "resolve" in e.lower() and "no-such-host.invalid" in e),
+    "accepts-and-never-answers": HttpCase(lambda: RawPeer(never_answer), "http://127.0.0.1:{port}/", 1.5,
+                                          "timeout", None, lambda e: e == "timed out after 1.5 s"),
+    "a-byte-every-half-second": HttpCase(lambda: RawPeer(a_byte_every_half_second), "http://127.0.0.1:{port}/", 2,
+                                         "timeout", None, lambda e: e == "timed out after 2 s"),
+    "body-byte-every-half-second": HttpCase(lambda: RawPeer(body_byte_every_half_second),
+                                            "http://127.0.0.1:{port}/", 2, "timeout", 200,
+                                            lambda e: e == "timed out after 2 s"),
+    "endless-body": HttpCase(lambda: RawPeer(endless_body()), "http://127.0.0.1:{port}/", 10, "ok", 200,
+                             lambda e: e is None, check=_client_went_away),
+    "gzip-bomb": HttpCase(lambda: RawPeer(gzip_bomb()), "http://127.0.0.1:{port}/", 10, "ok", 200,
+                          lambda e: e is None, check=_client_went_away),
+    "redirect-loop": HttpCase(RedirectLoop, "http://127.0.0.1:{port}/loop", 10, "error", None,
+                              lambda e: "redirects" in e.lower(), follow_redirects=True,
+                              check=lambda peer: peer.hits <= schedserver.MAX_REDIRECTS + 1),
+    "tls-to-a-plain-http-port": HttpCase(lambda: RawPeer(plain_http), "https://127.0.0.1:{port}/", 5, "error", None,
+                                         lambda e: "SSL" in e),
+    "tls-handshake-dribbled": HttpCase(lambda: RawPeer(tls_handshake_dribbled), "https://127.0.0.1:{port}/", 2,
+                                       "timeout", None, lambda e: e == "timed out after 2 s"),
+}
+
+
+class _NoPeer:
+    port = 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        pass
+
+
+@pytest.mark.parametrize("name", list(HTTP_CASES))
+def test_a_misbehaving_http_target_is_recorded_with_its_status_and_a_clear_error_in_bounded_time_and_memory(
+        tmp_path, name, http_tally):
+    case = HTTP_CASES[name]
+    h = HttpHarness(tmp_path)
+    rss_before = rss_mb()
+    with (case.peer() if case.peer else _NoPeer()) as peer:
+        url = case.url.format(port=peer.port, closed=closed_port())
+        entry, record, elapsed, peak = h.fire({"url": url, "timeout": case.timeout,
+                                               "follow_redirects": case.follow_redirects})
+        case.check(peer)
+    growth = rss_mb() - rss_before
+
+    http_tally.cases += 1
+    http_tally.durations.append(elapsed)
+    assert (record["status"], record["status_code"]) == (case.status, case.status_code), record
+    assert case.error(record["error"]), record["error"]
+    assert (entry["status"], entry["status_code"], entry["error"]) == (case.status, case.status_code,
+                                                                       record["error"])
+    assert elapsed <= case.timeout + 1, f"the run took {elapsed:.2f} s with a {case.timeout} s timeout"
+    assert record["duration_ms"] <= (case.timeout + 1) * 1000
+    assert peak < 4 * MAX_RESPONSE_BYTES + 4 * 1024 * 1024, f"peak traced memory {peak} bytes"
+    assert growth < RSS_LIMIT_MB, f"RSS grew by {growth:.1f} MB"
+
+
+def test_a_name_resolution_that_hangs_cannot_hold_a_run_past_its_deadline(tmp_path, monkeypatch, http_tally):
+    # A resolver that does not answer (a dead nameserver: glibc waits 5 s per try and server) looks like this.
+    real_getaddrinfo = socket.getaddrinfo
+    release = threading.Event()
+
+    def getaddrinfo(host, *args, **kwargs):
+        if host == "slow-dns.invalid":
+            release.wait(5)
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        return real_getaddrinfo(host, *args, **kwargs)
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    h = HttpHarness(tmp_path)
+    try:
+        entry, record, elapsed, _ = h.fire({"url": "http://slow-dns.invalid/hook", "timeout": 1})
+    finally:
+        release.set()
+
+    http_tally.cases += 1
+    http_tally.durations.append(elapsed)
+    assert record["status"] in ("timeout", "error"), record
+    assert record["error"], record
+    assert elapsed <= 1 + 1, f"the run took {elapsed:.2f} s with a 1 s timeout: name resolution is not bounded"
