@@ -49,6 +49,7 @@ import urllib3
 import urllib3.connection
 import urllib3.exceptions
 import waitress.channel
+import waitress.parser
 import waitress.server
 import waitress.task
 
@@ -347,7 +348,7 @@ def load_timezone(name: str) -> ZoneInfo:
     """The IANA zone `name`; ValueError with a readable message when there is none."""
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError, TypeError):
+    except (ZoneInfoNotFoundError, ValueError, TypeError, OSError):     # OSError: 'America' is a directory
         raise ValueError(f"unknown timezone {name!r} (use an IANA name such as 'UTC' or 'Europe/Berlin')") from None
 
 
@@ -392,6 +393,9 @@ class CronSpec:
 
     expression: str
     fields: tuple[str, ...]
+    # Vixie cron: when the day or the weekday field starts with `*`, a date must match both fields, else
+    # either. croniter decides by "is the field exactly *", so parse_cron works the mode out and passes it on.
+    day_and_weekday: bool = True
 
     @property
     def wildcard_time(self) -> bool:
@@ -410,7 +414,7 @@ class CronSpec:
         """
         try:
             it = croniter.croniter(" ".join(self.fields), datetime.fromtimestamp(after, tz),
-                                   second_at_beginning=True)
+                                   second_at_beginning=True, implement_cron_bug=self.day_and_weekday)
             last, stuck = after, 0
             while stuck < 8:        # croniter answering the same instant again and again: give up
                 ts = it.get_next(datetime).timestamp()
@@ -450,15 +454,21 @@ def parse_cron(expression: Any) -> CronSpec:
     elif len(parts) != 6:
         raise InvalidCron(f"Invalid cron expression: {text!r} has {len(parts)} fields; {CRON_HELP}")
     fields = tuple(_validate_cron_field(part, *spec) for part, spec in zip(parts, CRON_FIELDS))
-    result = CronSpec(expression, fields)
+    both = fields[3].startswith("*") or fields[5].startswith("*")
+    if not both and (_covers_all(fields[3], *CRON_FIELDS[3]) or _covers_all(fields[5], *CRON_FIELDS[5])):
+        fields, both = fields[:3] + ("*", fields[4], "*"), True     # "either field" with one matching every day
+    result = CronSpec(expression, fields, both)
     if result.next_after(CRON_CHECK_FROM, ZoneInfo("UTC")) is None:
         raise InvalidCron(f"Invalid cron expression: {text!r} never fires (no such date); {CRON_HELP}")
     return result
 
 
 def _validate_cron_field(text: str, name: str, low: int, high: int, names: tuple[str, ...]) -> str:
+    """The field checked and normalised for croniter: upper case, `?` as `*`, and a one-value range `a-a` (or
+    `a-a/n`) as `a`, since croniter 7 reads `a-a` as `*`."""
     if text == "?" and name in ("day", "weekday"):
         return "*"
+    items = []
     for item in text.split(","):
         match = _CRON_ITEM.match(item)
         if not match:
@@ -473,7 +483,23 @@ def _validate_cron_field(text: str, name: str, low: int, high: int, names: tuple
                               f"{high - low + 1}; {CRON_HELP}")
         if star is None and not values:
             raise InvalidCron(f"Invalid cron expression: {name} field {text!r} is empty; {CRON_HELP}")
-    return text.upper()
+        items.append(start.upper() if len(values) == 2 and values[0] == values[1] else item.upper())
+    return ",".join(items)
+
+
+def _covers_all(text: str, name: str, low: int, high: int, names: tuple[str, ...]) -> bool:
+    """True when a validated field matches every value of its range (weekday 7 is 0)."""
+    values: set[int] = set()
+    for item in text.split(","):
+        star, start, end, step = _CRON_ITEM.match(item).groups()
+        first = low if star else _cron_value(start, name, low, high, names)
+        last = high if star or (end is None and step is not None) else (
+            _cron_value(end, name, low, high, names) if end else first)
+        values.update(range(first, last + 1, int(step) if step else 1))
+    if name == "weekday":
+        values = {v % 7 for v in values}
+        return values >= set(range(7))
+    return values >= set(range(low, high + 1))
 
 
 def _cron_value(text: str, name: str, low: int, high: int, names: tuple[str, ...]) -> int:
@@ -2904,10 +2930,11 @@ class JsonErrorTask(waitress.task.ErrorTask):
 
     def execute(self) -> None:
         error = self.request.error
-        path = getattr(self.request, "path", "") or ""
-        if not path:        # waitress sets no path when it cannot split the URI; the raw one still tells the surface
-            uri = getattr(self.request, "request_uri", b"") or b""
-            path = uri.decode("latin-1") if isinstance(uri, bytes) else str(uri)
+        # The target of the raw request line tells the surface; waitress may not have split that line, and for
+        # an oversized head it answers about a made-up "GET /".
+        raw = getattr(self.request, "raw_target", b"") or getattr(self.request, "request_uri", b"") or b""
+        raw = raw.decode("latin-1") if isinstance(raw, bytes) else str(raw)
+        path = urllib.parse.unquote(raw.split("?", 1)[0]) or getattr(self.request, "path", "") or ""
         body = json.dumps(error_body(path if isinstance(path, str) else "", error.code,
                                      WAITRESS_ERROR_CODES.get(error.code, "INTERNAL_ERROR"),
                                      f"{error.reason}: {error.body}")).encode()
@@ -2918,8 +2945,22 @@ class JsonErrorTask(waitress.task.ErrorTask):
         self.write(body)
 
 
+class TargetRememberingParser(waitress.parser.HTTPRequestParser):
+    """Keeps the target of the raw request line, so a request rejected before waitress splits that line (a bad
+    header, an oversized head, a target with a space) is still answered in its surface's shape."""
+
+    raw_target = b""
+
+    def received(self, data: bytes) -> int:
+        if not self.raw_target and data:
+            start = data.split(b"\r\n", 1)[0].split(b" ")
+            self.raw_target = start[1] if len(start) > 1 else b""
+        return super().received(data)
+
+
 class JsonErrorChannel(waitress.channel.HTTPChannel):
     error_task_class = JsonErrorTask
+    parser_class = TargetRememberingParser
 
 
 class Server:
