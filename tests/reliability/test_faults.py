@@ -36,6 +36,7 @@ import pytest
 import webtest
 
 import schedserver
+from peers import PEER_STOP_TIMEOUT, RawPeer, read_request_head
 from schedserver import (MAX_OUTPUT_BYTES, MAX_RESPONSE_BYTES, Auth, CurlSchedules, HttpRunner, JsonStore,
                          NdjsonLog, RunResult, Scheduler, ScriptRunner, ScriptSchedules, make_app)
 
@@ -44,7 +45,6 @@ ADMIN = {"Authorization": "Bearer admin-token"}
 READER = {"Authorization": "Bearer read-token"}
 NOW = datetime(2025, 1, 15, 10, 30, 0, tzinfo=timezone.utc).timestamp()
 RSS_LIMIT_MB = 50
-PEER_STOP_TIMEOUT = 5.0
 
 
 class FakeClock:
@@ -623,63 +623,6 @@ def test_misbehaving_scheduled_scripts_are_recorded_with_their_status_and_leave_
 ###############################################################################
 # HTTP targets #################################################################
 ###############################################################################
-
-class RawPeer:
-    """A TCP listener on 127.0.0.1 that hands each connection to `behave(conn, stopping)` in its own thread."""
-
-    def __init__(self, behave: Callable[[socket.socket, threading.Event], None]):
-        self.behave = behave
-        self.stopping = threading.Event()
-        self.finished = threading.Event()       # a behaviour returned: the client went away, or stop
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(0.05)
-        self.port = self._listener.getsockname()[1]
-        self._threads: list[threading.Thread] = []
-        self._acceptor = threading.Thread(target=self._accept, name="test-raw-peer", daemon=True)
-
-    def _accept(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                conn, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            thread = threading.Thread(target=self._serve, args=(conn,), name="test-raw-peer-conn", daemon=True)
-            self._threads.append(thread)
-            thread.start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        with conn:
-            try:
-                self.behave(conn, self.stopping)
-            except OSError:
-                pass
-            finally:
-                self.finished.set()
-
-    def __enter__(self) -> "RawPeer":
-        self._acceptor.start()
-        return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self.stopping.set()
-        self._acceptor.join(timeout=PEER_STOP_TIMEOUT)
-        self._listener.close()
-        for thread in self._threads:
-            thread.join(timeout=PEER_STOP_TIMEOUT)
-
-
-def read_request_head(conn: socket.socket) -> bytes:
-    conn.settimeout(5.0)
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = conn.recv(4096)
-        if not chunk:
-            break
-        head += chunk
-    return head
-
 
 def never_answer(conn: socket.socket, stopping: threading.Event) -> None:
     read_request_head(conn)
