@@ -23,6 +23,7 @@ import webtest
 
 import schedserver
 from e2e_helpers import DEFAULT_TOKEN, ServerProcess, wait_until
+from fakes import FakeClock, RecordingSubmit
 
 CURL = "/api/v1/curl/schedule"
 EXEC = "/api/v1/exec/schedules"
@@ -42,34 +43,6 @@ NOW = at("2026-01-15T11:59:30.250Z")
 # Fakes and the harness ########################################################
 ###############################################################################
 
-class FakeClock:
-    """Time that moves only when a test says so."""
-
-    def __init__(self, now: float = NOW):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-class RecordingSubmit:
-    """Stands in for the worker pool: keeps what the scheduler hands over until a test runs it."""
-
-    def __init__(self):
-        self.pending: list[tuple] = []
-
-    def __call__(self, fn, *args) -> None:
-        self.pending.append((fn, *args))
-
-    def run_all(self) -> None:
-        while self.pending:
-            fn, *args = self.pending.pop(0)
-            fn(*args)
-
-
 class Harness:
     """Both services over one tmp dir and the app over them, as Server.start() wires them."""
 
@@ -78,7 +51,7 @@ class Harness:
         self.data = tmp_path / "data"
         self.root.mkdir()
         self.data.mkdir()
-        self.clock = FakeClock()
+        self.clock = FakeClock(NOW)
         self.submit = RecordingSubmit()
         self.scheduler = schedserver.Scheduler(submit=self.submit, clock=self.clock)
         self.curl = schedserver.CurlSchedules(
@@ -509,7 +482,7 @@ def test_last_fire_survives_a_restart_when_it_has_rotated_into_the_first_backup(
 
     restarted = schedserver.ScriptSchedules(
         str(root), schedserver.NdjsonLog(str(fires_path), max_bytes=4096, backups=3),
-        schedserver.Scheduler(submit=lambda *a: None), schedserver.ScriptRunner(), clock=FakeClock())
+        schedserver.Scheduler(submit=lambda *a: None), schedserver.ScriptRunner(), clock=FakeClock(NOW))
     restarted.load()
 
     listed = {item["scriptRel"]: item for item in restarted.list()["schedules"]}
@@ -532,7 +505,7 @@ def test_the_script_environment_drops_a_variable_whose_value_contains_a_token(tm
     scripts = schedserver.ScriptSchedules(
         str(root), schedserver.NdjsonLog(str(data / "fires.log"), 1 << 20, 3),
         schedserver.Scheduler(submit=lambda *a: None), schedserver.ScriptRunner(kill_grace=0.2),
-        secret_values=("tok-123",), clock=FakeClock())
+        secret_values=("tok-123",), clock=FakeClock(NOW))
     scripts.load()
     answer = scripts.trigger({"scriptPath": "env.sh"})
     assert answer["status"] == "ok", answer

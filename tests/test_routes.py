@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import schedserver
+from fakes import FakeClock, RecordingSubmit
 
 BASE = "/api/v1/curl/schedule"
 ADMIN = {"Authorization": "Bearer admin-token"}
@@ -38,37 +39,6 @@ def iso(ts: float) -> str:
 ###############################################################################
 # Fakes and the harness ########################################################
 ###############################################################################
-
-class FakeClock:
-    """Time that moves only when a test says so."""
-
-    def __init__(self, now: float = NOW):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-class RecordingSubmit:
-    """Stands in for the worker pool: keeps what the scheduler hands over until a test runs it."""
-
-    def __init__(self):
-        self.pending: list[tuple] = []
-
-    def __call__(self, fn, *args) -> None:
-        self.pending.append((fn, *args))
-
-    def run_all(self) -> int:
-        done = 0
-        while self.pending:
-            fn, *args = self.pending.pop(0)
-            fn(*args)
-            done += 1
-        return done
-
 
 class ScriptedRunner:
     """Answers each run with the next scripted (status, status_code, error), default ok/200; records calls."""
@@ -111,7 +81,7 @@ class Harness:
     def __init__(self, data_dir, clock: FakeClock | None = None, *, store_class=FlakyStore,
                  service_class=schedserver.CurlSchedules, default_timezone: str = "UTC", load: bool = False):
         self.data_dir = data_dir
-        self.clock = clock or FakeClock()
+        self.clock = clock or FakeClock(NOW)
         self.submit = RecordingSubmit()
         self.runner = ScriptedRunner(self.clock)
         self.store = store_class(str(data_dir / "curl-schedules.json"))

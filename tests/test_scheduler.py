@@ -11,6 +11,7 @@ import pytest
 
 from schedserver import (MISSED_SCAN_LIMIT, CurlSchedules, Job, JsonStore, NdjsonLog, RunResult, Scheduler,
                          parse_cron)
+from fakes import FakeClock
 
 UTC = ZoneInfo("UTC")
 NOW = "2025-01-10T12:00:00Z"
@@ -30,20 +31,6 @@ def iso(epoch: float | None) -> str | None:
 ###############################################################################
 # Fakes
 ###############################################################################
-
-class FakeClock:
-    """A clock that only moves when the test says so."""
-
-    def __init__(self, start: str):
-        self.now = ts(start)
-
-    def __call__(self) -> float:
-        return self.now
-
-    def set(self, text: str) -> float:
-        self.now = ts(text)
-        return self.now
-
 
 class RecordingPool:
     """Stands in for the worker pool: keeps submitted calls, runs them at once when `inline`, else on demand."""

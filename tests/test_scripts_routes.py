@@ -16,6 +16,7 @@ import pytest
 import webtest
 
 import schedserver
+from fakes import FakeClock, RecordingSubmit
 
 BASE = "/api/v1/exec/schedules"
 ADMIN = {"Authorization": "Bearer admin"}
@@ -37,31 +38,6 @@ NOW = at("2026-01-15T11:59:30.250Z")
 # Fakes and the harness ########################################################
 ###############################################################################
 
-class FakeClock:
-    """Time that moves only when a test says so."""
-
-    def __init__(self, now: float = NOW):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class RecordingSubmit:
-    """Stands in for the worker pool: keeps what the scheduler hands over until a test runs it."""
-
-    def __init__(self):
-        self.pending: list[tuple] = []
-
-    def __call__(self, fn, *args) -> None:
-        self.pending.append((fn, *args))
-
-    def run_all(self) -> None:
-        while self.pending:
-            fn, *args = self.pending.pop(0)
-            fn(*args)
-
-
 class Harness:
     """Both services over one tmp dir, the app over them, and helpers that read like the API."""
 
@@ -70,7 +46,7 @@ class Harness:
         self.data = tmp_path / "data"
         self.root.mkdir()
         self.data.mkdir()
-        self.clock = FakeClock()
+        self.clock = FakeClock(NOW)
         self.submit = RecordingSubmit()
         self.scheduler = schedserver.Scheduler(submit=self.submit, clock=self.clock)
         self.curl = schedserver.CurlSchedules(

@@ -24,6 +24,7 @@ import schedserver
 from schedserver import (HEADER_BYTES, MAX_OUTPUT_BYTES, InvalidParameter, NdjsonLog, OutputTail,
                          RegistrationError, Scheduler, ScriptResult, ScriptRunner, ScriptSchedules,
                          discover_scripts, parse_directives, parse_iso, parse_timeout, script_identity, utc_iso)
+from fakes import FakeClock, RecordingSubmit
 
 
 def at(text: str) -> float:
@@ -38,37 +39,6 @@ HOURLY = "# @schedule 0 * * * *\necho hourly\n"
 ###############################################################################
 # Fakes and the harness ########################################################
 ###############################################################################
-
-class FakeClock:
-    """Time that moves only when a test says so."""
-
-    def __init__(self, now: float = NOW):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def set(self, text: str) -> None:
-        self.now = at(text)
-
-
-class RecordingSubmit:
-    """Stands in for the worker pool: keeps what the scheduler hands over until a test runs it."""
-
-    def __init__(self):
-        self.pending: list[tuple] = []
-
-    def __call__(self, fn, *args) -> None:
-        self.pending.append((fn, *args))
-
-    def run_all(self) -> int:
-        done = 0
-        while self.pending:
-            fn, *args = self.pending.pop(0)
-            fn(*args)
-            done += 1
-        return done
-
 
 class InstantRunner:
     """A runner that finishes every script at once, printing `preview`; remembers what it was asked to run."""
@@ -106,7 +76,7 @@ class Harness:
         self.data = tmp_path / "data"
         self.root.mkdir(exist_ok=True)
         self.data.mkdir(exist_ok=True)
-        self.clock = clock or FakeClock()
+        self.clock = clock or FakeClock(NOW)
         self.submit = RecordingSubmit()
         self.scheduler = Scheduler(submit=self.submit, clock=self.clock)
         self.fires = NdjsonLog(str(self.data / "fires.log"), 10 * 1024 * 1024, 5)
@@ -601,7 +571,7 @@ def test_a_failing_script_logs_its_last_stderr_line(h):
 
 
 def test_a_fire_that_comes_while_the_previous_run_is_running_is_skipped(tmp_path):
-    h = Harness(tmp_path, runner=InstantRunner(FakeClock()))
+    h = Harness(tmp_path, runner=InstantRunner(FakeClock(NOW)))
     h.write("slow.sh", HOURLY)
     h.scripts.reload()
     h.clock.set("2026-01-15T12:00:00Z")
@@ -1079,7 +1049,7 @@ def test_a_script_runs_in_a_session_of_its_own_with_stdin_closed(tmp_path):
 
 
 def test_the_result_started_at_comes_from_the_runners_clock(tmp_path):
-    result = ScriptRunner(clock=FakeClock()).run(["/bin/sh", "-c", "true"], str(tmp_path), {}, 5000)
+    result = ScriptRunner(clock=FakeClock(NOW)).run(["/bin/sh", "-c", "true"], str(tmp_path), {}, 5000)
     assert result.started_at == NOW
 
 

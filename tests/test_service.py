@@ -29,6 +29,7 @@ import webtest
 
 import schedserver
 from e2e_helpers import CURL_PATH, DEFAULT_TOKEN, ServerProcess, wait_until
+from fakes import FakeClock
 
 EXEC = "/api/v1/exec/schedules"
 EVERY_SECOND = "* * * * * *"
@@ -585,19 +586,6 @@ def test_healthz_answers_without_a_token_with_exactly_the_documented_fields(tmp_
     assert body["running"] == 0
     assert isinstance(body["uptime_s"], (int, float)) and body["uptime_s"] >= 0
     assert isinstance(body["last_tick_age_ms"], int) and 0 <= body["last_tick_age_ms"] < 5000
-
-
-class FakeClock:
-    """Time that moves only when a test says so."""
-
-    def __init__(self, now: float):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class HealthHarness:

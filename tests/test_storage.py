@@ -13,6 +13,7 @@ import pytest
 import schedserver
 from schedserver import (HISTORY_SIZE, CurlSchedules, DataDirLock, JsonStore, NdjsonLog, RunResult, Scheduler,
                          StartupError, atomic_write)
+from fakes import FakeClock
 
 ROOT = Path(schedserver.__file__).resolve().parent
 NOW = "2025-01-10T12:00:00Z"
@@ -256,14 +257,6 @@ def test_contains_keeps_only_the_lines_holding_the_bytes(tmp_path):
 ###############################################################################
 # Run state survives a restart
 ###############################################################################
-
-class FakeClock:
-    def __init__(self, start: str):
-        self.now = ts(start)
-
-    def __call__(self) -> float:
-        return self.now
-
 
 class ScriptedRunner:
     """Answers each scheduled request with the next canned (status, status_code, error)."""

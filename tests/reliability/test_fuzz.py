@@ -34,6 +34,7 @@ from hypothesis import strategies as st
 
 import schedserver
 from e2e_helpers import DEFAULT_TOKEN, ServerProcess
+from fakes import FakeClock, RecordingSubmit
 
 CURL = schedserver.CURL_PREFIX
 EXEC = schedserver.EXEC_PREFIX
@@ -78,26 +79,6 @@ STATS = {"cases": 0, "5xx": 0, "changed": 0}
 # The world: both services over real files, the app over them #################
 ###############################################################################
 
-class FakeClock:
-    """Time that moves only when a test says so."""
-
-    def __init__(self, now: float = NOW):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class RecordingSubmit:
-    """Stands in for the worker pool; nothing is ever run from it here (no tick is called)."""
-
-    def __init__(self):
-        self.pending: list[tuple] = []
-
-    def __call__(self, fn, *args) -> None:
-        self.pending.append((fn, *args))
-
-
 def build_scripts_tree(root: Path) -> tuple[Path, Path, Path]:
     """scripts/ with a schedule, a @token one and a broken one; outside/ with a script that leaves a marker when
     run, reachable from inside the scripts dir only through symlinks (a file link and a directory link)."""
@@ -122,7 +103,7 @@ class World:
         self.scripts_dir, self.outside, self.marker = build_scripts_tree(root)
         self.data = root / "data"
         self.data.mkdir()
-        self.clock = FakeClock()
+        self.clock = FakeClock(NOW)
         self.scheduler = schedserver.Scheduler(submit=RecordingSubmit(), clock=self.clock, monotonic=lambda: 0.0)
         self.curl = schedserver.CurlSchedules(
             schedserver.JsonStore(str(self.data / "curl-schedules.json")),
