@@ -13,6 +13,9 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 import argparse
+import bisect
+import copy
+import functools
 import hmac
 import ipaddress
 import heapq
@@ -36,7 +39,7 @@ import uuid
 from collections import deque
 import queue
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from typing import Any, Callable, Iterator
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -403,18 +406,76 @@ class CronSpec:
         return self.fields[1].startswith("*") or self.fields[2].startswith("*")
 
     def next_after(self, after: float, tz: ZoneInfo) -> float | None:
-        """The first fire instant strictly after `after` (epoch seconds), or None if it never fires again."""
-        return next(self.iter_after(after, tz), None)
+        """The first fire instant strictly after `after` (epoch seconds), or None if it never fires again.
+
+        Remembers its last answer per timezone: every `after` from the last one asked up to that answer has
+        the same answer, so schedules sharing an expression (and a last slot) cost one croniter step together.
+        """
+        key = getattr(tz, "key", None) or str(tz)
+        known = self._memo.get(key)
+        if known is not None and known[0] <= after < known[1]:
+            return known[1]
+        result = self._next_once(after, tz)
+        if result is not None:
+            self._memo[key] = (after, result)
+        return result
 
     def iter_after(self, after: float, tz: ZoneInfo) -> Iterator[float]:
-        """Fire instants strictly after `after`, strictly increasing as UTC instants.
+        """Fire instants strictly after `after`, strictly increasing as UTC instants."""
+        while True:
+            after = self._next_once(after, tz)
+            if after is None:
+                return
+            yield after
+
+    @functools.cached_property
+    def _memo(self) -> dict[str, tuple[float, float]]:
+        return {}
+
+    @functools.cached_property
+    def _template(self) -> croniter.croniter:
+        """A croniter with the expression expanded once; the slow path copies it (building one costs ~150 us)."""
+        return croniter.croniter(" ".join(self.fields), 0.0, second_at_beginning=True,
+                                 implement_cron_bug=self.day_and_weekday)
+
+    @functools.cached_property
+    def _sets(self) -> tuple | None:
+        """The fields as croniter expands them, as sorted tuples (None for every value), for the fast path."""
+        try:
+            second, minute, hour, day, month, weekday = (_croniter_field(i, text) for i, text in enumerate(self.fields))
+        except (croniter.CroniterError, ValueError, TypeError):
+            return None
+        either = day is not None and weekday is not None and not self.day_and_weekday
+        return second, minute, hour, day, month, frozenset(weekday) if weekday else None, either
+
+    def _next_once(self, after: float, tz: ZoneInfo) -> float | None:
+        """The next fire strictly after `after`: on the local calendar when the clock keeps one UTC offset from
+        `after` to the answer (and the answer's wall time is not repeated), else by croniter, which handles DST."""
+        sets = self._sets
+        if sets is not None:
+            try:
+                start = datetime.fromtimestamp(after, tz)
+                wall = _next_wall(sets, start.replace(tzinfo=None, microsecond=0))
+                if wall is not None:
+                    candidate = wall.replace(tzinfo=tz)
+                    offset = candidate.utcoffset()
+                    if offset == start.utcoffset() and offset == candidate.replace(fold=1).utcoffset():
+                        ts = candidate.timestamp()
+                        if ts > after:
+                            return ts
+            except (OverflowError, ValueError):
+                pass
+        return next(self._croniter_after(after, tz), None)
+
+    def _croniter_after(self, after: float, tz: ZoneInfo) -> Iterator[float]:
+        """Fire instants strictly after `after` by croniter, strictly increasing as UTC instants.
 
         Vixie cron runs a fixed-time job once when the clock falls back; croniter would run it in both
         passes of the repeated hour, so the second pass is skipped here for non-wildcard jobs.
         """
         try:
-            it = croniter.croniter(" ".join(self.fields), datetime.fromtimestamp(after, tz),
-                                   second_at_beginning=True, implement_cron_bug=self.day_and_weekday)
+            it = copy.copy(self._template)
+            it.set_current(datetime.fromtimestamp(after, tz), force=True)
             last, stuck = after, 0
             while stuck < 8:        # croniter answering the same instant again and again: give up
                 ts = it.get_next(datetime).timestamp()
@@ -429,6 +490,72 @@ class CronSpec:
             return
 
 
+@functools.lru_cache(maxsize=2048)
+def _croniter_field(index: int, text: str) -> tuple[int, ...] | None:
+    """croniter's expansion of one field (CRON_FIELDS order) alone, None for every value. Fields recur across
+    expressions far more than whole expressions do, and expanding an expression is most of a croniter's cost."""
+    fields = ["*"] * 6
+    fields[index] = text
+    expanded = croniter.croniter(" ".join(fields), 0.0, second_at_beginning=True).expanded
+    values = expanded[(5, 0, 1, 2, 3, 4)[index]]      # croniter keeps the seconds field last
+    if values == ["*"]:
+        return None
+    if not all(isinstance(v, int) for v in values):
+        raise ValueError(f"unexpected expansion {values!r}")
+    return tuple(sorted(set(values)))
+
+
+_FAST_SCAN_DAYS = 1000      # days without a matching date after which the fast path hands over to croniter
+
+
+def _first_at_least(values: tuple[int, ...] | None, value: int) -> int | None:
+    """The smallest of `values` (None: any value) that is >= `value`, or None."""
+    if values is None:
+        return value
+    i = bisect.bisect_left(values, value)
+    return values[i] if i < len(values) else None
+
+
+def _next_wall(sets: tuple, wall: datetime) -> datetime | None:
+    """The first local wall-clock time strictly after `wall` (whole seconds) that matches the fields, on the
+    plain calendar; None when none is found within _FAST_SCAN_DAYS."""
+    seconds, minutes, hours, days, months, weekdays, either = sets
+    day = wall.date()
+    h, m, sec = wall.hour, wall.minute, wall.second + 1
+    for _ in range(_FAST_SCAN_DAYS):
+        if months is not None and day.month not in months:
+            first = _first_at_least(months, day.month + 1)
+            day = date(day.year, first, 1) if first is not None else date(day.year + 1, months[0], 1)
+            h = m = sec = 0
+            continue
+        day_match = days is None or day.day in days
+        weekday_match = weekdays is None or (day.weekday() + 1) % 7 in weekdays
+        if (day_match or weekday_match) if either else (day_match and weekday_match):
+            while h < 24:
+                hour = _first_at_least(hours, h)
+                if hour is None:
+                    break
+                if hour != h:
+                    h, m, sec = hour, 0, 0
+                minute = _first_at_least(minutes, m) if m < 60 else None
+                if minute is None:
+                    h, m, sec = h + 1, 0, 0
+                    continue
+                if minute != m:
+                    m, sec = minute, 0
+                second = _first_at_least(seconds, sec) if sec < 60 else None
+                if second is None:
+                    m, sec = m + 1, 0
+                    continue
+                return datetime(day.year, day.month, day.day, h, m, second)
+        day += _ONE_DAY
+        h = m = sec = 0
+    return None
+
+
+_ONE_DAY = timedelta(days=1)
+
+
 def _in_repeated_second_pass(ts: float, tz: ZoneInfo) -> bool:
     local = datetime.fromtimestamp(ts, tz)
     if local.fold != 1:
@@ -440,6 +567,12 @@ def parse_cron(expression: Any) -> CronSpec:
     """Validate a cron expression (6 fields seconds first, 5 fields, or a macro). Raises InvalidCron."""
     if not isinstance(expression, str):
         raise InvalidCron(f"Invalid cron expression: expected a string; {CRON_HELP}")
+    return _parse_cron(expression)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_cron(expression: str) -> CronSpec:
+    """parse_cron for a string; specs are immutable, so one parse serves every schedule with the expression."""
     text = " ".join(expression.split())
     if not text:
         raise InvalidCron(f"Invalid cron expression: empty; {CRON_HELP}")
@@ -458,7 +591,9 @@ def parse_cron(expression: Any) -> CronSpec:
     if not both and (_covers_all(fields[3], *CRON_FIELDS[3]) or _covers_all(fields[5], *CRON_FIELDS[5])):
         fields, both = fields[:3] + ("*", fields[4], "*"), True     # "either field" with one matching every day
     result = CronSpec(expression, fields, both)
-    if result.next_after(CRON_CHECK_FROM, ZoneInfo("UTC")) is None:
+    # Only days 29-31 can be missing from a month (and from every allowed month): ask croniter only then.
+    if min(_field_values(fields[3], *CRON_FIELDS[3])) >= 29 \
+            and result.next_after(CRON_CHECK_FROM, ZoneInfo("UTC")) is None:
         raise InvalidCron(f"Invalid cron expression: {text!r} never fires (no such date); {CRON_HELP}")
     return result
 
@@ -489,6 +624,14 @@ def _validate_cron_field(text: str, name: str, low: int, high: int, names: tuple
 
 def _covers_all(text: str, name: str, low: int, high: int, names: tuple[str, ...]) -> bool:
     """True when a validated field matches every value of its range (weekday 7 is 0)."""
+    values = _field_values(text, name, low, high, names)
+    if name == "weekday":
+        return {v % 7 for v in values} >= set(range(7))
+    return values >= set(range(low, high + 1))
+
+
+def _field_values(text: str, name: str, low: int, high: int, names: tuple[str, ...]) -> set[int]:
+    """The values a validated field matches."""
     values: set[int] = set()
     for item in text.split(","):
         star, start, end, step = _CRON_ITEM.match(item).groups()
@@ -496,10 +639,7 @@ def _covers_all(text: str, name: str, low: int, high: int, names: tuple[str, ...
         last = high if star or (end is None and step is not None) else (
             _cron_value(end, name, low, high, names) if end else first)
         values.update(range(first, last + 1, int(step) if step else 1))
-    if name == "weekday":
-        values = {v % 7 for v in values}
-        return values >= set(range(7))
-    return values >= set(range(low, high + 1))
+    return values
 
 
 def _cron_value(text: str, name: str, low: int, high: int, names: tuple[str, ...]) -> int:

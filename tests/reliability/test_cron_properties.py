@@ -582,3 +582,28 @@ def test_the_cron_figure_counts_every_expression_checked_against_the_brute_force
     figure(f"reliability: cron {STATS['expressions']} expressions checked against brute force, "
            f"{STATS['disagreements']} disagreements")
     assert STATS["disagreements"] == 0
+
+
+###############################################################################
+# 4. The calendar fast path against croniter
+###############################################################################
+
+LORD_HOWE = ZoneInfo("Australia/Lord_Howe")     # a half-hour DST change
+
+
+@settings(max_examples=200, deadline=None)
+@given(expression=valid_expressions(), tz=st.sampled_from([UTC, BERLIN, NEW_YORK, LORD_HOWE]),
+       start=st.one_of(st.sampled_from(STARTS).map(ts), st.floats(946684800.0, 2524608000.0)))
+@example(expression="0 30 2 * * *", tz=BERLIN, start=ts("2025-03-30T00:59:30Z"))      # in the skipped hour
+@example(expression="0 30 2 * * *", tz=BERLIN, start=ts("2025-10-26T00:29:00Z"))      # in the repeated hour
+@example(expression="0 0 0 * * 7/1", tz=UTC, start=ts(STARTS[0]))                     # croniter reads it as *
+@example(expression="0 0 0 29 2 MON", tz=UTC, start=ts(STARTS[0]))                    # years of days to scan
+def test_the_calendar_fast_path_gives_the_same_fires_as_croniter(expression, tz, start):
+    """next_after computes on the plain calendar and leaves clock changes to croniter; both must agree."""
+    spec = parse_cron(expression)
+    fast, slow = spec.iter_after(start, tz), spec._croniter_after(start, tz)
+    for _ in range(8):
+        expected = next(slow, None)
+        assert next(fast, None) == expected, f"{expression!r} in {tz.key} after {start}"
+        if expected is None:
+            break
