@@ -251,6 +251,30 @@ def test_a_corrupt_schedules_file_exits_2_with_one_line_and_is_left_byte_for_byt
     assert [p.name for p in data_dir.iterdir() if p.name.startswith("curl-schedules.json.tmp")] == []
 
 
+@pytest.mark.parametrize("line", [
+    b'{"seq": 2, "put": {"id": "b", "cron": \x00 garbage}\n',   # not JSON
+    b'["seq", 2]\n',                                              # JSON, not a change
+    b'{"seq": 2, "rename": "a"}\n',                               # an object, not a change
+], ids=["not-json", "not-an-object", "not-a-change"])
+def test_a_corrupt_journal_line_exits_2_with_one_line_naming_the_journal_and_both_files_are_left_byte_for_byte(
+        tmp_path, line):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir(mode=0o700)
+    snapshot, journal = data_dir / "curl-schedules.json", data_dir / "curl-schedules.journal"
+    snapshot.write_bytes(b'{"version": 1, "seq": 0, "schedules": []}\n')
+    good = json.dumps({"seq": 1, "put": {"id": "3f2a1b6c-0d4e-4f5a-8b7c-9d0e1f2a3b4c", "cron": "0 0 0 1 1 *",
+                                         "request": {"url": "http://127.0.0.1:9/"}, "name": None, "enabled": True,
+                                         "timezone": "UTC", "created_at": "2025-01-10T12:00:00.000Z",
+                                         "enabled_at": "2025-01-10T12:00:00.000Z"}}).encode() + b"\n"
+    journal.write_bytes(good + line + good.replace(b'"seq": 1', b'"seq": 3'))
+    before = {path: path.read_bytes() for path in (snapshot, journal)}
+    result = run_schedserver(schedserver_argv(data_dir, tmp_path / "scripts"))
+    assert result.returncode == 2, result.stderr
+    assert str(journal) in one_line(result.stderr) and "line 2" in one_line(result.stderr)
+    assert {path: path.read_bytes() for path in before} == before
+    assert [p.name for p in data_dir.iterdir() if ".tmp-" in p.name] == []
+
+
 ###############################################################################
 # Files and secrets ###########################################################
 ###############################################################################
@@ -273,8 +297,8 @@ def test_with_no_token_configured_the_first_start_writes_a_private_token_file_th
         create = server.api("POST", CURL_PATH, token=token,
                             json={"cron": "0 0 0 1 1 *", "request": {"url": target.url + "/never"}})
         assert create.status_code == 201, create.text
-        store = data_dir / "curl-schedules.json"
-        assert stat.S_IMODE(store.stat().st_mode) == 0o600
+        journal = data_dir / "curl-schedules.journal"    # the definition is there until a compaction
+        assert stat.S_IMODE(journal.stat().st_mode) == 0o600
     assert token not in server.stderr_text()
 
     # The second start reuses the file, and still never logs the token.

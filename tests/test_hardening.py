@@ -55,7 +55,7 @@ class Harness:
         self.submit = RecordingSubmit()
         self.scheduler = schedserver.Scheduler(submit=self.submit, clock=self.clock)
         self.curl = schedserver.CurlSchedules(
-            schedserver.JsonStore(str(self.data / "curl-schedules.json")),
+            schedserver.JournalStore(str(self.data / "curl-schedules.json")),
             schedserver.NdjsonLog(str(self.data / "curl-runs.log"), 1 << 20, 3),
             self.scheduler, schedserver.HttpRunner(clock=self.clock), clock=self.clock)
         self.curl.load()
@@ -524,7 +524,7 @@ def test_a_stored_schedule_with_an_empty_request_stops_the_start_with_a_startup_
     path.write_text(json.dumps(document))
     before = path.read_bytes()
     curl = schedserver.CurlSchedules(
-        schedserver.JsonStore(str(path)), schedserver.NdjsonLog(str(tmp_path / "curl-runs.log"), 1 << 20, 3),
+        schedserver.JournalStore(str(path)), schedserver.NdjsonLog(str(tmp_path / "curl-runs.log"), 1 << 20, 3),
         schedserver.Scheduler(submit=lambda *a: None), schedserver.HttpRunner())
     with pytest.raises(schedserver.StartupError, match="not a valid schedules file"):
         curl.load()

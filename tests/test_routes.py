@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 import schedserver
 from fakes import FakeClock, RecordingSubmit
+from stored import store_file_stamps, store_files, stored_definitions
 
 BASE = "/api/v1/curl/schedule"
 ADMIN = {"Authorization": "Bearer admin-token"}
@@ -54,21 +55,21 @@ class ScriptedRunner:
         return schedserver.RunResult(status, self.clock(), 12, code, error)
 
 
-class FlakyStore(schedserver.JsonStore):
-    """A JSON store whose writes fail with `fault` while it is set."""
+class FlakyStore(schedserver.JournalStore):
+    """A definitions store whose journal appends fail with `fault` while it is set."""
 
     fault: BaseException | None = None
 
-    def save(self, document) -> None:
+    def _append(self, line: bytes) -> None:
         if self.fault is not None:
             raise self.fault
-        super().save(document)
+        super()._append(line)
 
 
 class ExplodingSchedules(schedserver.CurlSchedules):
     """A service with a bug: listing or getting raises something no route expects."""
 
-    def list(self, page=1, limit=None):
+    def list_json(self, page=1, limit=None):
         raise RuntimeError("secret-internal-detail in list")
 
     def get(self, schedule_id):
@@ -334,7 +335,7 @@ class TestCreateRejects:
         server.post(valid_create_body(cron="nope"))
 
         assert server.list().json["meta"]["total"] == 0
-        assert not os.path.exists(server.store.path)
+        assert store_files(server.data_dir) == {"curl-schedules.json": None, "curl-schedules.journal": None}
 
     @pytest.mark.parametrize("body, field", [
         ({"cron": "0 0 9 * * *"}, "request"),
@@ -981,7 +982,7 @@ class TestStorageFailures:
     def test_create_answers_500_schedule_creation_failed_and_keeps_nothing(self, server, fault):
         existing = server.create()
         before = server.list().json
-        on_disk = open(server.store.path, "rb").read()
+        on_disk, stored, held = store_files(server.data_dir), stored_definitions(server.data_dir), server.store.items()
         server.store.fault = fault
 
         response = server.post(valid_create_body(cron="* * * * * *"))
@@ -989,7 +990,9 @@ class TestStorageFailures:
         assert_error(response, 500, "SCHEDULE_CREATION_FAILED")
         assert server.list().json == before
         assert len(server.scheduler) == 1
-        assert open(server.store.path, "rb").read() == on_disk
+        assert server.store.items() == held
+        assert store_files(server.data_dir) == on_disk
+        assert stored_definitions(server.data_dir) == stored
         assert server.get(existing["id"]).status_int == 200
 
     @pytest.mark.parametrize("fault", FAULTS, ids=lambda fault: type(fault).__name__)
@@ -1109,13 +1112,16 @@ class TestPersistence:
 
         assert len(restarted.runner.calls) == 2
 
-    def test_the_schedules_file_is_private(self, server):
+    def test_the_schedules_snapshot_and_journal_are_private(self, server):
         created = server.create(request={"headers": {"Authorization": "Bearer secret"}})
-        server.toggle(created["id"])
+        server.store.compact()                          # writes the snapshot and rewrites the journal
+        server.toggle(created["id"])                    # appends to the rewritten journal
 
-        mode = stat.S_IMODE(os.stat(server.store.path).st_mode)
+        modes = {name: stat.S_IMODE(os.stat(server.data_dir / name).st_mode)
+                 for name in ("curl-schedules.json", "curl-schedules.journal")}
 
-        assert mode == 0o600
+        assert modes == {"curl-schedules.json": 0o600, "curl-schedules.journal": 0o600}
+        assert b"Bearer secret" in (server.data_dir / "curl-schedules.json").read_bytes()
 
     def test_the_runs_log_is_private(self, server):
         server.create(cron="* * * * * *")
@@ -1123,13 +1129,19 @@ class TestPersistence:
 
         assert stat.S_IMODE(os.stat(server.runs.path).st_mode) == 0o600
 
-    def test_the_schedules_file_is_written_only_when_definitions_change(self, server):
+    @pytest.mark.parametrize("compacted", [False, True], ids=["journal-only", "snapshot-and-journal"])
+    def test_the_schedules_files_are_written_only_when_definitions_change(self, server, compacted):
         created = server.create(cron="* * * * * *")
-        written = os.stat(server.store.path).st_mtime_ns, open(server.store.path, "rb").read()
+        if compacted:
+            server.store.compact()
+        written = store_file_stamps(server.data_dir)
+        assert written["curl-schedules.journal"] is not None
+        assert (written["curl-schedules.json"] is not None) == compacted
 
         server.pass_seconds(3)
         server.toggle(created["id"], {"enabled": True})   # already enabled: nothing to write
         server.list()
         server.get(created["id"])
 
-        assert (os.stat(server.store.path).st_mtime_ns, open(server.store.path, "rb").read()) == written
+        assert len(server.runner.calls) == 3
+        assert store_file_stamps(server.data_dir) == written

@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from schedserver import (MISSED_SCAN_LIMIT, CurlSchedules, Job, JsonStore, NdjsonLog, RunResult, Scheduler,
+from schedserver import (MISSED_SCAN_LIMIT, CurlSchedules, Job, JournalStore, NdjsonLog, RunResult, Scheduler,
                          parse_cron)
 from fakes import FakeClock
 
@@ -356,7 +356,7 @@ class Service:
         self.clock = FakeClock(NOW)
         self.scheduler = Scheduler(misfire_grace=GRACE, clock=self.clock, submit=RecordingPool(inline=True).submit)
         self.runner = RecordingRunner(self.clock)
-        self.curl = CurlSchedules(JsonStore(str(data_dir / "curl-schedules.json")),
+        self.curl = CurlSchedules(JournalStore(str(data_dir / "curl-schedules.json")),
                                   NdjsonLog(str(data_dir / "curl-runs.log"), 1 << 20, 2),
                                   self.scheduler, self.runner, clock=self.clock)
 

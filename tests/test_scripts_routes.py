@@ -50,7 +50,7 @@ class Harness:
         self.submit = RecordingSubmit()
         self.scheduler = schedserver.Scheduler(submit=self.submit, clock=self.clock)
         self.curl = schedserver.CurlSchedules(
-            schedserver.JsonStore(str(self.data / "curl-schedules.json")),
+            schedserver.JournalStore(str(self.data / "curl-schedules.json")),
             schedserver.NdjsonLog(str(self.data / "curl-runs.log"), 1 << 20, 3),
             self.scheduler, schedserver.HttpRunner(clock=self.clock), clock=self.clock)
         self.curl.load()
@@ -535,7 +535,7 @@ def test_an_unexpected_failure_is_a_500_in_the_surface_shape_without_details(ser
     def explode():
         raise RuntimeError("secret-internal-detail")
 
-    monkeypatch.setattr(server.scripts, "list", explode)
+    monkeypatch.setattr(server.scripts, "list_json", explode)
     response = server.get("/list")
     body = assert_exec_error(response, 500, "Internal server error", "ERROR_500")
     assert "secret-internal-detail" not in response.text

@@ -595,7 +595,7 @@ class HealthHarness:
         self.wall, self.monotonic = FakeClock(NOW), FakeClock(5000.0)
         self.scheduler = schedserver.Scheduler(submit=lambda *args: None, clock=self.wall, monotonic=self.monotonic)
         curl = schedserver.CurlSchedules(
-            schedserver.JsonStore(str(data_dir / "curl-schedules.json")),
+            schedserver.JournalStore(str(data_dir / "curl-schedules.json")),
             schedserver.NdjsonLog(str(data_dir / "curl-runs.log"), 1 << 20, 1),
             self.scheduler, schedserver.HttpRunner(), clock=self.wall)
         health = schedserver.Health(self.scheduler, curl, None)
@@ -857,7 +857,7 @@ def test_an_http_run_recorded_as_interrupted_shows_in_its_schedules_history(tmp_
     clock = FakeClock(NOW)
     scheduler = schedserver.Scheduler(submit=lambda *args: None, clock=clock)
     curl = schedserver.CurlSchedules(
-        schedserver.JsonStore(str(tmp_path / "curl-schedules.json")),
+        schedserver.JournalStore(str(tmp_path / "curl-schedules.json")),
         schedserver.NdjsonLog(str(tmp_path / "curl-runs.log"), 1 << 20, 1),
         scheduler, schedserver.HttpRunner(), clock=clock)
     created = curl.create({"cron": NEVER, "request": {"url": "http://127.0.0.1:9/"}})

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import schedserver
-from schedserver import (HISTORY_SIZE, CurlSchedules, DataDirLock, JsonStore, NdjsonLog, RunResult, Scheduler,
+from schedserver import (HISTORY_SIZE, CurlSchedules, DataDirLock, JournalStore, JsonStore, NdjsonLog, RunResult, Scheduler,
                          StartupError, atomic_write)
 from fakes import FakeClock
 
@@ -131,7 +131,7 @@ def test_a_corrupt_store_refuses_to_load_and_is_left_as_it_is(tmp_path):
 def test_a_corrupt_store_stops_the_service_from_loading_and_is_not_overwritten(tmp_path):
     path = tmp_path / "curl-schedules.json"
     path.write_bytes(b"\x00\x01 not json")
-    curl = CurlSchedules(JsonStore(str(path)), NdjsonLog(str(tmp_path / "curl-runs.log"), 1 << 20, 2),
+    curl = CurlSchedules(JournalStore(str(path)), NdjsonLog(str(tmp_path / "curl-runs.log"), 1 << 20, 2),
                          Scheduler(submit=lambda fn, *args: None), runner=None)
     with pytest.raises(StartupError):
         curl.load()
@@ -275,7 +275,7 @@ class ScriptedRunner:
 def start_service(data_dir: Path, clock, runner) -> CurlSchedules:
     """What Server.start does for the HTTP schedules: fresh objects on the same files, then load()."""
     scheduler = Scheduler(misfire_grace=30, clock=clock, submit=lambda fn, *args: fn(*args))
-    curl = CurlSchedules(JsonStore(str(data_dir / "curl-schedules.json")),
+    curl = CurlSchedules(JournalStore(str(data_dir / "curl-schedules.json")),
                          NdjsonLog(str(data_dir / "curl-runs.log"), 1 << 20, 3),
                          scheduler, runner, clock=clock)
     curl.load()

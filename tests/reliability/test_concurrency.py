@@ -7,7 +7,6 @@ Every wait has a deadline; all traffic stays on 127.0.0.1.
 
 from __future__ import annotations
 
-import json
 import random
 import threading
 import time
@@ -16,6 +15,7 @@ from dataclasses import dataclass, field
 import requests
 
 from e2e_helpers import CURL_PATH, DEFAULT_TOKEN, ServerProcess, TargetServer, run_schedserver, schedserver_argv
+from stored import store_files, stored_definitions
 
 CLIENTS = 16
 CALLS_PER_CLIENT = 40
@@ -142,7 +142,7 @@ def test_sixteen_clients_of_mixed_calls_get_no_errors_and_the_final_state_matche
         server.stop()
 
         model = {sid: enabled for c in clients for sid, enabled in c.owned.items()}
-        stored = json.loads((data_dir / "curl-schedules.json").read_bytes())["schedules"]
+        stored = stored_definitions(data_dir)       # what the snapshot and the journal hold, as a start reads it
         with ServerProcess(data_dir, scripts_dir) as restarted:
             relisted = listed_state(restarted)
 
@@ -170,7 +170,8 @@ def test_a_second_server_on_the_same_data_dir_exits_2_naming_it_and_the_first_ke
         assert created.status_code == 201, created.text
         schedule_id = created.json()["id"]
         assert target.wait_for(1, timeout=4, path="/first"), first.stderr_text()
-        stored = (data_dir / "curl-schedules.json").read_bytes()
+        stored = store_files(data_dir)
+        assert stored["curl-schedules.journal"] is not None, "the create was not written to the journal"
 
         started = time.monotonic()
         second = run_schedserver(schedserver_argv(data_dir, scripts_dir), timeout=15)
@@ -181,7 +182,7 @@ def test_a_second_server_on_the_same_data_dir_exits_2_naming_it_and_the_first_ke
         assert "listening" not in second.stderr
 
         assert first.returncode is None
-        assert (data_dir / "curl-schedules.json").read_bytes() == stored
+        assert store_files(data_dir) == stored
         assert first.api("GET", f"{CURL_PATH}/{schedule_id}").status_code == 200
         another = first.api("POST", CURL_PATH, json={"cron": ONCE_A_YEAR, "request": {"url": target.url + "/x"}})
         assert another.status_code == 201, another.text

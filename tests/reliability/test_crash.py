@@ -30,6 +30,7 @@ import requests
 
 import schedserver
 from e2e_helpers import CURL_PATH, DEFAULT_TOKEN, REPO_ROOT, ServerProcess, TargetServer, wait_until
+from stored import JOURNAL, SNAPSHOT, stored_by_id
 
 CRASH_ITERATIONS = 100
 CLIENT_THREADS = 3
@@ -135,7 +136,7 @@ def drive_client(url: str, thread: int, owned: dict[str, bool], go: threading.Ev
 
 def fold_and_check(model: Model, ops: list[Op], stored: dict[str, dict], killed_at: float) -> list[str]:
     """Fold one iteration's operations into `model`, checking each against `stored` (id -> definition, from the
-    definitions file after the kill). Returns the violations; unknown outcomes are resolved from the file."""
+    snapshot and journal after the kill). Returns the violations; unknown outcomes are resolved from them."""
     violations: list[str] = []
     unknown_creates: dict[str, tuple[int, bool]] = {}           # name -> (thread, enabled asked for)
     allowed: dict[str, set] = {}                                # id -> states an unknown op allows (None: absent)
@@ -164,7 +165,7 @@ def fold_and_check(model: Model, ops: list[Op], stored: dict[str, dict], killed_
         found = stored[sid]["enabled"] if sid in stored else None
         if found not in allowed.get(sid, {enabled}):
             what = "acknowledged schedule is missing" if found is None else \
-                f"acknowledged enabled={enabled} but the file holds enabled={found}"
+                f"acknowledged enabled={enabled} but the store holds enabled={found}"
             violations.append(f"{sid}: {what}")
         elif found is None:             # a delete cut off by the kill that did happen
             model.live.pop(sid)
@@ -172,25 +173,44 @@ def fold_and_check(model: Model, ops: list[Op], stored: dict[str, dict], killed_
         else:
             model.live[sid] = (owner, found)
     for sid in model.gone & stored.keys():
-        violations.append(f"{sid}: deleted, yet back in the file")
+        violations.append(f"{sid}: deleted, yet back in the store")
     for sid in stored.keys() - model.live.keys() - model.gone:
         name, enabled = stored[sid].get("name"), stored[sid].get("enabled")
         if unknown_creates.get(name, (None, None))[1] is enabled and name is not None:
             model.live[sid] = (unknown_creates.pop(name)[0], enabled)      # a create cut off by the kill
         else:
-            violations.append(f"{sid}: in the file but never created ({stored[sid]})")
+            violations.append(f"{sid}: stored but never created ({stored[sid]})")
     return violations
 
 
-def read_definitions(path: Path) -> dict[str, dict]:
-    """The definitions file as id -> definition; AssertionError if it does not parse."""
-    raw = path.read_bytes()
+def read_definitions(data_dir: Path) -> dict[str, dict]:
+    """What a start reads from the snapshot and the journal after a kill, as id -> definition (the data dir is
+    left as the kill left it, for the restart to find); AssertionError if it would not load. Every complete
+    journal line must parse and carry a sequence number above the one before: a repeated number is skipped
+    at load, so it would drop a change silently."""
+    snapshot, journal = data_dir / SNAPSHOT, data_dir / JOURNAL
+    if snapshot.exists():
+        raw = snapshot.read_bytes()
+        try:
+            document = json.loads(raw)
+        except ValueError as e:
+            raise AssertionError(f"{snapshot} does not parse after a kill ({e}): {raw[:300]!r}") from None
+        assert document["version"] == 1
+    if journal.exists():
+        raw = journal.read_bytes()
+        numbers = []
+        for line in raw[:raw.rfind(b"\n") + 1].splitlines():     # a torn last line was never acknowledged
+            try:
+                numbers.append(json.loads(line)["seq"])
+            except (ValueError, KeyError, TypeError):
+                raise AssertionError(f"{journal}: a complete line that is not a change after a kill: "
+                                     f"{line[:300]!r}") from None
+        repeated = [(a, b) for a, b in zip(numbers, numbers[1:]) if b <= a]
+        assert not repeated, f"{journal}: sequence numbers out of order: {repeated[:10]}"
     try:
-        document = json.loads(raw)
-    except ValueError as e:
-        raise AssertionError(f"{path} does not parse after a kill ({e}): {raw[:300]!r}") from None
-    assert document["version"] == 1
-    return {d["id"]: d for d in document["schedules"]}
+        return stored_by_id(data_dir)
+    except schedserver.StartupError as e:
+        raise AssertionError(f"the definitions would not load after a kill: {e}") from None
 
 
 def ends_with_newline(path: Path) -> bool:
@@ -257,7 +277,7 @@ def listed_state(server: ServerProcess) -> dict[str, bool]:
 
 def test_acknowledged_operations_survive_a_hundred_kill_9s_at_random_moments(tmp_path, figure):
     data_dir, scripts_dir = tmp_path / "data", tmp_path / "scripts"
-    definitions, runs_log = data_dir / "curl-schedules.json", data_dir / "curl-runs.log"
+    runs_log = data_dir / "curl-runs.log"
     env = {"SCHEDSERVER_CURL_RUNS_LOG_MAX_BYTES": str(RUNS_LOG_MAX_BYTES),
            "SCHEDSERVER_CURL_RUNS_LOG_BACKUPS": str(RUNS_LOG_BACKUPS)}
     seed = int(os.environ.get("RELIABILITY_SEED") or random.randrange(2**32))    # printed on failure
@@ -302,7 +322,7 @@ def test_acknowledged_operations_survive_a_hundred_kill_9s_at_random_moments(tmp
                     assert not client.is_alive(), "a client thread hung past its request timeouts"
 
                 found = fold_and_check(model, [op for ops in ops_by_thread for op in ops],
-                                       read_definitions(definitions), killed_at)
+                                       read_definitions(data_dir), killed_at)
                 found += check_runs_log(runs_log, fragments)[0]
                 violations += [f"iteration {iteration}: {v}" for v in found]
                 if iteration % TEAR_EVERY == TEAR_EVERY // 2:
@@ -341,7 +361,7 @@ def test_acknowledged_operations_survive_a_hundred_kill_9s_at_random_moments(tmp
     assert len(torn_by_test) == CRASH_ITERATIONS // TEAR_EVERY
     assert records > 0 and model.acknowledged >= CRASH_ITERATIONS
     print(f"kill loop: {loop_seconds:.1f} s for {CRASH_ITERATIONS} iterations, {records} run records, "
-          f"{len(fragments)} torn lines")
+          f"{len(fragments)} torn lines, {'a' if (data_dir / SNAPSHOT).exists() else 'no'} compacted snapshot")
 
 
 ###############################################################################
@@ -542,7 +562,7 @@ def test_a_malformed_line_straddling_read_blocks_does_not_end_the_reading(tmp_pa
 
 def test_run_history_is_rebuilt_from_records_on_both_sides_of_a_malformed_line(tmp_path, caplog):
     caplog.set_level(logging.WARNING, logger="schedserver")
-    store = schedserver.JsonStore(str(tmp_path / "curl-schedules.json"))
+    store = schedserver.JournalStore(str(tmp_path / "curl-schedules.json"))
     runs = schedserver.NdjsonLog(str(tmp_path / "curl-runs.log"), 1 << 20, 3)
     scheduler = schedserver.Scheduler(submit=lambda fn, *args: None)
     first = schedserver.CurlSchedules(store, runs, scheduler, schedserver.HttpRunner())

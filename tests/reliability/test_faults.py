@@ -2,8 +2,9 @@
 
 - Disk: the data dir fills up or turns read-only, first simulated in-process (an OS call fails for files in the
   data dir only), then for real on a 64 KiB tmpfs when the test may mount one. Mutating routes answer 500 with
-  the surface's error code, reads keep working, the schedules file stays byte-identical, and once the fault
-  clears writes work again without a restart.
+  the surface's error code, reads keep working, the schedules snapshot and journal stay byte-identical (a failed
+  append is cut back), and once the fault clears writes work again without a restart. A compaction that fails
+  loses nothing, stops no change, and works once the fault clears.
 - Scripts: real subprocesses that hang, ignore SIGTERM, leave children behind, print 1 GB, cannot start or die
   with 137. Each gets the right status; afterwards no process carrying the run's marker is alive, none of our
   children is left a zombie, and this process's RSS has grown by less than 50 MB.
@@ -19,6 +20,7 @@ from __future__ import annotations
 import errno
 import gzip
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -37,8 +39,9 @@ import webtest
 
 import schedserver
 from peers import PEER_STOP_TIMEOUT, RawPeer, read_request_head
-from schedserver import (MAX_OUTPUT_BYTES, MAX_RESPONSE_BYTES, Auth, CurlSchedules, HttpRunner, JsonStore,
+from schedserver import (MAX_OUTPUT_BYTES, MAX_RESPONSE_BYTES, Auth, CurlSchedules, HttpRunner, JournalStore,
                          NdjsonLog, RunResult, Scheduler, ScriptRunner, ScriptSchedules, make_app)
+from stored import JOURNAL, SNAPSHOT, store_files, stored_definitions
 
 BASE = "/api/v1/curl/schedule"
 ADMIN = {"Authorization": "Bearer admin-token"}
@@ -154,9 +157,10 @@ class DiskHarness:
 
     def __init__(self, data_dir: Path):
         self.data_dir = data_dir
-        self.path = data_dir / "curl-schedules.json"
+        self.path = data_dir / SNAPSHOT
+        self.store = JournalStore(str(self.path))
         self.scheduler = Scheduler(clock=FakeClock(), submit=InlinePool())
-        self.service = CurlSchedules(JsonStore(str(self.path)), NdjsonLog(str(data_dir / "curl-runs.log"), 1 << 20, 2),
+        self.service = CurlSchedules(self.store, NdjsonLog(str(data_dir / "curl-runs.log"), 1 << 20, 2),
                                      self.scheduler, NullRunner(), clock=FakeClock())
         self.service.load()
         self.app = webtest.TestApp(make_app(self.service, Auth(("admin-token",), ("read-token",))))
@@ -188,6 +192,39 @@ class DiskHarness:
         return sorted(name for name in os.listdir(self.data_dir) if ".tmp-" in name)
 
 
+# Where the stored definitions are when a fault strikes.
+STARTS = {
+    "journal": "in the journal only, as after creating them",
+    "snapshot": "in a compacted snapshot with an empty journal, as right after a compaction",
+    "old-file": "in a schedules file written by the previous version (one document, no sequence number) and no "
+                "journal, as right after an upgrade",
+}
+
+
+def harness_with_two_schedules(data_dir: Path, start: str) -> DiskHarness:
+    """A harness holding two schedules, "first" and "second", stored as STARTS[start] says."""
+    h = DiskHarness(data_dir)
+    for name in ("first", "second"):
+        assert h.create(name).status_int == 201
+    if start == "snapshot":
+        h.store.compact()
+        assert (data_dir / JOURNAL).read_bytes() == b""
+    elif start == "old-file":
+        schedserver.JsonStore(str(h.path)).save({"version": 1, "schedules": h.store.items()})    # the old save
+        (data_dir / JOURNAL).unlink()
+        h = DiskHarness(data_dir)
+    assert [d["name"] for d in stored_definitions(data_dir)] == ["first", "second"]
+    return h
+
+
+def on_disk(data_dir: Path) -> dict[str, bytes | None]:
+    """The bytes of the snapshot and the journal. A missing journal counts as an empty one: both hold no change,
+    and a failed first append may leave the journal it created, cut back to nothing."""
+    files = store_files(data_dir)
+    files[JOURNAL] = files[JOURNAL] or b""
+    return files
+
+
 def error_code(response) -> str | None:
     """The API code of a JSON error in this surface's shape; None when the answer is something else."""
     if response.content_type != "application/json":
@@ -199,10 +236,11 @@ def error_code(response) -> str | None:
 
 
 def check_writes_fail_safely(h: DiskHarness, counts: Tally, arm: Callable[[], None] = lambda: None) -> None:
-    """With the fault in place: every mutation answers 500 with its code, reads and the file stay as they were."""
+    """With the fault in place: every mutation answers 500 with its code; reads, memory, the files and what a
+    restart loads stay as they were."""
     items = h.app.get(BASE, headers=ADMIN).json["items"]
     toggled, deleted = items[-1], items[0]         # the oldest and the newest schedule
-    on_disk, reads = h.path.read_bytes(), h.reads()
+    files, stored, held, reads = on_disk(h.data_dir), stored_definitions(h.data_dir), h.store.items(), h.reads()
     registered = {s["id"]: h.scheduler.next_at("curl:" + s["id"]) for s in items}
 
     answers = []
@@ -213,11 +251,10 @@ def check_writes_fail_safely(h: DiskHarness, counts: Tally, arm: Callable[[], No
         response = request()
         counts.cases += 1
         counts.false_successes += int(200 <= response.status_int < 300)
-        after = h.path.read_bytes()
-        damaged = after != on_disk or bool(h.leftovers())
+        damaged = on_disk(h.data_dir) != files or bool(h.leftovers())
         try:
-            json.loads(after)
-        except ValueError:
+            damaged = damaged or stored_definitions(h.data_dir) != stored
+        except schedserver.StartupError:
             damaged = True
         counts.damaged_files += int(damaged)
         answers.append((label, response.status_int, error_code(response)))
@@ -225,12 +262,14 @@ def check_writes_fail_safely(h: DiskHarness, counts: Tally, arm: Callable[[], No
     assert answers == [("create", 500, "SCHEDULE_CREATION_FAILED"), ("toggle", 500, "STORAGE_ERROR"),
                        ("delete", 500, "STORAGE_ERROR")]
     assert h.reads() == reads                       # reads keep working and show the state as it was
+    assert h.store.items() == held                  # and the store's memory did not take the failed changes
     assert {s["id"]: h.scheduler.next_at("curl:" + s["id"]) for s in items} == registered
     # What a restart reads is what the API showed: no create answered 500 comes back, no delete takes effect.
     restarted = DiskHarness(h.data_dir).app.get(BASE, headers=ADMIN).json["items"]
     assert [(s["name"], s["enabled"]) for s in restarted] == [(s["name"], s["enabled"]) for s in items]
     assert DiskHarness(h.data_dir).reads() == reads
-    assert h.path.read_bytes() == on_disk, "the schedules file changed although every write answered 500"
+    assert on_disk(h.data_dir) == files, "the schedules files changed although every write answered 500"
+    assert stored_definitions(h.data_dir) == stored
     assert h.leftovers() == []
 
 
@@ -246,16 +285,19 @@ def check_writes_work_again(h: DiskHarness) -> None:
     assert sorted((s["name"], s["enabled"]) for s in shown["items"]) == sorted(
         [(s["name"], s["enabled"] != (s["id"] == toggled["id"])) for s in items if s["id"] != deleted["id"]]
         + [("after the fault", True)])
+    assert stored_definitions(h.data_dir) == h.store.items()
     restarted = DiskHarness(h.data_dir)
     assert restarted.app.get(BASE, headers=ADMIN).json["items"] == shown["items"]
 
 
 class DataDirFault:
-    """Makes one OS call fail with `err` for the data dir while `active`, leaving every other path alone."""
+    """Makes one OS call fail with `err` for the data dir while `active`, leaving every other path alone; with
+    `only`, just for the files in it whose names start with `only`."""
 
-    def __init__(self, monkeypatch, data_dir: Path):
+    def __init__(self, monkeypatch, data_dir: Path, only: str | None = None):
         self.monkeypatch = monkeypatch
         self.root = os.path.realpath(data_dir)
+        self.only = only
         self.active = False
         self.fresh = False      # armed, and not struck yet since
         self.calls = 0
@@ -264,7 +306,14 @@ class DataDirFault:
         self.active = self.fresh = True
 
     def _ours(self, path: str) -> bool:
-        return path == self.root or path.startswith(self.root + os.sep)
+        if not (path == self.root or path.startswith(self.root + os.sep)):
+            return False
+        return self.only is None or os.path.basename(path).startswith(self.only)
+
+    def _in_ours(self, path) -> bool:
+        """Whether `path`, a file that may not exist yet, is ours."""
+        path = os.fspath(path)
+        return self._ours(os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path)))
 
     def _fd_path(self, fd: int) -> str:
         try:
@@ -302,7 +351,7 @@ class DataDirFault:
         real = os.replace
 
         def replace(src, dst, **kwargs):
-            if self.active and self._ours(os.path.realpath(os.path.dirname(os.fspath(dst)))):
+            if self.active and self._in_ours(dst):
                 self._fail(err)
             return real(src, dst, **kwargs)
         self.monkeypatch.setattr(os, "replace", replace)
@@ -324,29 +373,32 @@ class DataDirFault:
         writing = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 
         def open_(path, flags, *args, **kwargs):
-            if self.active and flags & writing and self._ours(os.path.realpath(os.path.dirname(os.fspath(path)))):
+            if self.active and flags & writing and self._in_ours(path):
                 self._fail(err)
             return real(path, flags, *args, **kwargs)
         self.monkeypatch.setattr(os, "open", open_)
 
 
+# Faults on the way of a change: the journal append (open, write, fsync, and the directory fsync that makes a new
+# journal file durable) and the file lock around it.
 DISK_FAULTS = {
     "fsync-enospc": lambda f: f.fsync_of_files(errno.ENOSPC),
     "fsync-fails-once": lambda f: f.fsync_of_files(errno.EIO, once=True),
     "fsync-of-the-dir-eio": lambda f: f.fsync_of_the_dir(errno.EIO),
-    "rename-enospc": lambda f: f.replace(errno.ENOSPC),
     "write-erofs": lambda f: f.write(errno.EROFS),
     "short-write-then-enospc": lambda f: f.write(errno.ENOSPC, partial=True),
-    "open-erofs": lambda f: f.open_for_writing(errno.EROFS),
+    "open-erofs": lambda f: f.open_for_writing(errno.EROFS),            # strikes the lock file first
+    "open-of-the-journal-erofs": lambda f: (f.open_for_writing(errno.EROFS), setattr(f, "only", JOURNAL)),
 }
+# The directory is fsync'd only when an append starts a new (or empty) journal: not once it holds lines.
+DISK_CASES = [(fault, start) for fault in DISK_FAULTS for start in STARTS
+              if not (fault == "fsync-of-the-dir-eio" and start == "journal")]
 
 
-@pytest.mark.parametrize("fault_name", list(DISK_FAULTS))
+@pytest.mark.parametrize("fault_name, start", DISK_CASES, ids=[f"{fault}-{start}" for fault, start in DISK_CASES])
 def test_a_failing_disk_write_answers_500_keeps_reads_and_the_file_and_recovers_without_restart(
-        tmp_path, monkeypatch, fault_name, disk_tally):
-    h = DiskHarness(tmp_path)
-    for name in ("first", "second"):
-        assert h.create(name).status_int == 201
+        tmp_path, monkeypatch, fault_name, start, disk_tally):
+    h = harness_with_two_schedules(tmp_path, start)
     fault = DataDirFault(monkeypatch, tmp_path)
     DISK_FAULTS[fault_name](fault)
 
@@ -361,23 +413,126 @@ def test_an_fsync_failure_is_never_retried_into_a_false_success(tmp_path, monkey
     h = DiskHarness(tmp_path)
     fault = DataDirFault(monkeypatch, tmp_path)
     fault.fsync_of_files(errno.EIO, once=True)      # a retry would succeed: it must not be tried
-    before = h.path.read_bytes() if h.path.exists() else None
+    before = on_disk(tmp_path)
     fault.arm()
     response = h.create("first")
     disk_tally.cases += 1
     disk_tally.false_successes += int(response.status_int == 201)
     assert (response.status_int, error_code(response)) == (500, "SCHEDULE_CREATION_FAILED")
     assert fault.calls == 1
-    assert (h.path.read_bytes() if h.path.exists() else None) == before
+    assert on_disk(tmp_path) == before
+    assert stored_definitions(tmp_path) == []
     assert h.app.get(BASE, headers=ADMIN).json["meta"]["total"] == 0
     assert len(h.scheduler) == 0
+
+
+# Faults on the way of a compaction (the snapshot written whole, then the journal rewritten without the lines it
+# holds), which runs in a background thread after a change and answers nobody.
+COMPACTION_FAULTS = {
+    "snapshot-open-erofs": lambda f: (f.open_for_writing(errno.EROFS), setattr(f, "only", SNAPSHOT + ".tmp-")),
+    "snapshot-write-enospc": lambda f: (f.write(errno.ENOSPC), setattr(f, "only", SNAPSHOT + ".tmp-")),
+    "snapshot-fsync-eio": lambda f: (f.fsync_of_files(errno.EIO), setattr(f, "only", SNAPSHOT + ".tmp-")),
+    "snapshot-rename-enospc": lambda f: (f.replace(errno.ENOSPC), setattr(f, "only", SNAPSHOT)),
+    # the snapshot is in place, the journal not yet rewritten: what a crash between the two leaves
+    "dir-fsync-after-the-snapshot-eio": lambda f: f.fsync_of_the_dir(errno.EIO),
+    "journal-rewrite-fsync-eio": lambda f: (f.fsync_of_files(errno.EIO), setattr(f, "only", JOURNAL + ".tmp-")),
+    "journal-rewrite-rename-erofs": lambda f: (f.replace(errno.EROFS), setattr(f, "only", JOURNAL)),
+}
+
+
+@pytest.mark.parametrize("fault_name", list(COMPACTION_FAULTS))
+def test_a_failing_compaction_loses_nothing_keeps_writes_working_and_succeeds_once_the_fault_clears(
+        tmp_path, monkeypatch, caplog, fault_name, disk_tally):
+    h = DiskHarness(tmp_path)
+    for name in ("first", "second", "third"):
+        assert h.create(name).status_int == 201
+    items = h.app.get(BASE, headers=ADMIN).json["items"]
+    assert h.toggle(items[0]["id"], False).status_int == 200
+    assert h.delete(items[1]["id"]).status_int == 200
+    shown, reads = h.app.get(BASE, headers=ADMIN).json, h.reads()
+    fault = DataDirFault(monkeypatch, tmp_path)
+    COMPACTION_FAULTS[fault_name](fault)
+    caplog.set_level(logging.ERROR, logger="schedserver")
+
+    fault.arm()
+    h.store.compact()                               # what the background thread runs: it must not raise
+    assert fault.calls >= 1, "the fault never struck: the test did not test anything"
+    assert "compaction failed" in caplog.text
+    disk_tally.cases += 1
+    disk_tally.damaged_files += int(stored_definitions(tmp_path) != h.store.items() or bool(h.leftovers()))
+    assert h.leftovers() == []
+    assert h.reads() == reads
+    assert stored_definitions(tmp_path) == h.store.items()
+    assert DiskHarness(tmp_path).app.get(BASE, headers=ADMIN).json == shown
+
+    check_writes_work_again(h)                      # changes go on while compactions fail
+    h.store.compact()
+    assert stored_definitions(tmp_path) == h.store.items()
+
+    fault.active = False
+    h.store.compact()
+    assert stored_definitions(tmp_path) == h.store.items()
+    assert json.loads(h.path.read_bytes())["schedules"] == h.store.items()
+    assert (tmp_path / JOURNAL).read_bytes() == b"", "the compaction kept lines its snapshot holds"
+    assert h.leftovers() == []
+    assert DiskHarness(tmp_path).reads() == h.reads()
 
 
 def _mount(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["mount", *args], capture_output=True, text=True, timeout=10)
 
 
-def test_on_a_real_tmpfs_that_fills_up_or_turns_read_only_writes_fail_safely_and_recover(tmp_path, disk_tally):
+def fill_up(filler: Path) -> None:
+    """Write zeros to `filler` until its file system is full."""
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError as e:
+        assert e.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+
+
+def leave_the_journals_last_page_nearly_full(h: DiskHarness, page: int, room: int = 20) -> None:
+    """Create schedules, their names sized to measure, until the journal's last page has between 1 and 2 * `room`
+    bytes free: fewer than any change takes (the shortest, a delete, takes about 60)."""
+    journal = h.data_dir / JOURNAL
+    size = journal.stat().st_size
+    base = None                         # the length of a create's line with an empty name
+    for n in range(40):
+        free = -size % page
+        if 0 < free <= 2 * room:
+            return
+        wanted = free - room            # the line's length that leaves `room` free
+        if base is None or wanted < base:
+            length = 0                  # (or: into the next page, to start there with plenty of room)
+        else:
+            length = min(wanted - base, schedserver.MAX_NAME_LENGTH)
+        assert h.create("p" * length).status_int == 201
+        grown = journal.stat().st_size
+        base, size = grown - size - length, grown
+    raise AssertionError(f"could not bring the journal's last page near full: {size} bytes")
+
+
+class ShortWrites:
+    """Counts the writes to files in `data_dir` that wrote less than they were given (a spy, it fails nothing)."""
+
+    def __init__(self, monkeypatch, data_dir: Path):
+        self.root = os.path.realpath(data_dir) + os.sep
+        self.count = 0
+        real = os.write
+
+        def write(fd, data):
+            done = real(fd, data)
+            if done < len(data) and os.readlink(f"/proc/self/fd/{fd}").startswith(self.root):
+                self.count += 1
+            return done
+        monkeypatch.setattr(os, "write", write)
+
+
+def test_on_a_real_tmpfs_that_fills_up_or_turns_read_only_writes_fail_safely_and_recover(
+        tmp_path, monkeypatch, disk_tally):
     if os.geteuid() != 0:
         pytest.skip("mounting a 64 KiB tmpfs needs root; the in-process disk faults above still ran")
     data_dir = tmp_path / "data"
@@ -389,23 +544,30 @@ def test_on_a_real_tmpfs_that_fills_up_or_turns_read_only_writes_fail_safely_and
     if mounted.returncode != 0:
         pytest.skip(f"mount -t tmpfs is not permitted here ({mounted.stderr.strip()}); "
                     "the in-process disk faults above still ran")
+    page = os.sysconf("SC_PAGE_SIZE")       # tmpfs hands out space a page at a time
     try:
         h = DiskHarness(data_dir)
         for name in ("first", "second"):
             assert h.create(name).status_int == 201
 
-        # The disk fills up.
-        filler = data_dir / "filler"
-        fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-        try:
-            while True:
-                os.write(fd, b"\0" * 4096)
-        except OSError as e:
-            assert e.errno == errno.ENOSPC
-        finally:
-            os.close(fd)
+        # The disk fills up. An append that fits in the free end of the journal's last page needs no new space
+        # and succeeds (durably): only appends that need a new page can fail. First a journal left empty by a
+        # compaction: the append fails at its first byte.
+        h.store.compact()
+        assert (data_dir / JOURNAL).read_bytes() == b""
+        fill_up(data_dir / "filler")
         check_writes_fail_safely(h, disk_tally)
-        filler.unlink()
+        (data_dir / "filler").unlink()
+        check_writes_work_again(h)
+
+        # Then a journal whose last page has less room than any change takes: the append writes what fits, then
+        # fails (a short write, then ENOSPC), and must be cut back.
+        leave_the_journals_last_page_nearly_full(h, page)
+        short = ShortWrites(monkeypatch, data_dir)
+        fill_up(data_dir / "filler")
+        check_writes_fail_safely(h, disk_tally)
+        assert short.count >= 3, "no append was cut short by the full disk: the test did not test anything"
+        (data_dir / "filler").unlink()
         check_writes_work_again(h)
 
         # The file system turns read-only.
@@ -738,7 +900,7 @@ class HttpHarness:
     def __init__(self, data_dir: Path):
         self.clock = FakeClock()
         self.runs_log = data_dir / "curl-runs.log"
-        self.service = CurlSchedules(JsonStore(str(data_dir / "curl-schedules.json")),
+        self.service = CurlSchedules(JournalStore(str(data_dir / "curl-schedules.json")),
                                      NdjsonLog(str(self.runs_log), 1 << 20, 2),
                                      Scheduler(clock=self.clock, submit=InlinePool()), HttpRunner(),
                                      clock=self.clock)

@@ -25,7 +25,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from schedserver import (MISSED_SCAN_LIMIT, CurlSchedules, Job, JsonStore, NdjsonLog, RunResult, Scheduler,
+from schedserver import (MISSED_SCAN_LIMIT, CurlSchedules, Job, JournalStore, NdjsonLog, RunResult, Scheduler,
                          ScriptResult, ScriptSchedules, load_config, parse_cron)
 
 UTC = ZoneInfo("UTC")
@@ -181,7 +181,7 @@ class HttpSurface(Surface):
     def __init__(self, root: Path, clock: FakeClock, tz_name: str):
         super().__init__(root, clock, tz_name)
         self.log_path = root / "curl-runs.log"
-        self.service = CurlSchedules(JsonStore(str(root / "curl-schedules.json")),
+        self.service = CurlSchedules(JournalStore(str(root / "curl-schedules.json")),
                                      NdjsonLog(str(self.log_path), 1 << 26, 2), self.scheduler,
                                      InstantHttpRunner(clock), default_timezone="UTC", clock=clock)
         self.service.load()

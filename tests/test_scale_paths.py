@@ -1,0 +1,230 @@
+"""The code paths added for scale (issue 6), held to the behaviour of the simple versions they replace:
+block-wise backwards reading, the start-up scan of the runs log, history kept as trimmed lines, the shared
+deadline watcher of HTTP runs, address literals resolved without a thread, the persisted preflight cache,
+and listing from a maintained order."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import schedserver
+from schedserver import (HISTORY_SIZE, CurlSchedule, CurlSchedules, DeadlineWatcher, JournalStore, NdjsonLog,
+                         Scheduler, _chunks_backwards, _history_entry, _history_line, _lines_backwards, utc_iso)
+
+DAY = 86400.0
+T0 = 1_760_000_000.0
+
+
+# -- reading backwards -----------------------------------------------------------------------------------------
+@settings(max_examples=150, deadline=None)
+@given(lines=st.lists(st.binary(min_size=0, max_size=40).map(lambda b: b.replace(b"\n", b"")), max_size=60),
+       torn=st.binary(max_size=30).map(lambda b: b.replace(b"\n", b"")), block=st.integers(1, 64),
+       needle=st.sampled_from([None, b"a", b"ab", b"\x00"]))
+def test_block_wise_backwards_reading_equals_reading_the_whole_file(tmp_path_factory, lines, torn, block, needle):
+    path = tmp_path_factory.mktemp("log") / "f.log"
+    path.write_bytes(b"".join(line + b"\n" for line in lines) + torn)
+    expected = [line for line in reversed(lines) if line.strip() and (needle is None or needle in line)]
+
+    assert list(_lines_backwards(str(path), block=block, contains=needle)) == expected
+    joined = [line for chunk in reversed(list(_chunks_backwards(str(path), block=block)))
+              for line in chunk.split(b"\n")]
+    assert [line for line in joined if line.strip()] == [line for line in lines if line.strip()]
+
+
+def test_a_missing_file_reads_as_empty(tmp_path):
+    assert list(_lines_backwards(str(tmp_path / "absent.log"))) == []
+    assert list(_chunks_backwards(str(tmp_path / "absent.log"))) == []
+
+
+# -- history lines -------------------------------------------------------------------------------------------
+RECORDS = [
+    {"ts": "2025-01-10T12:00:00.004Z", "schedule_id": str(uuid.UUID(int=1)), "run_id": "r1",
+     "scheduled_at": "2025-01-10T12:00:00.000Z", "started_at": "2025-01-10T12:00:00.004Z", "status": "ok",
+     "status_code": 200, "duration_ms": 12, "error": None, "trigger": "cron"},
+    {"ts": "2025-01-10T12:00:01.000Z", "schedule_id": str(uuid.UUID(int=2)), "run_id": "r2",
+     "scheduled_at": "2025-01-10T12:00:00.000Z", "started_at": None, "status": "missed", "status_code": None,
+     "duration_ms": 0, "error": 'missed 3 runs "ts":"x", from here', "trigger": "cron", "count": 3,
+     "last_scheduled_at": "2025-01-10T12:00:02.000Z"},
+    {"ts": "2025-01-10T12:00:01.000Z", "schedule_id": str(uuid.UUID(int=3)), "run_id": "r3",
+     "scheduled_at": "2025-01-10T12:00:00.000Z", "started_at": "2025-01-10T12:00:00.100Z", "status": "error",
+     "status_code": None, "duration_ms": 30000, "error": "timed out after 30 s ,\"trigger\":\"cron\"}",
+     "trigger": "cron"},
+]
+
+
+@pytest.mark.parametrize("record", RECORDS, ids=["ok", "missed", "tricky-error"])
+def test_a_trimmed_history_line_shows_exactly_what_the_whole_record_shows(record):
+    line = json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode()
+    trimmed = _history_line(line)
+
+    assert _history_entry(trimmed) == _history_entry(record)
+    assert b"schedule_id" not in trimmed and len(trimmed) < len(line)
+
+
+def test_a_malformed_history_line_is_left_out_not_an_error():
+    assert _history_entry(b'{"run_id":"x",') is None
+    assert _history_entry(b"[1, 2]") is None
+
+
+# -- the start-up scan -----------------------------------------------------------------------------------------
+def make_service(tmp_path: Path, now: float) -> CurlSchedules:
+    scheduler = Scheduler(misfire_grace=30, clock=lambda: now, submit=lambda fn, *args: None)
+    return CurlSchedules(JournalStore(str(tmp_path / "curl-schedules.json")),
+                         NdjsonLog(str(tmp_path / "curl-runs.log"), 1 << 30, 3), scheduler, None,
+                         clock=lambda: now)
+
+
+def write_store(tmp_path: Path, created: list[float]) -> list[str]:
+    definitions = []
+    for n, at in enumerate(created):
+        values = schedserver.validate_create({"cron": "0 0 0 1 1 *", "request": {"url": f"http://127.0.0.1:9/{n}"}},
+                                             "UTC")
+        definitions.append(CurlSchedule(id=str(uuid.UUID(int=n + 1)), created_at=at, enabled_at=at,
+                                        **values).definition())
+    (tmp_path / "curl-schedules.json").write_text(json.dumps({"version": 1, "schedules": definitions}))
+    return [d["id"] for d in definitions]
+
+
+def run_line(schedule_id: str, at: float, n: int, status: str = "ok") -> bytes:
+    record = {"ts": utc_iso(at, ms=True), "schedule_id": schedule_id, "run_id": f"run-{n}",
+              "scheduled_at": utc_iso(at, ms=True), "started_at": utc_iso(at, ms=True) if status == "ok" else None,
+              "status": status, "status_code": 200 if status == "ok" else None, "duration_ms": 3, "error": None,
+              "trigger": "cron"}
+    return json.dumps(record, separators=(",", ":")).encode() + b"\n"
+
+
+def test_start_up_rebuilds_the_newest_history_and_last_run_of_every_schedule_from_a_big_log(tmp_path):
+    ids = write_store(tmp_path, [T0 - 10 * DAY] * 3)
+    lines = [run_line(ids[n % 2], T0 - 5 * DAY + n, n) for n in range(30_000)]     # ids[2] never ran
+    lines.append(run_line(ids[0], T0 - 1, 99_999, status="skipped"))
+    (tmp_path / "curl-runs.log").write_bytes(b"".join(lines) + b'{"ts":"torn')
+    service = make_service(tmp_path, T0)
+    service.load()
+
+    first = service.get(ids[0])
+    assert [h["run_id"] for h in first["history"]] == ["run-99999"] + [f"run-{n}" for n in
+                                                                        range(29_998, 29_998 - 2 * 19, -2)]
+    assert first["last_run"] == utc_iso(T0 - 5 * DAY + 29_998)        # the newest run that started
+    assert len(service.get(ids[1])["history"]) == HISTORY_SIZE
+    assert service.get(ids[2])["history"] == [] and service.get(ids[2])["last_run"] is None
+
+
+def test_the_start_up_scan_stops_at_blocks_older_than_every_schedule_still_wanted(tmp_path, monkeypatch):
+    ids = write_store(tmp_path, [T0 - 10 * DAY, T0 - DAY])
+    old = [run_line(ids[0], T0 - 9 * DAY + n, n) for n in range(20_000)]          # 9 days ago: before ids[1]
+    new = [run_line(ids[0], T0 - 3600 + n, 50_000 + n) for n in range(100)]
+    (tmp_path / "curl-runs.log").write_bytes(b"".join(old + new))
+    read: list[int] = []
+    original = schedserver._chunks_backwards
+
+    def counting(path, block=64 * 1024):
+        for chunk in original(path, block=64 * 1024):
+            read.append(len(chunk))
+            yield chunk
+    monkeypatch.setattr(schedserver, "_chunks_backwards", counting)
+    service = make_service(tmp_path, T0)
+    service.load()
+
+    assert service.get(ids[1])["history"] == []
+    assert len(service.get(ids[0])["history"]) == HISTORY_SIZE
+    assert sum(read) < len(b"".join(old)) / 4       # it did not read the whole old part for ids[1]
+
+
+# -- HTTP runs -------------------------------------------------------------------------------------------------
+def test_the_deadline_watcher_runs_actions_in_deadline_order_and_never_a_cancelled_one():
+    watcher = DeadlineWatcher()
+    done: list[str] = []
+    finished = threading.Event()
+    now = time.monotonic()
+    watcher.add(now + 0.20, lambda: (done.append("late"), finished.set()))
+    cancelled = watcher.add(now + 0.05, lambda: done.append("cancelled"))
+    watcher.add(now + 0.10, lambda: done.append("early"))
+    watcher.add(now + 0.01, lambda: 1 / 0)             # a failing action is logged; the watcher goes on
+    watcher.cancel(cancelled)
+
+    assert finished.wait(5)
+    assert done == ["early", "late"]
+
+
+def test_an_address_literal_resolves_without_a_lookup_thread(monkeypatch):
+    started = []
+    monkeypatch.setattr(schedserver.threading, "Thread", lambda *a, **k: started.append(k) or threading.Thread(*a, **k))
+    assert schedserver.resolve("127.0.0.1", 80, 1.0) == ["127.0.0.1"]
+    assert schedserver.resolve("::1", 80, 1.0) == ["::1"]
+    assert started == []
+
+
+# -- scripts: the preflight cache survives a restart -----------------------------------------------------------
+def test_a_restart_does_not_rerun_the_syntax_check_of_unchanged_scripts(tmp_path, monkeypatch):
+    scripts_dir, data_dir = tmp_path / "scripts", tmp_path / "data"
+    scripts_dir.mkdir()
+    data_dir.mkdir()
+    for n in range(3):
+        path = scripts_dir / f"job{n}.sh"
+        path.write_text(f"#!/bin/sh\n# @schedule 0 0 0 1 1 *\necho {n}\n")
+        path.chmod(0o755)
+    (scripts_dir / "broken.sh").write_text("#!/bin/sh\n# @schedule 0 0 0 1 1 *\nif then fi (\n")
+    (scripts_dir / "broken.sh").chmod(0o755)
+    checked: list[str] = []
+    original = schedserver.ScriptSchedules._run_preflight
+    monkeypatch.setattr(schedserver.ScriptSchedules, "_run_preflight",
+                        lambda self, path, interpreter=None: checked.append(os.path.basename(path))
+                        or original(self, path, interpreter))
+
+    def start() -> schedserver.ScriptSchedules:
+        scripts = schedserver.ScriptSchedules(
+            str(scripts_dir), NdjsonLog(str(data_dir / "fires.log"), 1 << 20, 3),
+            Scheduler(submit=lambda *a: None), schedserver.ScriptRunner())
+        scripts.load()
+        return scripts
+
+    first = start()
+    assert sorted(checked) == ["broken.sh", "job0.sh", "job1.sh", "job2.sh"]
+    assert first.count() == 3
+    checked.clear()
+    second = start()                                  # a restart: nothing changed, nothing checked again
+    assert checked == [] and second.count() == 3
+    assert os.stat(data_dir / "exec-registered.json").st_mode & 0o077 == 0
+    path = scripts_dir / "job1.sh"
+    path.write_text("#!/bin/sh\n# @schedule 0 0 0 1 1 *\nif then fi (\n")     # changed, and now broken
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 5_000_000_000))
+    checked.clear()
+    third = start()
+    assert checked == ["job1.sh"] and third.count() == 2
+
+
+# -- listing from cached items -------------------------------------------------------------------------------
+def test_a_listed_item_follows_its_schedule_through_runs_and_toggles(tmp_path):
+    clock = {"now": T0}
+    scheduler = Scheduler(misfire_grace=30, clock=lambda: clock["now"], submit=lambda fn, *args: fn(*args))
+
+    class Runner:
+        def run(self, spec, headers):
+            return schedserver.RunResult("ok", clock["now"], 5, 200, None)
+    service = CurlSchedules(JournalStore(str(tmp_path / "curl-schedules.json")),
+                            NdjsonLog(str(tmp_path / "curl-runs.log"), 1 << 20, 3), scheduler, Runner(),
+                            clock=lambda: clock["now"])
+    sid = service.create({"cron": "* * * * * *", "request": {"url": "http://127.0.0.1:9/x"}})["id"]
+
+    def item() -> dict:
+        listed = json.loads(service.list_json(1, 20))
+        assert listed == service.list(1, 20)
+        return listed["items"][0]
+    before = item()
+    assert (before["last_run"], before["next_run"]) == (None, utc_iso(T0 + 1))
+    clock["now"] = T0 + 1
+    scheduler.tick(T0 + 1)
+    after = item()
+    assert (after["last_run"], after["next_run"]) == (utc_iso(T0 + 1), utc_iso(T0 + 2))
+    service.toggle(sid, {"enabled": False})
+    assert (item()["enabled"], item()["next_run"]) == (False, None)
+    assert item() is not item()         # every caller gets its own copy
