@@ -1089,11 +1089,17 @@ def _lines_backwards(path: str, block: int = 64 * 1024, contains: bytes | None =
     """Complete non-blank lines of a file, last first, optionally only those holding `contains` (a block that
     does not hold it is skipped whole); a final line without a newline (torn by a crash) is skipped."""
     for chunk in _chunks_backwards(path, block):
-        if contains is not None and contains not in chunk:
+        if contains is None:
+            for line in reversed(chunk.split(b"\n")):
+                if line.strip():
+                    yield line
             continue
-        for line in reversed(chunk.split(b"\n")):
-            if line.strip() and (contains is None or contains in line):
-                yield line
+        end = len(chunk)        # lines holding `contains`, found by searching (in C) rather than line by line
+        while (hit := chunk.rfind(contains, 0, end)) >= 0:
+            start = chunk.rfind(b"\n", 0, hit) + 1
+            stop = chunk.find(b"\n", hit)
+            yield chunk[start:stop if stop >= 0 else len(chunk)]
+            end = start
 
 
 class DataDirLock:

@@ -1,0 +1,698 @@
+"""API benchmarks: mutation latency, read throughput, fires-log history queries, start-up with a big data dir.
+
+BENCHMARKS maps a name to function(quick, reps) -> list[Figure], one value per repetition in each Figure.
+Every server runs in its own process (common.Server, or bench/bare_app.py for the reference), one at a time,
+and is stopped in a finally. Data dirs live under common.workdir() (bench/.work, removed by run.py at the end).
+
+Stored schedules are written as data_dir/curl-schedules.json before start, each definition built with
+schedserver.validate_create + CurlSchedule(...).definition(), so the format is the server's own. Crons are far in
+the future (a month about six months away), so nothing fires while we measure.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import select
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import common
+from common import BENCH, REPO, TOKEN, Figure, Server, free_port, median, workdir
+
+if str(REPO) not in sys.path:
+    sys.path.insert(1, str(REPO))
+
+WRK = shutil.which("wrk") or "/usr/bin/wrk"
+BIG_LOG_MAX = 2 ** 40       # the highest value the config accepts: logs never rotate
+
+
+# -- helpers -------------------------------------------------------------------------------------------------
+def _far_month() -> int:
+    """A month about six months from now: a cron in it cannot come due while a benchmark runs."""
+    return (datetime.now(timezone.utc).month + 5) % 12 + 1
+
+
+
+class _IsoCache:
+    """utc_iso(ts, ms=True) for many increasing timestamps: strftime once per second."""
+
+    def __init__(self) -> None:
+        self.second = None
+        self.prefix = ""
+
+    def __call__(self, ts: float) -> str:
+        sec = int(ts)
+        if sec != self.second:
+            self.second = sec
+            self.prefix = datetime.fromtimestamp(sec, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.")
+        return f"{self.prefix}{min(999, int((ts - sec) * 1000 + 1e-6)):03d}Z"
+
+
+def curl_definitions(n: int, *, varied: bool = False, created_from: float | None = None) -> list[dict]:
+    """n stored HTTP schedule definitions in the server's own format (validate_create + CurlSchedule)."""
+    import schedserver
+    month = _far_month()
+    now = time.time()
+    start = created_from if created_from is not None else now - n - 3600
+    defs = []
+    for i in range(n):
+        cron = (f"{i % 60} {(i // 60) % 60} {(i // 3600) % 24} {1 + i % 28} {month} *" if varied
+                else f"0 0 0 1 {month} *")
+        payload = {"cron": cron, "name": f"bench schedule {i:05d}",
+                   "request": {"url": f"http://127.0.0.1:9/bench/hook/{i}", "method": "POST",
+                               "headers": {"X-Bench": str(i)}, "json": {"n": i}}}
+        values = schedserver.validate_create(payload, "UTC")
+        created = start + i * 0.5
+        defs.append(schedserver.CurlSchedule(id=str(uuid.uuid4()), created_at=created, enabled_at=created,
+                                             **values).definition())
+    return defs
+
+
+def write_store(data_dir: Path, definitions: list[dict]) -> None:
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = data_dir / "curl-schedules.json"
+    path.write_bytes(json.dumps({"version": 1, "schedules": definitions}, indent=1, sort_keys=True).encode() + b"\n")
+    os.chmod(path, 0o600)
+
+
+def write_scripts(scripts_dir: Path, names: list[str], cron_of: Callable[[int], str]) -> None:
+    for i, rel in enumerate(names):
+        path = scripts_dir / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"#!/bin/sh\n# @schedule {cron_of(i)}\n# @description bench script {i}\nexit 0\n")
+        os.chmod(path, 0o755)
+
+
+class Client:
+    """One keep-alive HTTP/1.1 connection; request() answers (status, body bytes, seconds)."""
+
+    def __init__(self, port: int):
+        self.port = port
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        self.headers = {"Authorization": f"Bearer {TOKEN}"}
+
+    def request(self, method: str, path: str, body: Any = None) -> tuple[int, bytes, float]:
+        headers = dict(self.headers)
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        t0 = time.perf_counter()
+        try:
+            self.conn.request(method, path, body=data, headers=headers)
+            response = self.conn.getresponse()
+            payload = response.read()
+        except (http.client.HTTPException, ConnectionError):
+            self.conn.close()       # the server dropped the connection: say so, the caller decides
+            raise
+        return response.status, payload, time.perf_counter() - t0
+
+    def json(self, method: str, path: str, body: Any = None, expect: int = 200) -> Any:
+        status, payload, _ = self.request(method, path, body)
+        if status != expect:
+            raise RuntimeError(f"{method} {path}: {status} {payload[:300]!r}")
+        return json.loads(payload) if payload else None
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def _stop_all(*things: Any) -> None:
+    for thing in things:
+        if thing is None:
+            continue
+        try:
+            thing.stop()
+        except Exception as e:     # keep stopping the others
+            print(f"   warning: could not stop {thing!r}: {e}", file=sys.stderr)
+
+
+def _with_log(exc: Exception, server: Server | None) -> Exception:
+    """`exc` with the last lines the server logged, so a failure says what the server saw."""
+    tail = "\n".join(server.stderr_lines[-15:]) if server is not None else ""
+    if not tail:
+        return exc
+    return RuntimeError(f"{type(exc).__name__}: {exc}\n-- server log, last lines:\n{tail}")
+
+
+def _ms(values: list[float]) -> float:
+    return median(values) * 1000
+
+
+def _lower(limit: float) -> Callable[[float], bool]:
+    return lambda v, limit=limit: v == v and v <= limit
+
+
+def _higher(limit: float) -> Callable[[float], bool]:
+    return lambda v, limit=limit: v == v and v >= limit
+
+
+# -- 5. mutations --------------------------------------------------------------------------------------------
+def bench_mutations(quick: bool, reps: int) -> list[Figure]:
+    big = 2_000 if quick else 10_000
+    sizes = (100, big)
+    ops = 50 if quick else 200
+    budget = 8.0 if quick else 25.0         # seconds per repetition and size, so a slow build cannot run away
+    figs: dict[tuple[str, int], Figure] = {}
+    for op in ("create", "toggle", "delete"):
+        for size in sizes:
+            figs[op, size] = Figure(f"{op} p50, {size:,} stored", "ms", "<= 10 ms", _lower(10.0))
+    measured: dict[int, list[int]] = {size: [] for size in sizes}
+    month = _far_month()
+    for size in sizes:
+        root = workdir(f"mutations-{size}")
+        write_store(root / "data", curl_definitions(size))
+        stored = [d["id"] for d in json.loads((root / "data" / "curl-schedules.json").read_bytes())["schedules"]]
+        enabled = {sid: True for sid in stored}
+        server = client = None
+        try:
+            server = Server(root / "data", root / "scripts", misfire_grace_seconds=30).start()
+            client = Client(server.port)
+            total = client.json("GET", "/api/v1/curl/schedule?limit=1")["meta"]["total"]
+            if total != size:
+                raise RuntimeError(f"server loaded {total} schedules, expected {size}")
+            payload = {"cron": f"0 0 0 1 {month} *", "name": "bench created",
+                       "request": {"url": "http://127.0.0.1:9/bench/created", "method": "POST",
+                                   "headers": {"X-Bench": "1"}, "json": {"n": 1}}}
+            for _ in range(5):      # warm-up: code paths, connection, file cache
+                created = client.json("POST", "/api/v1/curl/schedule", payload, expect=201)
+                client.json("DELETE", f"/api/v1/curl/schedule/{created['id']}")
+            cursor = 0
+            for _ in range(reps):
+                times: dict[str, list[float]] = {"create": [], "toggle": [], "delete": []}
+                deadline = time.monotonic() + budget
+                for k in range(ops):
+                    # One create, one toggle of a stored schedule, one delete of what was created: the store
+                    # stays at `size` (+1) schedules throughout.
+                    status, body, dt = client.request("POST", "/api/v1/curl/schedule", payload)
+                    if status != 201:
+                        raise RuntimeError(f"create: {status} {body[:200]!r}")
+                    times["create"].append(dt)
+                    new_id = json.loads(body)["id"]
+                    sid = stored[cursor % size]
+                    cursor += 1
+                    status, body, dt = client.request("PATCH", f"/api/v1/curl/schedule/{sid}/toggle",
+                                                      {"enabled": not enabled[sid]})
+                    if status != 200 or json.loads(body)["enabled"] == enabled[sid]:
+                        raise RuntimeError(f"toggle: {status} {body[:200]!r}")
+                    enabled[sid] = not enabled[sid]
+                    times["toggle"].append(dt)
+                    status, body, dt = client.request("DELETE", f"/api/v1/curl/schedule/{new_id}")
+                    if status != 200:
+                        raise RuntimeError(f"delete: {status} {body[:200]!r}")
+                    times["delete"].append(dt)
+                    if k >= 19 and time.monotonic() > deadline:
+                        break
+                measured[size].append(len(times["create"]))
+                for op, values in times.items():
+                    figs[op, size].add(_ms(values))
+            total = client.json("GET", "/api/v1/curl/schedule?limit=1")["meta"]["total"]
+            if total != size:
+                raise RuntimeError(f"after the run the server holds {total} schedules, expected {size}")
+        except Exception as e:
+            raise _with_log(e, server)
+        finally:
+            if client:
+                client.close()
+            _stop_all(server)
+            shutil.rmtree(root, ignore_errors=True)
+    out = []
+    for op in ("create", "toggle", "delete"):
+        small, large = figs[op, sizes[0]], figs[op, sizes[1]]
+        ratio = Figure(f"{op} p50 ratio {big:,} / 100", "x", "<= 2x", _lower(2.0),
+                       values=[b / a for a, b in zip(small.values, large.values)])
+        out += [small, large, ratio]
+    capped = {size: n for size, n in measured.items() if any(v < ops for v in n)}
+    out[0].note = (f"one keep-alive client, sequential; each round is create, toggle (a stored schedule, "
+                   f"explicit enabled flip), delete (the one just created), so the store stays at its size; "
+                   f"{ops} rounds per repetition (capped at {budget:.0f} s, at least 20)"
+                   + (f"; rounds measured where capped: {capped}" if capped else "")
+                   + "; latency is client-side (request sent to body read); crons far in the future.")
+    return out
+
+
+# -- 6. reads ------------------------------------------------------------------------------------------------
+_UNIT = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
+
+
+def _wrk_ms(text: str) -> float:
+    m = re.fullmatch(r"([0-9.]+)(us|ms|s|m|h)", text.strip())
+    if not m:
+        raise ValueError(f"wrk latency {text!r}")
+    return float(m.group(1)) * _UNIT[m.group(2)]
+
+
+def run_wrk(url: str, seconds: int, connections: int = 16) -> dict:
+    """wrk -t1 -cN -dS --latency with our token; answers rps, p50/p99 ms, requests, errors (text)."""
+    argv = [WRK, "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-H", f"Authorization: Bearer {TOKEN}",
+            url]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
+    out = done.stdout
+    if done.returncode != 0:
+        raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr or out}")
+    rps = re.search(r"Requests/sec:\s+([0-9.]+)", out)
+    p50 = re.search(r"^\s+50%\s+(\S+)", out, re.M)
+    p99 = re.search(r"^\s+99%\s+(\S+)", out, re.M)
+    count = re.search(r"(\d+) requests in", out)
+    if not (rps and p99 and count):
+        raise RuntimeError(f"cannot parse wrk output:\n{out}")
+    errors = []
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    if non2xx:
+        errors.append(f"{non2xx.group(1)} non-2xx")
+    sock = re.search(r"Socket errors:\s+(.*)", out)
+    if sock:
+        errors.append("socket errors " + sock.group(1).strip())
+    return {"rps": float(rps.group(1)), "p50": _wrk_ms(p50.group(1)) if p50 else float("nan"),
+            "p99": _wrk_ms(p99.group(1)), "requests": int(count.group(1)), "errors": "; ".join(errors)}
+
+
+class BareApp:
+    """bench/bare_app.py in its own process: bare Bottle routes on waitress answering the given bodies."""
+
+    def __init__(self, bodies: dict[str, Path], threads: int = 8):
+        self.bodies = bodies
+        self.threads = threads
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> "BareApp":
+        argv = [sys.executable, str(BENCH / "bare_app.py"), str(self.port), str(self.threads),
+                *(f"{route}={path}" for route, path in self.bodies.items())]
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        deadline = time.monotonic() + timeout
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)     # "ready", or EOF if it died
+        if not ready or self.proc.stdout.readline().strip() != "ready":
+            self.stop()
+            raise RuntimeError("bare app did not start")
+        while time.monotonic() < deadline:     # waitress binds in create_server, before "ready"; check anyway
+            try:
+                c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+                c.request("GET", next(iter(self.bodies)))
+                c.getresponse().read()
+                c.close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError("bare app does not answer")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def bench_reads(quick: bool, reps: int) -> list[Figure]:
+    n = 2_000 if quick else 10_000
+    n_scripts = 50
+    seconds = 3 if quick else 8
+    month = _far_month()
+    routes = {"curl list ?limit=20": ("/api/v1/curl/schedule", "?limit=20"),
+              "exec list": ("/api/v1/exec/schedules/list", "")}
+    figs: dict[str, dict[str, Figure]] = {}
+    for label in routes:
+        figs[label] = {
+            "rps": Figure(f"{label}: req/s", "req/s", ">= 2,000", _higher(2000)),
+            "p99": Figure(f"{label}: p99", "ms", "<= 20 ms", _lower(20.0)),
+            "bare_rps": Figure(f"{label}: bare bottle+waitress req/s", "req/s", "(reference)"),
+            "bare_p99": Figure(f"{label}: bare bottle+waitress p99", "ms", "(reference)"),
+            "ratio": Figure(f"{label}: ours / bare req/s", "x", ">= 0.5", _higher(0.5)),
+        }
+    root = workdir("reads")
+    errors: list[str] = []
+    sizes: dict[str, int] = {}
+    try:
+        write_store(root / "data", curl_definitions(n))
+        write_scripts(root / "scripts", [f"team-{i % 5}/job-{i:03d}.sh" for i in range(n_scripts)],
+                      lambda i: f"{i % 60} 0 0 1 {month} *")
+        bodies: dict[str, Path] = {}
+        for _ in range(reps):
+            ours: dict[str, dict] = {}
+            server = client = None
+            try:
+                server = Server(root / "data", root / "scripts").start()
+                client = Client(server.port)
+                listed = client.json("GET", "/api/v1/exec/schedules/list")
+                if listed["total"] != n_scripts:
+                    raise RuntimeError(f"{listed['total']} scripts registered, expected {n_scripts}")
+                for label, (path, query) in routes.items():
+                    for _ in range(50):     # warm-up, and the body the bare app will serve
+                        status, body, _ = client.request("GET", path + query)
+                        if status != 200:
+                            raise RuntimeError(f"GET {path}{query}: {status} {body[:200]!r}")
+                    if label not in bodies:
+                        bodies[label] = root / f"body-{len(bodies)}.json"
+                        bodies[label].write_bytes(body)
+                        sizes[label] = len(body)
+                client.close()
+                client = None
+                for label, (path, query) in routes.items():
+                    ours[label] = run_wrk(server.url + path + query, seconds)
+            except Exception as e:
+                raise _with_log(e, server)
+            finally:
+                if client:
+                    client.close()
+                _stop_all(server)
+            bare = None
+            try:
+                bare = BareApp({path: bodies[label] for label, (path, _) in routes.items()}, threads=8).start()
+                for label, (path, query) in routes.items():
+                    result = run_wrk(bare.url + path + query, seconds)
+                    f = figs[label]
+                    f["rps"].add(ours[label]["rps"])
+                    f["p99"].add(ours[label]["p99"])
+                    f["bare_rps"].add(result["rps"])
+                    f["bare_p99"].add(result["p99"])
+                    f["ratio"].add(ours[label]["rps"] / result["rps"])
+                    for who, r in (("ours", ours[label]), ("bare", result)):
+                        if r["errors"]:
+                            errors.append(f"{label} {who}: {r['errors']}")
+            finally:
+                _stop_all(bare)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    out = [f for label in routes for f in figs[label].values()]
+    out[0].note = (f"wrk 4.1 -t1 -c16 -d{seconds}s --latency with a bearer token, {n:,} HTTP schedules stored "
+                   f"and {n_scripts} registered #!/bin/sh scripts (far-future @schedule); bodies "
+                   + ", ".join(f"{label} {size:,} B" for label, size in sizes.items())
+                   + "; the reference is bench/bare_app.py (bare Bottle routes on waitress, threads=8, answering "
+                   "the same bytes from memory, no auth), run after ours, never at the same time; wrk takes one "
+                   "of the 2 cores" + (f"; errors: {'; '.join(errors)}" if errors else "; no errors") + ".")
+    return out
+
+
+# -- 7. history ----------------------------------------------------------------------------------------------
+TARGET_SCRIPT = "jobs/target.sh"
+ABSENT_SCRIPT = "jobs/absent.sh"
+OTHER_SCRIPTS = [f"jobs/task-{i:02d}.sh" for i in range(19)]
+
+
+def _fires_log(path: Path, lines: int, expression: str, end: float) -> list[int]:
+    """Write a fires log of `lines` lines as ScriptSchedules writes them (one fire every 0.1 s up to `end`);
+    every 100th line is TARGET_SCRIPT's, the rest cycle through OTHER_SCRIPTS. Answers the byte offset of the
+    start of every line whose index is a multiple of lines // 6 (for splitting into rotated files)."""
+    iso = _IsoCache()
+    step = 0.1
+    start = end - lines * step
+    cut = max(1, lines // 6)
+    offsets = []
+    written = 0
+    chunk: list[str] = []
+    with open(path, "wb") as f:
+        for i in range(lines):
+            if i % cut == 0:
+                if chunk:
+                    data = "".join(chunk).encode()
+                    f.write(data)
+                    written += len(data)
+                    chunk = []
+                offsets.append(written)
+            ts = start + i * step
+            rel = TARGET_SCRIPT if i % 100 == 50 else OTHER_SCRIPTS[i % len(OTHER_SCRIPTS)]
+            run_id = f"{i >> 16 & 0xffffffff:08x}-{i & 0xffff:04x}-4000-8000-{(i * 2654435761) & 0xffffffffffff:012x}"
+            duration = 5 + i % 40
+            chunk.append(
+                f'{{"ts":"{iso(ts)}","scriptPath":"{rel}","expression":"{expression}",'
+                f'"runId":"{run_id}",'
+                f'"status":"ok","durationMs":{duration},"trigger":"cron","startedAt":"{iso(ts + 0.002)}",'
+                f'"returnPreview":"processed {i % 977} items","loggedAt":"{iso(ts + 0.002 + duration / 1000)}"}}\n')
+            if len(chunk) >= 50_000:
+                data = "".join(chunk).encode()
+                f.write(data)
+                written += len(data)
+                chunk = []
+        data = "".join(chunk).encode()
+        f.write(data)
+    return offsets
+
+
+def _copy_range(src: Path, dst: Path, start: int, end: int) -> None:
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        fin.seek(start)
+        left = end - start
+        while left > 0:
+            block = fin.read(min(left, 8 << 20))
+            if not block:
+                break
+            fout.write(block)
+            left -= len(block)
+    os.chmod(dst, 0o600)
+
+
+def _history_dir(root: Path, cached: Path, offsets: list[int], rotated: bool, month: int) -> Path:
+    """A data dir whose fires log is `cached`: in fires.log alone, or spread over fires.log + .1 .. .5."""
+    data = root / "data"
+    data.mkdir(parents=True, mode=0o700)
+    size = cached.stat().st_size
+    if not rotated:
+        _copy_range(cached, data / "fires.log", 0, size)
+    else:
+        bounds = offsets[:6] + [size]       # six parts, oldest first
+        names = ["fires.log.5", "fires.log.4", "fires.log.3", "fires.log.2", "fires.log.1", "fires.log"]
+        for name, a, b in zip(names, bounds, bounds[1:]):
+            _copy_range(cached, data / name, a, b)
+    write_scripts(root / "scripts", [TARGET_SCRIPT, *OTHER_SCRIPTS], lambda i: f"{i % 60} 0 0 1 {month} *")
+    return data
+
+
+def _time_history(client: Client, script: str, count: int, rotated: bool, expect: int) -> list[float]:
+    path = f"/api/v1/exec/schedules/history?scriptPath={script}&limit=100" + ("&includeRotated=true" if rotated else "")
+    times = []
+    for _ in range(count):
+        status, body, dt = client.request("GET", path)
+        if status != 200:
+            raise RuntimeError(f"GET {path}: {status} {body[:200]!r}")
+        got = json.loads(body)["total"]
+        if got != expect:
+            raise RuntimeError(f"GET {path}: {got} entries, expected {expect}")
+        times.append(dt)
+    return times
+
+
+def bench_history(quick: bool, reps: int) -> list[Figure]:
+    big = 100_000 if quick else 1_000_000
+    small = 10_000 if quick else 100_000
+    n_target, n_absent = (10, 3) if quick else (20, 5)
+    month = _far_month()
+    expression = f"0 0 0 1 {month} *"
+    settings = {"exec_fires_log_max_bytes": BIG_LOG_MAX, "exec_fires_log_backups": 5}
+    f_target = Figure(f"history target script, {big:,} lines, p50", "ms", "<= 20 ms", _lower(20.0))
+    f_absent = Figure(f"history absent script, {big:,} lines, p50", "ms", "<= 1,000 ms", _lower(1000.0))
+    f_target_rot = Figure(f"history target script, includeRotated, {big:,} lines in 6 files, p50", "ms",
+                          "<= 20 ms", _lower(20.0))
+    f_absent_rot = Figure(f"history absent script, includeRotated, {big:,} lines in 6 files, p50", "ms",
+                          "<= 1,000 ms", _lower(1000.0))
+    f_rss_small = Figure(f"server RSS after history, {small:,}-line log", "MB", "(informs)")
+    f_rss_big = Figure(f"server RSS after history, {big:,}-line log", "MB", "(informs)")
+    f_rss_diff = Figure(f"RSS difference {big:,} - {small:,} lines", "MB", "<= 5 MB", _lower(5.0))
+    cache = common.WORK / "cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    end = time.time() - 60
+    logs = {}
+    t0 = time.perf_counter()
+    for lines in (small, big):
+        path = cache / f"fires-{lines}.log"
+        offsets_path = cache / f"fires-{lines}.offsets.json"
+        meta = None
+        if path.exists() and offsets_path.exists():
+            meta = json.loads(offsets_path.read_text())
+        if meta is None or meta.get("expression") != expression:   # none yet, or made in another month
+            # written under temporary names and renamed, so a concurrent run never reads half a file
+            tmp, tmp_meta = (p.with_name(f"{p.name}.tmp{os.getpid()}") for p in (path, offsets_path))
+            meta = {"offsets": _fires_log(tmp, lines, expression, end), "expression": expression}
+            tmp_meta.write_text(json.dumps(meta))
+            os.replace(tmp, path)
+            os.replace(tmp_meta, offsets_path)
+        logs[lines] = (path, meta["offsets"])
+    generated = time.perf_counter() - t0
+    dirs: dict[str, Path] = {}
+    try:
+        dirs["small"] = workdir("history-small")
+        _history_dir(dirs["small"], *logs[small], rotated=False, month=month)
+        dirs["big"] = workdir("history-big")
+        _history_dir(dirs["big"], *logs[big], rotated=False, month=month)
+        dirs["rot"] = workdir("history-rot")
+        _history_dir(dirs["rot"], *logs[big], rotated=True, month=month)
+        per_file = [(dirs["rot"] / "data" / n).stat().st_size for n in
+                    ("fires.log", "fires.log.1", "fires.log.2", "fires.log.3", "fires.log.4", "fires.log.5")]
+        for _ in range(reps):
+            for key in ("small", "big", "rot"):
+                server = client = None
+                try:
+                    server = Server(dirs[key] / "data", dirs[key] / "scripts", **settings).start()
+                    client = Client(server.port)
+                    rotated = key == "rot"
+                    # one untimed request of each kind first (connection, code paths)
+                    _time_history(client, TARGET_SCRIPT, 1, rotated, 100)
+                    target = _time_history(client, TARGET_SCRIPT, n_target, rotated, 100)
+                    absent = _time_history(client, ABSENT_SCRIPT, n_absent, rotated, 0)
+                    rss = server.rss_mb()
+                    if key == "small":
+                        f_rss_small.add(rss)
+                    elif key == "big":
+                        f_target.add(_ms(target))
+                        f_absent.add(_ms(absent))
+                        f_rss_big.add(rss)
+                    else:
+                        f_target_rot.add(_ms(target))
+                        f_absent_rot.add(_ms(absent))
+                    files = sorted(p.name for p in (dirs[key] / "data").glob("fires.log*")
+                                   if not p.name.endswith(".lock"))
+                    if (key == "rot") != (len(files) == 6):
+                        raise RuntimeError(f"fires log files changed during the run: {files}")
+                except Exception as e:
+                    raise _with_log(e, server)
+                finally:
+                    if client:
+                        client.close()
+                    _stop_all(server)
+        f_rss_diff.values = [b - a for a, b in zip(f_rss_small.values, f_rss_big.values)]
+    finally:
+        for d in dirs.values():
+            shutil.rmtree(d, ignore_errors=True)
+    f_target.note = (f"fires log in the server's format ({logs[big][0].stat().st_size / 1e6:.0f} MB for "
+                     f"{big:,} lines), {TARGET_SCRIPT} on every 100th line, 19 other scripts on the rest, all 20 "
+                     f"registered (far-future cron), no rotation (fires_log_max_bytes=2^40); limit=100; "
+                     f"p50 over {n_target} requests (target) and {n_absent} (absent script: scans every line); "
+                     f"includeRotated: the same lines over fires.log + .1..5 (sizes "
+                     f"{', '.join(f'{s / 1e6:.0f}' for s in per_file)} MB, newest first); RSS read after the "
+                     f"requests; log generated in {generated:.1f} s (cached per run).")
+    return [f_target, f_absent, f_target_rot, f_absent_rot, f_rss_small, f_rss_big, f_rss_diff]
+
+
+# -- 8. startup ----------------------------------------------------------------------------------------------
+def _runs_log(path: Path, ids: list[str], lines: int, end: float) -> None:
+    """curl-runs.log as CurlSchedules._record_result writes it: `lines` runs, one every 0.1 s up to `end`,
+    cycling through `ids` (the schedules that have runs); a few errors and timeouts among the oks."""
+    iso = _IsoCache()
+    step = 0.1
+    start = end - lines * step
+    n = len(ids)
+    chunk: list[str] = []
+    with open(path, "wb") as f:
+        for i in range(lines):
+            slot = float(int(start + i * step))
+            started = start + i * step
+            sid = ids[i % n]
+            duration = 3 + i % 50
+            run_id = f"{i >> 16 & 0xffffffff:08x}-{i & 0xffff:04x}-4000-9000-{(i * 2654435761) & 0xffffffffffff:012x}"
+            if i % 50 == 7:
+                tail = '"status":"error","status_code":null,"duration_ms":%d,"error":"connection refused"' % duration
+            elif i % 50 == 19:
+                tail = '"status":"http_error","status_code":503,"duration_ms":%d,"error":"HTTP 503"' % duration
+            else:
+                tail = '"status":"ok","status_code":200,"duration_ms":%d,"error":null' % duration
+            started_iso = iso(started)
+            chunk.append(f'{{"ts":"{started_iso}","schedule_id":"{sid}","run_id":"{run_id}",'
+                         f'"scheduled_at":"{iso(slot)}",'
+                         f'"started_at":"{started_iso}",{tail},"trigger":"cron"}}\n')
+            if len(chunk) >= 50_000:
+                f.write("".join(chunk).encode())
+                chunk = []
+        f.write("".join(chunk).encode())
+    os.chmod(path, 0o600)
+
+
+def _start_once(data: Path, scripts: Path, n_sched: int, n_scripts: int) -> tuple[float, float]:
+    """Start a server on `data`, answer (spawn-to-'listening' seconds, RSS MB right then), check what it loaded
+    and that start-up fired nothing, stop it."""
+    server = None
+    try:
+        server = Server(data, scripts, curl_runs_log_max_bytes=BIG_LOG_MAX, misfire_grace_seconds=30)
+        server.start(timeout=180)
+        rss = server.rss_mb()
+        counts = server.api("GET", "/healthz").get("schedules", {})
+        if counts.get("http") != n_sched or counts.get("scripts") != n_scripts:
+            raise RuntimeError(f"loaded {counts}, expected {n_sched} http and {n_scripts} scripts")
+        fired = [line for line in server.stderr_lines
+                 if "missed" in line or "http run" in line or "script fire" in line]
+        if fired:
+            raise RuntimeError(f"start-up fired or recorded runs: {fired[:3]}")
+        return server.started_in, rss
+    except Exception as e:
+        raise _with_log(e, server)
+    finally:
+        _stop_all(server)
+
+
+def bench_startup(quick: bool, reps: int) -> list[Figure]:
+    n_sched = 2_000 if quick else 10_000
+    n_scripts = 200 if quick else 1_000
+    n_runs = 100_000 if quick else 1_000_000
+    f_first = Figure("first start: spawn to 'listening'", "s", "<= 3 s", _lower(3.0))
+    f_first_rss = Figure("first start: RSS right after", "MB", "<= 150 MB", _lower(150.0))
+    f_again = Figure("restart: spawn to 'listening'", "s", "<= 3 s", _lower(3.0))
+    f_again_rss = Figure("restart: RSS right after", "MB", "<= 150 MB", _lower(150.0))
+    root = workdir("startup")
+    now = datetime.now(timezone.utc)
+    try:
+        t0 = time.perf_counter()
+        seed = root / "seed"
+        end = time.time() - 30
+        # created before the first run in the log; yearly crons about six months away (varied second/minute/
+        # hour/day), so the anchor (the latest run) is recent and nothing is due at start
+        defs = curl_definitions(n_sched, varied=True, created_from=end - n_runs * 0.1 - n_sched - 3600)
+        write_store(seed, defs)
+        with_runs = [d["id"] for d in defs[: n_sched * 9 // 10]]
+        runs_log = seed / "curl-runs.log"
+        _runs_log(runs_log, with_runs, n_runs, end)
+        runs_size = runs_log.stat().st_size
+        # hourly scripts, minutes at least 15 min ahead of now, so none comes due while we measure
+        write_scripts(root / "scripts", [f"team-{i % 10}/job-{i:04d}.sh" for i in range(n_scripts)],
+                      lambda i: f"{i % 60} {(now.minute + 15 + i % 45) % 60} * * * *")
+        generated = time.perf_counter() - t0
+        for rep in range(reps):
+            # A fresh data dir per repetition (only the store and the runs log): the first start has none of the
+            # state a server leaves behind (e.g. its preflight cache); the restart right after has it.
+            data = root / f"data-{rep}"
+            data.mkdir(mode=0o700)
+            shutil.copyfile(seed / "curl-schedules.json", data / "curl-schedules.json")
+            os.chmod(data / "curl-schedules.json", 0o600)
+            try:
+                os.link(runs_log, data / "curl-runs.log")      # read-only use; checked below
+            except OSError:
+                shutil.copyfile(runs_log, data / "curl-runs.log")
+            try:
+                started, rss = _start_once(data, root / "scripts", n_sched, n_scripts)
+                f_first.add(started)
+                f_first_rss.add(rss)
+                started, rss = _start_once(data, root / "scripts", n_sched, n_scripts)
+                f_again.add(started)
+                f_again_rss.add(rss)
+            finally:
+                shutil.rmtree(data, ignore_errors=True)
+            if runs_log.stat().st_size != runs_size:
+                raise RuntimeError("the server wrote to curl-runs.log during start-up")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    f_first.note = (f"{n_sched:,} HTTP schedules in curl-schedules.json (yearly crons ~6 months ahead), "
+                    f"{n_scripts:,} #!/bin/sh scripts (hourly, 0755, none due), curl-runs.log of {n_runs:,} lines "
+                    f"({runs_size / 1e6:.0f} MB, no rotation) for 90% of the schedules (10% never ran: the load "
+                    f"reads the whole log); each repetition: a fresh data dir holding only those two files (first "
+                    f"start), then a restart on it (with what the first start left, e.g. the preflight cache); "
+                    f"files just written, so the page cache is warm; data generated in {generated:.1f} s; RSS read "
+                    f"as soon as 'listening' is logged.")
+    return [f_first, f_first_rss, f_again, f_again_rss]
+
+
+BENCHMARKS = {"mutations": bench_mutations, "reads": bench_reads, "history": bench_history,
+              "startup": bench_startup}
