@@ -1041,11 +1041,12 @@ class NdjsonLog:
                     continue
                 yield record
 
-    def chunks_newest(self, include_rotated: bool = True) -> Iterator[bytes]:
-        """Runs of complete lines (newline-separated, in file order), the newest run first: for scans that
-        sift whole blocks with one regex instead of looking at every line."""
+    def chunks_newest(self, include_rotated: bool = True) -> Iterator[tuple[str, int, bytes]]:
+        """Runs of complete lines (newline-separated, in file order), the newest run first, each with its file
+        and offset: for scans that sift whole blocks with one regex instead of looking at every line."""
         for path in self.files(include_rotated):
-            yield from _chunks_backwards(path, block=1024 * 1024)
+            for offset, chunk in _chunks_backwards_at(path, block=1024 * 1024):
+                yield path, offset, chunk
 
     def _warn_malformed(self, path: str) -> None:
         if path not in self._warned:
@@ -1056,6 +1057,12 @@ class NdjsonLog:
 def _chunks_backwards(path: str, block: int = 64 * 1024) -> Iterator[bytes]:
     """A file's complete lines in runs of about `block` bytes, the last run first (lines within a run keep their
     order); a final line without a newline (torn by a crash) is left out."""
+    for _, chunk in _chunks_backwards_at(path, block):
+        yield chunk
+
+
+def _chunks_backwards_at(path: str, block: int = 64 * 1024) -> Iterator[tuple[int, bytes]]:
+    """_chunks_backwards, each run with the file offset of its first byte."""
     try:
         f = open(path, "rb")
     except FileNotFoundError:
@@ -1074,6 +1081,7 @@ def _chunks_backwards(path: str, block: int = 64 * 1024) -> Iterator[bytes]:
                 if cut < 0:     # no newline yet: all of it belongs to a torn last line
                     continue
                 chunk, first = chunk[:cut], False
+            offset = 0
             if start == 0:
                 tail = b""
             else:
@@ -1081,9 +1089,9 @@ def _chunks_backwards(path: str, block: int = 64 * 1024) -> Iterator[bytes]:
                 if nl < 0:
                     tail = chunk
                     continue
-                tail, chunk = chunk[:nl], chunk[nl + 1:]
+                tail, chunk, offset = chunk[:nl], chunk[nl + 1:], start + nl + 1
             if chunk:
-                yield chunk
+                yield offset, chunk
 
 
 def _lines_backwards(path: str, block: int = 64 * 1024, contains: bytes | None = None) -> Iterator[bytes]:
@@ -2266,7 +2274,10 @@ class CurlSchedules:
         by_key = {schedule_id.encode(): schedule for schedule_id, schedule in by_id.items()}
         pending = set(by_key)
         first_created, counted = 0.0, -1       # the earliest creation among `pending`, when it had `counted`
-        for chunk in self.runs.chunks_newest():
+        never_ran, below = self._read_checkpoint()
+        for path, offset, chunk in self.runs.chunks_newest():
+            if never_ran and path == self.runs.path and offset <= below:
+                never_ran = self._past_checkpoint(never_ran, pending, chunk)
             if not pending:
                 break
             if pending.isdisjoint(_SCHEDULE_ID.findall(chunk)):
@@ -2303,6 +2314,56 @@ class CurlSchedules:
                     pending.discard(schedule_id)
                     if not pending:
                         break
+
+    def _past_checkpoint(self, never_ran: set[bytes], pending: set[bytes], chunk: bytes) -> set[bytes]:
+        """The scan reached the checkpoint's offset with this block: schedules that had no line when the
+        checkpoint was written have none below it, so once the block's lines above it are read, they are done."""
+        for line in chunk.split(b"\n"):
+            match = _SCHEDULE_ID.search(line)
+            if match and match.group(1) in never_ran and match.group(1) in pending:
+                return never_ran    # a line of theirs in this very block: finish the block first, next one
+        pending -= never_ran
+        return set()
+
+    # -- the run-state checkpoint ----------------------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> str:
+        return os.path.join(os.path.dirname(self.runs.path), "curl-runs.checkpoint.json")
+
+    def write_checkpoint(self) -> None:
+        """At a clean stop: which schedules have no line in the runs log, and where the log ends. The next
+        start then need not read the whole log to learn that they never ran (a full read of a 300 MB log is
+        half a second). Consumed by the next start; a crash leaves none, and a start without one reads it all."""
+        try:
+            st = os.stat(self.runs.path)
+            with self._lock:
+                never_ran = [s.id for s in self._schedules.values() if not s.history and s.last_slot is None]
+            atomic_write(self.checkpoint_path, json.dumps({"version": 1, "log_inode": st.st_ino,
+                                                           "log_size": st.st_size, "never_ran": never_ran}).encode())
+        except OSError as e:
+            log.warning("cannot write %s (the next start reads the whole runs log): %s", self.checkpoint_path, e)
+
+    def _read_checkpoint(self) -> tuple[set[bytes], int]:
+        """(schedules that never ran, the log offset below which they have no line), or nothing when there is no
+        checkpoint or the runs log is not the file it was written for. Removed once read: it holds only for
+        the log as it was at the stop that wrote it."""
+        try:
+            with open(self.checkpoint_path, "rb") as f:
+                document = json.loads(f.read())
+            os.unlink(self.checkpoint_path)
+            st = os.stat(self.runs.path)
+            if st.st_ino != document["log_inode"] or st.st_size < document["log_size"]:
+                return set(), -1
+            return {str(i).encode() for i in document["never_ran"]}, int(document["log_size"])
+        except FileNotFoundError:
+            return set(), -1
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log.warning("%s: unusable (%s); reading the whole runs log", self.checkpoint_path, e)
+            try:
+                os.unlink(self.checkpoint_path)
+            except OSError:
+                pass
+            return set(), -1
 
     # -- the API ---------------------------------------------------------------------------------------------
     def create(self, payload: Any) -> dict:
@@ -3652,6 +3713,7 @@ class Server:
         if not self.inflight.wait_idle(deadline):
             count = self.inflight.interrupt_all("interrupted by shutdown")
             log.warning("%d run(s) interrupted by shutdown", count)
+        self.curl.write_checkpoint()
         self.stop()
 
     def stop(self) -> None:

@@ -228,3 +228,63 @@ def test_a_listed_item_follows_its_schedule_through_runs_and_toggles(tmp_path):
     service.toggle(sid, {"enabled": False})
     assert (item()["enabled"], item()["next_run"]) == (False, None)
     assert item() is not item()         # every caller gets its own copy
+
+
+# -- the run-state checkpoint ----------------------------------------------------------------------------------
+def counting_chunks(monkeypatch) -> list[int]:
+    read: list[int] = []
+    original = schedserver._chunks_backwards_at
+
+    def counting(path, block=64 * 1024):
+        for offset, chunk in original(path, block=64 * 1024):
+            read.append(len(chunk))
+            yield offset, chunk
+    monkeypatch.setattr(schedserver, "_chunks_backwards_at", counting)
+    return read
+
+
+def test_a_checkpoint_from_a_clean_stop_spares_the_next_start_the_whole_log_and_changes_nothing(tmp_path,
+                                                                                               monkeypatch):
+    ids = write_store(tmp_path, [T0 - 30 * DAY] * 3)         # old: the creation cut-off does not help
+    old = [run_line(ids[0], T0 - 20 * DAY + n, n) for n in range(20_000)]
+    (tmp_path / "curl-runs.log").write_bytes(b"".join(old))
+    first = make_service(tmp_path, T0)
+    first.load()
+    expected = {sid: first.get(sid) for sid in ids}
+    first.write_checkpoint()                                  # ids[1] and ids[2] never ran
+    with open(tmp_path / "curl-runs.log", "ab") as f:        # after the stop: ids[2] runs once
+        f.write(run_line(ids[2], T0 - 10, 77_777))
+    read = counting_chunks(monkeypatch)
+    second = make_service(tmp_path, T0)
+    second.load()
+
+    assert sum(read) < len(b"".join(old)) / 4                 # the old part was not read for ids[1], ids[2]
+    assert second.get(ids[0]) == expected[ids[0]]
+    assert second.get(ids[1])["history"] == [] and second.get(ids[1])["last_run"] is None
+    assert [h["run_id"] for h in second.get(ids[2])["history"]] == ["run-77777"]
+    assert not (tmp_path / "curl-runs.checkpoint.json").exists()      # consumed: a crash later reads it all
+
+
+@pytest.mark.parametrize("change", ["rotated", "truncated", "garbage"])
+def test_a_checkpoint_that_does_not_fit_the_log_is_ignored_and_the_whole_log_is_read(tmp_path, monkeypatch, change):
+    ids = write_store(tmp_path, [T0 - 30 * DAY] * 2)
+    lines = [run_line(ids[0], T0 - 20 * DAY + n, n) for n in range(5_000)]
+    (tmp_path / "curl-runs.log").write_bytes(b"".join(lines))
+    first = make_service(tmp_path, T0)
+    first.load()
+    first.write_checkpoint()                                  # says: ids[1] never ran
+    log_path, checkpoint = tmp_path / "curl-runs.log", tmp_path / "curl-runs.checkpoint.json"
+    if change == "rotated":             # the log moved to .1 and was replaced, by one that says ids[1] did run
+        os.replace(log_path, tmp_path / "curl-runs.log.1")
+        (tmp_path / "curl-runs.log.1").write_bytes(run_line(ids[1], T0 - 20 * DAY - 1, 42) + b"".join(lines))
+        log_path.write_bytes(b"".join(lines[:3000]))
+    elif change == "truncated":
+        log_path.write_bytes(b"".join(lines[:10]))
+    else:
+        checkpoint.write_text("{not json")
+    second = make_service(tmp_path, T0)
+    second.load()
+
+    if change == "rotated":                                   # the checkpoint would have hidden this run
+        assert [h["run_id"] for h in second.get(ids[1])["history"]] == ["run-42"]
+    assert not checkpoint.exists()
