@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import re
+import resource
 import secrets
 import shlex
 import shutil
@@ -75,6 +76,12 @@ HISTORY_SIZE = 20                       # runs kept per HTTP schedule for GET /{
 MAX_NAME_LENGTH = 200
 MAX_HTTP_TIMEOUT = 300.0
 MAX_REDIRECTS = 10
+TICKER_SEND_MAX_BYTES = 16 * 1024       # a run the ticker starts itself writes at most this much
+TICKER_SEND_TIMEOUT = 0.5               # and waits at most this long for the write (an idle connection: never)
+KEPT_PER_ORIGIN_MAX = 1024              # idle connections kept per origin for runs due soon
+KEPT_CONNECTIONS_MAX = 8192             # and in all (also at most half the process's descriptor limit)
+KEPT_IDLE_SECONDS = 30.0                # a kept connection unused this long is closed
+KEPT_CONNECT_TIMEOUT = 10.0
 MISSED_SCAN_LIMIT = 3000                # missed slots counted one by one (~60 us each); beyond, "at least"
 FILE_LOCK_TIMEOUT = 10.0                # seconds a writer waits for a file lock before reporting a storage error
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
@@ -1367,6 +1374,56 @@ class DeadlineWatcher:
 _deadlines = DeadlineWatcher()
 
 
+class _Outcome:
+    """The clock of one HTTP run, and how its end is told: ok, error or timeout, never an exception."""
+
+    def __init__(self, started: float, t0: float, timeout: float):
+        self.started = started
+        self.t0 = t0
+        self.timeout = timeout
+        self.deadline = t0 + timeout
+
+    def result(self, status: str, code: int | None = None, error: str | None = None) -> RunResult:
+        return RunResult(status, self.started, int((time.monotonic() - self.t0) * 1000), code, error)
+
+    def failure(self, exc: BaseException, code: int | None = None) -> RunResult:
+        if time.monotonic() >= self.deadline or _is_timeout(exc):
+            return self.result("timeout", code, f"timed out after {self.timeout:g} s")
+        return self.result("error", code, _short_error(exc))
+
+
+@dataclass(eq=False)
+class PendingRun:
+    """An HTTP run the ticker started itself: its request is written on a kept connection; finish() reads the
+    answer in a worker."""
+
+    origin: tuple[str, str, int]
+    conn: Any
+    outcome: _Outcome
+    timer: int
+    error: BaseException | None = None
+
+
+@functools.lru_cache(maxsize=4096)
+def _origin_of(url: str) -> tuple[tuple[str, str, int], str]:
+    """((scheme, host, port), request target) of an http(s) URL."""
+    parsed = urllib3.util.parse_url(url)
+    scheme = (parsed.scheme or "http").lower()
+    port = parsed.port or (443 if scheme == "https" else 80)
+    return (scheme, (parsed.host or "").lower(), port), parsed.request_uri
+
+
+def _kept_connection_budget() -> int:
+    """How many idle connections all origins together may keep: half the descriptors this process may open."""
+    try:
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (OSError, ValueError):
+        soft = 1024
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 16
+    return max(0, min(soft // 2 - 64, KEPT_CONNECTIONS_MAX))
+
+
 class HttpRunner:
     """Sends one scheduled HTTP request with bounded time and memory; never reads ~/.netrc or proxy env.
 
@@ -1375,6 +1432,11 @@ class HttpRunner:
     makes runs due in the same second start late. urllib3 never reads ~/.netrc or proxy variables. A read
     timeout applies to each socket read, so a target that dribbles bytes could hold a run for ever; the deadline
     watcher cuts the run's connection at its overall deadline instead.
+
+    Two ways to run. run() does the whole exchange in a worker. The ticker itself starts runs that have an open,
+    idle connection kept for their origin (checkout() + send(): a few dozen microseconds of writing, no thread
+    hand-off), and a worker then reads the answer (finish()). Connections are kept for runs due in the next
+    second: open_kept() makes them in a worker ahead of time, prune() closes those left unused.
     """
 
     def __init__(self, clock: Callable[[], float] = time.time, max_response_bytes: int = MAX_RESPONSE_BYTES,
@@ -1383,14 +1445,24 @@ class HttpRunner:
         self.max_response_bytes = max_response_bytes
         self.policy = policy or EgressPolicy()
         self._local = threading.local()
+        self._kept_lock = threading.Lock()
+        self._kept: dict[tuple[str, str, int], deque] = {}     # origin -> (idle since, connection), newest last
+        self._kept_count = 0
+        self._opening: dict[tuple[str, str, int], int] = {}
+        self.kept_budget = _kept_connection_budget()
+        self._factory = self._new_pools(num_pools=256)         # builds connections configured as urllib3's pools
+
+    @staticmethod
+    def _new_pools(num_pools: int) -> urllib3.PoolManager:
+        pools = urllib3.PoolManager(num_pools=num_pools, maxsize=1, ca_certs=requests.certs.where())
+        pools.pool_classes_by_scheme = {"http": _DeadlineHTTPPool, "https": _DeadlineHTTPSPool}
+        return pools
 
     def _pools(self) -> urllib3.PoolManager:
         """This thread's connection pools (keep-alive per worker thread, as a requests session per thread)."""
         pools = getattr(self._local, "pools", None)
         if pools is None:
-            pools = urllib3.PoolManager(num_pools=64, maxsize=1, ca_certs=requests.certs.where())
-            pools.pool_classes_by_scheme = {"http": _DeadlineHTTPPool, "https": _DeadlineHTTPSPool}
-            self._local.pools = pools
+            pools = self._local.pools = self._new_pools(num_pools=64)
         return pools
 
     def run(self, spec: dict, extra_headers: dict[str, str]) -> RunResult:
@@ -1401,35 +1473,30 @@ class HttpRunner:
             log.exception("http run failed unexpectedly")
             return RunResult("error", self.clock(), 0, error=_short_error(e))
 
+    @staticmethod
+    def _request(spec: dict, extra_headers: dict[str, str]) -> tuple[dict[str, str], bytes | None]:
+        """The headers and body a run sends."""
+        headers = {"User-Agent": f"schedserver/{__version__}", "Accept": "*/*"}
+        headers.update(spec.get("headers") or {})
+        headers.update(extra_headers)
+        body = None
+        if "json" in spec:
+            body = json.dumps(spec["json"], allow_nan=False).encode()
+            if not any(name.lower() == "content-type" for name in headers):
+                headers["Content-Type"] = "application/json"
+        elif "body" in spec:
+            body = spec["body"].encode()
+        return headers, body
+
     def _send(self, spec: dict, extra_headers: dict[str, str]) -> RunResult:
         timeout = float(spec.get("timeout", 30))
-        started = self.clock()
-        t0 = time.monotonic()
-        deadline = t0 + timeout
+        outcome = _Outcome(self.clock(), time.monotonic(), timeout)
         _http_run.connections = connections = []
         _http_run.policy = self.policy
-        _http_run.deadline = deadline
-        timer = _deadlines.add(deadline, functools.partial(_cut, connections))
-
-        def result(status: str, code: int | None = None, error: str | None = None) -> RunResult:
-            return RunResult(status, started, int((time.monotonic() - t0) * 1000), code, error)
-
-        def failure(exc: BaseException, code: int | None = None) -> RunResult:
-            if time.monotonic() >= deadline or _is_timeout(exc):
-                return result("timeout", code, f"timed out after {timeout:g} s")
-            return result("error", code, _short_error(exc))
-
+        _http_run.deadline = outcome.deadline
+        timer = _deadlines.add(outcome.deadline, functools.partial(_cut, connections))
         try:
-            headers = {"User-Agent": f"schedserver/{__version__}", "Accept": "*/*"}
-            headers.update(spec.get("headers") or {})
-            headers.update(extra_headers)
-            body = None
-            if "json" in spec:
-                body = json.dumps(spec["json"], allow_nan=False).encode()
-                if not any(name.lower() == "content-type" for name in headers):
-                    headers["Content-Type"] = "application/json"
-            elif "body" in spec:
-                body = spec["body"].encode()
+            headers, body = self._request(spec, extra_headers)
             follow = bool(spec.get("follow_redirects"))
             retries = urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=MAX_REDIRECTS,
                                     raise_on_status=False) if follow else False
@@ -1438,35 +1505,169 @@ class HttpRunner:
                     spec["method"], spec["url"], body=body, headers=headers, redirect=follow, retries=retries,
                     timeout=urllib3.Timeout(connect=min(timeout, 10.0), read=timeout), preload_content=False)
             except Exception as e:
-                return failure(e)
-            whole = False
-            try:
-                read = 0
-                read1 = getattr(response, "read1", None) or response.read
-                while read < self.max_response_bytes:
-                    if time.monotonic() >= deadline:
-                        return result("timeout", response.status, f"timed out after {timeout:g} s")
-                    chunk = read1(min(16384, self.max_response_bytes - read))
-                    if not chunk:
-                        whole = True
-                        break
-                    read += len(chunk)
-            except Exception as e:          # urllib3 and socket errors while streaming, a cut connection
-                return failure(e, response.status)
-            finally:
-                if not whole:
-                    response.close()        # the rest is never read: the connection cannot be used again
-                response.release_conn()
-            code = response.status
-            if 200 <= code < 300 or (300 <= code < 400 and not follow):
-                return result("ok", code)
-            return result("error", code, f"HTTP {code} {response.reason or ''}".strip())
+                return outcome.failure(e)
+            result, whole = self._answer(response, outcome, follow)
+            if not whole:
+                response.close()            # the rest is never read: the connection cannot be used again
+            response.release_conn()
+            return result
         except Exception as e:              # a bug or a surprise from a library: still a result
             log.exception("http run failed unexpectedly")
-            return result("error", error=_short_error(e))
+            return outcome.result("error", error=_short_error(e))
         finally:
             _deadlines.cancel(timer)
             _http_run.connections = _http_run.deadline = None
+
+    def _answer(self, response: Any, outcome: _Outcome, follow: bool) -> tuple[RunResult, bool]:
+        """Read at most max_response_bytes of the answer within the deadline: (result, read to its end)."""
+        try:
+            read = 0
+            read1 = getattr(response, "read1", None) or response.read
+            while read < self.max_response_bytes:
+                if time.monotonic() >= outcome.deadline:
+                    return outcome.result("timeout", response.status, f"timed out after {outcome.timeout:g} s"), False
+                chunk = read1(min(16384, self.max_response_bytes - read))
+                if not chunk:
+                    break
+                read += len(chunk)
+            else:
+                return self._judge(response, outcome, follow), False
+        except Exception as e:              # urllib3 and socket errors while streaming, a cut connection
+            return outcome.failure(e, response.status), False
+        return self._judge(response, outcome, follow), True
+
+    @staticmethod
+    def _judge(response: Any, outcome: _Outcome, follow: bool) -> RunResult:
+        code = response.status
+        if 200 <= code < 300 or (300 <= code < 400 and not follow):
+            return outcome.result("ok", code)
+        return outcome.result("error", code, f"HTTP {code} {response.reason or ''}".strip())
+
+    # -- runs the ticker starts on kept connections ---------------------------------------------------------
+    def origin(self, spec: dict) -> tuple[str, str, int] | None:
+        """The origin a run could be started on by the ticker, or None when a worker must run it whole: it
+        follows redirects (a chain of exchanges), or its body is too big to be sure a write never waits."""
+        if spec.get("follow_redirects") or len(spec.get("body") or "") > TICKER_SEND_MAX_BYTES \
+                or ("json" in spec and len(json.dumps(spec["json"])) > TICKER_SEND_MAX_BYTES):
+            return None
+        return _origin_of(spec["url"])[0]
+
+    def checkout(self, spec: dict) -> Any:
+        """An open, idle kept connection for this run's origin (now the caller's), or None."""
+        origin = self.origin(spec)
+        if origin is None:
+            return None
+        while True:
+            with self._kept_lock:
+                idle = self._kept.get(origin)
+                if not idle:
+                    return None
+                conn = idle.pop()[1]
+                self._kept_count -= 1
+            if conn.sock is not None and not urllib3.util.is_connection_dropped(conn):
+                return conn
+            conn.close()                    # closed by the other end while idle: try the next one
+
+    def send(self, conn: Any, spec: dict, extra_headers: dict[str, str]) -> PendingRun:
+        """Write the request on `conn` (from checkout()); never raises: a failed write is told by finish()."""
+        origin, target = _origin_of(spec["url"])
+        timeout = float(spec.get("timeout", 30))
+        outcome = _Outcome(self.clock(), time.monotonic(), timeout)
+        pending = PendingRun(origin, conn, outcome, _deadlines.add(outcome.deadline, functools.partial(_cut, [conn])))
+        try:
+            headers, body = self._request(spec, extra_headers)
+            conn.sock.settimeout(TICKER_SEND_TIMEOUT)
+            conn.timeout = timeout                              # for each read of the answer
+            conn.request(spec["method"], target, body=body, headers=headers, preload_content=False)
+        except (BrokenPipeError, ConnectionResetError):
+            pass            # as urllib3: the other end may have answered and closed; the answer is still read
+        except Exception as e:
+            pending.error = e
+        return pending
+
+    def finish(self, pending: PendingRun) -> RunResult:
+        """Read the answer of a run send() started; the connection is kept again if it can be used again."""
+        conn, outcome, whole = pending.conn, pending.outcome, False
+        try:
+            if pending.error is not None:
+                return outcome.failure(pending.error)
+            try:
+                response = conn.getresponse()
+            except Exception as e:
+                return outcome.failure(e)
+            result, whole = self._answer(response, outcome, follow=False)
+            return result
+        except Exception as e:              # a bug or a surprise from a library: still a result
+            log.exception("http run failed unexpectedly")
+            return outcome.result("error", error=_short_error(e))
+        finally:
+            _deadlines.cancel(pending.timer)
+            if whole and conn.sock is not None and time.monotonic() < outcome.deadline:
+                self._keep(pending.origin, conn)
+            else:
+                conn.close()
+
+    def _keep(self, origin: tuple[str, str, int], conn: Any) -> None:
+        with self._kept_lock:
+            idle = self._kept.setdefault(origin, deque())
+            if len(idle) < KEPT_PER_ORIGIN_MAX and self._kept_count < self.kept_budget:
+                idle.append((time.monotonic(), conn))
+                self._kept_count += 1
+                return
+        conn.close()
+
+    def kept(self, origin: tuple[str, str, int]) -> int:
+        with self._kept_lock:
+            return len(self._kept.get(origin) or ())
+
+    def to_open(self, origin: tuple[str, str, int], wanted: int) -> int:
+        """How many connections to open for `wanted` runs due soon on `origin`; counted as opening until each
+        open_kept() ends."""
+        with self._kept_lock:
+            have = len(self._kept.get(origin) or ()) + self._opening.get(origin, 0)
+            room = min(KEPT_PER_ORIGIN_MAX, self.kept_budget - self._kept_count) - have
+            count = max(0, min(wanted - have, room))
+            if count:
+                self._opening[origin] = self._opening.get(origin, 0) + count
+            return count
+
+    def open_kept(self, origin: tuple[str, str, int], url: str) -> None:
+        """Open one connection to `url`'s origin (a worker's task) and keep it; a failure is left for the run."""
+        conn = None
+        _http_run.policy = self.policy
+        _http_run.deadline = time.monotonic() + KEPT_CONNECT_TIMEOUT
+        try:
+            pool = self._factory.connection_from_url(url)
+            conn = pool._new_conn()
+            conn.timeout = KEPT_CONNECT_TIMEOUT
+            conn.connect()
+        except Exception as e:
+            log.debug("opening a connection to %s://%s:%s failed: %s", *origin, _short_error(e))
+            if conn is not None:
+                conn.close()
+            conn = None
+        finally:
+            _http_run.deadline = None
+            with self._kept_lock:
+                self._opening[origin] -= 1
+                if not self._opening[origin]:
+                    del self._opening[origin]
+        if conn is not None:
+            self._keep(origin, conn)
+
+    def prune(self, idle_for: float = KEPT_IDLE_SECONDS) -> None:
+        """Close the kept connections unused for `idle_for` seconds."""
+        stale = []
+        limit = time.monotonic() - idle_for
+        with self._kept_lock:
+            for origin, idle in list(self._kept.items()):
+                while idle and idle[0][0] < limit:
+                    stale.append(idle.popleft()[1])
+                    self._kept_count -= 1
+                if not idle:
+                    del self._kept[origin]
+        for conn in stale:
+            conn.close()
 
 
 def _is_timeout(exc: BaseException) -> bool:
@@ -1820,7 +2021,9 @@ class Job:
 
     `fire(slot)` runs in a worker thread; `record(status, slot, count, last_slot)` writes a `skipped` or
     `missed` record for `count` slots from `slot` to `last_slot` (also in a worker thread, so the ticker never
-    waits on a file).
+    waits on a file). `start(slot)`, when a job has it, is tried first, on the ticker thread itself: it begins
+    the run without waiting on anything and returns the rest of the run for a worker (or None: then `fire`
+    runs the whole of it in a worker); it must not raise once its run has begun.
     """
 
     key: str
@@ -1828,6 +2031,7 @@ class Job:
     tz: ZoneInfo
     fire: Callable[[float], None]
     record: Callable[[str, float, int, float], None]
+    start: Callable[[float], Callable[[], None] | None] | None = None
     next_at: float | None = None
     last_slot: float | None = None
     generation: int = 0
@@ -1870,7 +2074,15 @@ class WorkerPool:
 
 
 class Scheduler:
-    """Keeps jobs ordered by next fire instant; `tick(now)` fires what is due into a bounded worker pool."""
+    """Keeps jobs ordered by next fire instant; `tick(now)` fires what is due into a bounded worker pool.
+
+    Runs due in the same second would start one after the other as workers take them, each behind the thread
+    hand-offs of those before it. So a job that can begin its run without waiting (`Job.start`) is begun by
+    the ticker itself, all of them before any worker is woken; workers do the waiting. After each tick,
+    `on_upcoming(jobs)` is told the jobs due within the next LOOKAHEAD seconds, to get ready for them.
+    """
+
+    LOOKAHEAD = 1.5
 
     def __init__(self, workers: int = 8, misfire_grace: float = 30.0, clock: Callable[[], float] = time.time,
                  submit: Callable[..., Any] | None = None, monotonic: Callable[[], float] = time.monotonic,
@@ -1879,6 +2091,7 @@ class Scheduler:
         self.clock = clock
         self.monotonic = monotonic
         self.on_tick = on_tick          # called by the ticker thread after each good tick (the systemd watchdog)
+        self.on_upcoming: Callable[[list[Job]], None] | None = None
         self._pool = None if submit else WorkerPool(workers)
         self._submit = submit or self._pool.submit
         self._lock = threading.Lock()
@@ -1947,6 +2160,13 @@ class Scheduler:
             heapq.heappush(self._heap, (job.next_at, self._seq, job.key, job.generation))
 
     # -- firing ---------------------------------------------------------------------------------------------
+    def submit(self, fn: Callable, *args: Any) -> None:
+        """Run `fn(*args)` in a worker; dropped (with a warning) once the pool is shut down."""
+        try:
+            self._submit(fn, *args)
+        except RuntimeError:
+            log.warning("worker pool is shut down; dropped %s", getattr(fn, "__name__", fn))
+
     def tick(self, now: float) -> None:
         """Fire every job due at or before `now`. Costs nothing per job that is not due."""
         actions: list[tuple] = []
@@ -1960,11 +2180,43 @@ class Scheduler:
                     continue        # removed or re-registered since this entry was pushed
                 actions.extend(self._due(job, at, now))
                 self._push(job)
-        for action in actions:
+        # Runs the ticker can begin itself go first, all of them, before any worker is woken.
+        started = [self._start_here(*action[1:]) if action[0] == self._run_fire and action[1].start else action
+                   for action in actions]
+        for action in sorted(started, key=lambda a: a[0] != self._run_started):
             try:
                 self._submit(*action)
             except RuntimeError:    # pool shut down while stopping
                 log.warning("worker pool is shut down; dropped a fire of %s", action[1].key)
+        if self.on_upcoming is not None:
+            try:
+                self.on_upcoming(self._upcoming(now + self.LOOKAHEAD))
+            except Exception:
+                log.exception("getting ready for upcoming runs failed")
+
+    def _start_here(self, job: Job, slot: float) -> tuple:
+        """Begin `job`'s run on this (the ticker) thread: the worker action for the rest of it."""
+        try:
+            rest = job.start(slot)
+        except Exception:
+            log.exception("starting %s failed; a worker runs it", job.key)
+            rest = None
+        return (self._run_started, job, rest) if rest is not None else (self._run_fire, job, slot)
+
+    def _upcoming(self, horizon: float) -> list[Job]:
+        """The jobs whose next fire is at or before `horizon`."""
+        found = []
+        with self._lock:
+            heap, todo = self._heap, [0]
+            while todo:
+                i = todo.pop()
+                if i < len(heap) and heap[i][0] <= horizon:     # else neither it nor its children
+                    at, _, key, generation = heap[i]
+                    job = self._jobs.get(key)
+                    if job is not None and job.generation == generation and job.next_at == at:
+                        found.append(job)
+                    todo += (2 * i + 1, 2 * i + 2)
+        return found
 
     def _due(self, job: Job, slot: float | None, now: float) -> list[tuple]:
         """Decide what happens to `job` whose slot `slot` is due; sets its next slot. Lock held.
@@ -2008,6 +2260,15 @@ class Scheduler:
             job.fire(slot)
         except Exception:
             log.exception("fire of %s failed", job.key)
+        finally:
+            with self._lock:
+                self._running.discard(job.key)
+
+    def _run_started(self, job: Job, rest: Callable[[], None]) -> None:
+        try:
+            rest()
+        except Exception:
+            log.exception("run of %s failed", job.key)
         finally:
             with self._lock:
                 self._running.discard(job.key)
@@ -2504,29 +2765,76 @@ class CurlSchedules:
             anchor = max(s.enabled_at, s.last_slot or 0.0)
         job = Job(key=_curl_key(s.id), spec=parse_cron(s.cron), tz=load_timezone(s.timezone),
                   fire=lambda slot, sid=s.id: self._fire(sid, slot),
-                  record=lambda status, slot, count, last, sid=s.id: self._record(sid, status, slot, count, last))
+                  record=lambda status, slot, count, last, sid=s.id: self._record(sid, status, slot, count, last),
+                  start=functools.partial(self._start, s.id) if hasattr(self.runner, "checkout") else None)
         self.scheduler.add(job, anchor)
 
     def _fire(self, schedule_id: str, slot: float) -> None:
+        """A run, whole, in a worker."""
+        with self._lock:
+            schedule = self._schedules.get(schedule_id)
+        if schedule is not None:
+            run_id = self._begin(schedule_id, slot)
+            self._complete(schedule_id, run_id, slot, functools.partial(
+                self.runner.run, schedule.request, self._run_headers(schedule_id, slot)))
+
+    def _start(self, schedule_id: str, slot: float) -> Callable[[], None] | None:
+        """On the ticker: write the run's request on a kept connection, and return the rest of the run (reading
+        the answer, recording it) for a worker; None when there is no kept connection for it."""
         with self._lock:
             schedule = self._schedules.get(schedule_id)
         if schedule is None:
-            return
+            return lambda: None
+        conn = self.runner.checkout(schedule.request)
+        if conn is None:
+            return None
+        run_id = self._begin(schedule_id, slot)
+        pending = self.runner.send(conn, schedule.request, self._run_headers(schedule_id, slot))
+        return functools.partial(self._complete, schedule_id, run_id, slot,
+                                 functools.partial(self.runner.finish, pending))
+
+    @staticmethod
+    def _run_headers(schedule_id: str, slot: float) -> dict[str, str]:
+        return {"X-Schedserver-Schedule-Id": schedule_id, "X-Schedserver-Scheduled-At": utc_iso(slot)}
+
+    def _begin(self, schedule_id: str, slot: float) -> str:
+        """A new run's id, tracked as in flight (with its marker) from now."""
         run_id = str(uuid.uuid4())
         marker = {"surface": "curl", "schedule_id": schedule_id, "run_id": run_id,
                   "scheduled_at": utc_iso(slot, ms=True), "started_at": utc_iso(self.clock(), ms=True),
                   "trigger": "cron"}
         self.inflight.begin(run_id, marker, self.record_interrupted)
+        return run_id
+
+    def _complete(self, schedule_id: str, run_id: str, slot: float, outcome: Callable[[], RunResult]) -> None:
+        """Wait for the run's result and record it, unless shutdown already recorded it as interrupted."""
         try:
             try:
-                result = self.runner.run(schedule.request, {"X-Schedserver-Schedule-Id": schedule_id,
-                                                            "X-Schedserver-Scheduled-At": utc_iso(slot)})
+                result = outcome()
             finally:
                 own = self.inflight.finish(run_id)
-            if own:     # else shutdown gave up on this run and recorded it
+            if own:
                 self._record_result(schedule_id, run_id, slot, result)
         finally:
             self.inflight.done(run_id)
+
+    def prepare_upcoming(self, jobs: list[Job]) -> None:
+        """The ticker, each second: open connections (in workers) for the runs due next that it could start
+        itself, and close kept connections left unused."""
+        if not hasattr(self.runner, "checkout"):
+            return
+        self.runner.prune()
+        wanted: dict[tuple[str, str, int], list[str]] = {}
+        with self._lock:
+            for job in jobs:
+                schedule = self._schedules.get(job.key[len(CURL_KEY_PREFIX):]) \
+                    if job.key.startswith(CURL_KEY_PREFIX) else None
+                origin = self.runner.origin(schedule.request) if schedule is not None else None
+                if origin is not None:
+                    wanted.setdefault(origin, []).append(schedule.request["url"])
+        for origin, urls in wanted.items():
+            for _ in range(self.runner.to_open(origin, len(urls))):
+                self.scheduler.submit(self.runner.open_kept, origin, urls[0])
 
     def _record_result(self, schedule_id: str, run_id: str, slot: float, result: RunResult) -> None:
         record = {"ts": utc_iso(result.started_at, ms=True), "schedule_id": schedule_id, "run_id": run_id,
@@ -2582,8 +2890,11 @@ def _count_text(count: int) -> str:
     return f"at least {count}" if count >= MISSED_SCAN_LIMIT else str(count)
 
 
+CURL_KEY_PREFIX = "curl:"
+
+
 def _curl_key(schedule_id: str) -> str:
-    return "curl:" + schedule_id
+    return CURL_KEY_PREFIX + schedule_id
 
 
 def _parse_optional_iso(text: Any) -> float | None:
@@ -3685,6 +3996,7 @@ class Server:
         self.scripts.load()
         app = make_app(self.curl, auth, self.scripts, Health(self.scheduler, self.curl, self.scripts))
         self.app = AccessLog(app) if cfg.access_log else app
+        self.scheduler.on_upcoming = self.curl.prepare_upcoming
         self.scheduler.start()
         host = self.wsgi_server.effective_host
         shown = f"[{host}]" if ":" in str(host) else host

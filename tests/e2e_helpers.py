@@ -192,15 +192,18 @@ class Arrival:
 
 
 class TargetServer:
-    """A real HTTP server on 127.0.0.1:<free port> that records every request and answers `status`."""
+    """A real HTTP server on 127.0.0.1:<free port> that records every request and answers `status`; HTTP/1.0
+    (a connection per request) unless `keep_alive`."""
 
-    def __init__(self, status: int = 200):
+    def __init__(self, status: int = 200, keep_alive: bool = False):
         self.status = status
         self.arrivals: list[Arrival] = []
         self._lock = threading.Lock()
         target = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1" if keep_alive else "HTTP/1.0"
+
             def _handle(self) -> None:
                 at = time.time()
                 length = int(self.headers.get("Content-Length") or 0)

@@ -382,3 +382,99 @@ class TestRunNeverRaises:
         with RouteServer({}) as target:
             second = runner.run(spec(target.url + "/"), {})
         assert (first.status, second.status, second.status_code) == ("timeout", "ok", 200)
+
+
+###############################################################################
+# Runs the ticker starts on kept connections ###################################
+###############################################################################
+
+def kept_runner(url: str, count: int = 1, **kwargs: Any) -> tuple[schedserver.HttpRunner, tuple]:
+    """A runner holding `count` open connections to `url`'s origin, as prepare_upcoming gets them ready."""
+    runner = schedserver.HttpRunner(**kwargs)
+    origin = runner.origin(spec(url))
+    assert runner.to_open(origin, count) == count
+    for _ in range(count):
+        runner.open_kept(origin, url)
+    return runner, origin
+
+
+class TestStartedByTheTicker:
+    def test_with_no_kept_connection_there_is_nothing_to_start_on(self):
+        assert schedserver.HttpRunner().checkout(spec("http://127.0.0.1:9/x")) is None
+
+    def test_a_run_started_on_a_kept_connection_sends_everything_and_reads_its_answer(self):
+        with TargetServer(keep_alive=True) as target:
+            runner, origin = kept_runner(target.url + "/hooks/nightly")
+            assert runner.kept(origin) == 1
+            request = spec(target.url + "/hooks/nightly?x=1", method="POST", json={"n": 1},
+                           headers={"X-Custom": "v"})
+            conn = runner.checkout(request)
+            assert conn is not None and runner.kept(origin) == 0
+            pending = runner.send(conn, request, {"X-Schedserver-Schedule-Id": "abc"})
+            result = runner.finish(pending)
+            assert (result.status, result.status_code, result.error) == ("ok", 200, None)
+            (arrival,) = target.wait_for(1, 5.0)
+        assert (arrival.method, arrival.path, arrival.body) == ("POST", "/hooks/nightly?x=1", b'{"n": 1}')
+        assert arrival.headers["X-Custom"] == "v" and arrival.headers["X-Schedserver-Schedule-Id"] == "abc"
+        assert arrival.headers["Content-Type"] == "application/json"
+        assert runner.kept(origin) == 1         # read to its end on a keep-alive connection: kept again
+
+    def test_a_connection_the_answer_closes_is_not_kept(self):
+        with TargetServer() as target:          # HTTP/1.0: one request per connection
+            runner, origin = kept_runner(target.url + "/x")
+            result = runner.finish(runner.send(runner.checkout(spec(target.url + "/x")), spec(target.url + "/x"), {}))
+        assert (result.status, result.status_code) == ("ok", 200)
+        assert runner.kept(origin) == 0
+
+    def test_a_kept_connection_the_other_end_closed_is_never_used(self):
+        peer = RawPeer(lambda conn, stopping: None)         # accepts, then hangs up
+        with peer:
+            runner, origin = kept_runner(peer.url)
+            assert wait_until(peer.finished.is_set, 5.0)
+            assert wait_until(lambda: runner.checkout(spec(peer.url)) is None, 5.0)
+        assert runner.kept(origin) == 0
+
+    def test_runs_that_follow_redirects_or_send_a_big_body_are_left_whole_to_a_worker(self):
+        runner = schedserver.HttpRunner()
+        assert runner.origin(spec("http://127.0.0.1:9/x")) == ("http", "127.0.0.1", 9)
+        assert runner.origin(spec("http://127.0.0.1:9/x", follow_redirects=True)) is None
+        assert runner.origin(spec("http://127.0.0.1:9/x", body="x" * 20_000)) is None
+        assert runner.origin(spec("http://127.0.0.1:9/x", json={"x": "y" * 20_000})) is None
+
+    def test_a_started_run_without_an_answer_times_out_at_its_deadline_and_its_connection_is_dropped(self):
+        with RawPeer(never_answer) as peer:
+            runner, origin = kept_runner(peer.url)
+            request = spec(peer.url, timeout=1)
+            t0 = time.monotonic()
+            result = runner.finish(runner.send(runner.checkout(request), request, {}))
+            took = time.monotonic() - t0
+        assert result.status == "timeout" and 0.9 <= took < 5.0
+        assert runner.kept(origin) == 0
+
+    def test_connections_being_opened_count_and_the_budget_caps_them(self):
+        runner = schedserver.HttpRunner()
+        origin = ("http", "127.0.0.1", 9)
+        assert runner.to_open(origin, 5) == 5
+        assert runner.to_open(origin, 5) == 0       # five are on their way
+        assert runner.to_open(origin, 7) == 2
+        runner.kept_budget = 3
+        assert runner.to_open(("http", "127.0.0.1", 10), 5) == 3
+
+    def test_a_connection_that_cannot_be_opened_is_not_kept_and_not_counted_as_opening(self):
+        runner, origin = kept_runner(f"http://127.0.0.1:{closed_port()}/x")
+        assert runner.kept(origin) == 0
+        assert runner.to_open(origin, 1) == 1
+
+    def test_the_egress_policy_applies_to_kept_connections(self):
+        with TargetServer(keep_alive=True) as target:
+            policy = schedserver.EgressPolicy(deny=("127.0.0.0/8",))
+            runner, origin = kept_runner(target.url + "/x", policy=policy)
+            assert runner.kept(origin) == 0 and target.received() == []
+
+    def test_prune_closes_connections_left_unused(self):
+        with TargetServer(keep_alive=True) as target:
+            runner, origin = kept_runner(target.url + "/x", count=2)
+            runner.prune(idle_for=60)
+            assert runner.kept(origin) == 2
+            runner.prune(idle_for=0)
+            assert runner.kept(origin) == 0

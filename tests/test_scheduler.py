@@ -9,8 +9,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from schedserver import (MISSED_SCAN_LIMIT, CurlSchedules, Job, JournalStore, NdjsonLog, RunResult, Scheduler,
-                         parse_cron)
+from schedserver import (MISSED_SCAN_LIMIT, CurlSchedules, HttpRunner, Job, JournalStore, NdjsonLog, RunResult,
+                         Scheduler, parse_cron)
+from e2e_helpers import TargetServer
 from fakes import FakeClock
 
 UTC = ZoneInfo("UTC")
@@ -337,6 +338,61 @@ def test_a_job_registered_again_while_it_runs_still_skips_the_overlapping_slot()
 # Disabled and re-enabled HTTP schedules (through the service, as the API does it)
 ###############################################################################
 
+###############################################################################
+# Runs the ticker begins itself
+###############################################################################
+
+def test_a_job_with_start_is_begun_during_the_tick_and_the_rest_of_its_run_goes_to_a_worker():
+    h = Harness(inline=False)
+    job = h.add("a", "* * * * * *")
+    begun, rests = [], []
+    job.start = lambda slot: (begun.append(iso(slot)), lambda: rests.append(iso(slot)))[1]
+    h.tick_at("2025-01-10T12:00:01Z")
+    assert begun == ["2025-01-10T12:00:01Z"] and rests == []        # begun by tick() itself
+    assert h.scheduler.is_running("a")
+    h.tick_at("2025-01-10T12:00:02Z")                               # still running: skipped, not begun
+    assert begun == ["2025-01-10T12:00:01Z"]
+    h.pool.run_pending()
+    assert rests == ["2025-01-10T12:00:01Z"] and not h.scheduler.is_running("a")
+    assert h.events == [("a", "skipped", "2025-01-10T12:00:02Z", 1)]      # never fired whole
+
+
+@pytest.mark.parametrize("outcome", ["none", "raises"])
+def test_a_start_that_declines_or_fails_leaves_the_whole_run_to_a_worker(outcome, caplog):
+    h = Harness()
+    job = h.add("a", "* * * * * *")
+
+    def start(slot):
+        if outcome == "raises":
+            raise RuntimeError("no connection")
+        return None
+    job.start = start
+    h.tick_at("2025-01-10T12:00:01Z")
+    assert h.events == [("a", "fire", "2025-01-10T12:00:01Z")]
+    assert not h.scheduler.is_running("a")
+    assert ("no connection" in caplog.text) == (outcome == "raises")
+
+
+def test_runs_begun_by_the_ticker_are_handed_to_workers_before_whole_runs():
+    h = Harness(inline=False)
+    h.add("whole", "* * * * * *")
+    begun = h.add("begun", "* * * * * *")
+    begun.start = lambda slot: lambda: None
+    h.tick_at("2025-01-10T12:00:01Z")
+    assert [fn.__name__ for fn, _ in h.pool.pending] == ["_run_started", "_run_fire"]
+
+
+def test_after_each_tick_on_upcoming_is_told_the_jobs_due_within_the_lookahead():
+    h = Harness()
+    told = []
+    h.scheduler.on_upcoming = lambda jobs: told.append(sorted(job.key for job in jobs))
+    for key, cron in (("next-second", "* * * * * *"), ("in-ten", "10 * * * * *"), ("hourly", "0 0 * * * *")):
+        h.add(key, cron)
+    h.tick_at("2025-01-10T12:00:00.001Z")
+    h.tick_at("2025-01-10T12:00:09.001Z")
+    assert told == [["next-second"], ["in-ten", "next-second"]]
+
+
 class RecordingRunner:
     """Stands in for HttpRunner: remembers each request it was asked to send and answers 200."""
 
@@ -352,10 +408,10 @@ class RecordingRunner:
 class Service:
     """CurlSchedules wired to a fake clock, a recording pool and a recording runner, with files in tmp_path."""
 
-    def __init__(self, data_dir):
+    def __init__(self, data_dir, runner=None):
         self.clock = FakeClock(NOW)
         self.scheduler = Scheduler(misfire_grace=GRACE, clock=self.clock, submit=RecordingPool(inline=True).submit)
-        self.runner = RecordingRunner(self.clock)
+        self.runner = runner or RecordingRunner(self.clock)
         self.curl = CurlSchedules(JournalStore(str(data_dir / "curl-schedules.json")),
                                   NdjsonLog(str(data_dir / "curl-runs.log"), 1 << 20, 2),
                                   self.scheduler, self.runner, clock=self.clock)
@@ -419,3 +475,24 @@ def test_a_deleted_schedule_leaves_the_scheduler_and_records_nothing_more(servic
     service.tick_at("2025-01-10T14:00:00Z")         # long after: no missed record for a schedule that is gone
     assert service.runner.calls == []
     assert list(service.curl.runs.read_newest()) == []
+
+
+def test_a_real_run_is_begun_by_the_ticker_on_a_connection_opened_the_second_before(tmp_path):
+    with TargetServer(keep_alive=True) as target:
+        service = Service(tmp_path, runner=HttpRunner())
+        service.scheduler.on_upcoming = service.curl.prepare_upcoming
+        sid = service.curl.create({"cron": "5 * * * * *", "request": {"url": target.url + "/hook"}})["id"]
+        origin = service.runner.origin({"url": target.url + "/hook"})
+        service.tick_at("2025-01-10T12:00:03Z")
+        assert service.runner.kept(origin) == 0                     # not due within the look-ahead yet
+        service.tick_at("2025-01-10T12:00:04Z")
+        assert service.runner.kept(origin) == 1                     # opened for the run due next second
+        assert target.received() == []
+        service.tick_at("2025-01-10T12:00:05Z")
+        (arrival,) = target.wait_for(1, 5.0)
+    assert arrival.headers["X-Schedserver-Scheduled-At"] == "2025-01-10T12:00:05Z"
+    history = service.curl.get(sid)["history"]
+    assert [(h["scheduled_at"], h["status"], h["status_code"]) for h in history] == [
+        ("2025-01-10T12:00:05Z", "ok", 200)]
+    assert service.runner.kept(origin) == 1                         # kept again for the next minute
+    assert len((tmp_path / "curl-runs.log").read_text().splitlines()) == 1
