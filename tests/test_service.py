@@ -89,17 +89,24 @@ def read_log(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def marker_files(marker_dir: Path) -> dict[str, str]:
+    """The run markers in a marker dir, by file name: the files with something in them (an empty marker file
+    is a slot kept for the next run)."""
+    if not marker_dir.is_dir():
+        return {}
+    found = {p.name: p.read_text() for p in marker_dir.iterdir()}
+    return {name: text for name, text in found.items() if text}
+
+
 def one_marker(data_dir: Path, timeout: float = 5.0) -> dict:
     """The single run marker in `<data-dir>/running` once it is there."""
-    running = data_dir / "running"
-    files = wait_until(lambda: sorted(running.glob("*.json")) if running.is_dir() else [], timeout)
+    files = wait_until(lambda: marker_files(data_dir / "running"), timeout)
     assert len(files) == 1, files
-    return json.loads(files[0].read_text())
+    return json.loads(next(iter(files.values())))
 
 
 def markers_left(data_dir: Path) -> list[str]:
-    running = data_dir / "running"
-    return sorted(p.name for p in running.iterdir()) if running.is_dir() else []
+    return sorted(marker_files(data_dir / "running"))
 
 
 def signal_and_time_exit(server: ServerProcess, sig: int, timeout: float) -> tuple[int | None, float]:
@@ -517,7 +524,7 @@ def test_a_fire_cut_short_by_sigkill_is_recorded_as_interrupted_at_the_next_star
         marker = one_marker(data)
     finally:
         first.kill()
-    assert (data / "running" / f"{marker['runId']}.json").exists()
+    assert [json.loads(text)["runId"] for text in marker_files(data / "running").values()] == [marker["runId"]]
     kill_processes_with(f"32.{MARK}")   # a script runs in its own session: SIGKILL of the server leaves it
     write_script(scripts, "jobs/crashy.sh", f"# @schedule {EVERY_SECOND}\necho after the restart\n")
 
@@ -752,19 +759,38 @@ def test_begin_writes_a_private_marker_file_and_done_after_finish_removes_it(tmp
     runs = schedserver.InFlightRuns(str(marker_dir))
     assert marker_dir.stat().st_mode & 0o077 == 0
     runs.begin("run-1", EXEC_MARKER, InterruptRecorder())
-    path = marker_dir / "run-1.json"
-    assert json.loads(path.read_text()) == EXEC_MARKER
-    assert path.stat().st_mode & 0o077 == 0
+    (name, text), = marker_files(marker_dir).items()
+    assert json.loads(text) == EXEC_MARKER
+    assert (marker_dir / name).stat().st_mode & 0o077 == 0
     assert runs.count() == 1
 
     assert runs.finish("run-1") is True
     # Finished but not yet recorded: shutdown still waits for it, and a crash now still finds its marker.
-    assert runs.count() == 1 and path.exists()
+    assert runs.count() == 1 and marker_files(marker_dir) == {name: text}
     assert runs.wait_idle(time.monotonic() + 0.05) is False
 
     runs.done("run-1")
-    assert runs.count() == 0 and list(marker_dir.iterdir()) == []
+    assert runs.count() == 0 and marker_files(marker_dir) == {}
     assert runs.wait_idle(time.monotonic()) is True
+
+
+def test_marker_files_are_used_again_and_only_a_bounded_number_of_empty_ones_stays(tmp_path, monkeypatch):
+    monkeypatch.setattr(schedserver, "MARKER_SLOTS_KEPT", 2)
+    marker_dir = tmp_path / "running"
+    runs = schedserver.InFlightRuns(str(marker_dir))
+    for n in range(5):
+        runs.begin(f"run-{n}", {**EXEC_MARKER, "runId": f"run-{n}"}, InterruptRecorder())
+    assert len(marker_files(marker_dir)) == 5
+    for n in range(5):
+        runs.finish(f"run-{n}")
+        runs.done(f"run-{n}")
+    assert marker_files(marker_dir) == {} and len(list(marker_dir.iterdir())) == 2
+    runs.begin("run-9", {**EXEC_MARKER, "runId": "run-9"}, InterruptRecorder())
+    assert len(list(marker_dir.iterdir())) == 2         # an empty one was used again
+    assert [json.loads(t)["runId"] for t in marker_files(marker_dir).values()] == ["run-9"]
+    # A later start finds the marker, and nothing in the empty slot.
+    assert schedserver.InFlightRuns(str(marker_dir)).recover() == [{**EXEC_MARKER, "runId": "run-9"}]
+    assert list(marker_dir.iterdir()) == []
 
 
 def test_interrupt_all_records_each_run_with_the_reason_and_finish_afterwards_returns_false(tmp_path):
@@ -779,7 +805,7 @@ def test_interrupt_all_records_each_run_with_the_reason_and_finish_afterwards_re
     assert sorted(recorder.calls, key=lambda call: call[0]["runId"]) == [
         (EXEC_MARKER, "interrupted by shutdown"), (other, "interrupted by shutdown")]
     assert runs.finish("run-1") is False and runs.finish("run-2") is False
-    assert runs.count() == 0 and list(marker_dir.iterdir()) == []
+    assert runs.count() == 0 and marker_files(marker_dir) == {}
     assert runs.wait_idle(time.monotonic()) is True
 
 
@@ -825,6 +851,7 @@ def test_recover_returns_the_markers_left_on_disk_ignores_unreadable_ones_and_de
     (marker_dir / "torn.json").write_text('{"surface": "exec", "runId"')
     (marker_dir / "list.json").write_text("[1, 2]")
     (marker_dir / "run-3.json.tmp-123-456").write_text("{}")      # an atomic write cut short
+    (marker_dir / "slot-1-1.json").write_text("")                   # an empty marker slot
 
     runs = schedserver.InFlightRuns(str(marker_dir))
     found = runs.recover()
