@@ -22,6 +22,7 @@ import hmac
 import ipaddress
 import itertools
 import heapq
+import http.client
 import json
 import logging
 import os
@@ -1400,6 +1401,7 @@ class PendingRun:
 
     origin: tuple[str, str, int]
     conn: Any
+    method: str
     outcome: _Outcome
     timer: int
     error: BaseException | None = None
@@ -1571,29 +1573,52 @@ class HttpRunner:
 
     def send(self, conn: Any, spec: dict, extra_headers: dict[str, str]) -> PendingRun:
         """Write the request on `conn` (from checkout()); never raises: a failed write is told by finish()."""
-        origin, target = _origin_of(spec["url"])
-        timeout = float(spec.get("timeout", 30))
-        outcome = _Outcome(self.clock(), time.monotonic(), timeout)
-        pending = PendingRun(origin, conn, outcome, _deadlines.add(outcome.deadline, functools.partial(_cut, [conn])))
+        origin, _ = _origin_of(spec["url"])
+        outcome = _Outcome(self.clock(), time.monotonic(), float(spec.get("timeout", 30)))
+        pending = PendingRun(origin, conn, spec["method"], outcome,
+                             _deadlines.add(outcome.deadline, functools.partial(_cut, [conn])))
         try:
-            headers, body = self._request(spec, extra_headers)
+            data = self._wire(conn, spec, extra_headers)
             conn.sock.settimeout(TICKER_SEND_TIMEOUT)
-            conn.timeout = timeout                              # for each read of the answer
-            conn.request(spec["method"], target, body=body, headers=headers, preload_content=False)
+            conn.sock.sendall(data)
         except (BrokenPipeError, ConnectionResetError):
             pass            # as urllib3: the other end may have answered and closed; the answer is still read
         except Exception as e:
             pending.error = e
         return pending
 
+    def _wire(self, conn: Any, spec: dict, extra_headers: dict[str, str]) -> bytes:
+        """The request as http.client and urllib3 write it (Host, Accept-Encoding: identity, Content-Length),
+        built in one go: their header-by-header writing is half the ticker's cost of beginning a run."""
+        _, target = _origin_of(spec["url"])
+        headers, body = self._request(spec, extra_headers)
+        if any(c <= " " or c == "\x7f" for c in target) or any("\r" in v or "\n" in v for v in headers.values()):
+            raise ValueError("control character in the request target or a header")
+        names = {name.lower() for name in headers}
+        lines = [f"{spec['method']} {target} HTTP/1.1"]
+        if "host" not in names:
+            host = conn.host if ":" not in conn.host else f"[{conn.host}]"
+            lines.append(f"Host: {host}" if conn.port == conn.default_port else f"Host: {host}:{conn.port}")
+        if "accept-encoding" not in names:
+            lines.append("Accept-Encoding: identity")
+        lines += [f"{name}: {value}" for name, value in headers.items()]
+        if "content-length" not in names and "transfer-encoding" not in names:
+            if body is not None:
+                lines.append(f"Content-Length: {len(body)}")
+            elif spec["method"] in ("POST", "PUT", "PATCH"):
+                lines.append("Content-Length: 0")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b"")
+
     def finish(self, pending: PendingRun) -> RunResult:
         """Read the answer of a run send() started; the connection is kept again if it can be used again."""
-        conn, outcome, whole = pending.conn, pending.outcome, False
+        conn, outcome, response, whole = pending.conn, pending.outcome, None, False
         try:
             if pending.error is not None:
                 return outcome.failure(pending.error)
             try:
-                response = conn.getresponse()
+                conn.sock.settimeout(outcome.timeout)           # for each read of the answer
+                response = http.client.HTTPResponse(conn.sock, method=pending.method)
+                response.begin()
             except Exception as e:
                 return outcome.failure(e)
             result, whole = self._answer(response, outcome, follow=False)
@@ -1603,7 +1628,9 @@ class HttpRunner:
             return outcome.result("error", error=_short_error(e))
         finally:
             _deadlines.cancel(pending.timer)
-            if whole and conn.sock is not None and time.monotonic() < outcome.deadline:
+            if response is not None:
+                response.close()
+            if whole and not response.will_close and time.monotonic() < outcome.deadline:
                 self._keep(pending.origin, conn)
             else:
                 conn.close()

@@ -478,3 +478,56 @@ class TestStartedByTheTicker:
             assert runner.kept(origin) == 2
             runner.prune(idle_for=0)
             assert runner.kept(origin) == 0
+
+    @pytest.mark.parametrize("request_fields", [
+        {"method": "GET"},
+        {"method": "HEAD"},
+        {"method": "POST"},                                         # no body: Content-Length: 0
+        {"method": "PUT", "body": "plain ünïcode", "headers": {"X-A": "1", "Content-Type": "text/plain"}},
+        {"method": "PATCH", "json": {"k": [1, 2]}},
+        {"method": "DELETE", "headers": {"Host": "example.test", "Accept-Encoding": "gzip"}},
+    ])
+    def test_the_ticker_writes_the_very_request_a_worker_would(self, request_fields):
+        heads: list[tuple] = []
+
+        def record_and_answer(conn: socket.socket, stopping: threading.Event) -> None:
+            conn.settimeout(0.05)
+            while not stopping.is_set():
+                head = b""
+                while b"\r\n\r\n" not in head and not stopping.is_set():
+                    try:
+                        chunk = conn.recv(4096)
+                    except TimeoutError:
+                        continue
+                    if not chunk:
+                        return
+                    head += chunk
+                if not head:
+                    return
+                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")), 0)
+                body = head.split(b"\r\n\r\n", 1)[1]
+                while len(body) < length:
+                    body += conn.recv(4096)
+                lines = head.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+                heads.append((lines[0], sorted(lines[1:]), body))
+                conn.sendall(b"HTTP/1.1 204 No Content\r\n\r\n")
+
+        with RawPeer(record_and_answer) as peer:
+            request = spec(peer.url + "path/x?q=1", **request_fields)
+            extra = {"X-Schedserver-Schedule-Id": "abc"}
+            by_worker = schedserver.HttpRunner().run(request, extra)
+            runner, _ = kept_runner(peer.url)
+            by_ticker = runner.finish(runner.send(runner.checkout(request), request, extra))
+        assert (by_worker.status, by_worker.status_code) == (by_ticker.status, by_ticker.status_code) == ("ok", 204)
+        by_worker_sent, by_ticker_sent = heads          # (request line, header lines sorted, body)
+        assert by_ticker_sent == by_worker_sent
+
+    @pytest.mark.parametrize("behave", [answer_garbage, hang_up_at_once])
+    def test_a_started_run_whose_peer_misbehaves_is_an_error_like_a_workers_run(self, behave):
+        with RawPeer(behave) as peer:
+            by_worker = schedserver.HttpRunner().run(spec(peer.url), {})
+            runner, origin = kept_runner(peer.url)
+            by_ticker = runner.finish(runner.send(runner.checkout(spec(peer.url)), spec(peer.url), {}))
+        assert by_ticker.status == by_worker.status == "error"
+        assert runner.kept(origin) == 0
