@@ -29,6 +29,7 @@ import os
 import re
 import resource
 import secrets
+import selectors
 import shlex
 import shutil
 import signal
@@ -92,6 +93,7 @@ MAX_SCRIPT_TIMEOUT_MS = 24 * 3600 * 1000
 MAX_OUTPUT_BYTES = 64 * 1024            # the tail of a script's stdout and of its stderr kept in memory
 HEADER_BYTES = 16 * 1024                # directives are read from at most this much of a script's head
 MARKER_SLOTS_KEPT = 64                  # empty run-marker files kept open for the next runs
+OUTPUT_DRAIN_SECONDS = 5.0              # after a script exits, its pipes may stay open this long
 KILL_GRACE_SECONDS = 2.0                # between SIGTERM and SIGKILL for a script's process group
 PREFLIGHT_TIMEOUT_SECONDS = 20.0
 PREFLIGHT_PARALLEL = 4                  # syntax checks run at once during a scan of the scripts dir
@@ -1717,37 +1719,19 @@ def _short_error(exc: BaseException) -> str:
 
 
 class OutputTail:
-    """Reads a pipe to its end in a thread, keeping only the last `limit` bytes and counting the rest."""
+    """The last `limit` bytes of a pipe's output, counting the rest (fed by the ScriptReaper)."""
 
-    def __init__(self, pipe: Any, limit: int = MAX_OUTPUT_BYTES):
+    def __init__(self, limit: int = MAX_OUTPUT_BYTES):
         self.limit = limit
         self.data = bytearray()
         self.dropped = 0
-        self._pipe = pipe
-        self._thread = threading.Thread(target=self._read, name="schedserver-output", daemon=True)
-        self._thread.start()
 
-    def _read(self) -> None:
-        try:
-            while True:
-                chunk = self._pipe.read1(65536)
-                if not chunk:
-                    break
-                self.data += chunk
-                if len(self.data) > self.limit:
-                    extra = len(self.data) - self.limit
-                    del self.data[:extra]
-                    self.dropped += extra
-        except (OSError, ValueError):
-            pass
-        finally:
-            try:
-                self._pipe.close()
-            except OSError:
-                pass
-
-    def join(self, timeout: float) -> None:
-        self._thread.join(timeout)
+    def add(self, chunk: bytes) -> None:
+        self.data += chunk
+        if len(self.data) > self.limit:
+            extra = len(self.data) - self.limit
+            del self.data[:extra]
+            self.dropped += extra
 
     def last_line(self, max_chars: int) -> str | None:
         """The last non-empty line, cut to `max_chars` characters."""
@@ -1767,78 +1751,232 @@ class ScriptResult(RunResult):
     output_dropped: int = 0
 
 
+class SpawnedScript:
+    """A script process from spawn to end: its output tails, time limit, and how it ended."""
+
+    def __init__(self, proc: subprocess.Popen, started: float, t0: float, timeout_ms: int, kill_grace: float):
+        self.proc = proc
+        self.started = started
+        self.t0 = t0
+        self.timeout_ms = timeout_ms
+        self.kill_grace = kill_grace
+        self.stdout, self.stderr = OutputTail(), OutputTail()
+        self.ended_at: float | None = None          # time.monotonic() when the process was seen to exit
+        self.timed_out = False
+        self._lock = threading.Lock()
+        self._kill: int | str | None = None         # the SIGKILL deadline's handle; "done" once the run ended
+        # At the time limit SIGTERM to the group, SIGKILL after the grace (the deadline watcher: no thread each).
+        self._term = _deadlines.add(t0 + timeout_ms / 1000, self._expire)
+
+    def _expire(self) -> None:
+        with self._lock:
+            if self._kill == "done":
+                return
+            self.timed_out = True
+            self._kill = _deadlines.add(time.monotonic() + self.kill_grace,
+                                        functools.partial(_kill_group, self.proc.pid, signal.SIGKILL))
+        _kill_group(self.proc.pid, signal.SIGTERM)
+
+    def exited(self) -> None:
+        """The process ended: reap it, stop its timers, and kill whatever is left of its group (grandchildren)."""
+        self.ended_at = time.monotonic()
+        with self._lock:
+            _deadlines.cancel(self._term)
+            if isinstance(self._kill, int):
+                _deadlines.cancel(self._kill)
+            self._kill = "done"
+        _kill_group(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def result(self, preview_chars: int) -> ScriptResult:
+        duration = int(((self.ended_at or time.monotonic()) - self.t0) * 1000)
+        dropped = self.stdout.dropped + self.stderr.dropped
+        code = self.proc.returncode
+        if self.timed_out:
+            return ScriptResult("timeout", self.started, duration, error=f"timed out after {self.timeout_ms} ms",
+                                exit_code=code, output_dropped=dropped)
+        if code == 0:
+            return ScriptResult("ok", self.started, duration, return_preview=self.stdout.last_line(preview_chars),
+                                exit_code=0, output_dropped=dropped)
+        error = self.stderr.last_line(500)
+        if error is None:
+            error = f"killed by signal {_signal_name(-code)}" if code < 0 else f"exit status {code}"
+        return ScriptResult("error", self.started, duration, error=error, exit_code=code,
+                            output_dropped=dropped)
+
+
+class ScriptReaper:
+    """One thread that sees every running script through: reads both its pipes into bounded tails, notices its
+    exit (a pidfd; polled every 20 ms where there is none), kills what is left of its process group, and waits
+    at most OUTPUT_DRAIN_SECONDS more for the pipes to close (a grandchild that left the group may hold them).
+    Then it calls the run's `on_end(spawned)`.
+
+    So a worker only spawns a script and is free again: 200 scripts due in the same second all start within
+    a few hundred milliseconds, and a script that runs for an hour holds no thread.
+    """
+
+    POLL_SECONDS = 0.02
+
+    def __init__(self):
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._lock = threading.Lock()
+        self._new: list[tuple[SpawnedScript, Callable[[SpawnedScript], None]]] = []
+        self._watched: dict[SpawnedScript, dict] = {}
+        self._thread: threading.Thread | None = None
+
+    def watch(self, spawned: SpawnedScript, on_end: Callable[[SpawnedScript], None]) -> None:
+        with self._lock:
+            self._new.append((spawned, on_end))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="schedserver-reaper", daemon=True)
+                self._thread.start()
+        try:
+            os.write(self._wake_w, b"x")
+        except BlockingIOError:
+            pass                            # a wake-up is pending already
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                self._turn()
+            except Exception:
+                log.exception("script reaper failed; carrying on")
+                time.sleep(self.POLL_SECONDS)
+
+    def _turn(self) -> None:
+        polled = any(state["pidfd"] is None and spawned.ended_at is None for spawned, state in self._watched.items())
+        draining = [state["drain_until"] for state in self._watched.values() if state["drain_until"] is not None]
+        timeout = self.POLL_SECONDS if polled else None
+        if draining:
+            timeout = max(0.0, min([*draining, time.monotonic() + (timeout or 3600.0)]) - time.monotonic())
+        for key, _ in self._selector.select(timeout):
+            if key.data is None:
+                self._take_new()
+                continue
+            spawned, what = key.data
+            state = self._watched[spawned]
+            if what == "exit":
+                self._forget(key.fd, state, "pidfd")
+                spawned.exited()
+                state["drain_until"] = time.monotonic() + OUTPUT_DRAIN_SECONDS
+            else:
+                try:
+                    chunk = os.read(key.fd, 65536)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    chunk = b""
+                if chunk:
+                    (spawned.stdout if what == "stdout" else spawned.stderr).add(chunk)
+                else:
+                    self._forget(key.fd, state, what)
+        now = time.monotonic()
+        for spawned, state in list(self._watched.items()):
+            if state["pidfd"] is None and spawned.ended_at is None and spawned.proc.poll() is not None:
+                spawned.exited()
+                state["drain_until"] = now + OUTPUT_DRAIN_SECONDS
+            if spawned.ended_at is None:
+                continue
+            if state["stdout"] is None and state["stderr"] is None or now >= state["drain_until"]:
+                for what in ("stdout", "stderr"):
+                    if state[what] is not None:
+                        self._forget(state[what], state, what)
+                try:
+                    state["on_end"](spawned)
+                except Exception:
+                    log.exception("recording the end of a script run failed")
+                with self._lock:
+                    del self._watched[spawned]
+
+    def busy(self) -> bool:
+        """True while a script it was given has not been seen through (its on_end not yet called)."""
+        with self._lock:
+            return bool(self._new or self._watched)
+
+    def _take_new(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        with self._lock:
+            new = list(self._new)
+        for spawned, on_end in new:
+            state: dict[str, Any] = {"spawned": spawned, "on_end": on_end, "drain_until": None, "pidfd": None}
+            for what, pipe in (("stdout", spawned.proc.stdout), ("stderr", spawned.proc.stderr)):
+                fd = pipe.fileno()
+                os.set_blocking(fd, False)
+                self._selector.register(fd, selectors.EVENT_READ, (spawned, what))
+                state[what] = fd
+            try:
+                pidfd = os.pidfd_open(spawned.proc.pid)
+                self._selector.register(pidfd, selectors.EVENT_READ, (spawned, "exit"))
+                state["pidfd"] = pidfd
+            except (AttributeError, OSError):
+                pass                        # no pidfd (kernel before 5.3): polled instead
+            with self._lock:
+                self._watched[spawned] = state
+                self._new.remove((spawned, on_end))
+
+    def _forget(self, fd: int, state: dict, what: str) -> None:
+        self._selector.unregister(fd)
+        spawned = state["spawned"]
+        if what == "pidfd":
+            os.close(fd)
+        else:
+            (spawned.proc.stdout if what == "stdout" else spawned.proc.stderr).close()
+        state[what] = None
+
+
+_reaper = ScriptReaper()
+
+
 class ScriptRunner:
     """Runs a script as a subprocess in its own process group, with a time limit and bounded output.
 
     When the script ends (or times out) the whole process group is killed, so grandchildren such as a
-    `sleep 300 &` never outlive their run.
+    `sleep 300 &` never outlive their run. start() spawns and returns at once (the reaper sees the run through);
+    run() waits for the result.
     """
 
     def __init__(self, clock: Callable[[], float] = time.time, preview_chars: int = 200,
-                 kill_grace: float = KILL_GRACE_SECONDS):
+                 kill_grace: float = KILL_GRACE_SECONDS, reaper: ScriptReaper | None = None):
         self.clock = clock
         self.preview_chars = preview_chars
         self.kill_grace = kill_grace
+        self.reaper = reaper or _reaper
 
-    def run(self, argv: list[str], cwd: str, env: dict[str, str], timeout_ms: int,
-            on_spawn: Callable[[int], None] | None = None) -> ScriptResult:
-        """Run to completion; `on_spawn(pgid)` is told the process group as soon as it exists."""
+    def start(self, argv: list[str], cwd: str, env: dict[str, str], timeout_ms: int,
+              on_end: Callable[[ScriptResult], None], on_spawn: Callable[[int], None] | None = None) -> None:
+        """Spawn the script and return; `on_end(result)` is called (in the reaper's thread) when it has ended,
+        at once if it could not start. `on_spawn(pgid)` is told the process group as soon as it exists."""
         started = self.clock()
         t0 = time.monotonic()
-
-        def elapsed_ms() -> int:
-            return int((time.monotonic() - t0) * 1000)
-
         try:
             proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, start_new_session=True, close_fds=True)
         except OSError as e:
-            return ScriptResult("error", started, elapsed_ms(), error=f"cannot start: {_start_failure(argv, e)}")
+            on_end(ScriptResult("error", started, int((time.monotonic() - t0) * 1000),
+                                error=f"cannot start: {_start_failure(argv, e)}"))
+            return
         if on_spawn is not None:
             on_spawn(proc.pid)
-        stdout, stderr = OutputTail(proc.stdout), OutputTail(proc.stderr)
-        # A blocking wait returns the moment the script exits (Popen.wait(timeout=) polls with sleeps of up to
-        # 50 ms, which 200 short scripts on 8 workers pay 25 times over); the deadline watcher stops it instead:
-        # SIGTERM to the group at the time limit, SIGKILL after the grace.
-        expiry = {"timed_out": False, "kill": None}
-        lock = threading.Lock()
+        spawned = SpawnedScript(proc, started, t0, timeout_ms, self.kill_grace)
+        self.reaper.watch(spawned, lambda s: on_end(s.result(self.preview_chars)))
 
-        def expire() -> None:
-            with lock:
-                if expiry["kill"] == "done":
-                    return
-                expiry["timed_out"] = True
-                expiry["kill"] = _deadlines.add(time.monotonic() + self.kill_grace,
-                                                functools.partial(_kill_group, proc.pid, signal.SIGKILL))
-            _kill_group(proc.pid, signal.SIGTERM)
-
-        term = _deadlines.add(t0 + timeout_ms / 1000, expire)
-        try:
-            proc.wait()
-        finally:
-            with lock:
-                _deadlines.cancel(term)
-                if isinstance(expiry["kill"], int):
-                    _deadlines.cancel(expiry["kill"])
-                expiry["kill"] = "done"
-            _kill_group(proc.pid, signal.SIGKILL)      # whatever is left of the group, grandchildren included
-            proc.wait()
-        timed_out = expiry["timed_out"]
-        duration = elapsed_ms()
-        stdout.join(5)
-        stderr.join(5)
-        dropped = stdout.dropped + stderr.dropped
-        code = proc.returncode
-        if timed_out:
-            return ScriptResult("timeout", started, duration, error=f"timed out after {timeout_ms} ms",
-                                exit_code=code, output_dropped=dropped)
-        if code == 0:
-            return ScriptResult("ok", started, duration, return_preview=stdout.last_line(self.preview_chars),
-                                exit_code=0, output_dropped=dropped)
-        error = stderr.last_line(500)
-        if error is None:
-            error = f"killed by signal {_signal_name(-code)}" if code < 0 else f"exit status {code}"
-        return ScriptResult("error", started, duration, error=error, exit_code=code, output_dropped=dropped)
+    def run(self, argv: list[str], cwd: str, env: dict[str, str], timeout_ms: int,
+            on_spawn: Callable[[int], None] | None = None) -> ScriptResult:
+        """Run to completion; `on_spawn(pgid)` is told the process group as soon as it exists."""
+        ended = threading.Event()
+        results: list[ScriptResult] = []
+        self.start(argv, cwd, env, timeout_ms, lambda result: (results.append(result), ended.set()),
+                   on_spawn=on_spawn)
+        ended.wait()
+        return results[0]
 
 
 def _start_failure(argv: list[str], error: OSError) -> str:
@@ -2078,11 +2216,15 @@ def _group_alive(pgid: int | None) -> bool:
 # Scheduler ####################################################################
 ###############################################################################
 
+RUN_GOES_ON: Any = type("RunGoesOn", (), {"__repr__": lambda self: "RUN_GOES_ON"})()
+
+
 @dataclass(eq=False)
 class Job:
     """One registered schedule as the scheduler sees it.
 
-    `fire(slot)` runs in a worker thread; `record(status, slot, count, last_slot)` writes a `skipped` or
+    `fire(slot)` runs in a worker thread; if it returns RUN_GOES_ON, the run goes on after it returns and its
+    owner calls Scheduler.release(key) when it ends. `record(status, slot, count, last_slot)` writes a `skipped` or
     `missed` record for `count` slots from `slot` to `last_slot` (also in a worker thread, so the ticker never
     waits on a file). `start(slot)`, when a job has it, is tried first, on the ticker thread itself: it begins
     the run without waiting on anything and returns the rest of the run for a worker (or None: then `fire`
@@ -2315,17 +2457,19 @@ class Scheduler:
         return actions
 
     def _run_fire(self, job: Job, slot: float) -> None:
+        goes_on = False
         try:
             if self.clock() - slot > self.misfire_grace:
                 # Every worker was busy for longer than the grace: too late to be the run that was asked for.
                 job.record("missed", slot, 1, slot)
                 return
-            job.fire(slot)
+            goes_on = job.fire(slot) is RUN_GOES_ON
         except Exception:
             log.exception("fire of %s failed", job.key)
         finally:
-            with self._lock:
-                self._running.discard(job.key)
+            if not goes_on:
+                with self._lock:
+                    self._running.discard(job.key)
 
     def _run_started(self, job: Job, rest: Callable[[], None]) -> None:
         try:
@@ -3322,7 +3466,7 @@ class ScriptSchedules:
                 with self._lock:
                     anchor = min(now, self._last_cron_slot.get(rel, now))
             self.scheduler.add(Job(key=_exec_key(rel), spec=schedule.spec, tz=self.tz,
-                                   fire=lambda slot, r=rel: self._fire(r, slot, "cron"),
+                                   fire=lambda slot, r=rel: self._fire_cron(r, slot),
                                    record=lambda status, slot, count, last, r=rel: self._record(
                                        r, status, slot, count, last)),
                                anchor)
@@ -3378,29 +3522,75 @@ class ScriptSchedules:
         env.update(extra)
         return env
 
-    def _fire(self, rel: str, slot: float, trigger: str) -> dict:
+    def _begin(self, rel: str, slot: float, trigger: str) -> tuple | None:
+        """A new run of a registered script, tracked as in flight (with its marker): (schedule, run id, marker,
+        environment, InFlightRun), or None if the script is no longer registered."""
         with self._lock:
             schedule = self._registered.get(rel)
         if schedule is None:
-            return {}
+            return None
         run_id = str(uuid.uuid4())
         env = self._environment({"SCHEDSERVER_RUN_ID": run_id, "SCHEDSERVER_SCRIPT": rel,
                                  "SCHEDSERVER_TRIGGER": trigger, "SCHEDSERVER_SCHEDULED_AT": utc_iso(slot, ms=True)})
         marker = {"surface": "exec", "ts": utc_iso(slot, ms=True), "scriptPath": rel,
                   "expression": schedule.spec.expression, "runId": run_id, "trigger": trigger,
                   "startedAt": utc_iso(self.clock(), ms=True)}
-        run = self.inflight.begin(run_id, marker, self.record_interrupted)
+        return schedule, run_id, marker, env, self.inflight.begin(run_id, marker, self.record_interrupted)
+
+    def _end(self, rel: str, slot: float, trigger: str, schedule: ScriptSchedule, run_id: str, marker: dict,
+             result: ScriptResult) -> dict:
+        """Record a run's result, unless shutdown gave up on the run and recorded it already."""
         try:
-            try:
-                result = self.runner.run(list(schedule.argv), os.path.dirname(schedule.path), env,
-                                         schedule.timeout_ms, on_spawn=run.set_pgid)
-            finally:
-                own = self.inflight.finish(run_id)
-            if not own:     # shutdown gave up on this run and recorded it
+            if not self.inflight.finish(run_id):
                 return {**marker, "status": "error", "durationMs": 0, "error": "interrupted by shutdown"}
             return self._record_result(rel, run_id, slot, trigger, schedule, result)
         finally:
             self.inflight.done(run_id)
+
+    def _fire(self, rel: str, slot: float, trigger: str) -> dict:
+        """A run, whole, in the caller's thread (a manual trigger answers with its result)."""
+        begun = self._begin(rel, slot, trigger)
+        if begun is None:
+            return {}
+        schedule, run_id, marker, env, run = begun
+        result = None
+        try:
+            result = self.runner.run(list(schedule.argv), os.path.dirname(schedule.path), env, schedule.timeout_ms,
+                                     on_spawn=run.set_pgid)
+        finally:
+            if result is None:          # the runner raised: still let go of the run
+                self.inflight.finish(run_id)
+                self.inflight.done(run_id)
+        return self._end(rel, slot, trigger, schedule, run_id, marker, result)
+
+    def _fire_cron(self, rel: str, slot: float) -> Any:
+        """A cron fire, in a worker: spawn the script and return RUN_GOES_ON at once. The reaper sees the run
+        through; its end is recorded in a worker, which then lets the scheduler fire the script again."""
+        start = getattr(self.runner, "start", None)
+        if start is None:               # a runner that only runs whole
+            return self._fire(rel, slot, "cron")
+        begun = self._begin(rel, slot, "cron")
+        if begun is None:
+            return None
+        schedule, run_id, marker, env, run = begun
+        key = _exec_key(rel)
+
+        def ended(result: ScriptResult) -> None:
+            self.scheduler.submit(self._end_cron, key, (rel, slot, "cron", schedule, run_id, marker, result))
+        try:
+            start(list(schedule.argv), os.path.dirname(schedule.path), env, schedule.timeout_ms, ended,
+                  on_spawn=run.set_pgid)
+        except Exception as e:          # a bug or a surprise: the run still ends, as an error
+            self._end(rel, slot, "cron", schedule, run_id, marker,
+                      ScriptResult("error", self.clock(), 0, error=_short_error(e)))
+            raise
+        return RUN_GOES_ON
+
+    def _end_cron(self, key: str, run: tuple) -> None:
+        try:
+            self._end(*run)
+        finally:
+            self.scheduler.release(key)
 
     def _record_result(self, rel: str, run_id: str, slot: float, trigger: str, schedule: ScriptSchedule,
                        result: ScriptResult) -> dict:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timezone
+from typing import Callable
 
 
 def instant(when: float | str) -> float:
@@ -39,11 +41,17 @@ class RecordingSubmit:
     def __call__(self, fn, *args) -> None:
         self.pending.append((fn, *args))
 
-    def run_all(self) -> int:
-        """Run what was handed over (and what that hands over in turn); how many calls ran."""
+    def run_all(self, until: Callable[[], bool] | None = None, timeout: float = 30.0) -> int:
+        """Run what was handed over (and what that hands over in turn); how many calls ran. With `until`, also
+        wait (at most `timeout` s) for work handed over from other threads (a script's end, from the reaper)
+        until `until()` holds."""
         done = 0
-        while self.pending:
-            fn, *args = self.pending.pop(0)
-            fn(*args)
-            done += 1
-        return done
+        deadline = time.monotonic() + timeout
+        while True:
+            while self.pending:
+                fn, *args = self.pending.pop(0)
+                fn(*args)
+                done += 1
+            if until is None or until() or time.monotonic() >= deadline:
+                return done
+            time.sleep(0.002)

@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import sys
-import threading
 import time
 import tracemalloc
 import uuid
@@ -22,7 +21,7 @@ import pytest
 
 import schedserver
 from schedserver import (HEADER_BYTES, MAX_OUTPUT_BYTES, InvalidParameter, NdjsonLog, OutputTail,
-                         RegistrationError, Scheduler, ScriptResult, ScriptRunner, ScriptSchedules,
+                         RegistrationError, Scheduler, ScriptReaper, ScriptResult, ScriptRunner, ScriptSchedules,
                          discover_scripts, parse_directives, parse_iso, parse_timeout, script_identity, utc_iso)
 from fakes import FakeClock, RecordingSubmit
 
@@ -80,7 +79,9 @@ class Harness:
         self.submit = RecordingSubmit()
         self.scheduler = Scheduler(submit=self.submit, clock=self.clock)
         self.fires = NdjsonLog(str(self.data / "fires.log"), 10 * 1024 * 1024, 5)
-        self.runner = runner if runner is not None else ScriptRunner(clock=self.clock, kill_grace=0.2)
+        self.reaper = ScriptReaper()
+        self.runner = runner if runner is not None else ScriptRunner(clock=self.clock, kill_grace=0.2,
+                                                                     reaper=self.reaper)
         self.options = options
         self.service_class = service_class
         self.scripts = service_class(str(self.root), self.fires, self.scheduler, self.runner, clock=self.clock,
@@ -125,10 +126,13 @@ class Harness:
         return next(item for item in self.scripts.list()["schedules"] if item["scriptRel"] == rel)
 
     def tick(self, when: str) -> int:
-        """Set the clock, tick, and run inline what the scheduler handed over."""
+        """Set the clock, tick, and run inline what the scheduler handed over (how many calls that was) and
+        then the runs' ends, once the scripts have exited."""
         self.clock.set(when)
         self.scheduler.tick(self.clock())
-        return self.submit.run_all()
+        handed_over = len(self.submit.pending)
+        self.submit.run_all(until=lambda: not getattr(self.runner, "reaper", self.reaper).busy())
+        return handed_over
 
     def log_lines(self) -> list[dict]:
         """The fires log, oldest first."""
@@ -1016,24 +1020,12 @@ def test_huge_output_keeps_only_a_bounded_tail_and_counts_the_rest(tmp_path):
 
 
 def test_an_output_tail_keeps_the_last_64_kib_and_counts_what_it_dropped():
-    read_end, write_end = os.pipe()
-    tail = OutputTail(os.fdopen(read_end, "rb"))
+    tail = OutputTail()
     chunk = bytes(range(256)) * 1024                      # 256 KiB
     total = 0
-
-    def write() -> None:
-        nonlocal total
-        with os.fdopen(write_end, "wb") as w:
-            for _ in range(40):
-                w.write(chunk)
-                total += len(chunk)
-            w.write(b"\nthe end\n")
-            total += len(b"\nthe end\n")
-
-    writer = threading.Thread(target=write)
-    writer.start()
-    writer.join(10)
-    tail.join(10)
+    for piece in [chunk] * 40 + [b"\nthe end\n"]:
+        tail.add(piece)
+        total += len(piece)
 
     assert len(tail.data) == MAX_OUTPUT_BYTES
     assert tail.dropped == total - MAX_OUTPUT_BYTES
@@ -1056,3 +1048,79 @@ def test_the_result_started_at_comes_from_the_runners_clock(tmp_path):
 def test_signal_names_fall_back_to_the_number():
     assert schedserver._signal_name(signal.SIGTERM) == "SIGTERM"
     assert schedserver._signal_name(250) == "250"
+
+
+###############################################################################
+# Cron fires: a worker spawns, the reaper sees the run through ##################
+###############################################################################
+
+def test_a_cron_fire_frees_its_worker_at_spawn_and_its_end_is_recorded_once_the_script_exits(h):
+    h.write("waits.sh", "# @schedule 0 * * * *\nwhile [ ! -e release ]; do sleep 0.02; done\necho released\n")
+    h.scripts.reload()
+    h.clock.set("2026-01-15T12:00:00Z")
+    h.scheduler.tick(h.clock())
+    [(fire, *args)] = h.submit.pending
+    h.submit.pending.clear()
+    fire(*args)                                             # the worker's part: it returns while the script waits
+    assert h.scheduler.is_running("exec:waits.sh") and h.item("waits.sh")["running"] is True
+    assert h.log_lines() == [] and h.submit.pending == []
+    h.clock.set("2026-01-15T13:00:00Z")
+    h.scheduler.tick(h.clock())
+    h.submit.run_all()                                      # still running: skipped, not started again
+    assert [r["status"] for r in h.log_lines()] == ["skipped"]
+
+    (h.root / "release").touch()
+    h.submit.run_all(until=lambda: not h.reaper.busy(), timeout=10)
+    records = h.log_lines()
+    assert [(r["status"], r["ts"], r.get("returnPreview")) for r in records] == [
+        ("skipped", "2026-01-15T13:00:00.000Z", None), ("ok", "2026-01-15T12:00:00.000Z", "released")]
+    assert not h.scheduler.is_running("exec:waits.sh")
+
+
+def test_a_script_that_cannot_be_spawned_ends_as_an_error_at_once(h):
+    h.write("gone.sh", "#!/no/such/interpreter\n# @schedule 0 * * * *\necho never\n", executable=True)
+    h.scripts.reload()
+    h.write("gone.sh", "#!/no/such/interpreter\n# @schedule 0 * * * *\necho never\n", executable=True)
+    h.tick("2026-01-15T12:00:00Z")
+    [record] = h.log_lines()
+    assert record["status"] == "error" and "cannot start" in record["error"]
+    assert not h.scheduler.is_running("exec:gone.sh")
+
+
+def test_the_reaper_stops_waiting_for_output_held_open_by_a_process_that_left_the_group(tmp_path, monkeypatch):
+    monkeypatch.setattr(schedserver, "OUTPUT_DRAIN_SECONDS", 0.3)
+    marker = f"41.{os.getpid()}"
+    try:
+        result = run_sh(tmp_path, f"setsid sleep {marker} & echo done")     # the escaped sleep keeps stdout open
+        assert (result.status, result.return_preview) == ("ok", "done")
+    finally:
+        for pid in [int(p) for p in os.listdir("/proc") if p.isdigit()]:
+            try:
+                if marker in open(f"/proc/{pid}/cmdline").read():
+                    os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+def test_without_pidfd_the_reaper_notices_exits_by_polling(tmp_path, monkeypatch):
+    def no_pidfd(pid: int) -> int:
+        raise OSError(38, "Function not implemented")
+    monkeypatch.setattr(os, "pidfd_open", no_pidfd)
+    reaper = ScriptReaper()
+    result = run_sh(tmp_path, "echo polled; exit 3", reaper=reaper)
+    assert (result.status, result.exit_code, result.error) == ("error", 3, "exit status 3")
+    result = run_sh(tmp_path, "echo polled", reaper=reaper)
+    assert (result.status, result.return_preview) == ("ok", "polled")
+    assert not reaper.busy()
+
+
+def test_two_hundred_scripts_spawned_at_once_all_end_with_their_own_output(tmp_path):
+    runner = ScriptRunner(kill_grace=0.2, reaper=ScriptReaper())
+    ended: list[ScriptResult] = []
+    for i in range(200):
+        runner.start(["/bin/sh", "-c", f"echo out-{i}; echo err-{i} >&2; exit {i % 2}"], str(tmp_path),
+                     {"PATH": os.environ["PATH"]}, 10_000, ended.append)
+    assert wait_until(lambda: len(ended) == 200, 20.0), len(ended)
+    assert sorted(r.return_preview or r.error for r in ended) == sorted(
+        f"out-{i}" if i % 2 == 0 else f"err-{i}" for i in range(200))
+    assert not runner.reaper.busy()
