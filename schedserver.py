@@ -84,6 +84,7 @@ KEPT_PER_ORIGIN_MAX = 1024              # idle connections kept per origin for r
 KEPT_CONNECTIONS_MAX = 8192             # and in all (also at most half the process's descriptor limit)
 KEPT_IDLE_SECONDS = 30.0                # a kept connection unused this long is closed
 KEPT_CONNECT_TIMEOUT = 10.0
+OPEN_FILES_WANTED = 65536               # the soft descriptor limit main() raises to (within the hard limit)
 MISSED_SCAN_LIMIT = 3000                # missed slots counted one by one (~60 us each); beyond, "at least"
 FILE_LOCK_TIMEOUT = 10.0                # seconds a writer waits for a file lock before reporting a storage error
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
@@ -4226,7 +4227,8 @@ class Server:
         try:
             self.wsgi_server = waitress.server.create_server(
                 self._wsgi, host=cfg.host, port=cfg.port, threads=cfg.threads, ident="schedserver",
-                max_request_body_size=2 * MAX_BODY_BYTES, clear_untrusted_proxy_headers=True)
+                max_request_body_size=2 * MAX_BODY_BYTES, clear_untrusted_proxy_headers=True,
+                asyncore_use_poll=True)     # select() fails on descriptors past 1023: kept connections get there
         except (OSError, ValueError) as e:     # waitress raises ValueError for a host it cannot resolve
             raise ConfigError(f"cannot listen on {cfg.host}:{cfg.port}: {getattr(e, 'strerror', None) or e}") from None
         self.wsgi_server.channel_class = JsonErrorChannel
@@ -4322,6 +4324,22 @@ def setup_logging(level: str) -> None:
     logging.getLogger("waitress").setLevel(logging.ERROR if level != "DEBUG" else logging.INFO)
 
 
+def raise_open_file_limit(wanted: int = OPEN_FILES_WANTED) -> int:
+    """Raise the soft limit on open files toward `wanted` (never past the hard limit): connections kept for
+    runs due soon and run markers take a descriptor each, and systemd's default soft limit is 1,024. Returns
+    the soft limit now."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        if soft != resource.RLIM_INFINITY and soft < target:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            return target
+        return soft
+    except (OSError, ValueError) as e:
+        log.warning("cannot raise the open files limit: %s", e)
+        return -1
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point; returns the exit status (2 for problems the user can fix)."""
     args = parse_args(argv)
@@ -4331,6 +4349,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"schedserver: {e}", file=sys.stderr)
         return 2
     setup_logging(config.log_level)
+    raise_open_file_limit()
     server = Server(config)
     stopping: list[tuple[str, float]] = []
 

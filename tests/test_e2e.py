@@ -367,3 +367,20 @@ def test_the_installed_console_script_prints_the_same_version_when_installed():
     result = run_schedserver([script, "--version"])
     assert result.returncode == 0, result.stderr
     assert _version() in result.stdout
+
+
+def test_the_api_keeps_answering_when_the_process_holds_more_than_1024_descriptors(tmp_path):
+    # Connections kept for HTTP runs due next can take the process past descriptor 1023, where select() fails:
+    # here 1,100 descriptors are taken before the server starts, so every socket it opens is above them.
+    server = ServerProcess(tmp_path / "data", tmp_path / "scripts")
+    serve_args = server.argv[server.argv.index("schedserver") + 1:]
+    server.argv = [sys.executable, "-c",
+                   "import os, runpy, sys; held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]; "
+                   "sys.argv = ['schedserver', *sys.argv[1:]]; runpy.run_module('schedserver', run_name='__main__')",
+                   *serve_args]
+    with server:
+        for _ in range(3):
+            assert server.api("GET", CURL_PATH).status_code == 200
+        created = server.api("POST", CURL_PATH, json={"cron": "0 0 0 1 1 *", "request": {"url": "http://127.0.0.1:9/"}})
+        assert created.status_code == 201
+        assert server.api("GET", "/healthz").status_code == 200

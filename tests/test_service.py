@@ -899,3 +899,17 @@ def test_an_http_run_recorded_as_interrupted_shows_in_its_schedules_history(tmp_
     shown = curl.get(created["id"])
     assert shown["last_status"] == "error"
     assert shown["history"][0]["run_id"] == "run-7" and shown["history"][0]["error"] == "interrupted by shutdown"
+
+
+@pytest.mark.parametrize("limits, wanted, expected_set", [
+    ((1024, 524288), 65536, (65536, 524288)),        # systemd's default: raised
+    ((1024, 4096), 65536, (4096, 4096)),             # never past the hard limit
+    ((100000, 524288), 65536, None),                  # already above: left alone
+])
+def test_the_open_files_limit_is_raised_toward_what_kept_connections_need(monkeypatch, limits, wanted, expected_set):
+    calls = []
+    monkeypatch.setattr(schedserver.resource, "getrlimit", lambda which: limits)
+    monkeypatch.setattr(schedserver.resource, "setrlimit", lambda which, value: calls.append(value))
+    now = schedserver.raise_open_file_limit(wanted)
+    assert calls == ([expected_set] if expected_set else [])
+    assert now == (expected_set[0] if expected_set else limits[0])
