@@ -18,6 +18,7 @@ import concurrent.futures
 import copy
 import fcntl
 import functools
+import gc
 import hmac
 import ipaddress
 import itertools
@@ -2386,7 +2387,16 @@ class Scheduler:
                     continue        # removed or re-registered since this entry was pushed
                 actions.extend(self._due(job, at, now))
                 self._push(job)
-        # Runs the ticker can begin itself go first, all of them, before any worker is woken.
+        if actions:
+            self._hand_over(actions)
+        if self.on_upcoming is not None:
+            try:
+                self.on_upcoming(self._upcoming(now + self.LOOKAHEAD))
+            except Exception:
+                log.exception("getting ready for upcoming runs failed")
+
+    def _hand_over(self, actions: list[tuple]) -> None:
+        """Runs the ticker can begin itself go first, all of them, before any worker is woken."""
         started = [self._start_here(*action[1:]) if action[0] == self._run_fire and action[1].start else action
                    for action in actions]
         for action in sorted(started, key=lambda a: a[0] != self._run_started):
@@ -2394,11 +2404,6 @@ class Scheduler:
                 self._submit(*action)
             except RuntimeError:    # pool shut down while stopping
                 log.warning("worker pool is shut down; dropped a fire of %s", action[1].key)
-        if self.on_upcoming is not None:
-            try:
-                self.on_upcoming(self._upcoming(now + self.LOOKAHEAD))
-            except Exception:
-                log.exception("getting ready for upcoming runs failed")
 
     def _start_here(self, job: Job, slot: float) -> tuple:
         """Begin `job`'s run on this (the ticker) thread: the worker action for the rest of it."""
@@ -4252,6 +4257,9 @@ class Server:
         app = make_app(self.curl, auth, self.scripts, Health(self.scheduler, self.curl, self.scripts))
         self.app = AccessLog(app) if cfg.access_log else app
         self.scheduler.on_upcoming = self.curl.prepare_upcoming
+        # What start-up loaded lives as long as the process: out of the collector's sight, a full collection
+        # costs microseconds instead of ~90 ms with 10,000 schedules, which would stall every run due meanwhile.
+        gc.freeze()
         self.scheduler.start()
         host = self.wsgi_server.effective_host
         shown = f"[{host}]" if ":" in str(host) else host
