@@ -3302,6 +3302,8 @@ class ScriptSchedules:
         # Which scripts were registered, kept beside the fires log so a restart knows whose downtime counts.
         self.state = JsonStore(os.path.join(os.path.dirname(fires.path), "exec-registered.json"))
         self._registered_at_stop: set[str] | None = None    # None: unknown, so every script counts
+        self._env_seen: dict | None = None
+        self._env_base: dict[str, str] = {}
         self._saved_registered: set[str] | None = None
 
     # -- registration ----------------------------------------------------------------------------------------
@@ -3522,9 +3524,15 @@ class ScriptSchedules:
 
     # -- firing ----------------------------------------------------------------------------------------------
     def _environment(self, extra: dict[str, str]) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items()
-               if k not in ("SCHEDSERVER_TOKEN", "SCHEDSERVER_READ_TOKEN")
-               and not any(secret in v for secret in self.secret_values)}
+        """The server's environment without API tokens (or any variable holding one), plus `extra`. Filtered
+        again only when the environment changed: filtering is ~80 us, a tenth of spawning a script."""
+        seen = getattr(os.environ, "_data", None)       # os._Environ's own dict: comparing it costs ~1 us
+        if seen is None or seen != self._env_seen:
+            self._env_base = {k: v for k, v in os.environ.items()
+                              if k not in ("SCHEDSERVER_TOKEN", "SCHEDSERVER_READ_TOKEN")
+                              and not any(secret in v for secret in self.secret_values)}
+            self._env_seen = dict(seen) if seen is not None else None
+        env = dict(self._env_base)
         env.update(extra)
         return env
 
