@@ -85,6 +85,7 @@ KEPT_PER_ORIGIN_MAX = 1024              # idle connections kept per origin for r
 KEPT_CONNECTIONS_MAX = 8192             # and in all (also at most half the process's descriptor limit)
 KEPT_IDLE_SECONDS = 30.0                # a kept connection unused this long is closed
 KEPT_CONNECT_TIMEOUT = 10.0
+KEPT_RETRY_SECONDS = 30.0               # after a failed open, no connections are opened ahead for that origin
 OPEN_FILES_WANTED = 65536               # the soft descriptor limit main() raises to (within the hard limit)
 MISSED_SCAN_LIMIT = 3000                # missed slots counted one by one (~60 us each); beyond, "at least"
 FILE_LOCK_TIMEOUT = 10.0                # seconds a writer waits for a file lock before reporting a storage error
@@ -1407,7 +1408,6 @@ class PendingRun:
     conn: Any
     method: str
     outcome: _Outcome
-    timer: int
     error: BaseException | None = None
 
 
@@ -1456,6 +1456,7 @@ class HttpRunner:
         self._kept: dict[tuple[str, str, int], deque] = {}     # origin -> (idle since, connection), newest last
         self._kept_count = 0
         self._opening: dict[tuple[str, str, int], int] = {}
+        self._open_failed: dict[tuple[str, str, int], float] = {}  # origin -> when opening one last failed
         self.kept_budget = _kept_connection_budget()
         self._factory = self._new_pools(num_pools=256)         # builds connections configured as urllib3's pools
 
@@ -1553,11 +1554,22 @@ class HttpRunner:
     # -- runs the ticker starts on kept connections ---------------------------------------------------------
     def origin(self, spec: dict) -> tuple[str, str, int] | None:
         """The origin a run could be started on by the ticker, or None when a worker must run it whole: it
-        follows redirects (a chain of exchanges), or its body is too big to be sure a write never waits."""
-        if spec.get("follow_redirects") or len(spec.get("body") or "") > TICKER_SEND_MAX_BYTES \
-                or ("json" in spec and len(json.dumps(spec["json"])) > TICKER_SEND_MAX_BYTES):
+        follows redirects (a chain of exchanges); it is HTTPS (TLS 1.3 session tickets make an idle TLS
+        connection look readable, so a kept one could not be told from a closed one); it frames its own body
+        (Transfer-Encoding); it is too big to be sure a write never waits; or urllib3 cannot parse its URL
+        (then a worker's run reports that as its error)."""
+        headers = spec.get("headers") or {}
+        if spec.get("follow_redirects") or any(name.lower() == "transfer-encoding" for name in headers):
             return None
-        return _origin_of(spec["url"])[0]
+        size = sum(len(name) + len(value) for name, value in headers.items()) + len(
+            json.dumps(spec["json"]) if "json" in spec else (spec.get("body") or "").encode())
+        if size > TICKER_SEND_MAX_BYTES:
+            return None
+        try:
+            origin = _origin_of(spec["url"])[0]
+        except (ValueError, urllib3.exceptions.LocationParseError):
+            return None
+        return origin if origin[0] == "http" else None
 
     def checkout(self, spec: dict) -> Any:
         """An open, idle kept connection for this run's origin (now the caller's), or None."""
@@ -1578,9 +1590,8 @@ class HttpRunner:
     def send(self, conn: Any, spec: dict, extra_headers: dict[str, str]) -> PendingRun:
         """Write the request on `conn` (from checkout()); never raises: a failed write is told by finish()."""
         origin, _ = _origin_of(spec["url"])
-        outcome = _Outcome(self.clock(), time.monotonic(), float(spec.get("timeout", 30)))
-        pending = PendingRun(origin, conn, spec["method"], outcome,
-                             _deadlines.add(outcome.deadline, functools.partial(_cut, [conn])))
+        pending = PendingRun(origin, conn, spec["method"],
+                             _Outcome(self.clock(), time.monotonic(), float(spec.get("timeout", 30))))
         try:
             data = self._wire(conn, spec, extra_headers)
             conn.sock.settimeout(TICKER_SEND_TIMEOUT)
@@ -1614,8 +1625,13 @@ class HttpRunner:
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b"")
 
     def finish(self, pending: PendingRun) -> RunResult:
-        """Read the answer of a run send() started; the connection is kept again if it can be used again."""
+        """Read the answer of a run send() started; the connection is kept again if it can be used again.
+
+        The time limit counts from here, when a worker gets to the run, not from the write: with every worker
+        busy, an answer that came at once must not be cut as late."""
         conn, outcome, response, whole = pending.conn, pending.outcome, None, False
+        outcome.deadline = time.monotonic() + outcome.timeout
+        timer = _deadlines.add(outcome.deadline, functools.partial(_cut, [conn]))
         try:
             if pending.error is not None:
                 return outcome.failure(pending.error)
@@ -1631,7 +1647,7 @@ class HttpRunner:
             log.exception("http run failed unexpectedly")
             return outcome.result("error", error=_short_error(e))
         finally:
-            _deadlines.cancel(pending.timer)
+            _deadlines.cancel(timer)
             if response is not None:
                 response.close()
             if whole and not response.will_close and time.monotonic() < outcome.deadline:
@@ -1656,6 +1672,8 @@ class HttpRunner:
         """How many connections to open for `wanted` runs due soon on `origin`; counted as opening until each
         open_kept() ends."""
         with self._kept_lock:
+            if time.monotonic() - self._open_failed.get(origin, -KEPT_RETRY_SECONDS) < KEPT_RETRY_SECONDS:
+                return 0            # it failed just now: the runs connect themselves, no worker waits twice
             have = len(self._kept.get(origin) or ()) + self._opening.get(origin, 0)
             room = min(KEPT_PER_ORIGIN_MAX, self.kept_budget - self._kept_count) - have
             count = max(0, min(wanted - have, room))
@@ -1684,6 +1702,10 @@ class HttpRunner:
                 self._opening[origin] -= 1
                 if not self._opening[origin]:
                     del self._opening[origin]
+                if conn is None:
+                    self._open_failed[origin] = time.monotonic()
+                else:
+                    self._open_failed.pop(origin, None)
         if conn is not None:
             self._keep(origin, conn)
 
@@ -1908,18 +1930,29 @@ class ScriptReaper:
         with self._lock:
             new = list(self._new)
         for spawned, on_end in new:
-            state: dict[str, Any] = {"spawned": spawned, "on_end": on_end, "drain_until": None, "pidfd": None}
-            for what, pipe in (("stdout", spawned.proc.stdout), ("stderr", spawned.proc.stderr)):
-                fd = pipe.fileno()
-                os.set_blocking(fd, False)
-                self._selector.register(fd, selectors.EVENT_READ, (spawned, what))
-                state[what] = fd
+            state: dict[str, Any] = {"spawned": spawned, "on_end": on_end, "drain_until": None, "pidfd": None,
+                                     "stdout": None, "stderr": None}
+            try:
+                for what, pipe in (("stdout", spawned.proc.stdout), ("stderr", spawned.proc.stderr)):
+                    fd = pipe.fileno()
+                    os.set_blocking(fd, False)
+                    self._selector.register(fd, selectors.EVENT_READ, (spawned, what))
+                    state[what] = fd
+            except (OSError, ValueError) as e:      # e.g. the epoll watch limit: run on, its output unread
+                log.error("cannot read the output of a script (%s); its output is dropped", e)
+                for what in ("stdout", "stderr"):
+                    if state[what] is not None:
+                        self._forget(state[what], state, what)
+                    else:
+                        (spawned.proc.stdout if what == "stdout" else spawned.proc.stderr).close()
+            pidfd = None
             try:
                 pidfd = os.pidfd_open(spawned.proc.pid)
                 self._selector.register(pidfd, selectors.EVENT_READ, (spawned, "exit"))
                 state["pidfd"] = pidfd
-            except (AttributeError, OSError):
-                pass                        # no pidfd (kernel before 5.3): polled instead
+            except (AttributeError, OSError, ValueError):
+                if pidfd is not None:
+                    os.close(pidfd)         # no pidfd (kernel before 5.3, a filter): its exit is polled for
             with self._lock:
                 self._watched[spawned] = state
                 self._new.remove((spawned, on_end))

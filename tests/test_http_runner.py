@@ -434,12 +434,29 @@ class TestStartedByTheTicker:
             assert wait_until(lambda: runner.checkout(spec(peer.url)) is None, 5.0)
         assert runner.kept(origin) == 0
 
-    def test_runs_that_follow_redirects_or_send_a_big_body_are_left_whole_to_a_worker(self):
+    def test_runs_the_ticker_cannot_begin_safely_are_left_whole_to_a_worker(self):
         runner = schedserver.HttpRunner()
         assert runner.origin(spec("http://127.0.0.1:9/x")) == ("http", "127.0.0.1", 9)
         assert runner.origin(spec("http://127.0.0.1:9/x", follow_redirects=True)) is None
         assert runner.origin(spec("http://127.0.0.1:9/x", body="x" * 20_000)) is None
+        assert runner.origin(spec("http://127.0.0.1:9/x", body="é" * 9_000)) is None        # 18,000 bytes
         assert runner.origin(spec("http://127.0.0.1:9/x", json={"x": "y" * 20_000})) is None
+        assert runner.origin(spec("http://127.0.0.1:9/x", headers={"X-Big": "h" * 20_000})) is None
+        assert runner.origin(spec("http://127.0.0.1:9/x", headers={"Transfer-Encoding": "chunked"})) is None
+        assert runner.origin(spec("https://127.0.0.1:9/x")) is None
+        for url in ("http://a%zz/", "http://[v1.fe]/"):     # urlsplit takes them, urllib3 does not
+            assert runner.origin(spec(url)) is None
+            assert runner.run(spec(url), {}).status == "error"
+
+    def test_the_time_limit_of_a_begun_run_counts_from_when_a_worker_reads_its_answer(self):
+        with TargetServer(keep_alive=True) as target:
+            runner, origin = kept_runner(target.url + "/x")
+            request = spec(target.url + "/x", timeout=0.5)
+            pending = runner.send(runner.checkout(request), request, {})
+            time.sleep(0.8)                 # every worker busy for longer than the run's time limit
+            result = runner.finish(pending)
+        assert (result.status, result.status_code) == ("ok", 200)
+        assert runner.kept(origin) == 1
 
     def test_a_started_run_without_an_answer_times_out_at_its_deadline_and_its_connection_is_dropped(self):
         with RawPeer(never_answer) as peer:
@@ -460,10 +477,12 @@ class TestStartedByTheTicker:
         runner.kept_budget = 3
         assert runner.to_open(("http", "127.0.0.1", 10), 5) == 3
 
-    def test_a_connection_that_cannot_be_opened_is_not_kept_and_not_counted_as_opening(self):
+    def test_a_connection_that_cannot_be_opened_is_not_kept_and_not_tried_again_for_a_while(self, monkeypatch):
         runner, origin = kept_runner(f"http://127.0.0.1:{closed_port()}/x")
         assert runner.kept(origin) == 0
-        assert runner.to_open(origin, 1) == 1
+        assert runner.to_open(origin, 1) == 0           # the runs connect themselves for KEPT_RETRY_SECONDS
+        monkeypatch.setattr(schedserver, "KEPT_RETRY_SECONDS", 0.0)
+        assert runner.to_open(origin, 1) == 1           # no longer counted as opening, either
 
     def test_the_egress_policy_applies_to_kept_connections(self):
         with TargetServer(keep_alive=True) as target:

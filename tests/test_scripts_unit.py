@@ -1124,3 +1124,20 @@ def test_two_hundred_scripts_spawned_at_once_all_end_with_their_own_output(tmp_p
     assert sorted(r.return_preview or r.error for r in ended) == sorted(
         f"out-{i}" if i % 2 == 0 else f"err-{i}" for i in range(200))
     assert not runner.reaper.busy()
+
+
+def test_a_script_whose_output_cannot_be_watched_still_ends_and_is_recorded(tmp_path):
+    reaper = ScriptReaper()
+    register = reaper._selector.register
+
+    def no_room_for_pipes(fd, events, data=None):
+        if data is not None and data[1] == "stderr":
+            raise OSError(28, "No space left on device")
+        return register(fd, events, data)
+    reaper._selector.register = no_room_for_pipes
+    ended: list[ScriptResult] = []
+    ScriptRunner(reaper=reaper).start(["/bin/sh", "-c", "exit 4"], str(tmp_path), {"PATH": os.environ["PATH"]},
+                                      5000, ended.append)
+    assert wait_until(lambda: ended, 5.0)
+    assert (ended[0].status, ended[0].exit_code) == ("error", 4)
+    assert not reaper.busy()
