@@ -3070,14 +3070,15 @@ class CurlSchedules:
         if not hasattr(self.runner, "checkout"):
             return
         self.runner.prune()
-        wanted: dict[tuple[str, str, int], list[str]] = {}
         with self._lock:
-            for job in jobs:
-                schedule = self._schedules.get(job.key[len(CURL_KEY_PREFIX):]) \
-                    if job.key.startswith(CURL_KEY_PREFIX) else None
-                origin = self.runner.origin(schedule.request) if schedule is not None else None
-                if origin is not None:
-                    wanted.setdefault(origin, []).append(schedule.request["url"])
+            requests_due = [s.request for s in (self._schedules.get(job.key[len(CURL_KEY_PREFIX):])
+                                                for job in jobs if job.key.startswith(CURL_KEY_PREFIX))
+                            if s is not None]
+        wanted: dict[tuple[str, str, int], list[str]] = {}
+        for request in requests_due:
+            origin = self.runner.origin(request)
+            if origin is not None:
+                wanted.setdefault(origin, []).append(request["url"])
         for origin, urls in wanted.items():
             for _ in range(self.runner.to_open(origin, len(urls))):
                 self.scheduler.submit(self.runner.open_kept, origin, urls[0])
