@@ -1393,6 +1393,11 @@ class _Outcome:
     def result(self, status: str, code: int | None = None, error: str | None = None) -> RunResult:
         return RunResult(status, self.started, int((time.monotonic() - self.t0) * 1000), code, error)
 
+    def surprise(self, exc: BaseException) -> RunResult:
+        """A bug or a surprise from a library: logged with its traceback, and still a result."""
+        log.exception("http run failed unexpectedly")
+        return self.result("error", error=_short_error(exc))
+
     def failure(self, exc: BaseException, code: int | None = None) -> RunResult:
         if time.monotonic() >= self.deadline or _is_timeout(exc):
             return self.result("timeout", code, f"timed out after {self.timeout:g} s")
@@ -1520,8 +1525,7 @@ class HttpRunner:
             response.release_conn()
             return result
         except Exception as e:              # a bug or a surprise from a library: still a result
-            log.exception("http run failed unexpectedly")
-            return outcome.result("error", error=_short_error(e))
+            return outcome.surprise(e)
         finally:
             _deadlines.cancel(timer)
             _http_run.connections = _http_run.deadline = None
@@ -1644,8 +1648,7 @@ class HttpRunner:
             result, whole = self._answer(response, outcome, follow=False)
             return result
         except Exception as e:              # a bug or a surprise from a library: still a result
-            log.exception("http run failed unexpectedly")
-            return outcome.result("error", error=_short_error(e))
+            return outcome.surprise(e)
         finally:
             _deadlines.cancel(timer)
             if response is not None:

@@ -127,11 +127,12 @@ class Client:
 
 
 def _stop_all(*things: Any) -> None:
+    """Stop servers and close clients (whichever of them exist), each even if another fails."""
     for thing in things:
         if thing is None:
             continue
         try:
-            thing.stop()
+            (thing.stop if hasattr(thing, "stop") else thing.close)()
         except Exception as e:     # keep stopping the others
             print(f"   warning: could not stop {thing!r}: {e}", file=sys.stderr)
 
@@ -221,9 +222,7 @@ def bench_mutations(quick: bool, reps: int) -> list[Figure]:
         except Exception as e:
             raise _with_log(e, server)
         finally:
-            if client:
-                client.close()
-            _stop_all(server)
+            _stop_all(client, server)
             shutil.rmtree(root, ignore_errors=True)
     out = []
     for op in ("create", "toggle", "delete"):
@@ -369,9 +368,7 @@ def bench_reads(quick: bool, reps: int) -> list[Figure]:
             except Exception as e:
                 raise _with_log(e, server)
             finally:
-                if client:
-                    client.close()
-                _stop_all(server)
+                _stop_all(client, server)
             bare = None
             try:
                 bare = BareApp({path: bodies[label] for label, (path, _) in routes.items()}, threads=8).start()
@@ -562,9 +559,7 @@ def bench_history(quick: bool, reps: int) -> list[Figure]:
                 except Exception as e:
                     raise _with_log(e, server)
                 finally:
-                    if client:
-                        client.close()
-                    _stop_all(server)
+                    _stop_all(client, server)
         f_rss_diff.values = [b - a for a, b in zip(f_rss_small.values, f_rss_big.values)]
     finally:
         for d in dirs.values():
