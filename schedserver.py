@@ -2778,61 +2778,74 @@ class CurlSchedules:
 
     def _rebuild_run_state(self, by_id: dict[str, CurlSchedule]) -> None:
         """History, last run and last slot of each schedule from the runs log, newest lines first, until every
-        schedule has HISTORY_SIZE entries. Blocks without a line of a schedule still wanted are passed over
-        with one regex (a schedule that never ran makes the scan read every file), history lines are kept
-        as bytes and parsed when asked for, and only each schedule's newest lines are parsed here."""
-        by_key = {schedule_id.encode(): schedule for schedule_id, schedule in by_id.items()}
-        pending = set(by_key)
-        first_created, counted = 0.0, -1       # the earliest creation among `pending`, when it had `counted`
+        schedule has HISTORY_SIZE entries. A block is read line by line while blocks hold lines still wanted;
+        otherwise one regex tells whether it holds any (a schedule that never ran makes the scan read every
+        file). History lines are kept as bytes and parsed when asked for."""
+        wanted = {schedule_id.encode(): schedule for schedule_id, schedule in by_id.items()}
+        first_created, counted = 0.0, -1       # the earliest creation among `wanted`, when it had `counted`
         never_ran, below = self._read_checkpoint()
+        hits = 0
         for path, offset, chunk in self.runs.chunks_newest():
             if never_ran and path == self.runs.path and offset <= below:
-                never_ran = self._past_checkpoint(never_ran, pending, chunk)
-            if not pending:
+                never_ran = self._past_checkpoint(never_ran, wanted, chunk)
+            if not wanted:
                 break
-            if pending.isdisjoint(_SCHEDULE_ID.findall(chunk)):
-                # Nothing wanted here. Lines are appended in time order, so once the oldest line of a block
-                # predates the creation of every schedule still wanted, older blocks cannot hold them either.
-                if counted != len(pending):
-                    first_created, counted = min(by_key[p].created_at for p in pending), len(pending)
-                oldest = _parse_optional_iso(chunk[7:31].decode("ascii", "replace")) if chunk.startswith(b'{"ts":"') else None
-                if oldest is not None and oldest < first_created - 3600:
-                    break
-                continue
-            for line in reversed(chunk.split(b"\n")):
-                if _in_record_layout(line):
-                    schedule_id = line[48:84]
-                else:
-                    match = _SCHEDULE_ID.search(line)
-                    schedule_id = match.group(1) if match else None
-                if schedule_id not in pending:
+            if hits or not wanted.keys().isdisjoint(_SCHEDULE_ID.findall(chunk)):
+                hits = self._take_lines(chunk, wanted)
+                if hits:
                     continue
-                schedule = by_key[schedule_id]
-                if len(schedule.history) < 2 or schedule.last_run is None:
-                    record = _parse_record(line)
-                    if record is None:
-                        self.runs._warn_malformed(self.runs.path)
-                        continue
-                    slot = _parse_optional_iso(record.get("last_scheduled_at") or record.get("scheduled_at"))
-                    if slot is not None:    # lines are appended when runs end: the latest slot of the newest few
-                        schedule.last_slot = max(slot, schedule.last_slot or 0.0)
-                    if schedule.last_run is None and record.get("started_at"):
-                        schedule.last_run = _parse_optional_iso(record.get("started_at"))
-                if len(schedule.history) < HISTORY_SIZE:
-                    schedule.history.appendleft(_history_line(line))
-                if len(schedule.history) >= HISTORY_SIZE and schedule.last_run is not None:
-                    pending.discard(schedule_id)
-                    if not pending:
-                        break
+            # Nothing wanted here. Lines are appended in time order, so once the oldest line of a block
+            # predates the creation of every schedule still wanted, older blocks cannot hold them either.
+            if counted != len(wanted):
+                first_created, counted = min(s.created_at for s in wanted.values()), len(wanted)
+            oldest = _parse_optional_iso(chunk[7:31].decode("ascii", "replace")) if chunk.startswith(b'{"ts":"') else None
+            if oldest is not None and oldest < first_created - 3600:
+                break
 
-    def _past_checkpoint(self, never_ran: set[bytes], pending: set[bytes], chunk: bytes) -> set[bytes]:
+    def _take_lines(self, chunk: bytes, wanted: dict[bytes, CurlSchedule]) -> int:
+        """_rebuild_run_state for one block, newest line first: how many lines of `wanted` schedules it held.
+        Schedules with a full history and their last run leave `wanted`. A few hundred thousand lines go through
+        here at a start, so the layout _record_result writes is tested inline and cut by position."""
+        hits = 0
+        for line in reversed(chunk.split(b"\n")):
+            if line[31:48] == _LAYOUT_MIDDLE and line[:7] == _LAYOUT_HEAD:
+                schedule = wanted.get(line[48:84])
+            else:
+                match = _SCHEDULE_ID.search(line)
+                schedule = wanted.get(match.group(1)) if match else None
+            if schedule is None:
+                continue
+            hits += 1
+            history = schedule.history
+            if len(history) < 2 or schedule.last_run is None:
+                times = _slot_and_start(line)
+                if times is None:
+                    self.runs._warn_malformed(self.runs.path)
+                    continue
+                slot, started = times
+                if slot is not None:    # lines are appended when runs end: the latest slot of the newest few
+                    schedule.last_slot = max(slot, schedule.last_slot or 0.0)
+                if schedule.last_run is None and started is not None:
+                    schedule.last_run = started
+            if len(history) < HISTORY_SIZE:
+                history.appendleft(b"{" + line[86:-18] + b"}" if line[-18:] == _LAYOUT_CRON_END
+                                   and line[31:48] == _LAYOUT_MIDDLE and line[:7] == _LAYOUT_HEAD
+                                   else _history_line(line))
+            if len(history) >= HISTORY_SIZE and schedule.last_run is not None:
+                del wanted[schedule.id.encode()]
+                if not wanted:
+                    break
+        return hits
+
+    def _past_checkpoint(self, never_ran: set[bytes], wanted: dict[bytes, CurlSchedule], chunk: bytes) -> set[bytes]:
         """The scan reached the checkpoint's offset with this block: schedules that had no line when the
         checkpoint was written have none below it, so once the block's lines above it are read, they are done."""
         for line in chunk.split(b"\n"):
             match = _SCHEDULE_ID.search(line)
-            if match and match.group(1) in never_ran and match.group(1) in pending:
+            if match and match.group(1) in never_ran and match.group(1) in wanted:
                 return never_ran    # a line of theirs in this very block: finish the block first, next one
-        pending -= never_ran
+        for key in never_ran:
+            wanted.pop(key, None)
         return set()
 
     # -- the run-state checkpoint ----------------------------------------------------------------------------
@@ -3160,17 +3173,33 @@ _SCHEDULE_ID = re.compile(rb'"schedule_id":\s*"([0-9a-f-]{36})"')
 _NOT_IN_HISTORY = re.compile(rb'"(?:ts|schedule_id|trigger)":"[^"]*",?')
 
 
+_LAYOUT_HEAD, _LAYOUT_MIDDLE, _LAYOUT_CRON_END = b'{"ts":"', b'","schedule_id":"', b',"trigger":"cron"}'
+
+
 def _in_record_layout(line: bytes) -> bool:
     """True for a line as _record_result writes it: {"ts":"<24 chars>","schedule_id":"<36 chars>",... -- the
     id is then line[48:84] and the fields can be cut by position, without a regex or a JSON parse."""
-    return line[:7] == b'{"ts":"' and line[31:48] == b'","schedule_id":"'
+    return line[:7] == _LAYOUT_HEAD and line[31:48] == _LAYOUT_MIDDLE
 
 
 def _history_line(line: bytes) -> bytes:
     """A runs-log line as kept in memory for GET /{id}: without the fields history does not show."""
-    if _in_record_layout(line) and line.endswith(b',"trigger":"cron"}'):
+    if _in_record_layout(line) and line.endswith(_LAYOUT_CRON_END):
         return b"{" + line[86:-18] + b"}"       # the layout _record_result writes, cut without a regex
     return _NOT_IN_HISTORY.sub(b"", line).replace(b",}", b"}")
+
+
+def _slot_and_start(line: bytes) -> tuple[float | None, float | None] | None:
+    """(the last slot, the start) a runs-log line records, None for a malformed line. A run's result in the layout
+    _record_result writes is cut by position; other lines (missed, interrupted, older layouts) are parsed."""
+    if line[132:150] == b'","scheduled_at":"' and line[174:190] == b'","started_at":"' and _in_record_layout(line):
+        return _parse_optional_iso(line[150:174].decode("ascii", "replace")), \
+            _parse_optional_iso(line[190:214].decode("ascii", "replace"))
+    record = _parse_record(line)
+    if record is None:
+        return None
+    return (_parse_optional_iso(record.get("last_scheduled_at") or record.get("scheduled_at")),
+            _parse_optional_iso(record.get("started_at")))
 
 
 def _parse_record(line: bytes) -> dict | None:

@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 
 import schedserver
 from schedserver import (HISTORY_SIZE, CurlSchedule, CurlSchedules, DeadlineWatcher, JournalStore, NdjsonLog,
-                         Scheduler, _chunks_backwards, _history_entry, _history_line, _lines_backwards, utc_iso)
+                         Scheduler, _chunks_backwards, _history_entry, _history_line, _lines_backwards,
+                         _slot_and_start, parse_iso, utc_iso)
 
 DAY = 86400.0
 T0 = 1_760_000_000.0
@@ -68,6 +69,18 @@ def test_a_trimmed_history_line_shows_exactly_what_the_whole_record_shows(record
 
     assert _history_entry(trimmed) == _history_entry(record)
     assert b"schedule_id" not in trimmed and len(trimmed) < len(line)
+
+
+LAYOUT_RECORD = dict(RECORDS[0], run_id=str(uuid.UUID(int=7)))     # the layout _record_result writes
+
+
+@pytest.mark.parametrize("record", RECORDS + [LAYOUT_RECORD], ids=["ok", "missed", "tricky-error", "layout"])
+def test_the_slot_and_start_cut_from_a_line_are_what_its_record_holds(record):
+    line = json.dumps(record, separators=(",", ":")).encode()
+    slot = record.get("last_scheduled_at") or record["scheduled_at"]
+
+    assert _slot_and_start(line) == (parse_iso(slot), parse_iso(record["started_at"]) if record["started_at"] else None)
+    assert _slot_and_start(b'{"ts":"torn') is None
 
 
 def test_a_malformed_history_line_is_left_out_not_an_error():
@@ -124,19 +137,19 @@ def test_the_start_up_scan_stops_at_blocks_older_than_every_schedule_still_wante
     new = [run_line(ids[0], T0 - 3600 + n, 50_000 + n) for n in range(100)]
     (tmp_path / "curl-runs.log").write_bytes(b"".join(old + new))
     read: list[int] = []
-    original = schedserver._chunks_backwards
+    original = schedserver._chunks_backwards_at
 
     def counting(path, block=64 * 1024):
-        for chunk in original(path, block=64 * 1024):
+        for offset, chunk in original(path, block=64 * 1024):    # small blocks, so the count tells
             read.append(len(chunk))
-            yield chunk
-    monkeypatch.setattr(schedserver, "_chunks_backwards", counting)
+            yield offset, chunk
+    monkeypatch.setattr(schedserver, "_chunks_backwards_at", counting)
     service = make_service(tmp_path, T0)
     service.load()
 
     assert service.get(ids[1])["history"] == []
     assert len(service.get(ids[0])["history"]) == HISTORY_SIZE
-    assert sum(read) < len(b"".join(old)) / 4       # it did not read the whole old part for ids[1]
+    assert 0 < sum(read) < len(b"".join(old)) / 4       # it did not read the whole old part for ids[1]
 
 
 # -- HTTP runs -------------------------------------------------------------------------------------------------
