@@ -14,7 +14,6 @@ __version__ = "0.1.0"
 
 import argparse
 import bisect
-import concurrent.futures
 import copy
 import fcntl
 import functools
@@ -30,6 +29,7 @@ import os
 import re
 import resource
 import secrets
+import select
 import selectors
 import shlex
 import shutil
@@ -37,6 +37,7 @@ import signal
 import subprocess
 import socket
 import sys
+import tempfile
 import threading
 import time
 import tomllib
@@ -99,7 +100,7 @@ MARKER_SLOTS_KEPT = 64                  # empty run-marker files kept open for t
 OUTPUT_DRAIN_SECONDS = 5.0              # after a script exits, its pipes may stay open this long
 KILL_GRACE_SECONDS = 2.0                # between SIGTERM and SIGKILL for a script's process group
 PREFLIGHT_TIMEOUT_SECONDS = 20.0
-PREFLIGHT_PARALLEL = 4                  # syntax checks run at once during a scan of the scripts dir
+PREFLIGHT_DRIVERS = min(4, os.cpu_count() or 1)     # processes running syntax checks during a rescan
 HISTORY_MAX_LIMIT = 1000
 MAX_JSON_DEPTH = 64                     # nesting allowed in a stored request.json
 DEFAULT_DATA_DIR = "./data"
@@ -3335,6 +3336,121 @@ class ReloadPlan:
     failed: list[dict]
 
 
+class SyntaxChecks:
+    """Syntax checks of many scripts, run one after another by /bin/sh driver processes (one per command,
+    or `drivers` per command): each check is a fork and exec done by the driver, so none of it holds this
+    interpreter. 1,000 checks spawned from threads took about 1 s of a start; driven this way they run on
+    another core while start-up loads the HTTP schedules. Results are read in order by result(), which gives
+    UNCHECKED for a script it does not hold (or when its driver died), so the caller checks that one alone."""
+
+    UNCHECKED = object()
+    # stdin: the scripts, one path per line. Per script: "<exit status> <first non-blank line of its stderr,
+    # else of its stdout>" on one line. $1 is a private directory for the two outputs; then the command.
+    DRIVER = r"""
+dir=$1; shift
+while IFS= read -r f; do
+  ( cd -- "${f%/*}" && exec "$@" "$f" ) </dev/null >"$dir/out" 2>"$dir/err"
+  rc=$? msg=
+  if [ "$rc" -ne 0 ]; then
+    for x in "$dir/err" "$dir/out"; do
+      while IFS= read -r l || [ -n "$l" ]; do
+        case $l in *[![:space:]]*) msg=$l; break 2;; esac
+      done <"$x"
+    done
+  fi
+  printf '%s %s\n' "$rc" "$msg"
+done
+"""
+
+    def __init__(self, checks: list[tuple[str, tuple[str, ...]]], env: dict[str, str], drivers: int = 1):
+        self._where: dict[str, tuple[_CheckDriver, int]] = {}
+        self._drivers: list[_CheckDriver] = []
+        by_command: dict[tuple[str, ...], list[str]] = {}
+        for path, command in checks:
+            if "\n" not in path and path not in self._where:
+                by_command.setdefault(command, []).append(path)
+        for command, paths in by_command.items():
+            per = -(-len(paths) // max(1, drivers))
+            for first in range(0, len(paths), per):
+                self._start(command, paths[first:first + per], env)
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def _start(self, command: tuple[str, ...], paths: list[str], env: dict[str, str]) -> None:
+        scratch = tempfile.mkdtemp(prefix="schedserver-check-")
+        try:
+            with tempfile.TemporaryFile() as listing:
+                listing.write("".join(f"{p}\n" for p in paths).encode("utf-8", "surrogateescape"))
+                listing.seek(0)
+                proc = subprocess.Popen(["/bin/sh", "-c", self.DRIVER, "schedserver-check", scratch, *command],
+                                        stdin=listing, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                        env=env, start_new_session=True)
+        except OSError as e:
+            shutil.rmtree(scratch, ignore_errors=True)
+            log.warning("syntax checks run one by one (cannot start /bin/sh: %s)", e.strerror)
+            return
+        driver = _CheckDriver(proc, command, scratch)
+        self._drivers.append(driver)
+        for index, path in enumerate(paths):
+            self._where[path] = (driver, index)
+
+    def result(self, path: str, command: tuple[str, ...]) -> Any:
+        """The problem the check of `path` found (None: it passed), UNCHECKED if it is not checked here."""
+        driver, index = self._where.get(path, (None, 0))
+        if driver is None or driver.command != command:
+            return self.UNCHECKED
+        while len(driver.results) <= index:
+            if driver.done:
+                return self.UNCHECKED
+            driver.read()
+        return driver.results[index]
+
+    def close(self) -> None:
+        """Stop what is still running (a scan that ended early) and remove the scratch directories."""
+        for driver in self._drivers:
+            driver.finish()
+
+
+class _CheckDriver:
+    """One /bin/sh driver of SyntaxChecks and the results it has written so far, in the order of its scripts."""
+
+    def __init__(self, proc: subprocess.Popen, command: tuple[str, ...], scratch: str):
+        self.proc, self.command, self.scratch = proc, command, scratch
+        self.results: list[str | None] = []
+        self.done = False
+        self._buffer = b""
+        self._poll = select.poll()      # not select(): descriptors here can be past 1023
+        self._poll.register(proc.stdout.fileno(), select.POLLIN)
+
+    def read(self) -> None:
+        """Wait for the next results; a check silent for PREFLIGHT_TIMEOUT_SECONDS is stopped with its driver
+        (the scripts after it are then checked one by one by the caller)."""
+        if not self._poll.poll(PREFLIGHT_TIMEOUT_SECONDS * 1000):
+            self.results.append(f"{self.command[0]} took longer than {PREFLIGHT_TIMEOUT_SECONDS:g} s")
+            self.finish()
+            return
+        data = os.read(self.proc.stdout.fileno(), 65536)
+        if not data:
+            self.finish()
+            return
+        *lines, self._buffer = (self._buffer + data).split(b"\n")
+        for line in lines:
+            status, _, message = line.decode("utf-8", "replace").partition(" ")
+            first = message.strip()
+            self.results.append(None if status == "0" else first[:300] or f"exit status {status}")
+
+    def finish(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        if self.proc.poll() is None:
+            _kill_group(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        self.proc.stdout.close()
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+
 class ScriptSchedules:
     """The script schedule surface: scan and register @schedule scripts, fire them, list, history, trigger."""
 
@@ -3365,6 +3481,8 @@ class ScriptSchedules:
         # a thousand unchanged scripts does not run a thousand syntax checks before it listens.
         self._preflight_cache: dict[str, tuple[int, int, str | None, str | None]] = {}
         self._preflight_changed = False
+        self._checks: SyntaxChecks | None = None           # begun by begin_checks() or plan(), closed by plan()
+        self._state_read = False
         # Which scripts were registered, kept beside the fires log so a restart knows whose downtime counts.
         self.state = JsonStore(os.path.join(os.path.dirname(fires.path), "exec-registered.json"))
         self._registered_at_stop: set[str] | None = None    # None: unknown, so every script counts
@@ -3437,23 +3555,17 @@ class ScriptSchedules:
             raise RegistrationError(f"preflight failed: {problem}")
 
     def _run_preflight(self, path: str, interpreter: str | None = None) -> str | None:
-        """The check for the interpreter that will run the script (a `#!/bin/bash` .sh file gets `bash -n`, not
-        `sh -n`); by extension when the interpreter is not one we know; [exec.preflight] first."""
-        ext = os.path.splitext(path)[1].lower()
-        command = self.preflight.get(ext)
-        if command is None and interpreter:
-            if interpreter.startswith("python"):
-                return _compile_python(path)
-            if interpreter in ("sh", "dash", "bash", "zsh", "ksh", "mksh"):
-                command = (interpreter, "-n")
-            elif interpreter in ("node", "nodejs"):
-                command = (interpreter, "--check")
-        if command is None and (not interpreter or interpreter in ("env",)):
-            if ext == ".py":
-                return _compile_python(path)
-            command = DEFAULT_PREFLIGHT.get(ext)
-        if not command or not shutil.which(command[0]):
+        """The check for the interpreter that will run the script: from the scan's SyntaxChecks when they hold
+        it, else run here."""
+        command = self._preflight_command(path, interpreter)
+        if command == _COMPILE_PYTHON:
+            return _compile_python(path)
+        if command is None:
             return None
+        if self._checks is not None:
+            found = self._checks.result(path, command)
+            if found is not SyntaxChecks.UNCHECKED:
+                return found
         try:
             done = subprocess.run([*command, path], stdin=subprocess.DEVNULL, capture_output=True,
                                   timeout=PREFLIGHT_TIMEOUT_SECONDS, cwd=os.path.dirname(path),
@@ -3468,6 +3580,65 @@ class ScriptSchedules:
         first = next((line.strip() for line in text.splitlines() if line.strip()), f"exit status {done.returncode}")
         return first[:300]
 
+    def _preflight_command(self, path: str, interpreter: str | None) -> tuple[str, ...] | None:
+        """The check for the interpreter that will run the script (a `#!/bin/bash` .sh file gets `bash -n`, not
+        `sh -n`); by extension when the interpreter is not one we know; [exec.preflight] first. None: no check
+        (or its program is not installed); _COMPILE_PYTHON: compiled here."""
+        ext = os.path.splitext(path)[1].lower()
+        command = self.preflight.get(ext)
+        if command is None and interpreter:
+            if interpreter.startswith("python"):
+                return _COMPILE_PYTHON
+            if interpreter in ("sh", "dash", "bash", "zsh", "ksh", "mksh"):
+                command = (interpreter, "-n")
+            elif interpreter in ("node", "nodejs"):
+                command = (interpreter, "--check")
+        if command is None and (not interpreter or interpreter in ("env",)):
+            if ext == ".py":
+                return _COMPILE_PYTHON
+            command = DEFAULT_PREFLIGHT.get(ext)
+        if not command or not shutil.which(command[0]):
+            return None
+        return command
+
+    def begin_checks(self, drivers: int = 1) -> None:
+        """Start the syntax checks the next scan will need (scripts new or changed since their cached check),
+        so they run while the caller does other work: Server.start loads the HTTP schedules meanwhile."""
+        if self._checks is None:
+            self._read_state()
+            self._checks = SyntaxChecks(self._checks_needed(discover_scripts(self.scripts_dir)),
+                                        self._environment({}), drivers)
+
+    def cancel_checks(self) -> None:
+        """Stop checks begun for a scan that will not come (a start that failed after begin_checks)."""
+        if self._checks is not None:
+            self._checks.close()
+            self._checks = None
+
+    def _checks_needed(self, rels: list[str]) -> list[tuple[str, tuple[str, ...]]]:
+        """(path, command) of each script that declares @schedule and whose check is not cached. A cheap pass:
+        inspect() decides everything else later, and a script listed here needlessly costs one check."""
+        needed = []
+        for rel in rels:
+            path = os.path.join(self.scripts_dir, *rel.split("/"))
+            try:
+                with open(path, "rb") as f:
+                    head = f.read(HEADER_BYTES)
+                if b"@schedule" not in head:
+                    continue
+                argv = self._command_for(path, head)
+                st = os.stat(path)
+            except (OSError, RegistrationError):
+                continue
+            interpreter = _interpreter_name(argv, head)
+            cached = self._preflight_cache.get(path)
+            if cached and tuple(cached[:3]) == (st.st_size, st.st_mtime_ns, interpreter):
+                continue
+            command = self._preflight_command(path, interpreter)
+            if command is not None and command != _COMPILE_PYTHON:
+                needed.append((path, command))
+        return needed
+
     def plan(self) -> ReloadPlan:
         """Scan the scripts dir and diff it against what is registered (changes nothing)."""
         registrations: dict[str, ScriptSchedule] = {}
@@ -3481,12 +3652,16 @@ class ScriptSchedules:
             except (RegistrationError, OSError) as e:
                 return {"path": rel, "reason": str(e)}
 
-        # Syntax checks are subprocesses that mostly wait: a few at a time (a first start with 1,000 new
-        # scripts took 2.5 s one by one). Results come back in discovery order.
+        # Syntax checks run in SyntaxChecks' drivers (begun at start-up, or here), one per core; the rest of
+        # inspecting a script is cheap. Results come back in discovery order.
         rels = discover_scripts(self.scripts_dir)
-        with concurrent.futures.ThreadPoolExecutor(max_workers=PREFLIGHT_PARALLEL,
-                                                   thread_name_prefix="schedserver-inspect") as pool:
-            outcomes = list(pool.map(inspect, rels))
+        if self._checks is None:
+            self._checks = SyntaxChecks(self._checks_needed(rels), self._environment({}), PREFLIGHT_DRIVERS)
+        try:
+            outcomes = [inspect(rel) for rel in rels]
+        finally:
+            self._checks.close()
+            self._checks = None
         for rel, outcome in zip(rels, outcomes):
             if isinstance(outcome, dict):
                 failed.append(outcome)
@@ -3558,8 +3733,11 @@ class ScriptSchedules:
             except (OSError, filelock.Timeout) as e:
                 log.error("cannot write %s: %s", self.state.path, e)
 
-    def load(self) -> None:
-        """Rebuild last-fire state from the fires log's tail, then register the scripts."""
+    def _read_state(self) -> None:
+        """Once, at start: which scripts were registered at the last stop, and the cached syntax checks."""
+        if self._state_read:
+            return
+        self._state_read = True
         try:
             registered = self.state.load(None)
             if registered is not None:
@@ -3570,6 +3748,10 @@ class ScriptSchedules:
                         self._preflight_cache[path] = tuple(entry)
         except (StartupError, KeyError, TypeError) as e:
             log.warning("%s: unreadable (%s); treating every script as registered before", self.state.path, e)
+
+    def load(self) -> None:
+        """Rebuild last-fire state from the fires log's tail, then register the scripts."""
+        self._read_state()
         # Newest first, into the rotated files if need be, until every script on disk has its last fire and
         # last cron slot (lines are appended when runs end, so keep the latest slot of the first few seen).
         wanted = set(discover_scripts(self.scripts_dir))
@@ -3839,6 +4021,9 @@ def _interpreter_name(argv: tuple[str, ...], head: bytes) -> str | None:
             words = [w for w in words[1:] if not w.startswith("-")]
         return os.path.basename(words[0]) if words else None
     return os.path.basename(argv[0]) if argv else None
+
+
+_COMPILE_PYTHON = ("<compile>",)     # _preflight_command's answer for Python: compiled in this process
 
 
 def _compile_python(path: str) -> str | None:
@@ -4326,6 +4511,8 @@ class Server:
         for marker in self.inflight.recover():
             service = self.scripts if marker.get("surface") == "exec" else self.curl
             service.record_interrupted(marker, "interrupted")
+        # The scripts' syntax checks run in processes of their own while the HTTP schedules load.
+        self.scripts.begin_checks()
         self.curl.load()
         self.scripts.load()
         app = make_app(self.curl, auth, self.scripts, Health(self.scheduler, self.curl, self.scripts))
@@ -4373,6 +4560,8 @@ class Server:
 
     def stop(self) -> None:
         """Let go at once (also after a failed start)."""
+        if self.scripts is not None:
+            self.scripts.cancel_checks()
         self.scheduler.stop()
         if self.wsgi_server is not None:
             self.wsgi_server.close()

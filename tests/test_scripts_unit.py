@@ -440,6 +440,112 @@ def test_a_cached_preflight_failure_is_still_reported(tmp_path):
     assert h.scripts.preflight_runs == {"bad.py": 1}
 
 
+# Syntax checks run by /bin/sh drivers (SyntaxChecks) answer what a check run alone answers.
+BATCH_SCRIPTS = {
+    "ok.sh": "#!/bin/sh\n# @schedule 0 * * * *\necho fine\n",
+    "broken.sh": "#!/bin/sh\n# @schedule 0 * * * *\nif then fi (\n",
+    "team/with space's $HOME.sh": "#!/bin/sh\n# @schedule 0 * * * *\ncase x in\n",
+    "-dash.sh": "# @schedule 0 * * * *\nfor i in; do\n",
+    "bash.sh": "#!/bin/bash\n# @schedule 0 * * * *\n[[ -n x ]] && echo ok\n",
+    "bash-broken.sh": "#!/bin/bash\n# @schedule 0 * * * *\nfunction f( {\n",
+    "custom.chk": "# @schedule 0 * * * *\n",
+    "custom-quiet.chk": "# @schedule 0 * * * *\n",
+    "custom-stdout.chk": "# @schedule 0 * * * *\n",
+}
+CUSTOM_CHECK = ("/bin/sh", "-c", 'case "$1" in *quiet*) exit 3;; *stdout*) printf "\\n  on stdout  \\n"; exit 1;; '
+                                 '*) printf "  \\n\\tfirst words\\nsecond\\n" >&2; exit 1;; esac', "check")
+
+
+def batch_harness(tmp_path) -> Harness:
+    h = Harness(tmp_path, preflight={".chk": CUSTOM_CHECK}, interpreters={".chk": ("/bin/sh",)})
+    for rel, text in BATCH_SCRIPTS.items():
+        h.write(rel, text, executable=text.startswith("#!"))
+    return h
+
+
+def test_checks_run_by_the_drivers_answer_what_each_check_run_alone_answers(tmp_path):
+    h = batch_harness(tmp_path)
+    needed = h.scripts._checks_needed(discover_scripts(str(h.root)))
+    alone = {path: h.scripts._run_preflight(path, schedserver._interpreter_name(
+        h.scripts._command_for(path, open(path, "rb").read()), open(path, "rb").read())) for path, _ in needed}
+    for drivers in (1, 2, 5):
+        checks = schedserver.SyntaxChecks(needed, h.scripts._environment({}), drivers)
+        try:
+            assert {path: checks.result(path, command) for path, command in needed} == alone
+        finally:
+            checks.close()
+    assert len(needed) == len(BATCH_SCRIPTS)
+    assert alone[str(h.root / "ok.sh")] is None and alone[str(h.root / "bash.sh")] is None
+    assert "Syntax error" in alone[str(h.root / "broken.sh")]
+    assert alone[str(h.root / "custom.chk")] == "first words"
+    assert alone[str(h.root / "custom-quiet.chk")] == "exit status 3"
+    assert alone[str(h.root / "custom-stdout.chk")] == "on stdout"
+
+
+def test_a_scan_after_begin_checks_runs_no_check_of_its_own_and_reports_the_same_failures(tmp_path, monkeypatch):
+    h = batch_harness(tmp_path)
+    expected = {f["path"]: f["reason"].replace(str(h.root), "ROOT") for f in h.scripts.plan().failed}
+    (tmp_path / "again").mkdir()
+    again = batch_harness(tmp_path / "again")
+    spawned = []
+    real_run = schedserver.subprocess.run
+    monkeypatch.setattr(schedserver.subprocess, "run", lambda *a, **k: spawned.append(a) or real_run(*a, **k))
+    again.scripts.begin_checks()
+    again.scripts.load()
+
+    assert spawned == []
+    assert {f["path"]: f["reason"].replace(str(again.root), "ROOT")
+            for f in again.scripts.reload(dry_run=True)["failed"]} == expected
+    assert sorted(expected) == sorted(["-dash.sh", "bash-broken.sh", "broken.sh", "custom-quiet.chk",
+                                       "custom-stdout.chk", "custom.chk", "team/with space's $HOME.sh"])
+    assert sorted(item["scriptRel"] for item in again.scripts.list()["schedules"]) == ["bash.sh", "ok.sh"]
+
+
+def test_a_hung_check_is_reported_and_the_scripts_after_it_are_checked_one_by_one(tmp_path, monkeypatch):
+    monkeypatch.setattr(schedserver, "PREFLIGHT_TIMEOUT_SECONDS", 0.5)
+    h = Harness(tmp_path, preflight={".chk": ("/bin/sh", "-c", 'case "$1" in *hang*) sleep 30;; *bad*) exit 1;; esac',
+                                              "check")}, interpreters={".chk": ("/bin/sh",)})
+    for rel in ("a-ok.chk", "b-hang.chk", "c-bad.chk", "d-ok.chk"):
+        h.write(rel, "# @schedule 0 * * * *\n")
+    needed = h.scripts._checks_needed(discover_scripts(str(h.root)))
+    checks = schedserver.SyntaxChecks(needed, {}, 1)
+    driver = checks._drivers[0]
+    try:
+        answers = [checks.result(path, command) for path, command in needed]
+    finally:
+        checks.close()
+
+    assert answers[0] is None and answers[1] == "/bin/sh took longer than 0.5 s"
+    assert answers[2:] == [schedserver.SyntaxChecks.UNCHECKED] * 2
+    assert driver.proc.returncode is not None and not os.path.exists(driver.scratch)
+    assert [f["path"] for f in h.scripts.plan().failed] == ["b-hang.chk", "c-bad.chk"]
+
+
+def test_closing_the_checks_stops_their_drivers_and_every_check_they_started(tmp_path):
+    h = Harness(tmp_path, preflight={".chk": ("/bin/sh", "-c", "sleep 30", "check")},
+                interpreters={".chk": ("/bin/sh",)})
+    h.write("slow.chk", "# @schedule 0 * * * *\n")
+    h.scripts.begin_checks()
+    driver = h.scripts._checks._drivers[0]
+    deadline = time.monotonic() + 5
+    while not schedserver._group_alive(driver.proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    h.scripts.cancel_checks()
+
+    assert driver.proc.returncode is not None and not schedserver._group_alive(driver.proc.pid)
+    assert h.scripts._checks is None
+
+
+def test_a_path_holding_a_newline_is_checked_alone(tmp_path):
+    h = Harness(tmp_path)
+    h.write("odd\nname.sh", "# @schedule 0 * * * *\nif then fi (\n")
+    needed = h.scripts._checks_needed(discover_scripts(str(h.root)))
+    checks = schedserver.SyntaxChecks(needed, {}, 1)
+    assert len(needed) == 1 and len(checks) == 0
+    assert checks.result(needed[0][0], needed[0][1]) is schedserver.SyntaxChecks.UNCHECKED
+    assert h.scripts.plan().failed[0]["reason"].startswith("preflight failed:")
+
+
 ###############################################################################
 # Reload #######################################################################
 ###############################################################################
