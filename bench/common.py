@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import py_compile
 import re
 import shutil
 import signal
@@ -107,14 +108,14 @@ def proc_rss_mb(pid: int) -> float:
 
 # -- the server under test -----------------------------------------------------------------------------------
 class Server:
-    """schedserver.py in a subprocess on a free loopback port; `started_in` is spawn-to-'listening' seconds."""
+    """schedserver in a subprocess on a free loopback port; `started_in` is spawn-to-'listening' seconds."""
 
     def __init__(self, data_dir: Path, scripts_dir: Path | None = None, **settings: Any):
         self.data_dir = Path(data_dir)
         self.scripts_dir = Path(scripts_dir) if scripts_dir else self.data_dir / "scripts"
         self.port = free_port()
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("SCHEDSERVER_")}
-        self.env.update({"SCHEDSERVER_TOKEN": TOKEN, "PYTHONUNBUFFERED": "1"})
+        self.env.update({"SCHEDSERVER_TOKEN": TOKEN, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)})
         for key, value in settings.items():
             self.env["SCHEDSERVER_" + key.upper()] = str(value)
         self.proc: subprocess.Popen | None = None
@@ -130,7 +131,10 @@ class Server:
 
     def start(self, timeout: float = 120.0) -> "Server":
         self.scripts_dir.mkdir(parents=True, exist_ok=True)
-        argv = [sys.executable, str(REPO / "schedserver.py"), "--host", "127.0.0.1", "--port", str(self.port),
+        # As the systemd unit runs it: the module imported from its compiled bytecode (pip compiles it at
+        # install), not `python schedserver.py`, which compiles its 4,500 lines at every start.
+        py_compile.compile(str(REPO / "schedserver.py"), doraise=True)
+        argv = [sys.executable, "-m", "schedserver", "--host", "127.0.0.1", "--port", str(self.port),
                 "--data-dir", str(self.data_dir), "--scripts-dir", str(self.scripts_dir)]
         t0 = time.perf_counter()
         self.proc = subprocess.Popen(argv, env=self.env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
