@@ -52,9 +52,9 @@ from typing import Any, Callable, Iterator
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import bottle
+import certifi
 import croniter
 import filelock
-import requests.certs
 import urllib3
 import urllib3.connection
 import urllib3.exceptions
@@ -1468,7 +1468,7 @@ class HttpRunner:
 
     @staticmethod
     def _new_pools(num_pools: int) -> urllib3.PoolManager:
-        pools = urllib3.PoolManager(num_pools=num_pools, maxsize=1, ca_certs=requests.certs.where())
+        pools = urllib3.PoolManager(num_pools=num_pools, maxsize=1, ca_certs=certifi.where())
         pools.pool_classes_by_scheme = {"http": _DeadlineHTTPPool, "https": _DeadlineHTTPSPool}
         return pools
 
