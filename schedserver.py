@@ -3288,20 +3288,33 @@ def script_identity(rel: str) -> dict[str, str]:
 
 def discover_scripts(root: str) -> list[str]:
     """scriptRel of every regular file under `root`, skipping hidden entries, __pycache__ and node_modules;
-    symlinks are followed only when they stay inside `root`."""
+    symlinks are followed only when they stay inside `root`, and never into directories. Directory entries
+    tell files, directories and links apart without a system call, so only links are resolved."""
     real_root = os.path.realpath(root)
     found = []
-    for directory, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in SKIPPED_DIRS
-                         and not os.path.islink(os.path.join(directory, d)))
-        for name in files:
-            if name.startswith("."):
+    directories = [""]
+    while directories:
+        directory = directories.pop()
+        try:
+            entries = list(os.scandir(os.path.join(root, directory)))
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
                 continue
-            path = os.path.join(directory, name)
-            real = os.path.realpath(path)
-            if not os.path.isfile(real) or os.path.commonpath([real_root, real]) != real_root:
+            rel = f"{directory}/{entry.name}" if directory else entry.name
+            try:
+                if entry.is_symlink():
+                    real = os.path.realpath(entry.path)
+                    if os.path.isfile(real) and os.path.commonpath([real_root, real]) == real_root:
+                        found.append(rel)
+                elif entry.is_dir(follow_symlinks=False):
+                    if entry.name not in SKIPPED_DIRS:
+                        directories.append(rel)
+                elif entry.is_file(follow_symlinks=False):
+                    found.append(rel)
+            except OSError:
                 continue
-            found.append(os.path.relpath(path, root).replace(os.sep, "/"))
     return sorted(found)
 
 
@@ -3483,6 +3496,7 @@ class ScriptSchedules:
         self._preflight_changed = False
         self._checks: SyntaxChecks | None = None           # begun by begin_checks() or plan(), closed by plan()
         self._state_read = False
+        self._programs: dict[str, str | None] | None = None    # shutil.which answers during one scan
         # Which scripts were registered, kept beside the fires log so a restart knows whose downtime counts.
         self.state = JsonStore(os.path.join(os.path.dirname(fires.path), "exec-registered.json"))
         self._registered_at_stop: set[str] | None = None    # None: unknown, so every script counts
@@ -3533,7 +3547,7 @@ class ScriptSchedules:
                                     f"{ext or 'files without an extension'!r} (set [exec.interpreters] "
                                     f"\"{ext or '.ext'}\" in the config)")
         for command in candidates:
-            program = shutil.which(command[0])
+            program = self._which(command[0])
             if program:
                 return (program, *command[1:], path)
         tried = ", ".join(c[0] for c in candidates)
@@ -3597,17 +3611,29 @@ class ScriptSchedules:
             if ext == ".py":
                 return _COMPILE_PYTHON
             command = DEFAULT_PREFLIGHT.get(ext)
-        if not command or not shutil.which(command[0]):
+        if not command or not self._which(command[0]):
             return None
         return command
+
+    def _which(self, program: str) -> str | None:
+        """shutil.which, remembered for the length of one scan: a scan asks the same few names for every script."""
+        if self._programs is None:
+            return shutil.which(program)
+        if program not in self._programs:
+            self._programs[program] = shutil.which(program)
+        return self._programs[program]
 
     def begin_checks(self, drivers: int = 1) -> None:
         """Start the syntax checks the next scan will need (scripts new or changed since their cached check),
         so they run while the caller does other work: Server.start loads the HTTP schedules meanwhile."""
         if self._checks is None:
             self._read_state()
-            self._checks = SyntaxChecks(self._checks_needed(discover_scripts(self.scripts_dir)),
-                                        self._environment({}), drivers)
+            self._programs = {}
+            try:
+                needed = self._checks_needed(discover_scripts(self.scripts_dir))
+            finally:
+                self._programs = None
+            self._checks = SyntaxChecks(needed, self._environment({}), drivers)
 
     def cancel_checks(self) -> None:
         """Stop checks begun for a scan that will not come (a start that failed after begin_checks)."""
@@ -3655,13 +3681,16 @@ class ScriptSchedules:
         # Syntax checks run in SyntaxChecks' drivers (begun at start-up, or here), one per core; the rest of
         # inspecting a script is cheap. Results come back in discovery order.
         rels = discover_scripts(self.scripts_dir)
-        if self._checks is None:
-            self._checks = SyntaxChecks(self._checks_needed(rels), self._environment({}), PREFLIGHT_DRIVERS)
+        self._programs = {}
         try:
+            if self._checks is None:
+                self._checks = SyntaxChecks(self._checks_needed(rels), self._environment({}), PREFLIGHT_DRIVERS)
             outcomes = [inspect(rel) for rel in rels]
         finally:
-            self._checks.close()
-            self._checks = None
+            self._programs = None
+            if self._checks is not None:
+                self._checks.close()
+                self._checks = None
         for rel, outcome in zip(rels, outcomes):
             if isinstance(outcome, dict):
                 failed.append(outcome)

@@ -319,8 +319,14 @@ def test_discovery_is_recursive_and_skips_hidden_cache_and_dependency_entries(tm
     os.symlink(outside / "secret.sh", root / "escape.sh")           # points outside: skipped
     os.symlink(outside, root / "escape-dir")                         # a directory outside: skipped
     os.symlink("../../elsewhere/secret.sh", root / "billing" / "relative-escape.sh")
+    os.symlink(root / "billing", root / "billing-again")             # a directory inside: not walked twice
+    os.symlink(root / "gone.sh", root / "dangling.sh")               # points nowhere: skipped
+    os.mkfifo(root / "billing" / "queue")                            # not a regular file: skipped
+    os.symlink(root, tmp_path / "scripts-link")                     # the scripts dir reached through a link
 
-    assert discover_scripts(str(root)) == ["alias.sh", "app/main.js", "billing/jobs/x.sh", "top.sh"]
+    expected = ["alias.sh", "app/main.js", "billing/jobs/x.sh", "top.sh"]
+    assert discover_scripts(str(root)) == expected
+    assert discover_scripts(str(tmp_path / "scripts-link")) == expected
 
 
 def test_discovery_of_a_missing_scripts_dir_finds_nothing(tmp_path):
