@@ -152,6 +152,75 @@ def test_the_start_up_scan_stops_at_blocks_older_than_every_schedule_still_wante
     assert 0 < sum(read) < len(b"".join(old)) / 4       # it did not read the whole old part for ids[1]
 
 
+def test_the_child_scan_finds_every_id_the_log_files_hold(tmp_path, monkeypatch):
+    monkeypatch.setattr(schedserver.LogIdScan, "MIN_BYTES", 0)
+    ids = [str(uuid.UUID(int=n)) for n in range(1, 6)]
+    (tmp_path / "runs.log").write_bytes(b"".join(run_line(ids[n % 2], T0 + n, n) for n in range(3000))
+                                        + run_line(ids[4], T0, 9).rstrip(b"\n"))      # torn, still counted
+    (tmp_path / "runs.log.1").write_bytes(run_line(ids[2], T0, 1) + b'{"schedule_id": "' + ids[3].encode() + b'"}\n')
+    scan = schedserver.LogIdScan.start([str(tmp_path / f) for f in ("runs.log", "runs.log.1", "runs.log.2")])
+    try:
+        scan._proc.wait(timeout=30)
+        assert scan.result() == {i.encode() for i in ids}
+    finally:
+        scan.close()
+
+
+def test_closing_a_child_scan_still_running_stops_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(schedserver.LogIdScan, "MIN_BYTES", 0)
+    monkeypatch.setattr(schedserver.LogIdScan, "CHILD", "import time; time.sleep(60)")
+    scan = schedserver.LogIdScan.start([str(tmp_path / "absent.log")])
+    assert scan.result() is None
+    scan.close()
+    assert scan._proc.returncode is not None
+
+
+def test_a_log_below_the_threshold_or_a_child_that_cannot_start_gets_no_child_scan(tmp_path, monkeypatch):
+    (tmp_path / "runs.log").write_bytes(run_line(str(uuid.UUID(int=1)), T0, 1))
+    assert schedserver.LogIdScan.start([str(tmp_path / "runs.log")]) is None
+    monkeypatch.setattr(schedserver.LogIdScan, "MIN_BYTES", 0)
+    monkeypatch.setattr(schedserver.sys, "executable", str(tmp_path / "no-such-python"))
+    assert schedserver.LogIdScan.start([str(tmp_path / "runs.log")]) is None
+
+
+def start_up_reads(tmp_path: Path, monkeypatch, child: str) -> tuple[CurlSchedules, list[str], int]:
+    """A start with no checkpoint on a log where ids[1] never ran; `child` is how the id scan goes: "done"
+    (answered before the scan needs it), "failed", or "none" (no child at all). Answers the bytes read."""
+    ids = write_store(tmp_path, [T0 - 10 * DAY] * 2)
+    (tmp_path / "curl-runs.log").write_bytes(b"".join(run_line(ids[0], T0 - 5 * DAY + n, n) for n in range(20_000)))
+    monkeypatch.setattr(schedserver.LogIdScan, "MIN_BYTES", 0 if child != "none" else 1 << 60)
+    if child == "failed":
+        monkeypatch.setattr(schedserver.LogIdScan, "CHILD", "import sys; sys.exit(3)")
+    original_result = schedserver.LogIdScan.result
+    monkeypatch.setattr(schedserver.LogIdScan, "result", lambda self: self._proc.wait(timeout=30) is None
+                        or original_result(self))
+    read: list[int] = []
+    original = schedserver._chunks_backwards_at
+
+    def counting(path, block=64 * 1024):
+        for offset, chunk in original(path, block=64 * 1024):
+            read.append(len(chunk))
+            yield offset, chunk
+    monkeypatch.setattr(schedserver, "_chunks_backwards_at", counting)
+    service = make_service(tmp_path, T0)
+    service.load()
+    return service, ids, sum(read)
+
+
+@pytest.mark.parametrize("child", ["done", "failed", "none"])
+def test_with_the_child_scans_answer_start_up_stops_reading_once_only_never_ran_schedules_are_left(
+        tmp_path, monkeypatch, child):
+    service, ids, read = start_up_reads(tmp_path, monkeypatch, child)
+    size = (tmp_path / "curl-runs.log").stat().st_size
+
+    assert [h["run_id"] for h in service.get(ids[0])["history"]] == [f"run-{n}" for n in range(19_999, 19_979, -1)]
+    assert service.get(ids[1])["history"] == [] and service.get(ids[1])["last_run"] is None
+    if child == "done":
+        assert 0 < read < size / 10
+    else:
+        assert read >= size - 1024         # every line read here
+
+
 # -- HTTP runs -------------------------------------------------------------------------------------------------
 def test_the_deadline_watcher_runs_actions_in_deadline_order_and_never_a_cancelled_one():
     watcher = DeadlineWatcher()
