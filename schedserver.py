@@ -1854,6 +1854,8 @@ class ScriptReaper:
         self._lock = threading.Lock()
         self._new: list[tuple[SpawnedScript, Callable[[SpawnedScript], None]]] = []
         self._watched: dict[SpawnedScript, dict] = {}
+        self._polled: set[SpawnedScript] = set()                   # watched without a pidfd: polled for exit
+        self._ending: dict[SpawnedScript, dict] = {}              # exited, their pipes not yet closed
         self._thread: threading.Thread | None = None
 
     def watch(self, spawned: SpawnedScript, on_end: Callable[[SpawnedScript], None]) -> None:
@@ -1876,11 +1878,12 @@ class ScriptReaper:
                 time.sleep(self.POLL_SECONDS)
 
     def _turn(self) -> None:
-        polled = any(state["pidfd"] is None and spawned.ended_at is None for spawned, state in self._watched.items())
-        draining = [state["drain_until"] for state in self._watched.values() if state["drain_until"] is not None]
-        timeout = self.POLL_SECONDS if polled else None
-        if draining:
-            timeout = max(0.0, min([*draining, time.monotonic() + (timeout or 3600.0)]) - time.monotonic())
+        # Work per turn follows the events and the runs that are ending, never every run watched: 200 scripts
+        # starting in one burst would otherwise cost the spawning workers a visit of each run at every event.
+        timeout = self.POLL_SECONDS if self._polled else None
+        if self._ending:
+            first = min(state["drain_until"] for state in self._ending.values())
+            timeout = max(0.0, min(first, time.monotonic() + (timeout or 3600.0)) - time.monotonic())
         for key, _ in self._selector.select(timeout):
             if key.data is None:
                 self._take_new()
@@ -1889,8 +1892,7 @@ class ScriptReaper:
             state = self._watched[spawned]
             if what == "exit":
                 self._forget(key.fd, state, "pidfd")
-                spawned.exited()
-                state["drain_until"] = time.monotonic() + OUTPUT_DRAIN_SECONDS
+                self._exited(spawned, state)
             else:
                 try:
                     chunk = os.read(key.fd, 65536)
@@ -1902,23 +1904,28 @@ class ScriptReaper:
                     (spawned.stdout if what == "stdout" else spawned.stderr).add(chunk)
                 else:
                     self._forget(key.fd, state, what)
+        for spawned in [s for s in self._polled if s.proc.poll() is not None]:
+            self._exited(spawned, self._watched[spawned])
         now = time.monotonic()
-        for spawned, state in list(self._watched.items()):
-            if state["pidfd"] is None and spawned.ended_at is None and spawned.proc.poll() is not None:
-                spawned.exited()
-                state["drain_until"] = now + OUTPUT_DRAIN_SECONDS
-            if spawned.ended_at is None:
-                continue
+        for spawned, state in list(self._ending.items()):
             if state["stdout"] is None and state["stderr"] is None or now >= state["drain_until"]:
                 for what in ("stdout", "stderr"):
                     if state[what] is not None:
                         self._forget(state[what], state, what)
+                del self._ending[spawned]
                 try:
                     state["on_end"](spawned)
                 except Exception:
                     log.exception("recording the end of a script run failed")
                 with self._lock:
                     del self._watched[spawned]
+
+    def _exited(self, spawned: SpawnedScript, state: dict) -> None:
+        """Its process has ended: reap it, and give its pipes OUTPUT_DRAIN_SECONDS more to close."""
+        self._polled.discard(spawned)
+        spawned.exited()
+        state["drain_until"] = time.monotonic() + OUTPUT_DRAIN_SECONDS
+        self._ending[spawned] = state
 
     def busy(self) -> bool:
         """True while a script it was given has not been seen through (its on_end not yet called)."""
@@ -1957,6 +1964,7 @@ class ScriptReaper:
             except (AttributeError, OSError, ValueError):
                 if pidfd is not None:
                     os.close(pidfd)         # no pidfd (kernel before 5.3, a filter): its exit is polled for
+                self._polled.add(spawned)
             with self._lock:
                 self._watched[spawned] = state
                 self._new.remove((spawned, on_end))
