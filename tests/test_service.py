@@ -913,3 +913,28 @@ def test_the_open_files_limit_is_raised_toward_what_kept_connections_need(monkey
     now = schedserver.raise_open_file_limit(wanted)
     assert calls == ([expected_set] if expected_set else [])
     assert now == (expected_set[0] if expected_set else limits[0])
+
+
+@pytest.mark.parametrize("store", ["good", "corrupt"])
+def test_start_up_loads_with_the_collector_off_and_leaves_it_on_afterwards_even_when_it_fails(tmp_path, store):
+    data = tmp_path / "data"
+    data.mkdir()
+    if store == "corrupt":
+        (data / "curl-schedules.json").write_text('{"version": 1, "schedules": [{"id": 1}]}')
+    config = schedserver.load_config({"data_dir": str(data), "scripts_dir": str(tmp_path / "scripts"), "port": 0,
+                                      "host": "127.0.0.1"}, environ={})
+    server = schedserver.Server(config)
+    seen: list[bool] = []
+    load = server.curl.load
+    server.curl.load = lambda: (seen.append(schedserver.gc.isenabled()), load())[1]
+    try:
+        if store == "corrupt":
+            with pytest.raises(schedserver.StartupError):
+                server.start()
+        else:
+            server.start()
+        assert seen == [False]                  # off while loading
+        assert schedserver.gc.isenabled()       # on again, started or not
+    finally:
+        server.stop()
+        schedserver.gc.unfreeze()
