@@ -2397,6 +2397,12 @@ class Scheduler:
         with self._lock:
             return key in self._running
 
+    def states(self, keys: list[str]) -> list[tuple[float | None, bool]]:
+        """(next_at, is running) of each key, under one hold of the lock: for listings."""
+        with self._lock:
+            jobs, running = self._jobs, self._running
+            return [(job.next_at if (job := jobs.get(key)) is not None else None, key in running) for key in keys]
+
     def running_count(self) -> int:
         with self._lock:
             return len(self._running)
@@ -3021,7 +3027,9 @@ class CurlSchedules:
                 chosen = list(itertools.islice(newest_first, (page - 1) * limit, page * limit))
         meta_limit = len(chosen) if limit is None else limit
         meta = json.dumps({"page": page, "limit": meta_limit, "total": total}).encode()
-        return b'{"items":[' + b",".join(self._summary_json(s) for s in chosen) + b'],"meta":' + meta + b"}"
+        states = self.scheduler.states([_curl_key(s.id) for s in chosen])
+        items = [self._summary_json(s, next_at if s.enabled else None) for s, (next_at, _) in zip(chosen, states)]
+        return b'{"items":[' + b",".join(items) + b'],"meta":' + meta + b"}"
 
     def get(self, schedule_id: str) -> dict:
         schedule = self._find(schedule_id)
@@ -3106,10 +3114,12 @@ class CurlSchedules:
         summary = json.loads(self._summary_json(s))     # a copy the caller may change
         return summary
 
-    def _summary_json(self, s: CurlSchedule) -> bytes:
+    def _summary_json(self, s: CurlSchedule, next_run: float | None | object = ...) -> bytes:
         """A schedule as list items show it, JSON-encoded; kept until its state (enabled, last run, next run)
-        changes, so a listing costs a dictionary lookup per item, not the formatting of four instants."""
-        next_run = self._next_run(s)
+        changes, so a listing costs a dictionary lookup per item, not the formatting of four instants.
+        `next_run` when the caller has it already (a list asks the scheduler once for the whole page)."""
+        if next_run is ...:
+            next_run = self._next_run(s)
         key = (s.enabled, s.last_run, next_run)
         cached = s.summary_cache
         if cached is not None and cached[0] == key:
@@ -3826,8 +3836,8 @@ class ScriptSchedules:
         now = self.clock()
         with self._lock:
             previous = self._registered
-            registered = {}
-            for rel, schedule in plan.registrations.items():
+            registered = {}     # in scriptRel order, the order of the list
+            for rel, schedule in sorted(plan.registrations.items()):
                 if rel in previous and rel not in plan.changed:
                     registered[rel] = previous[rel]
                 else:
@@ -4041,12 +4051,12 @@ class ScriptSchedules:
     def list_json(self) -> bytes:
         """list() as the JSON bytes the route sends; each item is encoded again only when its state changed."""
         with self._lock:
-            schedules = sorted(self._registered.values(), key=lambda s: s.rel)
+            schedules = list(self._registered.values())
             last = [self._last_fire.get(s.rel) for s in schedules]
         items = []
-        for s, fire in zip(schedules, last):
-            key = _exec_key(s.rel)
-            state = (s.registered_at, self.scheduler.next_at(key), self.scheduler.is_running(key),
+        for s, fire, (next_at, running) in zip(schedules, last,
+                                               self.scheduler.states([_exec_key(s.rel) for s in schedules])):
+            state = (s.registered_at, next_at, running,
                      (fire.get("runId"), fire.get("status"), fire.get("ts")) if fire else None)
             cached = s.summary_cache
             if cached is None or cached[0] != state:

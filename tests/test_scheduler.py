@@ -192,6 +192,18 @@ def test_it_skips_a_run_while_the_previous_one_is_running():
     assert h.events[2:] == [("a", "fire", "2025-01-10T12:00:03Z")]
 
 
+def test_states_gives_each_keys_next_fire_and_whether_it_runs_as_the_one_key_calls_do():
+    h = Harness(inline=False)
+    h.add("a", "* * * * * *")
+    h.add("b", "0 0 * * * *")
+    h.tick_at("2025-01-10T12:00:01Z")           # a is handed to a worker: running
+    keys = ["a", "b", "gone"]
+
+    assert h.scheduler.states(keys) == [(h.scheduler.next_at(k), h.scheduler.is_running(k)) for k in keys]
+    assert [running for _, running in h.scheduler.states(keys)] == [True, False, False]
+    assert h.scheduler.states(["gone"]) == [(None, False)] and h.scheduler.states([]) == []
+
+
 def test_a_slow_job_does_not_hold_back_another_job():
     h = Harness(inline=False)
     h.add("slow", "* * * * * *")
