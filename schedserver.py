@@ -2797,14 +2797,16 @@ sys.stdout.buffer.write(b"\n".join(seen))
                 pass
         if size < cls.MIN_BYTES:
             return None
-        out = tempfile.TemporaryFile()
+        out = None
         try:
+            out = tempfile.TemporaryFile()
             proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", cls.CHILD,
                                      _SCHEDULE_ID.pattern.decode("latin-1"), *paths],
                                     stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.DEVNULL)
         except OSError as e:
-            out.close()
-            log.info("runs log read in this process alone (cannot start %s: %s)", sys.executable, e.strerror)
+            if out is not None:
+                out.close()
+            log.info("runs log read in this process alone (cannot start %s: %s)", sys.executable, e.strerror or e)
             return None
         return cls(proc, out)
 
@@ -3502,8 +3504,9 @@ done
         return len(self._where)
 
     def _start(self, command: tuple[str, ...], paths: list[str], env: dict[str, str]) -> None:
-        scratch = tempfile.mkdtemp(prefix="schedserver-check-")
+        scratch = None
         try:
+            scratch = tempfile.mkdtemp(prefix="schedserver-check-")
             with tempfile.TemporaryFile() as listing:
                 listing.write("".join(f"{p}\n" for p in paths).encode("utf-8", "surrogateescape"))
                 listing.seek(0)
@@ -3511,8 +3514,9 @@ done
                                         stdin=listing, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                         env=env, start_new_session=True)
         except OSError as e:
-            shutil.rmtree(scratch, ignore_errors=True)
-            log.warning("syntax checks run one by one (cannot start /bin/sh: %s)", e.strerror)
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
+            log.warning("syntax checks run one by one (cannot start a /bin/sh driver: %s)", e.strerror or e)
             return
         driver = _CheckDriver(proc, command, scratch)
         self._drivers.append(driver)

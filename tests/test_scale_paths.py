@@ -181,6 +181,10 @@ def test_a_log_below_the_threshold_or_a_child_that_cannot_start_gets_no_child_sc
     monkeypatch.setattr(schedserver.LogIdScan, "MIN_BYTES", 0)
     monkeypatch.setattr(schedserver.sys, "executable", str(tmp_path / "no-such-python"))
     assert schedserver.LogIdScan.start([str(tmp_path / "runs.log")]) is None
+    monkeypatch.undo()
+    monkeypatch.setattr(schedserver.LogIdScan, "MIN_BYTES", 0)
+    monkeypatch.setattr(schedserver.tempfile, "TemporaryFile", lambda: (_ for _ in ()).throw(OSError(28, "No space")))
+    assert schedserver.LogIdScan.start([str(tmp_path / "runs.log")]) is None
 
 
 def start_up_reads(tmp_path: Path, monkeypatch, child: str) -> tuple[CurlSchedules, list[str], int]:

@@ -542,6 +542,15 @@ def test_closing_the_checks_stops_their_drivers_and_every_check_they_started(tmp
     assert h.scripts._checks is None
 
 
+def test_without_a_scratch_directory_for_the_drivers_each_script_is_checked_alone(tmp_path, monkeypatch):
+    h = batch_harness(tmp_path)
+    expected = {f["path"]: f["reason"] for f in h.scripts.plan().failed}
+    h.scripts._preflight_cache.clear()
+    monkeypatch.setattr(schedserver.tempfile, "mkdtemp", lambda **kw: (_ for _ in ()).throw(OSError(30, "Read-only")))
+
+    assert {f["path"]: f["reason"] for f in h.scripts.plan().failed} == expected
+
+
 def test_a_path_holding_a_newline_is_checked_alone(tmp_path):
     h = Harness(tmp_path)
     h.write("odd\nname.sh", "# @schedule 0 * * * *\nif then fi (\n")
