@@ -681,11 +681,12 @@ def bench_startup(quick: bool, reps: int) -> list[Figure]:
         shutil.rmtree(root, ignore_errors=True)
     f_first.note = (f"{n_sched:,} HTTP schedules in curl-schedules.json (yearly crons ~6 months ahead), "
                     f"{n_scripts:,} #!/bin/sh scripts (hourly, 0755, none due), curl-runs.log of {n_runs:,} lines "
-                    f"({runs_size / 1e6:.0f} MB, no rotation) for 90% of the schedules (10% never ran: the load "
-                    f"reads the whole log); each repetition: a fresh data dir holding only those two files (first "
+                    f"({runs_size / 1e6:.0f} MB, no rotation) for 90% of the schedules (10% never ran: without a "
+                    f"checkpoint a child process reads the whole log meanwhile); each repetition: a fresh data dir holding only those two files (first "
                     f"start), then a restart on it (with what the first start left, e.g. the preflight cache); "
-                    f"files just written, so the page cache is warm; data generated in {generated:.1f} s; RSS read "
-                    f"as soon as 'listening' is logged.")
+                    f"files just written, so the page cache is warm; data generated in {generated:.1f} s; the server "
+                    f"started as `python -m schedserver` from compiled bytecode, as the installed command runs it; "
+                    f"RSS read as soon as 'listening' is logged.")
     return [f_first, f_first_rss, f_again, f_again_rss]
 
 
