@@ -136,14 +136,7 @@ def test_the_start_up_scan_stops_at_blocks_older_than_every_schedule_still_wante
     old = [run_line(ids[0], T0 - 9 * DAY + n, n) for n in range(20_000)]          # 9 days ago: before ids[1]
     new = [run_line(ids[0], T0 - 3600 + n, 50_000 + n) for n in range(100)]
     (tmp_path / "curl-runs.log").write_bytes(b"".join(old + new))
-    read: list[int] = []
-    original = schedserver._chunks_backwards_at
-
-    def counting(path, block=64 * 1024):
-        for offset, chunk in original(path, block=64 * 1024):    # small blocks, so the count tells
-            read.append(len(chunk))
-            yield offset, chunk
-    monkeypatch.setattr(schedserver, "_chunks_backwards_at", counting)
+    read = counting_chunks(monkeypatch)          # in small blocks, so the count tells
     service = make_service(tmp_path, T0)
     service.load()
 
@@ -198,14 +191,7 @@ def start_up_reads(tmp_path: Path, monkeypatch, child: str) -> tuple[CurlSchedul
     original_result = schedserver.LogIdScan.result
     monkeypatch.setattr(schedserver.LogIdScan, "result", lambda self: self._proc.wait(timeout=30) is None
                         or original_result(self))
-    read: list[int] = []
-    original = schedserver._chunks_backwards_at
-
-    def counting(path, block=64 * 1024):
-        for offset, chunk in original(path, block=64 * 1024):
-            read.append(len(chunk))
-            yield offset, chunk
-    monkeypatch.setattr(schedserver, "_chunks_backwards_at", counting)
+    read = counting_chunks(monkeypatch)
     service = make_service(tmp_path, T0)
     service.load()
     return service, ids, sum(read)
