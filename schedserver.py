@@ -2763,7 +2763,7 @@ class LogIdScan:
     scan goes on reading meanwhile and uses the answer as soon as it is there."""
 
     MIN_BYTES = 32 * 1024 * 1024        # below this, reading the files here costs less than starting a child
-    # argv: the id regex, then the files. Writes the ids it found to stdout, one per line.
+    # argv: the id regex, then the files. Writes the ids it found to stdout, one per line, then END.
     CHILD = r"""
 import re, sys
 pattern, seen = re.compile(sys.argv[1].encode("latin-1")), set()
@@ -2780,7 +2780,7 @@ for path in sys.argv[2:]:
             seen.update(pattern.findall(data, 0, cut))
             rest = data[cut:]
         seen.update(pattern.findall(rest))
-sys.stdout.buffer.write(b"\n".join(seen))
+sys.stdout.buffer.write(b"\n".join(seen) + b"\nEND")
 """
 
     def __init__(self, proc: subprocess.Popen, out: Any):
@@ -2815,7 +2815,10 @@ sys.stdout.buffer.write(b"\n".join(seen))
         if self._proc.poll() is None or self._proc.returncode != 0:
             return None
         self._out.seek(0)
-        return set(self._out.read().split(b"\n")) - {b""}
+        lines = self._out.read().split(b"\n")
+        if lines[-1] != b"END":     # not the whole answer (sys.executable may not be a Python when embedded)
+            return None
+        return set(lines[:-1]) - {b""}
 
     def close(self) -> None:
         if self._proc.poll() is None:
@@ -3306,7 +3309,8 @@ def _history_line(line: bytes) -> bytes:
 def _slot_and_start(line: bytes) -> tuple[float | None, float | None] | None:
     """(the last slot, the start) a runs-log line records, None for a malformed line. A run's result in the layout
     _record_result writes is cut by position; other lines (missed, interrupted, older layouts) are parsed."""
-    if line[132:150] == b'","scheduled_at":"' and line[174:190] == b'","started_at":"' and _in_record_layout(line):
+    if (line[132:150] == b'","scheduled_at":"' and line[174:190] == b'","started_at":"' and _in_record_layout(line)
+            and line.endswith(_LAYOUT_CRON_END)):      # whole: a torn line is left to the JSON parse
         return _parse_optional_iso(line[150:174].decode("ascii", "replace")), \
             _parse_optional_iso(line[190:214].decode("ascii", "replace"))
     record = _parse_record(line)
@@ -3471,30 +3475,33 @@ class SyntaxChecks:
 
     UNCHECKED = object()
     # stdin: the scripts, one path per line. Per script: "<exit status> <first non-blank line of its stderr,
-    # else of its stdout>" on one line. $1 is a private directory for the two outputs; then the command.
+    # or of its stdout when stderr is empty>" on one line. $1 is a private directory for the two outputs; then
+    # the command.
     DRIVER = r"""
 dir=$1; shift
 while IFS= read -r f; do
   ( cd -- "${f%/*}" && exec "$@" "$f" ) </dev/null >"$dir/out" 2>"$dir/err"
-  rc=$? msg=
+  rc=$? msg= x="$dir/out"
+  [ -s "$dir/err" ] && x="$dir/err"
   if [ "$rc" -ne 0 ]; then
-    for x in "$dir/err" "$dir/out"; do
-      while IFS= read -r l || [ -n "$l" ]; do
-        case $l in *[![:space:]]*) msg=$l; break 2;; esac
-      done <"$x"
-    done
+    while IFS= read -r l || [ -n "$l" ]; do
+      case $l in *[![:space:]]*) msg=$l; break;; esac
+    done <"$x"
   fi
   printf '%s %s\n' "$rc" "$msg"
 done
 """
 
-    def __init__(self, checks: list[tuple[str, tuple[str, ...]]], env: dict[str, str], drivers: int = 1):
+    def __init__(self, checks: list[tuple[str, tuple[str, ...], tuple[int, int]]], env: dict[str, str],
+                 drivers: int = 1):
         self._where: dict[str, tuple[_CheckDriver, int]] = {}
         self._drivers: list[_CheckDriver] = []
+        self._stamps: dict[str, tuple[int, int]] = {}     # (size, mtime) of each script when the checks began
         by_command: dict[tuple[str, ...], list[str]] = {}
-        for path, command in checks:
-            if "\n" not in path and path not in self._where:
+        for path, command, stamp in checks:
+            if "\n" not in path and path not in self._stamps:
                 by_command.setdefault(command, []).append(path)
+                self._stamps[path] = stamp
         for command, paths in by_command.items():
             per = -(-len(paths) // max(1, drivers))
             for first in range(0, len(paths), per):
@@ -3523,10 +3530,11 @@ done
         for index, path in enumerate(paths):
             self._where[path] = (driver, index)
 
-    def result(self, path: str, command: tuple[str, ...]) -> Any:
-        """The problem the check of `path` found (None: it passed), UNCHECKED if it is not checked here."""
+    def result(self, path: str, command: tuple[str, ...], stamp: tuple[int, int] | None) -> Any:
+        """The problem the check of `path` found (None: it passed); UNCHECKED if it is not checked here, or if
+        the file (its size and mtime, `stamp`) has changed since the checks began."""
         driver, index = self._where.get(path, (None, 0))
-        if driver is None or driver.command != command:
+        if driver is None or driver.command != command or self._stamps.get(path) != stamp:
             return self.UNCHECKED
         while len(driver.results) <= index:
             if driver.done:
@@ -3565,7 +3573,7 @@ class _CheckDriver:
         *lines, self._buffer = (self._buffer + data).split(b"\n")
         for line in lines:
             status, _, message = line.decode("utf-8", "replace").partition(" ")
-            first = message.strip()
+            first = next((part.strip() for part in message.splitlines() if part.strip()), "")
             self.results.append(None if status == "0" else first[:300] or f"exit status {status}")
 
     def finish(self) -> None:
@@ -3609,7 +3617,9 @@ class ScriptSchedules:
         # a thousand unchanged scripts does not run a thousand syntax checks before it listens.
         self._preflight_cache: dict[str, tuple[int, int, str | None, str | None]] = {}
         self._preflight_changed = False
-        self._checks: SyntaxChecks | None = None           # begun by begin_checks() or plan(), closed by plan()
+        self._begun: SyntaxChecks | None = None            # begun by begin_checks(), taken by the next plan()
+        self._checks: SyntaxChecks | None = None           # the checks of the plan() running (under _reload_lock)
+        self._begun_lock = threading.Lock()
         self._state_read = False
         self._programs: dict[str, str | None] | None = None    # shutil.which answers during one scan
         # Which scripts were registered, kept beside the fires log so a restart knows whose downtime counts.
@@ -3692,7 +3702,11 @@ class ScriptSchedules:
         if command is None:
             return None
         if self._checks is not None:
-            found = self._checks.result(path, command)
+            try:
+                st = os.stat(path)
+            except OSError:
+                st = None
+            found = self._checks.result(path, command, (st.st_size, st.st_mtime_ns) if st else None)
             if found is not SyntaxChecks.UNCHECKED:
                 return found
         try:
@@ -3741,24 +3755,30 @@ class ScriptSchedules:
     def begin_checks(self, drivers: int = 1) -> None:
         """Start the syntax checks the next scan will need (scripts new or changed since their cached check),
         so they run while the caller does other work: Server.start loads the HTTP schedules meanwhile."""
-        if self._checks is None:
-            self._read_state()
+        self._read_state()
+        with self._reload_lock:             # not while a scan's own checks are being chosen and read
             self._programs = {}
             try:
                 needed = self._checks_needed(discover_scripts(self.scripts_dir))
             finally:
                 self._programs = None
-            self._checks = SyntaxChecks(needed, self._environment({}), drivers)
+        begun = SyntaxChecks(needed, self._environment({}), drivers)
+        with self._begun_lock:
+            previous, self._begun = self._begun, begun
+        if previous is not None:
+            previous.close()
 
     def cancel_checks(self) -> None:
-        """Stop checks begun for a scan that will not come (a start that failed after begin_checks)."""
-        if self._checks is not None:
-            self._checks.close()
-            self._checks = None
+        """Stop checks begun for a scan that will not come (a start that failed or was stopped after
+        begin_checks). A scan already running keeps its own."""
+        with self._begun_lock:
+            begun, self._begun = self._begun, None
+        if begun is not None:
+            begun.close()
 
-    def _checks_needed(self, rels: list[str]) -> list[tuple[str, tuple[str, ...]]]:
-        """(path, command) of each script that declares @schedule and whose check is not cached. A cheap pass:
-        inspect() decides everything else later, and a script listed here needlessly costs one check."""
+    def _checks_needed(self, rels: list[str]) -> list[tuple[str, tuple[str, ...], tuple[int, int]]]:
+        """(path, command, (size, mtime)) of each script that declares @schedule and whose check is not cached. A
+        cheap pass: inspect() decides everything else later, and a script listed here needlessly costs one check."""
         needed = []
         for rel in rels:
             path = os.path.join(self.scripts_dir, *rel.split("/"))
@@ -3777,7 +3797,7 @@ class ScriptSchedules:
                 continue
             command = self._preflight_command(path, interpreter)
             if command is not None and command != _COMPILE_PYTHON:
-                needed.append((path, command))
+                needed.append((path, command, (st.st_size, st.st_mtime_ns)))
         return needed
 
     def plan(self) -> ReloadPlan:
@@ -3796,10 +3816,12 @@ class ScriptSchedules:
         # Syntax checks run in SyntaxChecks' drivers (begun at start-up, or here), one per core; the rest of
         # inspecting a script is cheap. Results come back in discovery order.
         rels = discover_scripts(self.scripts_dir)
+        with self._begun_lock:
+            checks, self._begun = self._begun, None
         self._programs = {}
         try:
-            if self._checks is None:
-                self._checks = SyntaxChecks(self._checks_needed(rels), self._environment({}), PREFLIGHT_DRIVERS)
+            self._checks = checks or SyntaxChecks(self._checks_needed(rels), self._environment({}),
+                                                  PREFLIGHT_DRIVERS)
             outcomes = [inspect(rel) for rel in rels]
         finally:
             self._programs = None
@@ -4795,6 +4817,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"schedserver: {e}", file=sys.stderr)
             server.stop()
             return 2
+        except _Shutdown:       # stopped while starting: let go of what the start had begun (e.g. syntax checks)
+            log.info("schedserver stopped while starting (%s)", stopping[0][0] if stopping else "signal")
+            server.stop()
+            return 0
         try:
             server.serve()
         except _Shutdown:

@@ -81,6 +81,8 @@ def test_the_slot_and_start_cut_from_a_line_are_what_its_record_holds(record):
 
     assert _slot_and_start(line) == (parse_iso(slot), parse_iso(record["started_at"]) if record["started_at"] else None)
     assert _slot_and_start(b'{"ts":"torn') is None
+    if record is LAYOUT_RECORD:                 # torn in the middle of a file, past the fields cut by position
+        assert _slot_and_start(line[:230]) is None
 
 
 def test_a_malformed_history_line_is_left_out_not_an_error():
@@ -155,6 +157,17 @@ def test_the_child_scan_finds_every_id_the_log_files_hold(tmp_path, monkeypatch)
     try:
         scan._proc.wait(timeout=30)
         assert scan.result() == {i.encode() for i in ids}
+    finally:
+        scan.close()
+
+
+def test_a_child_that_ends_well_without_the_whole_answer_counts_as_no_answer(tmp_path, monkeypatch):
+    monkeypatch.setattr(schedserver.LogIdScan, "MIN_BYTES", 0)
+    monkeypatch.setattr(schedserver.LogIdScan, "CHILD", "print('not python, or cut short')")
+    scan = schedserver.LogIdScan.start([str(tmp_path / "absent.log")])
+    try:
+        scan._proc.wait(timeout=30)
+        assert scan._proc.returncode == 0 and scan.result() is None
     finally:
         scan.close()
 

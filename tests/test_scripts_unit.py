@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 import tracemalloc
 import uuid
@@ -457,8 +458,12 @@ BATCH_SCRIPTS = {
     "custom.chk": "# @schedule 0 * * * *\n",
     "custom-quiet.chk": "# @schedule 0 * * * *\n",
     "custom-stdout.chk": "# @schedule 0 * * * *\n",
+    "custom-blank-err.chk": "# @schedule 0 * * * *\n",
+    "custom-cr.chk": "# @schedule 0 * * * *\n",
 }
 CUSTOM_CHECK = ("/bin/sh", "-c", 'case "$1" in *quiet*) exit 3;; *stdout*) printf "\\n  on stdout  \\n"; exit 1;; '
+                                 '*blank-err*) printf "  \\n" >&2; echo "on stdout"; exit 1;; '
+                                 '*-cr*) printf "first\\rsecond\\n" >&2; exit 1;; '
                                  '*) printf "  \\n\\tfirst words\\nsecond\\n" >&2; exit 1;; esac', "check")
 
 
@@ -473,11 +478,11 @@ def test_checks_run_by_the_drivers_answer_what_each_check_run_alone_answers(tmp_
     h = batch_harness(tmp_path)
     needed = h.scripts._checks_needed(discover_scripts(str(h.root)))
     alone = {path: h.scripts._run_preflight(path, schedserver._interpreter_name(
-        h.scripts._command_for(path, open(path, "rb").read()), open(path, "rb").read())) for path, _ in needed}
+        h.scripts._command_for(path, open(path, "rb").read()), open(path, "rb").read())) for path, _, _ in needed}
     for drivers in (1, 2, 5):
         checks = schedserver.SyntaxChecks(needed, h.scripts._environment({}), drivers)
         try:
-            assert {path: checks.result(path, command) for path, command in needed} == alone
+            assert {path: checks.result(path, command, stamp) for path, command, stamp in needed} == alone
         finally:
             checks.close()
     assert len(needed) == len(BATCH_SCRIPTS)
@@ -486,6 +491,8 @@ def test_checks_run_by_the_drivers_answer_what_each_check_run_alone_answers(tmp_
     assert alone[str(h.root / "custom.chk")] == "first words"
     assert alone[str(h.root / "custom-quiet.chk")] == "exit status 3"
     assert alone[str(h.root / "custom-stdout.chk")] == "on stdout"
+    assert alone[str(h.root / "custom-blank-err.chk")] == "exit status 1"      # stderr had something: not stdout
+    assert alone[str(h.root / "custom-cr.chk")] == "first"
 
 
 def test_a_scan_after_begin_checks_runs_no_check_of_its_own_and_reports_the_same_failures(tmp_path, monkeypatch):
@@ -503,8 +510,40 @@ def test_a_scan_after_begin_checks_runs_no_check_of_its_own_and_reports_the_same
     assert {f["path"]: f["reason"].replace(str(again.root), "ROOT")
             for f in again.scripts.reload(dry_run=True)["failed"]} == expected
     assert sorted(expected) == sorted(["-dash.sh", "bash-broken.sh", "broken.sh", "custom-quiet.chk",
-                                       "custom-stdout.chk", "custom.chk", "team/with space's $HOME.sh"])
+                                       "custom-stdout.chk", "custom.chk", "custom-blank-err.chk", "custom-cr.chk",
+                                       "team/with space's $HOME.sh"])
     assert sorted(item["scriptRel"] for item in again.scripts.list()["schedules"]) == ["bash.sh", "ok.sh"]
+
+
+def test_a_script_changed_after_its_check_began_is_checked_again_as_it_is_now(tmp_path):
+    h = Harness(tmp_path)
+    h.write("job.sh", "#!/bin/sh\n# @schedule 0 * * * *\nif then fi (\n", executable=True)
+    h.scripts.begin_checks()
+    checks = h.scripts._begun
+    path = str(h.root / "job.sh")
+    assert "Syntax error" in checks.result(path, ("sh", "-n"), checks._stamps[path])      # checked as it was
+    h.write("job.sh", "#!/bin/sh\n# @schedule 0 * * * *\necho fixed now\n", executable=True)
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 5_000_000_000))
+    h.scripts.load()
+
+    assert h.registered() == ["job.sh"]
+    st = os.stat(path)
+    assert h.scripts._preflight_cache[path] == (st.st_size, st.st_mtime_ns, "sh", None)
+
+
+def test_cancelling_begun_checks_leaves_a_scan_already_running_alone(tmp_path):
+    h = Harness(tmp_path, preflight={".chk": ("/bin/sh", "-c", 'sleep 0.3; case "$1" in *bad*) exit 1;; esac',
+                                              "check")}, interpreters={".chk": ("/bin/sh",)})
+    for rel in ("a.chk", "b-bad.chk", "c.chk"):
+        h.write(rel, "# @schedule 0 * * * *\n")
+    answers: list[dict] = []
+    scan = threading.Thread(target=lambda: answers.append(h.scripts.reload()))
+    scan.start()
+    time.sleep(0.1)
+    h.scripts.cancel_checks()                   # as Server.stop() does
+    scan.join(timeout=30)
+
+    assert [f["path"] for f in answers[0]["failed"]] == ["b-bad.chk"] and answers[0]["added"] == ["a.chk", "c.chk"]
 
 
 def test_a_hung_check_is_reported_and_the_scripts_after_it_are_checked_one_by_one(tmp_path, monkeypatch):
@@ -517,7 +556,7 @@ def test_a_hung_check_is_reported_and_the_scripts_after_it_are_checked_one_by_on
     checks = schedserver.SyntaxChecks(needed, {}, 1)
     driver = checks._drivers[0]
     try:
-        answers = [checks.result(path, command) for path, command in needed]
+        answers = [checks.result(*check) for check in needed]
     finally:
         checks.close()
 
@@ -532,14 +571,14 @@ def test_closing_the_checks_stops_their_drivers_and_every_check_they_started(tmp
                 interpreters={".chk": ("/bin/sh",)})
     h.write("slow.chk", "# @schedule 0 * * * *\n")
     h.scripts.begin_checks()
-    driver = h.scripts._checks._drivers[0]
+    driver = h.scripts._begun._drivers[0]
     deadline = time.monotonic() + 5
     while not schedserver._group_alive(driver.proc.pid) and time.monotonic() < deadline:
         time.sleep(0.01)
     h.scripts.cancel_checks()
 
     assert driver.proc.returncode is not None and not schedserver._group_alive(driver.proc.pid)
-    assert h.scripts._checks is None
+    assert h.scripts._begun is None
 
 
 def test_without_a_scratch_directory_for_the_drivers_each_script_is_checked_alone(tmp_path, monkeypatch):
@@ -557,7 +596,7 @@ def test_a_path_holding_a_newline_is_checked_alone(tmp_path):
     needed = h.scripts._checks_needed(discover_scripts(str(h.root)))
     checks = schedserver.SyntaxChecks(needed, {}, 1)
     assert len(needed) == 1 and len(checks) == 0
-    assert checks.result(needed[0][0], needed[0][1]) is schedserver.SyntaxChecks.UNCHECKED
+    assert checks.result(*needed[0]) is schedserver.SyntaxChecks.UNCHECKED
     assert h.scripts.plan().failed[0]["reason"].startswith("preflight failed:")
 
 

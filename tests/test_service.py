@@ -938,3 +938,38 @@ def test_start_up_loads_with_the_collector_off_and_leaves_it_on_afterwards_even_
     finally:
         server.stop()
         schedserver.gc.unfreeze()
+
+
+def test_a_stop_signal_while_starting_lets_go_of_what_the_start_began_and_exits_0(tmp_path, monkeypatch):
+    for name in [n for n in os.environ if n.startswith("SCHEDSERVER_")]:
+        monkeypatch.delenv(name)
+    scripts = tmp_path / "scripts"
+    write_script(scripts, "slow.chk", "# @schedule 0 0 1 1 *\n")
+    (tmp_path / "schedserver.toml").write_text(
+        '[exec.preflight]\n".chk" = ["/bin/sh", "-c", "sleep 30.%d", "check"]\n'
+        '[exec.interpreters]\n".chk" = ["/bin/sh"]\n' % MARK)
+    services: list[schedserver.ScriptSchedules] = []
+    began: list[schedserver.SyntaxChecks] = []
+    begin_checks, load = schedserver.ScriptSchedules.begin_checks, schedserver.CurlSchedules.load
+
+    def begin_and_remember(self, drivers=1):
+        services.append(self)
+        begin_checks(self, drivers)
+
+    def sigterm_then_load(self):
+        began.append(services[0]._begun)            # the checks are running
+        os.kill(os.getpid(), signal.SIGTERM)         # as systemd stopping the unit while it starts
+        load(self)
+    monkeypatch.setattr(schedserver.ScriptSchedules, "begin_checks", begin_and_remember)
+    monkeypatch.setattr(schedserver.CurlSchedules, "load", sigterm_then_load)
+    try:
+        status = schedserver.main(["--config", str(tmp_path / "schedserver.toml"), "--port", "0",
+                                   "--data-dir", str(tmp_path / "data"), "--scripts-dir", str(scripts)])
+    finally:
+        schedserver.gc.unfreeze()
+
+    assert status == 0
+    assert began and began[0] is not None
+    driver = began[0]._drivers[0]
+    assert driver.done and driver.proc.returncode is not None and not os.path.exists(driver.scratch)
+    assert not processes_with(f"sleep 30.{MARK}")
