@@ -3474,21 +3474,14 @@ class SyntaxChecks:
     UNCHECKED for a script it does not hold (or when its driver died), so the caller checks that one alone."""
 
     UNCHECKED = object()
-    # stdin: the scripts, one path per line. Per script: "<exit status> <first non-blank line of its stderr,
-    # or of its stdout when stderr is empty>" on one line. $1 is a private directory for the two outputs; then
-    # the command.
+    # stdin: the scripts, one path per line. $1 is a private directory where the Nth check (from 0) leaves its
+    # output in N.out and N.err; then the command. Writes each check's exit status on a line of its own.
     DRIVER = r"""
-dir=$1; shift
+dir=$1; shift; n=0
 while IFS= read -r f; do
-  ( cd -- "${f%/*}" && exec "$@" "$f" ) </dev/null >"$dir/out" 2>"$dir/err"
-  rc=$? msg= x="$dir/out"
-  [ -s "$dir/err" ] && x="$dir/err"
-  if [ "$rc" -ne 0 ]; then
-    while IFS= read -r l || [ -n "$l" ]; do
-      case $l in *[![:space:]]*) msg=$l; break;; esac
-    done <"$x"
-  fi
-  printf '%s %s\n' "$rc" "$msg"
+  ( cd -- "${f%/*}" && exec "$@" "$f" ) </dev/null >"$dir/$n.out" 2>"$dir/$n.err"
+  echo "$?"
+  n=$((n + 1))
 done
 """
 
@@ -3572,9 +3565,19 @@ class _CheckDriver:
             return
         *lines, self._buffer = (self._buffer + data).split(b"\n")
         for line in lines:
-            status, _, message = line.decode("utf-8", "replace").partition(" ")
-            first = next((part.strip() for part in message.splitlines() if part.strip()), "")
-            self.results.append(None if status == "0" else first[:300] or f"exit status {status}")
+            index, status = len(self.results), line.decode("ascii", "replace").strip()
+            self.results.append(None if status == "0" else _check_problem(self._output(index), status))
+
+    def _output(self, index: int) -> bytes:
+        """What the check wrote: its stderr, or its stdout when stderr is empty (as subprocess.run shows it)."""
+        texts = []
+        for name in (f"{index}.err", f"{index}.out"):
+            try:
+                with open(os.path.join(self.scratch, name), "rb") as f:
+                    texts.append(f.read())
+            except OSError:
+                texts.append(b"")
+        return texts[0] or texts[1]
 
     def finish(self) -> None:
         if self.done:
@@ -3620,6 +3623,7 @@ class ScriptSchedules:
         self._begun: SyntaxChecks | None = None            # begun by begin_checks(), taken by the next plan()
         self._checks: SyntaxChecks | None = None           # the checks of the plan() running (under _reload_lock)
         self._begun_lock = threading.Lock()
+        self._closed = False                                # close(): the server is stopping
         self._state_read = False
         self._programs: dict[str, str | None] | None = None    # shutil.which answers during one scan
         # Which scripts were registered, kept beside the fires log so a restart knows whose downtime counts.
@@ -3719,9 +3723,7 @@ class ScriptSchedules:
             return f"{command[0]}: {e.strerror}"
         if done.returncode == 0:
             return None
-        text = (done.stderr or done.stdout).decode("utf-8", errors="replace")
-        first = next((line.strip() for line in text.splitlines() if line.strip()), f"exit status {done.returncode}")
-        return first[:300]
+        return _check_problem(done.stderr or done.stdout, done.returncode)
 
     def _preflight_command(self, path: str, interpreter: str | None) -> tuple[str, ...] | None:
         """The check for the interpreter that will run the script (a `#!/bin/bash` .sh file gets `bash -n`, not
@@ -3768,10 +3770,11 @@ class ScriptSchedules:
         if previous is not None:
             previous.close()
 
-    def cancel_checks(self) -> None:
-        """Stop checks begun for a scan that will not come (a start that failed or was stopped after
-        begin_checks). A scan already running keeps its own."""
+    def close(self) -> None:
+        """The server is stopping: stop checks begun for a scan that will not come, and take no more scans (a
+        SIGHUP reload waiting for the lock does nothing). A scan already running finishes with its own checks."""
         with self._begun_lock:
+            self._closed = True
             begun, self._begun = self._begun, None
         if begun is not None:
             begun.close()
@@ -3820,8 +3823,8 @@ class ScriptSchedules:
             checks, self._begun = self._begun, None
         self._programs = {}
         try:
-            self._checks = checks or SyntaxChecks(self._checks_needed(rels), self._environment({}),
-                                                  PREFLIGHT_DRIVERS)
+            self._checks = checks if checks is not None else SyntaxChecks(
+                self._checks_needed(rels), self._environment({}), PREFLIGHT_DRIVERS)
             outcomes = [inspect(rel) for rel in rels]
         finally:
             self._programs = None
@@ -3846,6 +3849,9 @@ class ScriptSchedules:
         `reason` ("start", "api", "SIGHUP") goes into the one summary line a reload logs.
         """
         with self._reload_lock:
+            if self._closed:
+                log.info("scripts not reloaded (%s): the server is stopping", reason)
+                return {"dry_run": dry_run, "added": [], "kept": [], "changed": [], "removed": [], "failed": []}
             if not dry_run and reason != "start":
                 self.notify(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
             try:
@@ -4190,6 +4196,12 @@ def _interpreter_name(argv: tuple[str, ...], head: bytes) -> str | None:
 
 
 _COMPILE_PYTHON = ("<compile>",)     # _preflight_command's answer for Python: compiled in this process
+
+
+def _check_problem(output: bytes, status: int | str) -> str:
+    """A failed syntax check in one line: the first non-blank line of what it wrote, else its exit status."""
+    text = output.decode("utf-8", errors="replace")
+    return next((line.strip() for line in text.splitlines() if line.strip()), f"exit status {status}")[:300]
 
 
 def _compile_python(path: str) -> str | None:
@@ -4717,6 +4729,9 @@ class Server:
                     self.scripts.reload(reason="SIGHUP")
             except Exception:
                 log.exception("SIGHUP reload failed")
+        if self.app is None:    # before the start's own scan: a reload now would hide downtime misses from it
+            log.info("SIGHUP while starting: ignored (the start scans the scripts dir itself)")
+            return
         threading.Thread(target=run, name="schedserver-reload", daemon=True).start()
 
     def shutdown(self, deadline: float) -> None:
@@ -4738,7 +4753,7 @@ class Server:
     def stop(self) -> None:
         """Let go at once (also after a failed start)."""
         if self.scripts is not None:
-            self.scripts.cancel_checks()
+            self.scripts.close()
         self.scheduler.stop()
         if self.wsgi_server is not None:
             self.wsgi_server.close()
@@ -4818,6 +4833,7 @@ def main(argv: list[str] | None = None) -> int:
             server.stop()
             return 2
         except _Shutdown:       # stopped while starting: let go of what the start had begun (e.g. syntax checks)
+            sd_notify("STOPPING=1")
             log.info("schedserver stopped while starting (%s)", stopping[0][0] if stopping else "signal")
             server.stop()
             return 0

@@ -460,10 +460,14 @@ BATCH_SCRIPTS = {
     "custom-stdout.chk": "# @schedule 0 * * * *\n",
     "custom-blank-err.chk": "# @schedule 0 * * * *\n",
     "custom-cr.chk": "# @schedule 0 * * * *\n",
+    "custom-nbsp.chk": "# @schedule 0 * * * *\n",
+    "custom-nul.chk": "# @schedule 0 * * * *\n",
 }
 CUSTOM_CHECK = ("/bin/sh", "-c", 'case "$1" in *quiet*) exit 3;; *stdout*) printf "\\n  on stdout  \\n"; exit 1;; '
                                  '*blank-err*) printf "  \\n" >&2; echo "on stdout"; exit 1;; '
                                  '*-cr*) printf "first\\rsecond\\n" >&2; exit 1;; '
+                                 '*nbsp*) printf "\\302\\240\\nreal error\\n" >&2; exit 1;; '
+                                 '*nul*) printf "ab\\000cd\\n" >&2; exit 1;; '
                                  '*) printf "  \\n\\tfirst words\\nsecond\\n" >&2; exit 1;; esac', "check")
 
 
@@ -493,6 +497,8 @@ def test_checks_run_by_the_drivers_answer_what_each_check_run_alone_answers(tmp_
     assert alone[str(h.root / "custom-stdout.chk")] == "on stdout"
     assert alone[str(h.root / "custom-blank-err.chk")] == "exit status 1"      # stderr had something: not stdout
     assert alone[str(h.root / "custom-cr.chk")] == "first"
+    assert alone[str(h.root / "custom-nbsp.chk")] == "real error"           # a no-break space is blank too
+    assert alone[str(h.root / "custom-nul.chk")] == "ab\x00cd"
 
 
 def test_a_scan_after_begin_checks_runs_no_check_of_its_own_and_reports_the_same_failures(tmp_path, monkeypatch):
@@ -511,7 +517,7 @@ def test_a_scan_after_begin_checks_runs_no_check_of_its_own_and_reports_the_same
             for f in again.scripts.reload(dry_run=True)["failed"]} == expected
     assert sorted(expected) == sorted(["-dash.sh", "bash-broken.sh", "broken.sh", "custom-quiet.chk",
                                        "custom-stdout.chk", "custom.chk", "custom-blank-err.chk", "custom-cr.chk",
-                                       "team/with space's $HOME.sh"])
+                                       "custom-nbsp.chk", "custom-nul.chk", "team/with space's $HOME.sh"])
     assert sorted(item["scriptRel"] for item in again.scripts.list()["schedules"]) == ["bash.sh", "ok.sh"]
 
 
@@ -540,10 +546,18 @@ def test_cancelling_begun_checks_leaves_a_scan_already_running_alone(tmp_path):
     scan = threading.Thread(target=lambda: answers.append(h.scripts.reload()))
     scan.start()
     time.sleep(0.1)
-    h.scripts.cancel_checks()                   # as Server.stop() does
+    h.scripts.close()                   # as Server.stop() does
     scan.join(timeout=30)
 
     assert [f["path"] for f in answers[0]["failed"]] == ["b-bad.chk"] and answers[0]["added"] == ["a.chk", "c.chk"]
+
+
+def test_once_closed_for_a_stop_a_reload_waiting_for_its_turn_does_nothing(tmp_path):
+    h = Harness(tmp_path)
+    h.write("job.sh", HOURLY)
+    h.scripts.close()
+
+    assert h.scripts.reload()["added"] == [] and h.registered() == []
 
 
 def test_a_hung_check_is_reported_and_the_scripts_after_it_are_checked_one_by_one(tmp_path, monkeypatch):
@@ -575,7 +589,7 @@ def test_closing_the_checks_stops_their_drivers_and_every_check_they_started(tmp
     deadline = time.monotonic() + 5
     while not schedserver._group_alive(driver.proc.pid) and time.monotonic() < deadline:
         time.sleep(0.01)
-    h.scripts.cancel_checks()
+    h.scripts.close()
 
     assert driver.proc.returncode is not None and not schedserver._group_alive(driver.proc.pid)
     assert h.scripts._begun is None

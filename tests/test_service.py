@@ -973,3 +973,22 @@ def test_a_stop_signal_while_starting_lets_go_of_what_the_start_began_and_exits_
     driver = began[0]._drivers[0]
     assert driver.done and driver.proc.returncode is not None and not os.path.exists(driver.scratch)
     assert not processes_with(f"sleep 30.{MARK}")
+
+
+def test_a_sighup_while_starting_is_ignored_so_the_starts_own_scan_still_counts_downtime(tmp_path, caplog):
+    config = schedserver.load_config({"data_dir": str(tmp_path / "data"), "scripts_dir": str(tmp_path / "scripts"),
+                                      "port": 0, "host": "127.0.0.1"}, environ={})
+    server = schedserver.Server(config)
+    load = server.curl.load
+    server.curl.load = lambda: (server.reload_scripts(), load())      # a SIGHUP during the start
+    try:
+        with caplog.at_level("INFO", logger="schedserver"):
+            server.start()
+            server.reload_scripts()                                    # and one after it
+            wait_until(lambda: "scripts reloaded (SIGHUP)" in caplog.text, timeout=10)
+    finally:
+        server.stop()
+        schedserver.gc.unfreeze()
+
+    assert "SIGHUP while starting: ignored" in caplog.text
+    assert caplog.text.count("scripts reloaded (SIGHUP)") == 1 and "scripts reloaded (start)" in caplog.text
