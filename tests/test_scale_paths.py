@@ -147,29 +147,30 @@ def test_the_start_up_scan_stops_at_blocks_older_than_every_schedule_still_wante
     assert 0 < sum(read) < len(b"".join(old)) / 4       # it did not read the whole old part for ids[1]
 
 
-def test_the_child_scan_finds_every_id_the_log_files_hold(tmp_path, monkeypatch):
+def child_scan_answer(monkeypatch, paths: list[Path], child: str | None = None) -> tuple[int, set | None]:
+    """LogIdScan's child run to its end on `paths` (with `child` as its code, if given): (exit status, result())."""
     monkeypatch.setattr(schedserver.LogIdScan, "MIN_BYTES", 0)
+    if child is not None:
+        monkeypatch.setattr(schedserver.LogIdScan, "CHILD", child)
+    scan = schedserver.LogIdScan.start([str(path) for path in paths])
+    try:
+        scan._proc.wait(timeout=30)
+        return scan._proc.returncode, scan.result()
+    finally:
+        scan.close()
+
+
+def test_the_child_scan_finds_every_id_the_log_files_hold(tmp_path, monkeypatch):
     ids = [str(uuid.UUID(int=n)) for n in range(1, 6)]
     (tmp_path / "runs.log").write_bytes(b"".join(run_line(ids[n % 2], T0 + n, n) for n in range(3000))
                                         + run_line(ids[4], T0, 9).rstrip(b"\n"))      # torn, still counted
     (tmp_path / "runs.log.1").write_bytes(run_line(ids[2], T0, 1) + b'{"schedule_id": "' + ids[3].encode() + b'"}\n')
-    scan = schedserver.LogIdScan.start([str(tmp_path / f) for f in ("runs.log", "runs.log.1", "runs.log.2")])
-    try:
-        scan._proc.wait(timeout=30)
-        assert scan.result() == {i.encode() for i in ids}
-    finally:
-        scan.close()
+    paths = [tmp_path / name for name in ("runs.log", "runs.log.1", "runs.log.2")]
+    assert child_scan_answer(monkeypatch, paths) == (0, {i.encode() for i in ids})
 
 
 def test_a_child_that_ends_well_without_the_whole_answer_counts_as_no_answer(tmp_path, monkeypatch):
-    monkeypatch.setattr(schedserver.LogIdScan, "MIN_BYTES", 0)
-    monkeypatch.setattr(schedserver.LogIdScan, "CHILD", "print('not python, or cut short')")
-    scan = schedserver.LogIdScan.start([str(tmp_path / "absent.log")])
-    try:
-        scan._proc.wait(timeout=30)
-        assert scan._proc.returncode == 0 and scan.result() is None
-    finally:
-        scan.close()
+    assert child_scan_answer(monkeypatch, [tmp_path / "absent.log"], "print('not python, or cut short')") == (0, None)
 
 
 def test_closing_a_child_scan_still_running_stops_it(tmp_path, monkeypatch):
