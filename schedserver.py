@@ -1599,17 +1599,37 @@ class HttpRunner:
                     return None
                 conn = idle.pop()[1]
                 self._kept_count -= 1
-            if conn.sock is not None and not urllib3.util.is_connection_dropped(conn):
+            if self.is_open(conn):
                 return conn
             conn.close()                    # closed by the other end while idle: try the next one
 
+    @staticmethod
+    def is_open(conn: Any) -> bool:
+        """The connection is open and nothing came on it while idle (a close, or bytes no request asked for)."""
+        return conn.sock is not None and not urllib3.util.is_connection_dropped(conn)
+
+    def put_back(self, spec: dict, conn: Any) -> None:
+        """A connection from checkout() that was not used: kept again if it is still open."""
+        origin = self.origin(spec)
+        if origin is not None and self.is_open(conn):
+            self._keep(origin, conn)
+        else:
+            conn.close()
+
     def send(self, conn: Any, spec: dict, extra_headers: dict[str, str]) -> PendingRun:
         """Write the request on `conn` (from checkout()); never raises: a failed write is told by finish()."""
-        origin, _ = _origin_of(spec["url"])
-        pending = PendingRun(origin, conn, spec["method"],
-                             _Outcome(self.clock(), time.monotonic(), float(spec.get("timeout", 30))))
         try:
-            data = self._wire(conn, spec, extra_headers)
+            data = self.wire(conn, spec, extra_headers)
+        except Exception as e:
+            pending = self._pending(conn, spec)
+            pending.error = e
+            return pending
+        return self.send_wire(conn, spec, data)
+
+    def send_wire(self, conn: Any, spec: dict, data: bytes) -> PendingRun:
+        """Write `data` (from wire()) on `conn`; never raises, as send()."""
+        pending = self._pending(conn, spec)
+        try:
             conn.sock.settimeout(TICKER_SEND_TIMEOUT)
             conn.sock.sendall(data)
         except (BrokenPipeError, ConnectionResetError):
@@ -1618,7 +1638,12 @@ class HttpRunner:
             pending.error = e
         return pending
 
-    def _wire(self, conn: Any, spec: dict, extra_headers: dict[str, str]) -> bytes:
+    def _pending(self, conn: Any, spec: dict) -> PendingRun:
+        """A run starting now on `conn`."""
+        return PendingRun(_origin_of(spec["url"])[0], conn, spec["method"],
+                          _Outcome(self.clock(), time.monotonic(), float(spec.get("timeout", 30))))
+
+    def wire(self, conn: Any, spec: dict, extra_headers: dict[str, str]) -> bytes:
         """The request as http.client and urllib3 write it (Host, Accept-Encoding: identity, Content-Length),
         built in one go: their header-by-header writing is half the ticker's cost of beginning a run."""
         _, target = _origin_of(spec["url"])
@@ -2096,7 +2121,9 @@ class InFlightRuns:
 
     Marker files are slots kept open and used again: a run's marker is one write into an empty slot, and emptied
     (truncated) when its result is recorded. Creating and removing a file per run cost 50-80 us of the ticker's
-    time for each run it begins. Empty files mean nothing; at most MARKER_SLOTS_KEPT empty ones stay.
+    time for each run it begins. Empty files mean nothing; at most MARKER_SLOTS_KEPT empty ones stay. A run
+    readied ahead of its second has its marker written then (reserve()), so a crash in the last moment before
+    that second is recorded as an interrupted run that may not have been sent.
     """
 
     def __init__(self, marker_dir: str | None = None):
@@ -2106,6 +2133,7 @@ class InFlightRuns:
         self._ending: set[str] = set()              # finished, their record being written: shutdown waits
         self._free: list[tuple[int, str]] = []      # empty marker slots: (descriptor, path)
         self._slots: dict[str, tuple[int, str]] = {}    # run id -> the slot holding its marker
+        self._reserved: set[tuple[int, str]] = set()    # slots holding the marker of a run about to begin
         self._made = 0
         if marker_dir:
             os.makedirs(marker_dir, mode=0o700, exist_ok=True)
@@ -2118,22 +2146,41 @@ class InFlightRuns:
             path = os.path.join(self.marker_dir, f"slot-{os.getpid()}-{self._made}.json")
         return os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600), path
 
-    def begin(self, run_id: str, marker: dict, on_interrupt: Callable[[dict, str], None]) -> InFlightRun:
-        """Track a run starting now; `on_interrupt(marker, reason)` records it if it never finishes."""
-        run = InFlightRun(marker, on_interrupt)
+    def reserve(self, marker: dict) -> tuple[int, str] | None:
+        """Write `marker` into a slot for a run about to begin (then begin(reserved=) it, or release() it);
+        None without a marker directory or when the write fails (logged)."""
+        if not self.marker_dir:
+            return None
         slot = None
-        if self.marker_dir:     # written in place: a marker torn by a crash is skipped as unreadable by recover()
-            try:
-                slot = self._slot()
-                os.pwrite(slot[0], json.dumps(marker).encode(), 0)
-            except OSError as e:
-                log.error("cannot write a run marker in %s: %s", self.marker_dir, e)
-                if slot is not None:
-                    self._discard(slot)
-                    slot = None
+        try:        # written in place: a marker torn by a crash is skipped as unreadable by recover()
+            slot = self._slot()
+            os.pwrite(slot[0], json.dumps(marker).encode(), 0)
+        except OSError as e:
+            log.error("cannot write a run marker in %s: %s", self.marker_dir, e)
+            if slot is not None:
+                self._discard(slot)
+            return None
+        with self._cond:
+            self._reserved.add(slot)
+        return slot
+
+    def release(self, reserved: tuple[int, str] | None) -> None:
+        """A reserved marker whose run never began: emptied, its slot kept for the next run."""
+        if reserved is not None:
+            with self._cond:
+                self._reserved.discard(reserved)
+            self._empty(reserved)
+
+    def begin(self, run_id: str, marker: dict, on_interrupt: Callable[[dict, str], None],
+              reserved: tuple[int, str] | None = None) -> InFlightRun:
+        """Track a run starting now; `on_interrupt(marker, reason)` records it if it never finishes. Its marker
+        is written now, unless `reserved` holds it already (from reserve())."""
+        run = InFlightRun(marker, on_interrupt)
+        slot = reserved if reserved is not None else self.reserve(marker)
         with self._cond:
             self._runs[run_id] = run
             if slot is not None:
+                self._reserved.discard(slot)
                 self._slots[run_id] = slot
         return run
 
@@ -2158,8 +2205,10 @@ class InFlightRuns:
     def _remove_marker(self, run_id: str) -> None:
         with self._cond:
             slot = self._slots.pop(run_id, None)
-        if slot is None:
-            return
+        if slot is not None:
+            self._empty(slot)
+
+    def _empty(self, slot: tuple[int, str]) -> None:
         try:
             os.ftruncate(slot[0], 0)
         except OSError:
@@ -2224,7 +2273,8 @@ class InFlightRuns:
             return []
         markers = []
         with self._cond:
-            own = {path for _, path in self._free} | {path for _, path in self._slots.values()}
+            own = {path for _, path in self._free} | {path for _, path in self._slots.values()} | {
+                path for _, path in self._reserved}
         for name in sorted(os.listdir(self.marker_dir)):
             path = os.path.join(self.marker_dir, name)
             if path in own:
@@ -2286,7 +2336,10 @@ class Job:
     `missed` record for `count` slots from `slot` to `last_slot` (also in a worker thread, so the ticker never
     waits on a file). `start(slot)`, when a job has it, is tried first, on the ticker thread itself: it begins
     the run without waiting on anything and returns the rest of the run for a worker (or None: then `fire`
-    runs the whole of it in a worker); it must not raise once its run has begun.
+    runs the whole of it in a worker); it must not raise once its run has begun. `prepare(slot)`, when a job has
+    it, is called shortly before `slot` to do the slow part of beginning that run ahead (True if it readied
+    something); `fire` or `start` for that slot then uses it, and `unprepare(slot)` lets go of whatever was
+    readied and not used (it must be harmless when nothing was).
     """
 
     key: str
@@ -2295,6 +2348,8 @@ class Job:
     fire: Callable[[float], None]
     record: Callable[[str, float, int, float], None]
     start: Callable[[float], Callable[[], None] | None] | None = None
+    prepare: Callable[[float], bool] | None = None
+    unprepare: Callable[[float], None] | None = None
     next_at: float | None = None
     last_slot: float | None = None
     generation: int = 0
@@ -2342,10 +2397,14 @@ class Scheduler:
     Runs due in the same second would start one after the other as workers take them, each behind the thread
     hand-offs of those before it. So a job that can begin its run without waiting (`Job.start`) is begun by
     the ticker itself, all of them before any worker is woken; workers do the waiting. After each tick,
-    `on_upcoming(jobs)` is told the jobs due within the next LOOKAHEAD seconds, to get ready for them.
+    `on_upcoming(jobs)` is told the jobs due within the next LOOKAHEAD seconds, to get ready for them. And
+    PREPARE_AHEAD seconds before each second, the jobs due then that can (`Job.prepare`) ready their runs, so at
+    the second itself beginning a run is little more than a write.
     """
 
     LOOKAHEAD = 1.5
+    PREPARE_AHEAD = 0.1
+    PREPARE_MARGIN = 0.01       # preparing stops this long before the second, so the ticker is back on time
 
     def __init__(self, workers: int = 8, misfire_grace: float = 30.0, clock: Callable[[], float] = time.time,
                  submit: Callable[..., Any] | None = None, monotonic: Callable[[], float] = time.monotonic,
@@ -2363,6 +2422,7 @@ class Scheduler:
         self._running: set[str] = set()     # keys with a run in flight; outlives remove(), so re-adding a
                                             # job while its old run still goes on cannot overlap it
         self._seq = 0
+        self._prepared: dict[str, tuple[Job, float]] = {}  # key -> (job, slot) whose run prepare() readied
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.last_tick: float | None = None                 # the `now` of the last tick (wall clock)
@@ -2439,6 +2499,7 @@ class Scheduler:
     def tick(self, now: float) -> None:
         """Fire every job due at or before `now`. Costs nothing per job that is not due."""
         actions: list[tuple] = []
+        unused: list[tuple[Job, float]] = []
         with self._lock:
             self.last_tick = now
             self.last_tick_monotonic = self.monotonic()
@@ -2449,8 +2510,11 @@ class Scheduler:
                     continue        # removed or re-registered since this entry was pushed
                 actions.extend(self._due(job, at, now))
                 self._push(job)
+            if self._prepared:      # readied for a slot now past that did not fire (removed, skipped, ...)
+                unused = [self._prepared.pop(key) for key, (_, at) in list(self._prepared.items()) if at <= now]
         if actions:
             self._hand_over(actions)
+        self._unprepare(unused)
         if self.on_upcoming is not None:
             try:
                 self.on_upcoming(self._upcoming(now + self.LOOKAHEAD))
@@ -2478,18 +2542,52 @@ class Scheduler:
 
     def _upcoming(self, horizon: float) -> list[Job]:
         """The jobs whose next fire is at or before `horizon`."""
-        found = []
         with self._lock:
-            heap, todo = self._heap, [0]
-            while todo:
-                i = todo.pop()
-                if i < len(heap) and heap[i][0] <= horizon:     # else neither it nor its children
-                    at, _, key, generation = heap[i]
-                    job = self._jobs.get(key)
-                    if job is not None and job.generation == generation and job.next_at == at:
-                        found.append(job)
-                    todo += (2 * i + 1, 2 * i + 2)
+            return [job for _, job in self._due_by(horizon)]
+
+    def _due_by(self, horizon: float) -> list[tuple[tuple[float, int], Job]]:
+        """((next fire, order pushed), job) of the jobs whose next fire is at or before `horizon`. Lock held."""
+        found = []
+        heap, todo = self._heap, [0]
+        while todo:
+            i = todo.pop()
+            if i < len(heap) and heap[i][0] <= horizon:     # else neither it nor its children
+                at, seq, key, generation = heap[i]
+                job = self._jobs.get(key)
+                if job is not None and job.generation == generation and job.next_at == at:
+                    found.append(((at, seq), job))
+                todo += (2 * i + 1, 2 * i + 2)
         return found
+
+    def prepare(self, slot: float, until: float | None = None) -> int:
+        """Ready ahead the runs due at or before `slot` whose jobs can (`Job.prepare`), in the order they will
+        fire, until the clock reaches `until`; the rest begin the ordinary way. Returns how many were readied."""
+        with self._lock:
+            if not self._heap or self._heap[0][0] > slot:
+                return 0
+            due = sorted((order, job) for order, job in self._due_by(slot)
+                         if job.prepare is not None and job.key not in self._running and job.key not in self._prepared)
+        readied = 0
+        for (at, _), job in due:
+            if until is not None and self.clock() >= until:
+                break
+            try:
+                if not job.prepare(at):
+                    continue
+            except Exception:
+                log.exception("preparing a run of %s failed", job.key)
+                continue
+            with self._lock:
+                self._prepared[job.key] = (job, at)
+            readied += 1
+        return readied
+
+    def _unprepare(self, prepared: list[tuple[Job, float]]) -> None:
+        for job, slot in prepared:
+            try:
+                job.unprepare(slot)
+            except Exception:
+                log.exception("letting go of a run readied for %s failed", job.key)
 
     def _due(self, job: Job, slot: float | None, now: float) -> list[tuple]:
         """Decide what happens to `job` whose slot `slot` is due; sets its next slot. Lock held.
@@ -2518,6 +2616,8 @@ class Scheduler:
             else:
                 self._running.add(job.key)
                 actions.append((self._run_fire, job, slot))
+                if (readied := self._prepared.get(job.key)) is not None and readied[0] is job and readied[1] == slot:
+                    del self._prepared[job.key]     # its fire (or start) takes what was readied
             job.last_slot = slot
             job.next_at = following
         else:
@@ -2535,6 +2635,8 @@ class Scheduler:
         except Exception:
             log.exception("fire of %s failed", job.key)
         finally:
+            if job.unprepare is not None:
+                self._unprepare([(job, slot)])      # readied and left unused (missed, or begun the ordinary way)
             if not goes_on:
                 with self._lock:
                     self._running.discard(job.key)
@@ -2561,9 +2663,16 @@ class Scheduler:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            now = self.clock()
-            # Wake just after the next whole second.
-            if self._stop.wait(max(0.0, 1.0 - (now % 1.0)) + 0.0005):
+            now, since = self.clock(), time.monotonic()
+            second = now // 1.0 + 1.0
+            # Wake PREPARE_AHEAD before the next whole second to ready its runs, then just after it to fire.
+            if self._stop.wait(max(0.0, second - now - self.PREPARE_AHEAD)):
+                break
+            try:
+                self.prepare(second, until=second - self.PREPARE_MARGIN)
+            except Exception:
+                log.exception("preparing runs failed")
+            if self._stop.wait(max(0.0, second - now - (time.monotonic() - since)) + 0.0005):
                 break
             try:
                 now = self.clock()
@@ -2578,10 +2687,13 @@ class Scheduler:
                     log.exception("tick hook failed")
 
     def stop_ticking(self) -> None:
-        """No more fires; runs in flight go on."""
+        """No more fires; runs in flight go on. Runs readied for a second not reached are let go."""
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
+        with self._lock:
+            unused, self._prepared = list(self._prepared.values()), {}
+        self._unprepare(unused)
 
     def stop(self) -> None:
         self.stop_ticking()
@@ -2827,6 +2939,18 @@ sys.stdout.buffer.write(b"\n".join(seen) + b"\nEND")
         self._out.close()
 
 
+@dataclass(eq=False)
+class ReadiedRun:
+    """An HTTP run readied ahead of its slot: its request bytes, on a kept connection, its marker written."""
+
+    request: dict
+    conn: Any
+    wire: bytes
+    run_id: str
+    marker: dict
+    reserved: tuple[int, str] | None
+
+
 class CurlSchedules:
     """The HTTP request schedule surface: create, list, get, toggle, delete, and firing."""
 
@@ -2846,6 +2970,7 @@ class CurlSchedules:
         self._order: list[tuple[float, int, str]] = []  # (created_at, sequence, id) ascending, for listing
         self._order_keys: dict[str, tuple[float, int, str]] = {}
         self._arrivals = 0
+        self._prepared: dict[tuple[str, float], ReadiedRun] = {}  # (id, slot) -> a run readied ahead of its slot
 
     # -- start-up --------------------------------------------------------------------------------------------
     def load(self) -> None:
@@ -3142,10 +3267,13 @@ class CurlSchedules:
     def _register(self, s: CurlSchedule, anchor: float | None = None) -> None:
         if anchor is None:
             anchor = max(s.enabled_at, s.last_slot or 0.0)
+        kept = hasattr(self.runner, "checkout")     # a runner that can start runs on kept connections
         job = Job(key=_curl_key(s.id), spec=parse_cron(s.cron), tz=load_timezone(s.timezone),
                   fire=lambda slot, sid=s.id: self._fire(sid, slot),
                   record=lambda status, slot, count, last, sid=s.id: self._record(sid, status, slot, count, last),
-                  start=functools.partial(self._start, s.id) if hasattr(self.runner, "checkout") else None)
+                  start=functools.partial(self._start, s.id) if kept else None,
+                  prepare=functools.partial(self._prepare, s.id) if kept else None,
+                  unprepare=functools.partial(self._unprepare, s.id) if kept else None)
         self.scheduler.add(job, anchor)
 
     def _fire(self, schedule_id: str, slot: float) -> None:
@@ -3159,9 +3287,18 @@ class CurlSchedules:
 
     def _start(self, schedule_id: str, slot: float) -> Callable[[], None] | None:
         """On the ticker: write the run's request on a kept connection, and return the rest of the run (reading
-        the answer, recording it) for a worker; None when there is no kept connection for it."""
+        the answer, recording it) for a worker; None when there is no kept connection for it. A run readied by
+        _prepare() costs only the write."""
         with self._lock:
             schedule = self._schedules.get(schedule_id)
+            readied = self._prepared.pop((schedule_id, slot), None)
+        if readied is not None:
+            if schedule is not None and readied.request is schedule.request and self.runner.is_open(readied.conn):
+                self.inflight.begin(readied.run_id, readied.marker, self.record_interrupted, reserved=readied.reserved)
+                pending = self.runner.send_wire(readied.conn, schedule.request, readied.wire)
+                return functools.partial(self._complete, schedule_id, readied.run_id, slot,
+                                         functools.partial(self.runner.finish, pending))
+            self._let_go(readied)       # closed meanwhile (or the schedule changed): begun the ordinary way
         if schedule is None:
             return lambda: None
         conn = self.runner.checkout(schedule.request)
@@ -3172,17 +3309,52 @@ class CurlSchedules:
         return functools.partial(self._complete, schedule_id, run_id, slot,
                                  functools.partial(self.runner.finish, pending))
 
+    def _prepare(self, schedule_id: str, slot: float) -> bool:
+        """On the ticker, shortly before `slot`: ready the run due then, so _start() only writes it. It gets a
+        kept connection, its run id, its request bytes and its marker, written now; the marker's start is the
+        slot. False (nothing readied) when there is no kept connection for it."""
+        with self._lock:
+            schedule = self._schedules.get(schedule_id)
+        if schedule is None:
+            return False
+        conn = self.runner.checkout(schedule.request)
+        if conn is None:
+            return False
+        try:
+            wire = self.runner.wire(conn, schedule.request, self._run_headers(schedule_id, slot))
+        except Exception:           # e.g. a control character: the ordinary way reports it as the run's error
+            self.runner.put_back(schedule.request, conn)
+            return False
+        run_id = str(uuid.uuid4())
+        marker = self._marker(schedule_id, run_id, slot, started=slot)
+        readied = ReadiedRun(schedule.request, conn, wire, run_id, marker, self.inflight.reserve(marker))
+        with self._lock:
+            self._prepared[(schedule_id, slot)] = readied
+        return True
+
+    def _unprepare(self, schedule_id: str, slot: float) -> None:
+        with self._lock:
+            readied = self._prepared.pop((schedule_id, slot), None)
+        if readied is not None:
+            self._let_go(readied)
+
+    def _let_go(self, readied: ReadiedRun) -> None:
+        self.inflight.release(readied.reserved)
+        self.runner.put_back(readied.request, readied.conn)
+
     @staticmethod
     def _run_headers(schedule_id: str, slot: float) -> dict[str, str]:
         return {"X-Schedserver-Schedule-Id": schedule_id, "X-Schedserver-Scheduled-At": utc_iso(slot)}
 
+    @staticmethod
+    def _marker(schedule_id: str, run_id: str, slot: float, started: float) -> dict:
+        return {"surface": "curl", "schedule_id": schedule_id, "run_id": run_id, "scheduled_at": utc_iso(slot, ms=True),
+                "started_at": utc_iso(started, ms=True), "trigger": "cron"}
+
     def _begin(self, schedule_id: str, slot: float) -> str:
         """A new run's id, tracked as in flight (with its marker) from now."""
         run_id = str(uuid.uuid4())
-        marker = {"surface": "curl", "schedule_id": schedule_id, "run_id": run_id,
-                  "scheduled_at": utc_iso(slot, ms=True), "started_at": utc_iso(self.clock(), ms=True),
-                  "trigger": "cron"}
-        self.inflight.begin(run_id, marker, self.record_interrupted)
+        self.inflight.begin(run_id, self._marker(schedule_id, run_id, slot, self.clock()), self.record_interrupted)
         return run_id
 
     def _complete(self, schedule_id: str, run_id: str, slot: float, outcome: Callable[[], RunResult]) -> None:
@@ -3635,6 +3807,7 @@ class ScriptSchedules:
         self._env_seen: dict | None = None
         self._env_base: dict[str, str] = {}
         self._saved_registered: set[str] | None = None
+        self._prepared: dict[tuple[str, float], tuple] = {}    # (rel, slot) -> _new_run() of a fire readied ahead
 
     # -- registration ----------------------------------------------------------------------------------------
     def inspect(self, rel: str) -> ScriptSchedule | None:
@@ -3892,7 +4065,9 @@ class ScriptSchedules:
             self.scheduler.add(Job(key=_exec_key(rel), spec=schedule.spec, tz=self.tz,
                                    fire=lambda slot, r=rel: self._fire_cron(r, slot),
                                    record=lambda status, slot, count, last, r=rel: self._record(
-                                       r, status, slot, count, last)),
+                                       r, status, slot, count, last),
+                                   prepare=functools.partial(self._prepare, rel),
+                                   unprepare=functools.partial(self._unprepare, rel)),
                                anchor)
         log.info("scripts reloaded (%s): %d added, %d kept, %d changed, %d removed, %d failed; %d registered",
                  reason, len(plan.added), len(plan.kept), len(plan.changed), len(plan.removed), len(plan.failed),
@@ -3961,18 +4136,48 @@ class ScriptSchedules:
 
     def _begin(self, rel: str, slot: float, trigger: str) -> tuple | None:
         """A new run of a registered script, tracked as in flight (with its marker): (schedule, run id, marker,
-        environment, InFlightRun), or None if the script is no longer registered."""
+        environment, InFlightRun), or None if the script is no longer registered. A cron fire readied by
+        _prepare() for this slot is taken as it is."""
         with self._lock:
             schedule = self._registered.get(rel)
+            readied = self._prepared.pop((rel, slot), None) if trigger == "cron" else None
+        if readied is not None and (schedule is None or readied[0] is not schedule):
+            self.inflight.release(readied[-1])     # re-registered since: begun afresh
+            readied = None
         if schedule is None:
             return None
+        schedule, run_id, marker, env, reserved = readied or self._new_run(rel, schedule, slot, trigger, self.clock())
+        return schedule, run_id, marker, env, self.inflight.begin(run_id, marker, self.record_interrupted,
+                                                                  reserved=reserved)
+
+    def _new_run(self, rel: str, schedule: ScriptSchedule, slot: float, trigger: str, started: float,
+                 reserve: bool = False) -> tuple:
+        """(schedule, run id, marker, environment, reserved marker slot or None) of a run about to begin."""
         run_id = str(uuid.uuid4())
         env = self._environment({"SCHEDSERVER_RUN_ID": run_id, "SCHEDSERVER_SCRIPT": rel,
                                  "SCHEDSERVER_TRIGGER": trigger, "SCHEDSERVER_SCHEDULED_AT": utc_iso(slot, ms=True)})
         marker = {"surface": "exec", "ts": utc_iso(slot, ms=True), "scriptPath": rel,
                   "expression": schedule.spec.expression, "runId": run_id, "trigger": trigger,
-                  "startedAt": utc_iso(self.clock(), ms=True)}
-        return schedule, run_id, marker, env, self.inflight.begin(run_id, marker, self.record_interrupted)
+                  "startedAt": utc_iso(started, ms=True)}
+        return schedule, run_id, marker, env, self.inflight.reserve(marker) if reserve else None
+
+    def _prepare(self, rel: str, slot: float) -> bool:
+        """On the ticker, shortly before `slot`: ready the cron fire due then (run id, environment, marker
+        written now with the slot as its start), so the worker that fires it only spawns the script."""
+        with self._lock:
+            schedule = self._registered.get(rel)
+        if schedule is None:
+            return False
+        readied = self._new_run(rel, schedule, slot, "cron", slot, reserve=True)
+        with self._lock:
+            self._prepared[(rel, slot)] = readied
+        return True
+
+    def _unprepare(self, rel: str, slot: float) -> None:
+        with self._lock:
+            readied = self._prepared.pop((rel, slot), None)
+        if readied is not None:
+            self.inflight.release(readied[-1])
 
     def _end(self, rel: str, slot: float, trigger: str, schedule: ScriptSchedule, run_id: str, marker: dict,
              result: ScriptResult) -> dict:

@@ -4,13 +4,15 @@ Nothing here sleeps: the clock is a number the test moves, and "submitted to a w
 until the test runs it" (or run at once, for tests that do not care about overlap).
 """
 
+import json
+import time
 from datetime import datetime, timezone
 from zoneinfo import ZoneInfo
 
 import pytest
 
-from schedserver import (MISSED_SCAN_LIMIT, CurlSchedules, HttpRunner, Job, JournalStore, NdjsonLog, RunResult,
-                         Scheduler, parse_cron)
+from schedserver import (MISSED_SCAN_LIMIT, CurlSchedules, HttpRunner, InFlightRuns, Job, JournalStore, NdjsonLog,
+                         RunResult, Scheduler, parse_cron)
 from e2e_helpers import TargetServer
 from fakes import FakeClock
 
@@ -405,6 +407,137 @@ def test_after_each_tick_on_upcoming_is_told_the_jobs_due_within_the_lookahead()
     assert told == [["next-second"], ["in-ten", "next-second"]]
 
 
+###############################################################################
+# Runs readied ahead of their second
+###############################################################################
+
+def readying(h: Harness, job: Job, label: str | None = None, refuse: bool = False) -> set:
+    """Give `job` a prepare/unprepare logged in h.events, and a fire that takes what was readied for its slot;
+    returns the slots readied and not yet taken or let go."""
+    label = label or job.key
+    readied: set = set()
+    fire = job.fire
+
+    def prepare(slot):
+        h.events.append((label, "prepare", iso(slot)))
+        if refuse:
+            return False
+        readied.add(slot)
+        return True
+
+    def unprepare(slot):
+        if slot in readied:
+            readied.discard(slot)
+            h.events.append((label, "let go", iso(slot)))
+
+    def take_and_fire(slot):
+        readied.discard(slot)
+        fire(slot)
+    job.prepare, job.unprepare, job.fire = prepare, unprepare, take_and_fire
+    return readied
+
+
+def test_prepare_readies_the_runs_due_by_the_second_in_firing_order_and_the_fire_takes_them():
+    h = Harness()
+    readied_b = readying(h, h.add("b", "1 * * * * *"))
+    readied_a = readying(h, h.add("a", "* * * * * *"))
+    readying(h, h.add("later", "5 * * * * *"))
+    h.clock.set("2025-01-10T12:00:00.900Z")
+    assert h.scheduler.prepare(ts("2025-01-10T12:00:01Z")) == 2
+    assert h.events == [("b", "prepare", "2025-01-10T12:00:01Z"), ("a", "prepare", "2025-01-10T12:00:01Z")]
+    h.events.clear()
+    h.tick_at("2025-01-10T12:00:01Z")
+    assert h.events == [("b", "fire", "2025-01-10T12:00:01Z"), ("a", "fire", "2025-01-10T12:00:01Z")]
+    assert readied_a == readied_b == set()
+
+
+def test_a_job_that_declines_to_prepare_is_not_counted_and_fires_the_ordinary_way():
+    h = Harness()
+    readying(h, h.add("a", "* * * * * *"), refuse=True)
+    assert h.scheduler.prepare(ts("2025-01-10T12:00:01Z")) == 0
+    h.tick_at("2025-01-10T12:00:01Z")
+    assert h.events == [("a", "prepare", "2025-01-10T12:00:01Z"), ("a", "fire", "2025-01-10T12:00:01Z")]
+
+
+@pytest.mark.parametrize("change", ["removed", "registered again", "running"])
+def test_a_run_readied_for_a_slot_that_does_not_fire_is_let_go_at_that_slots_tick(change):
+    h = Harness(inline=False)
+    job = h.add("a", "* * * * * *")
+    readied = readying(h, job)
+    assert h.scheduler.prepare(ts("2025-01-10T12:00:01Z")) == 1
+    if change == "removed":
+        h.scheduler.remove("a")
+    elif change == "registered again":
+        h.scheduler.add(h.job("a", "30 * * * * *"), h.clock())
+    else:
+        assert h.scheduler.claim("a")                   # a manual run began meanwhile
+    h.tick_at("2025-01-10T12:00:01Z")
+    h.pool.run_pending()
+    assert readied == set()
+    assert ("a", "let go", "2025-01-10T12:00:01Z") in h.events
+    assert ("a", "fire", "2025-01-10T12:00:01Z") not in h.events
+
+
+def test_nothing_is_readied_for_a_job_still_running_or_once_the_clock_passed_until():
+    h = Harness()
+    readying(h, h.add("a", "* * * * * *"))
+    assert h.scheduler.claim("a")
+    assert h.scheduler.prepare(ts("2025-01-10T12:00:01Z")) == 0
+    h.scheduler.release("a")
+    h.clock.set("2025-01-10T12:00:00.995Z")
+    assert h.scheduler.prepare(ts("2025-01-10T12:00:01Z"), until=ts("2025-01-10T12:00:00.99Z")) == 0
+    assert h.events == []
+    assert h.scheduler.prepare(ts("2025-01-10T12:00:01Z"), until=ts("2025-01-10T12:00:00.999Z")) == 1
+
+
+def test_a_ticker_late_past_the_readied_slot_fires_the_latest_slot_and_lets_the_readied_one_go():
+    h = Harness()
+    readied = readying(h, h.add("a", "* * * * * *"))
+    h.scheduler.prepare(ts("2025-01-10T12:00:01Z"))
+    h.tick_at("2025-01-10T12:00:03Z")
+    assert ("a", "fire", "2025-01-10T12:00:03Z") in h.events
+    assert ("a", "let go", "2025-01-10T12:00:01Z") in h.events and readied == set()
+
+
+def test_a_prepare_that_raises_is_logged_and_the_run_still_fires(caplog):
+    h = Harness()
+    job = h.add("a", "* * * * * *")
+    job.prepare = lambda slot: 1 / 0
+    job.unprepare = lambda slot: None
+    assert h.scheduler.prepare(ts("2025-01-10T12:00:01Z")) == 0
+    h.tick_at("2025-01-10T12:00:01Z")
+    assert h.events == [("a", "fire", "2025-01-10T12:00:01Z")]
+    assert "preparing a run of a failed" in caplog.text
+
+
+def test_stopping_lets_go_of_runs_readied_for_a_second_not_reached():
+    h = Harness()
+    readied = readying(h, h.add("a", "* * * * * *"))
+    h.scheduler.prepare(ts("2025-01-10T12:00:01Z"))
+    h.scheduler.stop_ticking()
+    assert readied == set() and h.events[-1] == ("a", "let go", "2025-01-10T12:00:01Z")
+
+
+def test_the_ticker_thread_readies_each_seconds_runs_shortly_before_it_and_fires_them_at_it():
+    scheduler = Scheduler(misfire_grace=GRACE)
+    seen: list[tuple[str, float, float]] = []       # (what, slot, when)
+    job = Job("a", parse_cron("* * * * * *"), UTC, fire=lambda slot: seen.append(("fire", slot, time.time())),
+              record=lambda *args: None,
+              prepare=lambda slot: seen.append(("prepare", slot, time.time())) or True,
+              unprepare=lambda slot: None)
+    scheduler.add(job, time.time())
+    scheduler.start()
+    try:
+        deadline = time.monotonic() + 5
+        while not any(what == "fire" for what, _, _ in seen) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        scheduler.stop()
+    fire = next(event for event in seen if event[0] == "fire")
+    prepare = next(event for event in seen if event[0] == "prepare" and event[1] == fire[1])
+    assert fire[1] - Scheduler.PREPARE_AHEAD - 0.05 <= prepare[2] < fire[1] <= fire[2]
+
+
 class RecordingRunner:
     """Stands in for HttpRunner: remembers each request it was asked to send and answers 200."""
 
@@ -420,13 +553,13 @@ class RecordingRunner:
 class Service:
     """CurlSchedules wired to a fake clock, a recording pool and a recording runner, with files in tmp_path."""
 
-    def __init__(self, data_dir, runner=None):
+    def __init__(self, data_dir, runner=None, inflight=None):
         self.clock = FakeClock(NOW)
         self.scheduler = Scheduler(misfire_grace=GRACE, clock=self.clock, submit=RecordingPool(inline=True).submit)
         self.runner = runner or RecordingRunner(self.clock)
         self.curl = CurlSchedules(JournalStore(str(data_dir / "curl-schedules.json")),
                                   NdjsonLog(str(data_dir / "curl-runs.log"), 1 << 20, 2),
-                                  self.scheduler, self.runner, clock=self.clock)
+                                  self.scheduler, self.runner, clock=self.clock, inflight=inflight)
 
     def tick_at(self, text: str) -> None:
         self.clock.set(text)
@@ -508,3 +641,80 @@ def test_a_real_run_is_begun_by_the_ticker_on_a_connection_opened_the_second_bef
         ("2025-01-10T12:00:05Z", "ok", 200)]
     assert service.runner.kept(origin) == 1                         # kept again for the next minute
     assert len((tmp_path / "curl-runs.log").read_text().splitlines()) == 1
+
+
+def marker_contents(marker_dir) -> list[dict]:
+    """The run markers on disk that hold a run (empty slot files hold none)."""
+    return [json.loads(path.read_text()) for path in sorted(marker_dir.iterdir()) if path.read_text()]
+
+
+def readied_service(tmp_path, target, cron: str = "5 * * * * *") -> tuple[Service, str, tuple]:
+    """A service with markers on disk and one schedule on `target` whose run due at 12:00:05 has its connection
+    opened (the tick of the second before) and is readied ahead of its slot."""
+    service = Service(tmp_path, runner=HttpRunner(), inflight=InFlightRuns(str(tmp_path / "running")))
+    service.scheduler.on_upcoming = service.curl.prepare_upcoming
+    sid = service.curl.create({"cron": cron, "request": {"url": target.url + "/hook"}})["id"]
+    origin = service.runner.origin({"url": target.url + "/hook"})
+    service.tick_at("2025-01-10T12:00:04Z")
+    assert service.runner.kept(origin) == 1
+    service.clock.set("2025-01-10T12:00:04.900Z")
+    assert service.scheduler.prepare(ts("2025-01-10T12:00:05Z")) == 1
+    return service, sid, origin
+
+
+def test_a_run_readied_ahead_has_its_marker_written_and_at_its_second_only_its_request_is_sent(tmp_path):
+    with TargetServer(keep_alive=True) as target:
+        service, sid, origin = readied_service(tmp_path, target)
+        assert service.runner.kept(origin) == 0                     # taken for the readied run
+        (marker,) = marker_contents(tmp_path / "running")           # written ahead, its start the slot
+        assert (marker["schedule_id"], marker["scheduled_at"], marker["started_at"]) == (
+            sid, "2025-01-10T12:00:05.000Z", "2025-01-10T12:00:05.000Z")
+        assert target.received() == []
+        service.tick_at("2025-01-10T12:00:05Z")
+        (arrival,) = target.wait_for(1, 5.0)
+    assert arrival.headers["X-Schedserver-Scheduled-At"] == "2025-01-10T12:00:05Z"
+    assert arrival.headers["X-Schedserver-Schedule-Id"] == sid
+    (record,) = [json.loads(line) for line in (tmp_path / "curl-runs.log").read_text().splitlines()]
+    assert (record["run_id"], record["status"], record["status_code"]) == (marker["run_id"], "ok", 200)
+    assert marker_contents(tmp_path / "running") == []              # the run ended: its marker emptied
+    assert service.runner.kept(origin) == 1
+
+
+@pytest.mark.parametrize("change", ["deleted", "disabled", "stopped"])
+def test_a_readied_run_whose_schedule_goes_away_before_its_second_sends_nothing_and_leaves_no_marker(tmp_path, change):
+    with TargetServer(keep_alive=True) as target:
+        service, sid, origin = readied_service(tmp_path, target)
+        if change == "deleted":
+            service.curl.delete(sid)
+        elif change == "disabled":
+            service.curl.toggle(sid, {"enabled": False})
+        else:
+            service.scheduler.stop_ticking()                        # the server stops: no tick comes
+        if change != "stopped":
+            service.tick_at("2025-01-10T12:00:05Z")
+        time.sleep(0.2)
+        assert target.received() == []
+    assert marker_contents(tmp_path / "running") == []
+    assert InFlightRuns(str(tmp_path / "running")).recover() == []     # a restart records nothing
+    assert service.runner.kept(origin) == 1                         # the connection is kept for later
+    assert not (tmp_path / "curl-runs.log").exists()
+
+
+def test_a_readied_run_whose_connection_closed_meanwhile_is_run_the_ordinary_way(tmp_path):
+    with TargetServer(keep_alive=True) as target:
+        service, sid, origin = readied_service(tmp_path, target)
+        ((readied_key, readied),) = service.curl._prepared.items()
+        readied.conn.close()                                        # as when the target hangs up
+        service.tick_at("2025-01-10T12:00:05Z")
+        (arrival,) = target.wait_for(1, 5.0)
+    assert arrival.headers["X-Schedserver-Scheduled-At"] == "2025-01-10T12:00:05Z"
+    assert [(h["status"], h["status_code"]) for h in service.curl.get(sid)["history"]] == [("ok", 200)]
+    assert marker_contents(tmp_path / "running") == []
+    assert service.curl._prepared == {}
+
+
+def test_a_readied_runs_marker_left_by_a_crash_before_its_second_is_found_at_the_next_start(tmp_path):
+    with TargetServer(keep_alive=True) as target:
+        service, sid, origin = readied_service(tmp_path, target)
+    (found,) = InFlightRuns(str(tmp_path / "running")).recover()   # what a restart after SIGKILL reads
+    assert (found["schedule_id"], found["scheduled_at"]) == (sid, "2025-01-10T12:00:05.000Z")

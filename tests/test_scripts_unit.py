@@ -21,7 +21,7 @@ from datetime import datetime
 import pytest
 
 import schedserver
-from schedserver import (HEADER_BYTES, MAX_OUTPUT_BYTES, InvalidParameter, NdjsonLog, OutputTail,
+from schedserver import (HEADER_BYTES, MAX_OUTPUT_BYTES, InFlightRuns, InvalidParameter, NdjsonLog, OutputTail,
                          RegistrationError, Scheduler, ScriptReaper, ScriptResult, ScriptRunner, ScriptSchedules,
                          discover_scripts, parse_directives, parse_iso, parse_timeout, script_identity, utc_iso)
 from fakes import FakeClock, RecordingSubmit
@@ -969,6 +969,55 @@ def test_a_cron_fire_tells_the_script_its_trigger_and_scheduled_time(env_harness
     assert env["SCHEDSERVER_SCHEDULED_AT"] == "2026-01-15T12:00:00.000Z"
     assert env["SCHEDSERVER_RUN_ID"] == h.log_lines()[-1]["runId"]
     assert "SCHEDSERVER_TOKEN" not in env and "DEPLOY_API_KEY" not in env
+
+
+def marker_contents(marker_dir) -> list[dict]:
+    """The run markers on disk that hold a run (empty slot files hold none)."""
+    return [json.loads(path.read_text()) for path in sorted(marker_dir.iterdir()) if path.read_text()]
+
+
+@pytest.fixture
+def readied(tmp_path) -> Harness:
+    """A script due at 12:00:00 whose fire the scheduler readied at 11:59:59.9, with markers on disk."""
+    h = Harness(tmp_path, inflight=InFlightRuns(str(tmp_path / "running")))
+    h.write("jobs/env.py", ENV_DUMP.format(out=str(tmp_path / "env.json")))
+    h.scripts.reload()
+    h.clock.set("2026-01-15T11:59:59.900Z")
+    assert h.scheduler.prepare(at("2026-01-15T12:00:00Z")) == 1
+    return h
+
+
+def test_a_cron_fire_readied_ahead_runs_with_the_run_id_and_marker_readied_and_starts_when_spawned(readied):
+    h = readied
+    (marker,) = marker_contents(h.tmp_path / "running")
+    assert (marker["scriptPath"], marker["ts"], marker["startedAt"]) == (
+        "jobs/env.py", "2026-01-15T12:00:00.000Z", "2026-01-15T12:00:00.000Z")
+    h.tick("2026-01-15T12:00:00.010Z")
+    (record,) = h.log_lines()
+    assert read_dump(h)["env"]["SCHEDSERVER_RUN_ID"] == marker["runId"] == record["runId"]
+    assert (record["status"], record["startedAt"]) == ("ok", "2026-01-15T12:00:00.010Z")
+    assert marker_contents(h.tmp_path / "running") == []
+
+
+def test_a_script_changed_after_its_fire_was_readied_runs_as_it_is_now_with_a_fresh_run(readied):
+    h = readied
+    (old_marker,) = marker_contents(h.tmp_path / "running")
+    h.edit_now("jobs/env.py", "# @timeout 20s\n" + ENV_DUMP.format(out=str(h.tmp_path / "env.json")))
+    h.scripts.reload()
+    h.tick("2026-01-15T12:00:00.010Z")
+    (record,) = h.log_lines()
+    assert record["status"] == "ok" and record["runId"] != old_marker["runId"]
+    assert read_dump(h)["env"]["SCHEDSERVER_RUN_ID"] == record["runId"]
+    assert marker_contents(h.tmp_path / "running") == [] and h.scripts._prepared == {}
+
+
+def test_a_script_removed_after_its_fire_was_readied_does_not_run_and_leaves_no_marker(readied):
+    h = readied
+    h.remove("jobs/env.py")
+    h.scripts.reload()
+    h.tick("2026-01-15T12:00:00.010Z")
+    assert h.log_lines() == [] and not (h.tmp_path / "env.json").exists()
+    assert marker_contents(h.tmp_path / "running") == [] and h.scripts._prepared == {}
 
 
 ###############################################################################

@@ -774,6 +774,24 @@ def test_begin_writes_a_private_marker_file_and_done_after_finish_removes_it(tmp
     assert runs.wait_idle(time.monotonic()) is True
 
 
+def test_a_reserved_marker_is_on_disk_before_its_run_begins_and_is_the_one_the_run_keeps_or_is_emptied(tmp_path):
+    marker_dir = tmp_path / "running"
+    runs = schedserver.InFlightRuns(str(marker_dir))
+    kept = runs.reserve(EXEC_MARKER)
+    let_go = runs.reserve({**EXEC_MARKER, "runId": "run-2"})
+    assert len(marker_files(marker_dir)) == 2 and runs.count() == 0     # nothing in flight yet
+    assert runs.recover() == []                                         # this process's own, not a dead one's
+    runs.begin("run-1", EXEC_MARKER, InterruptRecorder(), reserved=kept)
+    runs.release(let_go)
+    assert runs.count() == 1
+    assert list(marker_files(marker_dir).values()) == [(marker_dir / os.path.basename(kept[1])).read_text()]
+    assert json.loads((marker_dir / os.path.basename(kept[1])).read_text()) == EXEC_MARKER
+    runs.finish("run-1")
+    runs.done("run-1")
+    assert marker_files(marker_dir) == {} and len(list(marker_dir.iterdir())) == 2     # both slots kept empty
+    assert schedserver.InFlightRuns(None).reserve(EXEC_MARKER) is None
+
+
 def test_marker_files_are_used_again_and_only_a_bounded_number_of_empty_ones_stays(tmp_path, monkeypatch):
     monkeypatch.setattr(schedserver, "MARKER_SLOTS_KEPT", 2)
     marker_dir = tmp_path / "running"
