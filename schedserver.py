@@ -2422,7 +2422,8 @@ class Scheduler:
         self._running: set[str] = set()     # keys with a run in flight; outlives remove(), so re-adding a
                                             # job while its old run still goes on cannot overlap it
         self._seq = 0
-        self._prepared: dict[str, tuple[Job, float]] = {}  # key -> (job, slot) whose run prepare() readied
+        # key -> (job, slot, the slot after it) of the runs prepare() readied
+        self._prepared: dict[str, tuple[Job, float, float | None]] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.last_tick: float | None = None                 # the `now` of the last tick (wall clock)
@@ -2511,7 +2512,7 @@ class Scheduler:
                 actions.extend(self._due(job, at, now))
                 self._push(job)
             if self._prepared:      # readied for a slot now past that did not fire (removed, skipped, ...)
-                unused = [self._prepared.pop(key) for key, (_, at) in list(self._prepared.items()) if at <= now]
+                unused = [self._prepared.pop(key)[:2] for key, (_, at, _) in list(self._prepared.items()) if at <= now]
         if actions:
             self._hand_over(actions)
         self._unprepare(unused)
@@ -2577,8 +2578,9 @@ class Scheduler:
             except Exception:
                 log.exception("preparing a run of %s failed", job.key)
                 continue
+            following = job.spec.next_after(at, job.tz)     # worked out now, not at the second
             with self._lock:
-                self._prepared[job.key] = (job, at)
+                self._prepared[job.key] = (job, at, following)
             readied += 1
         return readied
 
@@ -2598,8 +2600,12 @@ class Scheduler:
         """
         actions: list[tuple] = []
         missed, first_missed, last_missed = 0, slot, slot
-        slots = job.spec.iter_after(slot, job.tz)
-        following = next(slots, None)
+        readied = self._prepared.get(job.key)
+        if readied is not None and readied[0] is job and readied[1] == slot:
+            slots, following = None, readied[2]         # prepare() worked the next slot out
+        else:
+            slots = job.spec.iter_after(slot, job.tz)
+            following = next(slots, None)
         while slot is not None and slot <= now:
             if now - slot <= self.misfire_grace and (following is None or following > now):
                 break                       # the latest due slot, within the grace: it runs
@@ -2607,6 +2613,8 @@ class Scheduler:
             if missed >= MISSED_SCAN_LIMIT and following is not None and following <= now - self.misfire_grace:
                 slots = job.spec.iter_after(now - self.misfire_grace, job.tz)
                 following = next(slots, None)
+            elif slots is None:
+                slots = job.spec.iter_after(following, job.tz) if following is not None else iter(())
             slot, following = following, next(slots, None)
         if missed:
             actions.append((self._run_record, job, "missed", first_missed, missed, last_missed))
@@ -2616,7 +2624,7 @@ class Scheduler:
             else:
                 self._running.add(job.key)
                 actions.append((self._run_fire, job, slot))
-                if (readied := self._prepared.get(job.key)) is not None and readied[0] is job and readied[1] == slot:
+                if readied is not None and readied[0] is job and readied[1] == slot:
                     del self._prepared[job.key]     # its fire (or start) takes what was readied
             job.last_slot = slot
             job.next_at = following
@@ -2692,7 +2700,7 @@ class Scheduler:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
         with self._lock:
-            unused, self._prepared = list(self._prepared.values()), {}
+            unused, self._prepared = [readied[:2] for readied in self._prepared.values()], {}
         self._unprepare(unused)
 
     def stop(self) -> None:

@@ -495,8 +495,20 @@ def test_a_ticker_late_past_the_readied_slot_fires_the_latest_slot_and_lets_the_
     readied = readying(h, h.add("a", "* * * * * *"))
     h.scheduler.prepare(ts("2025-01-10T12:00:01Z"))
     h.tick_at("2025-01-10T12:00:03Z")
-    assert ("a", "fire", "2025-01-10T12:00:03Z") in h.events
-    assert ("a", "let go", "2025-01-10T12:00:01Z") in h.events and readied == set()
+    assert h.events[1:] == [("a", "missed", "2025-01-10T12:00:01Z", 2), ("a", "fire", "2025-01-10T12:00:03Z"),
+                            ("a", "let go", "2025-01-10T12:00:01Z")]
+    assert readied == set() and h.next_at("a") == "2025-01-10T12:00:04Z"
+
+
+def test_the_next_slot_of_a_readied_run_is_worked_out_when_it_is_readied_not_at_its_second():
+    h = Harness()
+    spec = CountingSpec("*/5 * * * * *")
+    readying(h, h.add("a", spec))
+    h.scheduler.prepare(ts("2025-01-10T12:00:05Z"))
+    asked = spec.calls
+    h.tick_at("2025-01-10T12:00:05Z")
+    assert spec.calls == asked and h.next_at("a") == "2025-01-10T12:00:10Z"
+    assert h.events[-1] == ("a", "fire", "2025-01-10T12:00:05Z")
 
 
 def test_a_prepare_that_raises_is_logged_and_the_run_still_fires(caplog):
