@@ -2121,9 +2121,9 @@ class InFlightRuns:
 
     Marker files are slots kept open and used again: a run's marker is one write into an empty slot, and emptied
     (truncated) when its result is recorded. Creating and removing a file per run cost 50-80 us of the ticker's
-    time for each run it begins. Empty files mean nothing; at most MARKER_SLOTS_KEPT empty ones stay. A run
-    readied ahead of its second has its marker written then (reserve()), so a crash in the last moment before
-    that second is recorded as an interrupted run that may not have been sent.
+    time for each run it begins. Empty files mean nothing; at most MARKER_SLOTS_KEPT empty ones stay. An HTTP run
+    readied ahead of its second has its marker written then (reserve()), so a crash in the 0.1 s before that
+    second is recorded as an interrupted run that may not have been sent.
     """
 
     def __init__(self, marker_dir: str | None = None):
@@ -2511,8 +2511,10 @@ class Scheduler:
                     continue        # removed or re-registered since this entry was pushed
                 actions.extend(self._due(job, at, now))
                 self._push(job)
-            if self._prepared:      # readied for a slot now past that did not fire (removed, skipped, ...)
-                unused = [self._prepared.pop(key)[:2] for key, (_, at, _) in list(self._prepared.items()) if at <= now]
+            if self._prepared:      # readied for a slot now past that did not fire (removed, skipped, ...), or
+                                    # far ahead: the clock was set back
+                unused = [self._prepared.pop(key)[:2] for key, (_, at, _) in list(self._prepared.items())
+                          if at <= now or at > now + self.LOOKAHEAD]
         if actions:
             self._hand_over(actions)
         self._unprepare(unused)
@@ -2563,11 +2565,13 @@ class Scheduler:
     def prepare(self, slot: float, until: float | None = None) -> int:
         """Ready ahead the runs due at or before `slot` whose jobs can (`Job.prepare`), in the order they will
         fire, until the clock reaches `until`; the rest begin the ordinary way. Returns how many were readied."""
+        now = self.clock()
         with self._lock:
             if not self._heap or self._heap[0][0] > slot:
                 return 0
             due = sorted((order, job) for order, job in self._due_by(slot)
-                         if job.prepare is not None and job.key not in self._running and job.key not in self._prepared)
+                         if order[0] > now and job.prepare is not None and job.key not in self._running
+                         and job.key not in self._prepared)       # overdue ones: missed or fired, as they are
         readied = 0
         for (at, _), job in due:
             if until is not None and self.clock() >= until:
@@ -2580,7 +2584,12 @@ class Scheduler:
                 continue
             following = job.spec.next_after(at, job.tz)     # worked out now, not at the second
             with self._lock:
-                self._prepared[job.key] = (job, at, following)
+                stopping = self._stop.is_set()      # stop_ticking() may have let go of the others already
+                if not stopping:
+                    self._prepared[job.key] = (job, at, following)
+            if stopping:
+                self._unprepare([(job, at)])
+                break
             readied += 1
         return readied
 
@@ -3816,6 +3825,7 @@ class ScriptSchedules:
         self._env_base: dict[str, str] = {}
         self._saved_registered: set[str] | None = None
         self._prepared: dict[tuple[str, float], tuple] = {}    # (rel, slot) -> _new_run() of a fire readied ahead
+                                                                # (memory only: no marker, nothing open)
 
     # -- registration ----------------------------------------------------------------------------------------
     def inspect(self, rel: str) -> ScriptSchedule | None:
@@ -4149,43 +4159,39 @@ class ScriptSchedules:
         with self._lock:
             schedule = self._registered.get(rel)
             readied = self._prepared.pop((rel, slot), None) if trigger == "cron" else None
-        if readied is not None and (schedule is None or readied[0] is not schedule):
-            self.inflight.release(readied[-1])     # re-registered since: begun afresh
-            readied = None
-        if schedule is None:
-            return None
-        schedule, run_id, marker, env, reserved = readied or self._new_run(rel, schedule, slot, trigger, self.clock())
-        return schedule, run_id, marker, env, self.inflight.begin(run_id, marker, self.record_interrupted,
-                                                                  reserved=reserved)
+        if readied is None or readied[0] is not schedule:     # none, or re-registered since: begun afresh
+            if schedule is None:
+                return None
+            readied = self._new_run(rel, schedule, slot, trigger)
+        schedule, run_id, marker, env = readied
+        marker["startedAt"] = utc_iso(self.clock(), ms=True)
+        return schedule, run_id, marker, env, self.inflight.begin(run_id, marker, self.record_interrupted)
 
-    def _new_run(self, rel: str, schedule: ScriptSchedule, slot: float, trigger: str, started: float,
-                 reserve: bool = False) -> tuple:
-        """(schedule, run id, marker, environment, reserved marker slot or None) of a run about to begin."""
+    def _new_run(self, rel: str, schedule: ScriptSchedule, slot: float, trigger: str) -> tuple:
+        """(schedule, run id, marker without its start, environment) of a run about to begin."""
         run_id = str(uuid.uuid4())
         env = self._environment({"SCHEDSERVER_RUN_ID": run_id, "SCHEDSERVER_SCRIPT": rel,
                                  "SCHEDSERVER_TRIGGER": trigger, "SCHEDSERVER_SCHEDULED_AT": utc_iso(slot, ms=True)})
         marker = {"surface": "exec", "ts": utc_iso(slot, ms=True), "scriptPath": rel,
-                  "expression": schedule.spec.expression, "runId": run_id, "trigger": trigger,
-                  "startedAt": utc_iso(started, ms=True)}
-        return schedule, run_id, marker, env, self.inflight.reserve(marker) if reserve else None
+                  "expression": schedule.spec.expression, "runId": run_id, "trigger": trigger}
+        return schedule, run_id, marker, env
 
     def _prepare(self, rel: str, slot: float) -> bool:
-        """On the ticker, shortly before `slot`: ready the cron fire due then (run id, environment, marker
-        written now with the slot as its start), so the worker that fires it only spawns the script."""
+        """On the ticker, shortly before `slot`: ready the cron fire due then (its run id and environment), so
+        the worker that fires it does less before the spawn. Its marker is still written by that worker, when
+        the run begins: a fire may wait in the workers' queue, and a marker then would outlive a stop."""
         with self._lock:
             schedule = self._registered.get(rel)
         if schedule is None:
             return False
-        readied = self._new_run(rel, schedule, slot, "cron", slot, reserve=True)
+        readied = self._new_run(rel, schedule, slot, "cron")
         with self._lock:
             self._prepared[(rel, slot)] = readied
         return True
 
     def _unprepare(self, rel: str, slot: float) -> None:
         with self._lock:
-            readied = self._prepared.pop((rel, slot), None)
-        if readied is not None:
-            self.inflight.release(readied[-1])
+            self._prepared.pop((rel, slot), None)
 
     def _end(self, rel: str, slot: float, trigger: str, schedule: ScriptSchedule, run_id: str, marker: dict,
              result: ScriptResult) -> dict:

@@ -591,7 +591,9 @@ def test_closing_the_checks_stops_their_drivers_and_every_check_they_started(tmp
         time.sleep(0.01)
     h.scripts.close()
 
-    assert driver.proc.returncode is not None and not schedserver._group_alive(driver.proc.pid)
+    assert driver.proc.returncode is not None
+    # SIGKILLed: the check ends as soon as the kernel has delivered the signal, a moment after close() returns.
+    assert wait_until(lambda: not schedserver._group_alive(driver.proc.pid), 2.0)
     assert h.scripts._begun is None
 
 
@@ -987,27 +989,43 @@ def readied(tmp_path) -> Harness:
     return h
 
 
-def test_a_cron_fire_readied_ahead_runs_with_the_run_id_and_marker_readied_and_starts_when_spawned(readied):
+def test_a_cron_fire_readied_ahead_runs_with_the_run_id_readied_and_its_marker_is_written_when_it_begins(readied):
     h = readied
-    (marker,) = marker_contents(h.tmp_path / "running")
-    assert (marker["scriptPath"], marker["ts"], marker["startedAt"]) == (
-        "jobs/env.py", "2026-01-15T12:00:00.000Z", "2026-01-15T12:00:00.000Z")
-    h.tick("2026-01-15T12:00:00.010Z")
+    ((_, readied_run),) = h.scripts._prepared.items()
+    assert marker_contents(h.tmp_path / "running") == []    # a fire may wait for a worker: no marker before then
+    h.clock.set("2026-01-15T12:00:00.010Z")
+    h.scheduler.tick(h.clock())
+    h.clock.set("2026-01-15T12:00:00.020Z")                 # a worker takes the fire
+    fn, *args = h.submit.pending.pop(0)
+    spawned = []
+    original_start = h.runner.start
+    h.runner.start = lambda *a, **k: (spawned.append(marker_contents(h.tmp_path / "running")), original_start(*a, **k))
+    fn(*args)
+    ((marker,),) = spawned                                  # on disk by the time the script is spawned
+    assert (marker["runId"], marker["ts"], marker["startedAt"]) == (
+        readied_run[1], "2026-01-15T12:00:00.000Z", "2026-01-15T12:00:00.020Z")
+    h.submit.run_all(until=lambda: not h.reaper.busy())
     (record,) = h.log_lines()
     assert read_dump(h)["env"]["SCHEDSERVER_RUN_ID"] == marker["runId"] == record["runId"]
-    assert (record["status"], record["startedAt"]) == ("ok", "2026-01-15T12:00:00.010Z")
-    assert marker_contents(h.tmp_path / "running") == []
+    assert (record["status"], record["startedAt"]) == ("ok", "2026-01-15T12:00:00.020Z")
+    assert marker_contents(h.tmp_path / "running") == [] and h.scripts._prepared == {}
 
 
-def test_a_script_changed_after_its_fire_was_readied_runs_as_it_is_now_with_a_fresh_run(readied):
+@pytest.mark.parametrize("worker_first", [False, True])
+def test_a_script_changed_after_its_fire_was_readied_runs_as_it_is_now_with_a_fresh_run(readied, worker_first):
     h = readied
-    (old_marker,) = marker_contents(h.tmp_path / "running")
+    ((_, (old_schedule, old_run_id, _, _)),) = h.scripts._prepared.items()
     h.edit_now("jobs/env.py", "# @timeout 20s\n" + ENV_DUMP.format(out=str(h.tmp_path / "env.json")))
     h.scripts.reload()
-    h.tick("2026-01-15T12:00:00.010Z")
+    if worker_first:    # a worker reaches the old job's fire before the ticker lets go of what was readied for it
+        h.scripts._fire_cron("jobs/env.py", at("2026-01-15T12:00:00Z"))
+        h.submit.run_all(until=lambda: not h.reaper.busy())
+    else:
+        h.tick("2026-01-15T12:00:00.010Z")
     (record,) = h.log_lines()
-    assert record["status"] == "ok" and record["runId"] != old_marker["runId"]
+    assert record["status"] == "ok" and record["runId"] != old_run_id
     assert read_dump(h)["env"]["SCHEDSERVER_RUN_ID"] == record["runId"]
+    assert h.scripts._registered["jobs/env.py"].timeout_ms == 20_000 != old_schedule.timeout_ms
     assert marker_contents(h.tmp_path / "running") == [] and h.scripts._prepared == {}
 
 
