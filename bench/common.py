@@ -201,8 +201,8 @@ def read_ndjson(path: Path) -> list[dict]:
 class Target:
     """bench/target.py in its own process (so it never shares a GIL with what it measures).
 
-    It records time.time() when each request's headers have been read, with the request's
-    X-Schedserver-Scheduled-At header (or its path) and answers 200 at once.
+    It records time.time() when its one event-loop thread read each request off the socket, with the
+    request's X-Schedserver-Scheduled-At header (or its path), and answers 200 at once.
     """
 
     def __init__(self):
