@@ -22,6 +22,7 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable
+from zoneinfo import ZoneInfo
 
 import pytest
 import requests
@@ -790,6 +791,44 @@ def test_a_reserved_marker_is_on_disk_before_its_run_begins_and_is_the_one_the_r
     runs.done("run-1")
     assert marker_files(marker_dir) == {} and len(list(marker_dir.iterdir())) == 2     # both slots kept empty
     assert schedserver.InFlightRuns(None).reserve(EXEC_MARKER) is None
+
+
+def test_stock_makes_empty_marker_files_ahead_that_the_next_runs_use_instead_of_creating_their_own(tmp_path):
+    marker_dir = tmp_path / "running"
+    runs = schedserver.InFlightRuns(str(marker_dir))
+    assert runs.wants_stock(3) is True
+    runs.stock(3)
+    made = sorted(p.name for p in marker_dir.iterdir())
+    assert len(made) == 3 and marker_files(marker_dir) == {}       # empty: no run in them
+    assert runs.wants_stock(3) is False and runs.wants_stock(4) is True
+    for n in range(3):
+        runs.begin(f"run-{n}", {**EXEC_MARKER, "runId": f"run-{n}"}, InterruptRecorder())
+    assert sorted(p.name for p in marker_dir.iterdir()) == made   # the stocked files, no new ones
+    assert len(marker_files(marker_dir)) == 3
+    assert schedserver.InFlightRuns(None).wants_stock(3) is False
+
+
+def test_the_empty_marker_files_kept_are_bounded_by_the_descriptor_limit(tmp_path, monkeypatch):
+    monkeypatch.setattr(schedserver.resource, "getrlimit", lambda which: (800, 4096))
+    runs = schedserver.InFlightRuns(str(tmp_path / "running"))
+    assert runs.slots_kept == 100
+    runs.stock(500)
+    assert len(list((tmp_path / "running").iterdir())) == 100
+
+
+def test_after_each_tick_the_server_has_marker_files_made_for_the_runs_due_next(tmp_path):
+    config = schedserver.load_config({"data_dir": str(tmp_path / "data"), "scripts_dir": str(tmp_path / "scripts")},
+                                     environ={})
+    server = schedserver.Server(config)
+    try:
+        server.inflight = schedserver.InFlightRuns(str(tmp_path / "running"))
+        server.scheduler._submit = lambda fn, *args: fn(*args)          # a worker, at once
+        due = [schedserver.Job(f"exec:job-{n}.sh", schedserver.parse_cron("* * * * * *"), ZoneInfo("UTC"),
+                               fire=lambda slot: None, record=lambda *args: None) for n in range(5)]
+        server._get_ready(due)
+        assert len(list((tmp_path / "running").iterdir())) == 5
+    finally:
+        server.scheduler.stop()
 
 
 def test_marker_files_are_used_again_and_only_a_bounded_number_of_empty_ones_stays(tmp_path, monkeypatch):
