@@ -2140,7 +2140,8 @@ class InFlightRuns:
         self._slots: dict[str, tuple[int, str]] = {}    # run id -> the slot holding its marker
         self._reserved: set[tuple[int, str]] = set()    # slots holding the marker of a run about to begin
         self._made = 0
-        self._stocking = False
+        self._stocking = False                      # a stock() asked for or under way
+        self._stock_failed = -60.0                  # time.monotonic() when making a slot last failed
         self.slots_kept = min(MARKER_SLOTS_KEPT, _descriptor_limit() // 8)
         if marker_dir:
             os.makedirs(marker_dir, mode=0o700, exist_ok=True)
@@ -2228,16 +2229,20 @@ class InFlightRuns:
         self._discard(slot)
 
     def wants_stock(self, count: int) -> bool:
-        """True when fewer than `count` empty slots are ready (within slots_kept) and no stock() is under way."""
+        """True when fewer than `count` empty slots are ready (within slots_kept), no stock() is asked for or
+        under way, and making one did not fail in the last minute. A True answer is an order: the caller must
+        have stock(count) run, and no other is asked for until it ends."""
         with self._cond:
-            return bool(self.marker_dir) and not self._stocking and len(self._free) < min(count, self.slots_kept)
+            if (not self.marker_dir or self._stocking or len(self._free) >= min(count, self.slots_kept)
+                    or time.monotonic() - self._stock_failed < 60.0):
+                return False
+            self._stocking = True
+            return True
 
     def stock(self, count: int) -> None:
         """Make empty slots until `count` (within slots_kept) are ready: a worker's task, so the runs due next
         find their marker files made and neither the ticker nor a spawning worker waits on a file creation."""
         with self._cond:
-            if self._stocking:
-                return
             self._stocking = True
         try:
             while True:
@@ -2250,7 +2255,9 @@ class InFlightRuns:
                 with self._cond:
                     self._free.append(slot)
         except OSError as e:
-            log.error("cannot make run marker files in %s: %s", self.marker_dir, e)
+            log.error("cannot make run marker files in %s: %s (trying again in a minute)", self.marker_dir, e)
+            with self._cond:
+                self._stock_failed = time.monotonic()
         finally:
             with self._cond:
                 self._stocking = False

@@ -797,15 +797,38 @@ def test_stock_makes_empty_marker_files_ahead_that_the_next_runs_use_instead_of_
     marker_dir = tmp_path / "running"
     runs = schedserver.InFlightRuns(str(marker_dir))
     assert runs.wants_stock(3) is True
+    assert runs.wants_stock(3) is False                             # asked for once, until it has run
     runs.stock(3)
     made = sorted(p.name for p in marker_dir.iterdir())
     assert len(made) == 3 and marker_files(marker_dir) == {}       # empty: no run in them
     assert runs.wants_stock(3) is False and runs.wants_stock(4) is True
+    runs.stock(4)
+    assert len(list(marker_dir.iterdir())) == 4
+    runs.release(runs.reserve(EXEC_MARKER))                         # no run needs one made for it now
+    assert len(list(marker_dir.iterdir())) == 4
+    made = sorted(p.name for p in marker_dir.iterdir())
     for n in range(3):
         runs.begin(f"run-{n}", {**EXEC_MARKER, "runId": f"run-{n}"}, InterruptRecorder())
     assert sorted(p.name for p in marker_dir.iterdir()) == made   # the stocked files, no new ones
     assert len(marker_files(marker_dir)) == 3
     assert schedserver.InFlightRuns(None).wants_stock(3) is False
+
+
+def test_a_marker_dir_where_files_cannot_be_made_is_logged_once_and_tried_again_only_a_minute_later(
+        tmp_path, monkeypatch, caplog):
+    runs = schedserver.InFlightRuns(str(tmp_path / "running"))
+    real_open = os.open
+    monkeypatch.setattr(schedserver.os, "open", lambda *args, **kwargs: (_ for _ in ()).throw(OSError(28, "No space")))
+    assert runs.wants_stock(2) is True
+    runs.stock(2)
+    assert "cannot make run marker files" in caplog.text and list((tmp_path / "running").iterdir()) == []
+    assert runs.wants_stock(2) is False                             # not each second
+    monkeypatch.setattr(schedserver.os, "open", real_open)
+    monkeypatch.setattr(schedserver.time, "monotonic", lambda: real_monotonic() + 61)
+    assert runs.wants_stock(2) is True
+
+
+real_monotonic = time.monotonic
 
 
 def test_the_empty_marker_files_kept_are_bounded_by_the_descriptor_limit(tmp_path, monkeypatch):
