@@ -2150,6 +2150,11 @@ class InFlightRuns:
         with self._cond:
             if self._free:
                 return self._free.pop()
+        return self._new_slot()
+
+    def _new_slot(self) -> tuple[int, str]:
+        """A new empty marker file, open: (descriptor, path)."""
+        with self._cond:
             self._made += 1
             path = os.path.join(self.marker_dir, f"slot-{os.getpid()}-{self._made}.json")
         return os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600), path
@@ -2249,9 +2254,7 @@ class InFlightRuns:
                 with self._cond:
                     if len(self._free) >= min(count, self.slots_kept):
                         return
-                    self._made += 1
-                    path = os.path.join(self.marker_dir, f"slot-{os.getpid()}-{self._made}.json")
-                slot = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600), path
+                slot = self._new_slot()
                 with self._cond:
                     self._free.append(slot)
         except OSError as e:
