@@ -1,60 +1,61 @@
 """schedserver: a cron scheduling server for script and HTTP request schedules, driven over REST.
 
-One module by design: drop it on a box or embed it.
+Run it::
 
     schedserver [serve] [--config FILE] [--host HOST] [--port PORT] [--data-dir DIR] [--scripts-dir DIR]
 
-is the same as ``python schedserver.py ...`` and ``python -m schedserver ...``. Sections follow the data:
-constants, errors, config, time and cron, storage, runners, scheduler, services, web, CLI.
+(``python -m schedserver ...`` is the same). Embed it::
+
+    with schedserver.Server(schedserver.Config(data_dir="/var/lib/x", scripts_dir="/srv/x")) as server:
+        ...   # server.wsgi_app is a WSGI app; the scheduler runs until the block ends
+
+Sections follow the data, each using only public names of the sections above it: constants, errors, config,
+time and cron, storage, jobs and runs, runners, scheduler, recorder, services, web, server, CLI.
 """
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 import argparse
 import bisect
 import calendar
-import copy
-import fcntl
+import ctypes
 import functools
-import gc
 import hmac
+import heapq
 import ipaddress
 import itertools
-import heapq
-import http.client
 import json
 import logging
 import os
+import queue
 import re
 import resource
 import secrets
-import select
 import selectors
 import shlex
 import shutil
 import signal
-import subprocess
 import socket
+import stat
+import subprocess
 import sys
-import tempfile
 import threading
 import time
 import tomllib
 import traceback
 import urllib.parse
 import uuid
-from collections import deque
-import queue
-from dataclasses import dataclass, field
+import zoneinfo
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta, timezone
-from typing import Any, Callable, Iterator
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from typing import Any, Callable, Iterable, Iterator
+from zoneinfo import ZoneInfo
 
 import bottle
 import certifi
-import croniter
 import filelock
 import urllib3
 import urllib3.connection
@@ -63,8 +64,10 @@ import waitress.channel
 import waitress.parser
 import waitress.server
 import waitress.task
+import waitress.wasyncore
 
 log = logging.getLogger("schedserver")
+log.addHandler(logging.NullHandler())       # a library logs nowhere until its host says where
 
 
 ###############################################################################
@@ -77,34 +80,25 @@ EXEC_PREFIX = API_PREFIX + "/exec/schedules"
 
 MAX_BODY_BYTES = 1024 * 1024            # request bodies above this answer 413
 MAX_RESPONSE_BYTES = 64 * 1024          # an HTTP run reads at most this much of the target's answer
-HISTORY_SIZE = 20                       # runs kept per HTTP schedule for GET /{id}
+HISTORY_SIZE = 20                       # runs shown per HTTP schedule by GET /{id}
+HISTORY_MAX_LIMIT = 1000
 MAX_NAME_LENGTH = 200
 MAX_HTTP_TIMEOUT = 300.0
 MAX_REDIRECTS = 10
-TICKER_SEND_MAX_BYTES = 16 * 1024       # a run the ticker starts itself writes at most this much
-TICKER_SEND_TIMEOUT = 0.5               # and waits at most this long for the write (an idle connection: never)
-KEPT_PER_ORIGIN_MAX = 1024              # idle connections kept per origin for runs due soon
-KEPT_CONNECTIONS_MAX = 8192             # and in all (also at most half the process's descriptor limit)
-KEPT_IDLE_SECONDS = 30.0                # a kept connection unused this long is closed
-KEPT_CONNECT_TIMEOUT = 10.0
-KEPT_RETRY_SECONDS = 30.0               # after a failed open, no connections are opened ahead for that origin
-OPEN_FILES_WANTED = 65536               # the soft descriptor limit main() raises to (within the hard limit)
-MISSED_SCAN_LIMIT = 3000                # missed slots counted one by one (~60 us each); beyond, "at least"
+MAX_JSON_DEPTH = 64                     # nesting allowed in a stored request.json
+MISSED_SCAN_LIMIT = 3000                # missed slots counted one by one; beyond, "at least"
 FILE_LOCK_TIMEOUT = 10.0                # seconds a writer waits for a file lock before reporting a storage error
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
-CRON_HELP = ("use 6 fields: second minute hour day month weekday, e.g. '0 0 9 * * MON-FRI' "
-             "(5-field expressions and @hourly, @daily, @weekly, @monthly, @yearly are accepted too)")
 MAX_SCRIPT_TIMEOUT_MS = 24 * 3600 * 1000
 MAX_OUTPUT_BYTES = 64 * 1024            # the tail of a script's stdout and of its stderr kept in memory
 HEADER_BYTES = 16 * 1024                # directives are read from at most this much of a script's head
-MARKER_SLOTS_KEPT = 1024                # empty run-marker files kept open for the next runs (at most 1/8 of the
-                                        # descriptors this process may open)
 OUTPUT_DRAIN_SECONDS = 5.0              # after a script exits, its pipes may stay open this long
-KILL_GRACE_SECONDS = 2.0                # between SIGTERM and SIGKILL for a script's process group
+KILL_GRACE_SECONDS = 2.0                # between SIGTERM and SIGKILL for a script's processes
 PREFLIGHT_TIMEOUT_SECONDS = 20.0
-PREFLIGHT_DRIVERS = min(4, os.cpu_count() or 1)     # processes running syntax checks during a rescan
-HISTORY_MAX_LIMIT = 1000
-MAX_JSON_DEPTH = 64                     # nesting allowed in a stored request.json
+PREFLIGHT_THREADS = 4                   # syntax checks run at once during a scan
+STATE_SAVE_SECONDS = 30.0               # run state is saved at most this long after it changed
+OPEN_FILES_WANTED = 65536               # the soft descriptor limit main() raises to (within the hard limit)
+TEMP_PREFIX = ".schedserver-tmp-"       # the only files the server ever removes uninvited start with this
 DEFAULT_DATA_DIR = "./data"
 DEFAULT_SCRIPTS_DIR = "./scripts"
 
@@ -165,8 +159,16 @@ class NotFound(ApiError, LookupError):
     status, code = 404, "NOT_FOUND"
 
 
+class Conflict(ApiError):
+    status, code = 409, "CONFLICT"
+
+
 class StorageError(ApiError, OSError):
     status, code = 500, "STORAGE_ERROR"
+
+
+class Unavailable(ApiError):
+    status, code = 503, "SERVICE_UNAVAILABLE"
 
 
 ###############################################################################
@@ -194,9 +196,17 @@ def _to_bool(value: Any) -> bool:
 
 
 def _to_str_list(value: Any) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
         raise ValueError("expected a list of strings")
     return tuple(v.strip() for v in value if v.strip())
+
+
+def _to_token_list(value: Any) -> tuple[str, ...]:
+    tokens = _to_str_list(value)
+    if not all(t.isascii() and t.isprintable() for t in tokens):
+        # A client sends the Authorization header as Latin-1 bytes at best: no UTF-8 client could ever match.
+        raise ValueError("tokens must be printable ASCII (a client could never send this one)")
+    return tokens
 
 
 def _to_network_list(value: Any) -> tuple[str, ...]:
@@ -222,6 +232,13 @@ def _to_log_level(value: Any) -> str:
     return level
 
 
+def _to_log_format(value: Any) -> str:
+    text = _to_str(value).lower()
+    if text not in ("text", "json"):
+        raise ValueError("expected text or json")
+    return text
+
+
 def _to_command_table(value: Any) -> dict[str, tuple[str, ...]]:
     """`{".ext": "cmd args" or ["cmd", "args"]}`, as for [exec.interpreters] and [exec.preflight]."""
     if not isinstance(value, dict):
@@ -232,10 +249,15 @@ def _to_command_table(value: Any) -> dict[str, tuple[str, ...]]:
             raise ValueError(f"key {ext!r} must be a file extension starting with '.'")
         if isinstance(command, str):
             command = shlex.split(command)
-        if not isinstance(command, list) or not command or not all(isinstance(c, str) and c for c in command):
+        if not isinstance(command, (list, tuple)) or not command or \
+                not all(isinstance(c, str) and c for c in command):
             raise ValueError(f"{ext}: expected a command as a string or a list of strings")
         table[ext.lower()] = tuple(command)
     return table
+
+
+def _to_optional_str(value: Any) -> str | None:
+    return None if value is None else _to_str(value)
 
 
 # (section, key, converter, default, environment variable). Every config key is here; anything else is an error.
@@ -245,15 +267,18 @@ CONFIG_TABLE: tuple[tuple[str, str, Callable[[Any], Any], Any, str | None], ...]
     ("server", "data_dir", _to_str, DEFAULT_DATA_DIR, "SCHEDSERVER_DATA_DIR"),
     ("server", "scripts_dir", _to_str, DEFAULT_SCRIPTS_DIR, "SCHEDSERVER_SCRIPTS_DIR"),
     ("server", "threads", _to_int(1, 256), 8, "SCHEDSERVER_THREADS"),
+    ("server", "connection_limit", _to_int(10, 100000), 1000, "SCHEDSERVER_CONNECTION_LIMIT"),
+    ("server", "idle_timeout_seconds", _to_int(1, 3600), 20, "SCHEDSERVER_IDLE_TIMEOUT_SECONDS"),
     ("server", "log_level", _to_log_level, "INFO", "SCHEDSERVER_LOG_LEVEL"),
+    ("server", "log_format", _to_log_format, "text", "SCHEDSERVER_LOG_FORMAT"),
     ("server", "access_log", _to_bool, False, "SCHEDSERVER_ACCESS_LOG"),
     ("server", "shutdown_grace_seconds", _to_int(0, 3600), 10, "SCHEDSERVER_SHUTDOWN_GRACE_SECONDS"),
     ("scheduler", "timezone", _to_timezone_name, "UTC", "SCHEDSERVER_TIMEZONE"),
     ("scheduler", "workers", _to_int(1, 1024), 8, "SCHEDSERVER_WORKERS"),
     ("scheduler", "misfire_grace_seconds", _to_int(1, 3600), 30, "SCHEDSERVER_MISFIRE_GRACE_SECONDS"),
-    ("auth", "tokens", _to_str_list, (), "SCHEDSERVER_TOKEN"),
-    ("auth", "read_tokens", _to_str_list, (), "SCHEDSERVER_READ_TOKEN"),
-    ("auth", "token_file", _to_str, None, "SCHEDSERVER_TOKEN_FILE"),
+    ("auth", "tokens", _to_token_list, (), "SCHEDSERVER_TOKEN"),
+    ("auth", "read_tokens", _to_token_list, (), "SCHEDSERVER_READ_TOKEN"),
+    ("auth", "token_file", _to_optional_str, None, "SCHEDSERVER_TOKEN_FILE"),
     ("curl", "runs_log_max_bytes", _to_int(4096, 2**40), 10 * 1024 * 1024, "SCHEDSERVER_CURL_RUNS_LOG_MAX_BYTES"),
     ("curl", "runs_log_backups", _to_int(0, 100), 5, "SCHEDSERVER_CURL_RUNS_LOG_BACKUPS"),
     ("curl", "allow_networks", _to_network_list, (), "SCHEDSERVER_CURL_ALLOW_NETWORKS"),
@@ -266,18 +291,22 @@ CONFIG_TABLE: tuple[tuple[str, str, Callable[[Any], Any], Any, str | None], ...]
     ("exec", "preflight", _to_command_table, {}, None),
 )
 PATH_KEYS = ("data_dir", "scripts_dir", "token_file")
+SECRET_SECTIONS = ("auth",)
 
 
 @dataclass(frozen=True)
 class Config:
-    """Validated settings; paths are absolute."""
+    """Validated settings; paths are made absolute. Built by load_config(), or directly in Python."""
 
     host: str = "127.0.0.1"
     port: int = 8080
     data_dir: str = DEFAULT_DATA_DIR
     scripts_dir: str = DEFAULT_SCRIPTS_DIR
     threads: int = 8
+    connection_limit: int = 1000
+    idle_timeout_seconds: int = 20
     log_level: str = "INFO"
+    log_format: str = "text"
     access_log: bool = False
     shutdown_grace_seconds: int = 10
     timezone: str = "UTC"
@@ -297,6 +326,19 @@ class Config:
     interpreters: dict = field(default_factory=dict)
     preflight: dict = field(default_factory=dict)
     config_file: str | None = None
+
+    def __post_init__(self) -> None:
+        # The table checks a Config built in Python as it checks one read from a file: one set of rules.
+        for section, key, convert, _, _ in CONFIG_TABLE:
+            value = getattr(self, key)
+            try:
+                value = convert(value)
+            except ValueError as e:
+                shown = "a value (not shown: it may be a secret)" if section in SECRET_SECTIONS else repr(value)
+                raise ConfigError(f"{section}.{key}: {e}, got {shown}") from None
+            if key in PATH_KEYS and value is not None:
+                value = os.path.abspath(os.path.expanduser(value))
+            object.__setattr__(self, key, value)
 
 
 def load_config(flags: dict[str, Any] | None = None, environ: dict[str, str] | None = None) -> Config:
@@ -331,12 +373,17 @@ def load_config(flags: dict[str, Any] | None = None, environ: dict[str, str] | N
             try:
                 value = convert(value)
             except ValueError as e:
-                shown = "a value (not shown: it may be a secret)" if section == "auth" else repr(value)
+                shown = "a value (not shown: it may be a secret)" if section in SECRET_SECTIONS else _shown(value)
                 raise ConfigError(f"{where}: {e}, got {shown}") from None
         if key in PATH_KEYS and value is not None:
             value = os.path.abspath(os.path.join(origin_dir, os.path.expanduser(value)))
         values[key] = value
     return Config(**values, config_file=config_file)
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _from_text(text: Any, default: Any) -> Any:
@@ -346,7 +393,8 @@ def _from_text(text: Any, default: Any) -> Any:
     if isinstance(default, bool):
         return {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}.get(
             text.strip().lower(), text)
-    if isinstance(default, int) and re.fullmatch(r"\s*-?[0-9]+\s*", text):
+    # At most 18 digits: int() refuses thousands of digits, and no setting needs more.
+    if isinstance(default, int) and re.fullmatch(r"\s*-?[0-9]{1,18}\s*", text):
         return int(text)
     if isinstance(default, tuple):
         return [part for part in text.split(",")]
@@ -359,7 +407,7 @@ def _read_toml(path: str) -> dict[str, Any]:
             return tomllib.load(f)
     except OSError as e:
         raise ConfigError(f"{path}: cannot read config file ({e.strerror})") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise ConfigError(f"{path}: not valid TOML ({e})") from None
 
 
@@ -367,31 +415,54 @@ def _read_toml(path: str) -> dict[str, Any]:
 # Time and cron ################################################################
 ###############################################################################
 
+# Names zoneinfo finds that are not IANA zones a schedule may use: `right/` zones count leap seconds (their
+# times are off by them), `posix/` duplicates, and local aliases that mean whatever the machine says.
+_NOT_ZONES = ("localtime", "posixrules", "Factory")
+
+
+@functools.lru_cache(maxsize=1)
+def _zone_names() -> frozenset[str]:
+    return frozenset(name for name in zoneinfo.available_timezones()
+                     if name not in _NOT_ZONES and not name.startswith(("right/", "posix/")))
+
+
+@functools.lru_cache(maxsize=1024)
 def load_timezone(name: str) -> ZoneInfo:
-    """The IANA zone `name`; ValueError with a readable message when there is none."""
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError, TypeError, OSError):     # OSError: 'America' is a directory
-        raise ValueError(f"unknown timezone {name!r} (use an IANA name such as 'UTC' or 'Europe/Berlin')") from None
+    """The IANA zone `name`; ValueError with a readable message for anything else."""
+    if not isinstance(name, str) or name not in _zone_names():
+        raise ValueError(f"unknown timezone {_shown(name)} (use an IANA name such as 'UTC' or 'Europe/Berlin')")
+    return ZoneInfo(name)
 
 
 def utc_iso(ts: float | None, *, ms: bool = False) -> str | None:
     """An epoch instant as UTC ISO 8601 with `Z`: second precision, or milliseconds with ms=True."""
     if ts is None:
         return None
-    # isoformat is C and five times faster than strftime; "+00:00" becomes "Z", milliseconds are truncated
     return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds" if ms else "seconds")[:-6] + "Z"
 
 
 def parse_iso(text: str) -> float:
     """An ISO 8601 timestamp as an epoch instant (naive means UTC). ValueError if unparsable."""
-    if not isinstance(text, str):
+    if not isinstance(text, str) or len(text) > 64:
         raise ValueError("expected an ISO 8601 string")
     dt = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=timezone.utc)
     return dt.timestamp()
 
+
+def parse_optional_iso(text: Any) -> float | None:
+    try:
+        return parse_iso(text) if text else None
+    except (ValueError, OverflowError):
+        return None
+
+
+import copy
+import croniter
+
+CRON_HELP = ("use 6 fields: second minute hour day month weekday, e.g. '0 0 9 * * MON-FRI' "
+             "(5-field expressions and @hourly, @daily, @weekly, @monthly, @yearly are accepted too)")
 
 CRON_MACROS = {
     "@yearly": "0 0 0 1 1 *", "@annually": "0 0 0 1 1 *", "@monthly": "0 0 0 1 * *",
@@ -701,10 +772,10 @@ def fsync_dir(path: str) -> None:
 def atomic_write(path: str, data: bytes, mode: int = 0o600, durable: bool = True) -> None:
     """Replace `path` with `data` so that a crash leaves either the old or the new file, never a mix.
 
-    durable=False skips the fsyncs (for markers whose loss on power failure costs little).
+    durable=False skips the fsyncs (for files whose loss on power failure costs little).
     """
-    directory = os.path.dirname(path)
-    tmp = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}"
+    directory, name = os.path.split(path)
+    tmp = os.path.join(directory, f"{TEMP_PREFIX}{name}-{os.getpid()}-{threading.get_ident()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
         try:
@@ -727,16 +798,80 @@ def atomic_write(path: str, data: bytes, mode: int = 0o600, durable: bool = True
         fsync_dir(directory)
 
 
-class JsonStore:
-    """A JSON document on disk, read once at start and replaced atomically under a file lock."""
+class DataDir:
+    """The data dir: made private, owned by one server process at a time (a lock held for its life)."""
 
     def __init__(self, path: str):
         self.path = path
-        self._lock = threading.Lock()
-        self._file_lock = filelock.FileLock(path + ".lock", timeout=FILE_LOCK_TIMEOUT, mode=0o600)
+        self._lock = filelock.FileLock(os.path.join(path, "schedserver.lock"), thread_local=False, mode=0o600)
+        self._held = False
+
+    def prepare(self) -> None:
+        """Create it (0700) if missing; refuse one that others may write or that belongs to someone else."""
+        try:
+            os.makedirs(self.path, mode=0o700, exist_ok=True)
+            st = os.stat(self.path)
+        except OSError as e:
+            raise ConfigError(f"data dir {self.path}: cannot create ({e.strerror})") from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise ConfigError(f"data dir {self.path}: not a directory")
+        # It holds tokens and stored request headers: a shared directory is not a place for them.
+        if st.st_mode & 0o002:
+            raise ConfigError(f"data dir {self.path}: writable by every user (mode {st.st_mode & 0o7777:o}); "
+                              "use a directory of its own")
+        if st.st_uid != os.geteuid():
+            raise ConfigError(f"data dir {self.path}: owned by uid {st.st_uid}, not by this user "
+                              f"({os.geteuid()}); use a directory of its own")
+        try:
+            if st.st_mode & 0o077:
+                os.chmod(self.path, 0o700)
+        except OSError as e:
+            raise ConfigError(f"data dir {self.path}: cannot make it private ({e.strerror})") from None
+        probe = os.path.join(self.path, f"{TEMP_PREFIX}probe-{os.getpid()}")
+        try:
+            with open(probe, "wb"):
+                pass
+            os.unlink(probe)
+        except OSError as e:
+            raise ConfigError(f"data dir {self.path}: not writable ({e.strerror})") from None
+
+    def acquire(self) -> None:
+        try:
+            self._lock.acquire(timeout=0)
+        except filelock.Timeout:
+            raise StartupError(f"data dir {self.path} is in use by another schedserver process") from None
+        self._held = True
+        self._remove_temp_files()
+
+    def release(self) -> None:
+        if self._held:
+            self._lock.release()
+            self._held = False
+
+    def _remove_temp_files(self) -> None:
+        """Temp files a killed process left (they may hold copies of secrets); only ever our own names."""
+        for directory in (self.path, os.path.join(self.path, "running")):
+            try:
+                names = os.listdir(directory)
+            except OSError:
+                continue
+            for name in names:
+                if name.startswith(TEMP_PREFIX):
+                    try:
+                        os.unlink(os.path.join(directory, name))
+                        log.info("removed %s, left by an interrupted write", name)
+                    except OSError as e:
+                        log.warning("cannot remove %s: %s", name, e)
+
+
+class JsonFile:
+    """A JSON document replaced atomically; reads say clearly when it is corrupt."""
+
+    def __init__(self, path: str):
+        self.path = path
 
     def load(self, default: Any) -> Any:
-        """The stored document, or `default` when there is no file. A corrupt file raises StartupError."""
+        """The document, or `default` when there is no file. A corrupt file raises StartupError."""
         try:
             with open(self.path, "rb") as f:
                 raw = f.read()
@@ -746,40 +881,13 @@ class JsonStore:
             raise StartupError(f"{self.path}: cannot read ({e.strerror})") from None
         try:
             return json.loads(raw)
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:
             raise StartupError(f"{self.path}: corrupt JSON ({e}); the file was left as it is for inspection, "
                                "restore it from a backup or move it away") from None
 
-    def save(self, document: Any) -> None:
-        """Write `document` crash-safely; raises OSError (or filelock.Timeout) on failure.
-
-        A failure after the rename (the directory fsync) would leave the new file in place while the caller
-        reports the change as failed; the previous contents are put back first, so a 500 never takes effect.
-        """
-        data = json.dumps(document, indent=1, sort_keys=True).encode() + b"\n"
-        with self._lock, self._file_lock:
-            try:
-                with open(self.path, "rb") as f:
-                    previous: bytes | None = f.read()
-            except FileNotFoundError:
-                previous = None
-            try:
-                atomic_write(self.path, data)
-            except OSError:
-                self._restore(previous, data)
-                raise
-
-    def _restore(self, previous: bytes | None, attempted: bytes) -> None:
-        try:
-            with open(self.path, "rb") as f:
-                if f.read() != attempted:
-                    return                  # the failure came before the rename: the old file is intact
-            if previous is None:
-                os.unlink(self.path)
-            else:
-                atomic_write(self.path, previous, durable=False)
-        except OSError as e:
-            log.error("%s: could not put the previous contents back after a failed write: %s", self.path, e)
+    def save(self, document: Any, durable: bool = True) -> None:
+        atomic_write(self.path, json.dumps(document, separators=(",", ":"), sort_keys=True).encode() + b"\n",
+                     durable=durable)
 
 
 class JournalStore:
@@ -800,18 +908,17 @@ class JournalStore:
         self.journal_path = (path[:-5] if path.endswith(".json") else path) + ".journal"
         self._lock = threading.Lock()
         self._compact_lock = threading.Lock()      # one compaction at a time
-        self._file_lock = filelock.FileLock(path + ".lock", timeout=FILE_LOCK_TIMEOUT, mode=0o600)
         self._items: dict[str, dict] = {}
         self._seq = 0
         self._journal_lines = 0
         self._journal_size: int | None = None      # bytes of good lines; None until known
-        self._compacting = False
+        self._compacting: threading.Thread | None = None
         self._compact_at = self.COMPACT_MIN_LINES
 
     # -- reading ---------------------------------------------------------------------------------------------
     def load(self) -> list[dict]:
         """The stored definitions in creation order. A corrupt snapshot or journal raises StartupError."""
-        snapshot = JsonStore(self.path).load({"version": 1, "schedules": []})
+        snapshot = JsonFile(self.path).load({"version": 1, "schedules": []})
         try:
             seq = int(snapshot.get("seq", 0))
             items = {d["id"]: d for d in snapshot["schedules"]}
@@ -856,7 +963,7 @@ class JournalStore:
         for number, line in enumerate(raw[:complete].splitlines(), 1):
             try:
                 entry = json.loads(line)
-            except ValueError:
+            except (ValueError, RecursionError):
                 entry = None
             if not isinstance(entry, dict):
                 raise StartupError(f"{self.journal_path}: line {number} is corrupt; left as it is for inspection, "
@@ -876,8 +983,8 @@ class JournalStore:
 
     # -- changes ---------------------------------------------------------------------------------------------
     def put(self, item: dict) -> None:
-        """Store `item` (a new definition, or a new version of one, by its "id"); raises OSError or
-        filelock.Timeout when it could not be made durable, and then nothing changed."""
+        """Store `item` (a new definition, or a new version of one, by its "id"); raises OSError when it could
+        not be made durable, and then nothing changed."""
         self._change({"put": item}, item["id"], item)
 
     def delete(self, item_id: str) -> None:
@@ -887,23 +994,24 @@ class JournalStore:
         with self._lock:
             seq = self._seq + 1
             line = json.dumps({"seq": seq, **change}, separators=(",", ":"), sort_keys=True).encode() + b"\n"
-            with self._file_lock:
-                self._append(line)
+            self._append(line)
             self._seq = seq
             if item is None:
                 self._items.pop(item_id, None)
             else:
                 self._items[item_id] = item
             self._journal_lines += 1
-            if self._journal_lines < self._compact_at or self._compacting:
+            if self._journal_lines < self._compact_at or self._compacting is not None:
                 return
-            self._compacting = True
+            self._compacting = threading.Thread(target=self._compact_in_background, name="schedserver-compact",
+                                                daemon=True)
+            compacting = self._compacting
         try:
-            threading.Thread(target=self._compact_in_background, name="schedserver-compact", daemon=True).start()
+            compacting.start()
         except RuntimeError as e:       # no thread to be had: the change itself is durable; try again later
             log.error("%s: cannot start a compaction: %s", self.path, e)
             with self._lock:
-                self._compacting = False
+                self._compacting = None
                 self._compact_at = self._journal_lines + self.COMPACT_MIN_LINES
 
     def _append(self, line: bytes) -> None:
@@ -942,7 +1050,14 @@ class JournalStore:
             self.compact()
         finally:
             with self._lock:
-                self._compacting = False
+                self._compacting = None
+
+    def wait_compacted(self, timeout: float = 30.0) -> None:
+        """Wait for a compaction in progress (a clean stop lets it finish)."""
+        with self._lock:
+            compacting = self._compacting
+        if compacting is not None and compacting is not threading.current_thread():
+            compacting.join(timeout)
 
     def compact(self) -> None:
         """Write a snapshot of every definition, then drop the journal lines it holds. Safe to run while
@@ -954,7 +1069,7 @@ class JournalStore:
                 data = json.dumps({"version": 1, "seq": seq, "schedules": items}, indent=1,
                                   sort_keys=True).encode() + b"\n"
                 atomic_write(self.path, data)      # changes go on meanwhile, into the journal
-                with self._lock, self._file_lock:
+                with self._lock:
                     entries, _ = self._read_journal()
                     kept = b"".join(json.dumps(entry, separators=(",", ":"), sort_keys=True).encode() + b"\n"
                                     for entry in entries if entry.get("seq", 0) > seq)
@@ -962,49 +1077,17 @@ class JournalStore:
                     self._journal_lines = kept.count(b"\n")
                     self._journal_size = len(kept)
                     self._compact_at = max(self.COMPACT_MIN_LINES, len(self._items))
-            except (OSError, filelock.Timeout, StartupError) as e:
+            except (OSError, StartupError) as e:
                 log.error("%s: compaction failed, the journal keeps growing until it works: %s", self.path, e)
                 with self._lock:
                     self._compact_at = self._journal_lines + self.COMPACT_MIN_LINES
-
-
-class FlockFile:
-    """A cross-process lock on `path` held through one descriptor kept open: two system calls a use.
-
-    filelock.FileLock opens, locks, unlocks and closes its file each time, about 0.25 ms of Python -- a quarter
-    of a run's own overhead on the runs log. Use it after an in-process lock (one descriptor per object, so
-    threads must not share it unguarded). Raises filelock.Timeout like FileLock after FILE_LOCK_TIMEOUT.
-    """
-
-    def __init__(self, path: str, timeout: float = FILE_LOCK_TIMEOUT):
-        self.path = path
-        self.timeout = timeout
-        self._fd = -1
-
-    def __enter__(self) -> "FlockFile":
-        if self._fd < 0:
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        deadline = None
-        while True:
-            try:
-                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return self
-            except BlockingIOError:
-                now = time.monotonic()
-                deadline = deadline or now + self.timeout
-                if now >= deadline:
-                    raise filelock.Timeout(self.path) from None
-                time.sleep(0.001)
-
-    def __exit__(self, *exc_info: Any) -> None:
-        fcntl.flock(self._fd, fcntl.LOCK_UN)
 
 
 class NdjsonLog:
     """An append-only NDJSON log, rotated by size (`name.1` is the newest backup), read newest first.
 
     A crash mid-append leaves a torn last line: readers skip it and the next append starts on a new line.
-    Appends take an in-process lock, then a FlockFile (writers in other processes, rotation included).
+    A position (the file's inode and a byte offset) names a place in the log across rotations.
     """
 
     def __init__(self, path: str, max_bytes: int, backups: int):
@@ -1012,29 +1095,30 @@ class NdjsonLog:
         self.max_bytes = max_bytes
         self.backups = backups
         self._lock = threading.Lock()
-        self._file_lock = FlockFile(path + ".lock")
         self._warned: set[str] = set()
 
-    def append(self, record: dict) -> bytes:
-        """Append one record as one line (returned, newline included); raises OSError (or filelock.Timeout)."""
-        line = json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "backslashreplace") + b"\n"
-        with self._lock, self._file_lock:
+    def append(self, record: dict, then: Callable[[], None] | None = None) -> None:
+        """Append one record as one line; `then()` is called under the log's lock once it is written, so a
+        reader of position() sees the line and what `then` did together. Raises OSError."""
+        line = json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "backslashreplace")
+        with self._lock:
             fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
             try:
                 size = os.fstat(fd).st_size
-                if size and self.max_bytes and size + len(line) > self.max_bytes:
+                if size and self.max_bytes and size + len(line) + 1 > self.max_bytes:
                     os.close(fd)
                     fd = -1
                     self._rotate()
                     fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
                     size = 0
                 if size and os.pread(fd, 1, size - 1) != b"\n":
-                    os.write(fd, b"\n")      # a torn line from a crash: never glue onto it
-                os.write(fd, line)
+                    line = b"\n" + line         # a torn line from a crash: never glue onto it
+                os.write(fd, line + b"\n")
             finally:
                 if fd >= 0:
                     os.close(fd)
-        return line
+            if then is not None:
+                then()
 
     def _rotate(self) -> None:
         if self.backups <= 0:
@@ -1047,6 +1131,18 @@ class NdjsonLog:
         os.replace(self.path, f"{self.path}.1")
         fsync_dir(os.path.dirname(self.path))
 
+    def position(self) -> dict:
+        """Where the log ends now, as {"inode", "offset"}; call under `locked()` to pair it with state."""
+        try:
+            st = os.stat(self.path)
+            return {"inode": st.st_ino, "offset": st.st_size}
+        except FileNotFoundError:
+            return {"inode": None, "offset": 0}
+
+    def locked(self) -> threading.Lock:
+        """The append lock: held, nothing is appended (for a consistent snapshot of what appends update)."""
+        return self._lock
+
     def files(self, include_rotated: bool = True) -> list[str]:
         """The log's files, newest first."""
         paths = [self.path]
@@ -1054,144 +1150,218 @@ class NdjsonLog:
             paths += [f"{self.path}.{n}" for n in range(1, self.backups + 1)]
         return paths
 
-    def read_newest(self, include_rotated: bool = True, contains: bytes | None = None) -> Iterator[dict]:
-        """Records newest first, reading each file backwards in blocks; lines without `contains` are skipped
-        before JSON parsing."""
-        for path in self.files(include_rotated):
-            for line in _lines_backwards(path, contains=contains):
+    def read_after(self, position: dict | None) -> Iterator[dict]:
+        """Records appended after `position`, oldest first (all of them when it cannot be found)."""
+        files = list(reversed(self.files()))
+        start, offset = 0, 0
+        if position and position.get("inode") is not None:
+            for i, path in enumerate(files):
                 try:
-                    record = json.loads(line)
-                except ValueError:
-                    record = None
-                if not isinstance(record, dict):
-                    self._warn_malformed(path)
+                    if os.stat(path).st_ino == position["inode"]:
+                        start, offset = i, int(position.get("offset") or 0)
+                        break
+                except OSError:
                     continue
-                yield record
+        for i, path in enumerate(files[start:]):
+            try:
+                with open(path, "rb") as f:
+                    if i == 0 and offset and os.fstat(f.fileno()).st_size >= offset:
+                        f.seek(offset)
+                    for line in f:
+                        if not line.endswith(b"\n"):
+                            break           # torn by a crash
+                        record = self._parse(line, path)
+                        if record is not None:
+                            yield record
+            except FileNotFoundError:
+                continue
 
-    def chunks_newest(self, include_rotated: bool = True) -> Iterator[tuple[str, int, bytes]]:
-        """Runs of complete lines (newline-separated, in file order), the newest run first, each with its file
-        and offset: for scans that sift whole blocks with one regex instead of looking at every line."""
-        for path in self.files(include_rotated):
-            for offset, chunk in _chunks_backwards_at(path, block=1024 * 1024):
-                yield path, offset, chunk
+    def read_newest(self, include_rotated: bool = True, contains: bytes | None = None,
+                    before: dict | None = None) -> Iterator[tuple[dict, dict]]:
+        """(record, position of its line) newest first, reading files backwards in blocks. Lines without
+        `contains` are skipped unparsed. `before` (a position from an earlier answer) starts just before it."""
+        files = self.files(include_rotated)
+        end: int | None = None
+        if before is not None:
+            for i, path in enumerate(files):
+                try:
+                    if os.stat(path).st_ino == before.get("inode"):
+                        files, end = files[i:], int(before.get("offset") or 0)
+                        break
+                except OSError:
+                    continue
+            else:
+                return          # rotated out of the kept files: nothing older remains
+        for i, path in enumerate(files):
+            try:
+                inode = os.stat(path).st_ino
+            except OSError:
+                continue
+            for offset, line in _lines_backwards(path, end if i == 0 else None, contains):
+                record = self._parse(line, path)
+                if record is not None:
+                    yield record, {"inode": inode, "offset": offset}
 
-    def _warn_malformed(self, path: str) -> None:
-        if path not in self._warned:
-            self._warned.add(path)
-            log.warning("%s: skipping a malformed line (reported once per file)", path)
+    def _parse(self, line: bytes, path: str) -> dict | None:
+        try:
+            record = json.loads(line)
+        except (ValueError, RecursionError):
+            record = None
+        if not isinstance(record, dict):
+            if line.strip() and path not in self._warned:
+                self._warned.add(path)
+                log.warning("%s: skipping a malformed line (reported once per file)", path)
+            return None
+        return record
 
 
-def _chunks_backwards(path: str, block: int = 64 * 1024) -> Iterator[bytes]:
-    """A file's complete lines in runs of about `block` bytes, the last run first (lines within a run keep their
-    order); a final line without a newline (torn by a crash) is left out."""
-    for _, chunk in _chunks_backwards_at(path, block):
-        yield chunk
-
-
-def _chunks_backwards_at(path: str, block: int = 64 * 1024) -> Iterator[tuple[int, bytes]]:
-    """_chunks_backwards, each run with the file offset of its first byte."""
+def _lines_backwards(path: str, end: int | None = None, contains: bytes | None = None,
+                     block: int = 256 * 1024) -> Iterator[tuple[int, bytes]]:
+    """(offset, line) of a file's complete non-blank lines before byte `end`, last first; only lines holding
+    `contains` when given (searched in whole blocks, which is what makes a scan for a rare name fast). A final
+    line without a newline (torn by a crash) is skipped."""
     try:
         f = open(path, "rb")
-    except FileNotFoundError:
+    except OSError:
         return
     with f:
-        end = f.seek(0, os.SEEK_END)
-        tail = b""              # the start of a line whose rest came in the previous run
-        first = True
-        while end > 0:
-            start = max(0, end - block)
+        size = os.fstat(f.fileno()).st_size
+        pos = size if end is None else min(end, size)
+        buf = b""               # bytes from `pos` on, ending with a newline
+        torn = True             # still looking for the newline that ends the last complete line
+        while pos > 0:
+            start = max(0, pos - block)
             f.seek(start)
-            chunk = f.read(end - start) + tail
-            end = start
-            if first:
-                cut = chunk.rfind(b"\n")
-                if cut < 0:     # no newline yet: all of it belongs to a torn last line
+            buf = f.read(pos - start) + buf
+            pos = start
+            if torn:
+                cut = buf.rfind(b"\n")
+                if cut < 0:
+                    buf = b""
                     continue
-                chunk, first = chunk[:cut], False
-            offset = 0
-            if start == 0:
-                tail = b""
-            else:
-                nl = chunk.find(b"\n")
+                buf, torn = buf[:cut + 1], False
+            base = start
+            whole = buf
+            if start > 0:       # the first line may have begun in an earlier block: keep it for later
+                nl = buf.find(b"\n")
                 if nl < 0:
-                    tail = chunk
                     continue
-                tail, chunk, offset = chunk[:nl], chunk[nl + 1:], start + nl + 1
-            if chunk:
-                yield offset, chunk
+                whole, buf, base = buf[nl + 1:], buf[:nl + 1], start + nl + 1
+            yield from _block_lines(whole, base, contains)
 
 
-def _lines_backwards(path: str, block: int = 64 * 1024, contains: bytes | None = None) -> Iterator[bytes]:
-    """Complete non-blank lines of a file, last first, optionally only those holding `contains` (a block that
-    does not hold it is skipped whole); a final line without a newline (torn by a crash) is skipped."""
-    for chunk in _chunks_backwards(path, block):
-        if contains is None:
-            for line in reversed(chunk.split(b"\n")):
-                if line.strip():
-                    yield line
-            continue
-        end = len(chunk)        # lines holding `contains`, found by searching (in C) rather than line by line
-        while (hit := chunk.rfind(contains, 0, end)) >= 0:
-            start = chunk.rfind(b"\n", 0, hit) + 1
-            stop = chunk.find(b"\n", hit)
-            yield chunk[start:stop if stop >= 0 else len(chunk)]
-            end = start
+def _block_lines(chunk: bytes, base: int, contains: bytes | None) -> Iterator[tuple[int, bytes]]:
+    """(offset, line) of the newline-ended lines of `chunk`, last first."""
+    stop = len(chunk)
+    if contains is None:
+        while stop > 0:
+            begin = chunk.rfind(b"\n", 0, stop - 1) + 1
+            line = chunk[begin:stop - 1]
+            if line.strip():
+                yield base + begin, line
+            stop = begin
+        return
+    while (hit := chunk.rfind(contains, 0, stop)) >= 0:
+        begin = chunk.rfind(b"\n", 0, hit) + 1
+        yield base + begin, chunk[begin:chunk.find(b"\n", hit)]
+        stop = begin
 
 
-class DataDirLock:
-    """Holds `<data-dir>/schedserver.lock` for the life of the process, so one server owns a data dir at a time."""
+class RunMarkers:
+    """`running/<run id>.json` while a run is in flight: what a crash leaves is exactly the runs that had begun,
+    found and recorded as interrupted by the next start."""
 
-    def __init__(self, data_dir: str):
-        self.data_dir = data_dir
-        self._lock = filelock.FileLock(os.path.join(data_dir, "schedserver.lock"), thread_local=False, mode=0o600)
+    def __init__(self, directory: str):
+        self.directory = directory
 
-    def acquire(self) -> None:
+    def prepare(self) -> None:
+        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+
+    def write(self, run_id: str, marker: dict) -> None:
+        """Write (or rewrite) a run's marker; raises OSError. Not fsync'd: a SIGKILL keeps the page cache."""
+        atomic_write(os.path.join(self.directory, run_id + ".json"),
+                     json.dumps(marker, separators=(",", ":")).encode(), durable=False)
+
+    def remove(self, run_id: str) -> None:
         try:
-            self._lock.acquire(timeout=0)
-        except filelock.Timeout:
-            raise StartupError(f"data dir {self.data_dir} is in use by another schedserver process") from None
-
-    def release(self) -> None:
-        self._lock.release()
-
-
-def remove_stale_temp_files(data_dir: str) -> None:
-    """Delete atomic_write temp files that a killed process left behind (they may hold copies of secrets).
-    Only safe with the data dir lock held: then no other writer can own them."""
-    for name in os.listdir(data_dir):
-        if ".tmp-" in name:
-            try:
-                os.unlink(os.path.join(data_dir, name))
-                log.info("removed %s, left by an interrupted write", name)
-            except OSError as e:
-                log.warning("cannot remove %s: %s", name, e)
-
-
-def prepare_data_dir(path: str) -> None:
-    """Create the data dir (0700) if missing and check it is writable; ConfigError otherwise."""
-    try:
-        os.makedirs(path, mode=0o700, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"data dir {path}: cannot create ({e.strerror})") from None
-    if not os.path.isdir(path):
-        raise ConfigError(f"data dir {path}: not a directory")
-    try:
-        if os.stat(path).st_mode & 0o077:
-            os.chmod(path, 0o700)       # it holds tokens and stored request headers
-    except OSError as e:
-        raise ConfigError(f"data dir {path}: cannot make it private ({e.strerror})") from None
-    probe = os.path.join(path, f".write-test-{os.getpid()}")
-    try:
-        with open(probe, "wb"):
+            os.unlink(os.path.join(self.directory, run_id + ".json"))
+        except FileNotFoundError:
             pass
-        os.unlink(probe)
-    except OSError as e:
-        raise ConfigError(f"data dir {path}: not writable ({e.strerror})") from None
+        except OSError as e:
+            log.error("cannot remove the marker of run %s: %s", run_id, e)
+
+    def leftovers(self) -> list[dict]:
+        """Markers a previous process left (it died with those runs in flight), oldest first."""
+        found = []
+        try:
+            names = sorted(os.listdir(self.directory))
+        except FileNotFoundError:
+            return []
+        for name in names:
+            if not name.endswith(".json") or name.startswith(TEMP_PREFIX):
+                continue
+            path = os.path.join(self.directory, name)
+            try:
+                with open(path, "rb") as f:
+                    marker = json.loads(f.read())
+                if isinstance(marker, dict) and marker.get("run_id") == name[:-5]:
+                    found.append(marker)
+                    continue
+            except (OSError, ValueError) as e:
+                log.warning("%s: unreadable run marker (%s); removed", path, e)
+            self.remove(name[:-5])
+        return sorted(found, key=lambda m: m.get("started") or 0)
 
 
 ###############################################################################
-# Runners ######################################################################
+# Jobs and runs ################################################################
 ###############################################################################
+
+@dataclass(frozen=True)
+class HttpTarget:
+    """What an HTTP run sends: a validated request (see validate_request)."""
+
+    request: dict
+
+
+@dataclass(frozen=True)
+class ScriptTarget:
+    """What a script run starts: the program and its arguments, where, and for how long at most."""
+
+    rel: str
+    path: str
+    argv: tuple[str, ...]
+    timeout_ms: int
+    root: str           # the scripts dir: the script must still resolve inside it when it fires
+
+
+@dataclass(frozen=True, eq=False)
+class Job:
+    """One schedule as the scheduler and the runners see it. Immutable: an edit is a new Job."""
+
+    key: str                    # "http:<id>" or "script:<scriptRel>"
+    kind: str                   # "http" | "script"
+    ref: str                    # the schedule id or the scriptRel
+    cron: Any                   # CronExpr
+    tz: ZoneInfo
+    target: HttpTarget | ScriptTarget
+    overlap: str = "forbid"
+
+
+@dataclass(eq=False)
+class Run:
+    """One run in flight, from the recorder's begin() to its finish()."""
+
+    run_id: str
+    job: Job
+    slot: float
+    trigger: str                # "cron" | "manual" | "retry"
+    attempt: int
+    started: float
+    process: dict | None = None             # a script's pid and start time, once spawned
+    cancelled: str | None = None            # why it was stopped early (shutdown, replaced)
+    on_process: Callable[["Run"], None] | None = None
+
 
 @dataclass
 class RunResult:
@@ -1200,11 +1370,78 @@ class RunResult:
     status: str                     # ok | error | timeout
     started_at: float
     duration_ms: int
-    status_code: int | None = None
+    status_code: int | None = None  # HTTP runs
     error: str | None = None
+    exit_code: int | None = None    # script runs
+    signal: str | None = None       # a script killed by a signal
+    return_preview: str | None = None
+    output_dropped: int = 0
 
 
-_http_run = threading.local()       # the HttpRunner run in progress on this thread, for the pools below
+###############################################################################
+# Runners ######################################################################
+###############################################################################
+
+class DeadlineWatcher:
+    """One thread that calls each registered action at its deadline (time.monotonic()) unless cancelled first:
+    a run's time limit without a timer thread per run."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int, Callable[[], None]]] = []
+        self._cancelled: set[int] = set()
+        self._seq = 0
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def add(self, deadline: float, action: Callable[[], None]) -> int:
+        with self._cond:
+            self._seq += 1
+            heapq.heappush(self._heap, (deadline, self._seq, action))
+            if self._thread is None and not self._closed:
+                self._thread = threading.Thread(target=self._watch, name="schedserver-deadlines", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+            return self._seq
+
+    def cancel(self, handle: int) -> None:
+        with self._cond:
+            self._cancelled.add(handle)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            thread, self._thread = self._thread, None
+            self._cond.notify()
+        if thread is not None:
+            thread.join(timeout=5)
+
+    def _watch(self) -> None:
+        while True:
+            with self._cond:
+                while self._heap and self._heap[0][1] in self._cancelled:
+                    self._cancelled.discard(heapq.heappop(self._heap)[1])
+                if self._closed:
+                    return
+                if not self._heap:
+                    self._cond.wait()
+                    continue
+                deadline, _, action = self._heap[0]
+                wait = deadline - time.monotonic()
+                if wait > 0:
+                    self._cond.wait(wait)
+                    continue
+                heapq.heappop(self._heap)
+            try:
+                action()
+            except Exception:
+                log.exception("deadline action failed")
+
+
+# -- HTTP ----------------------------------------------------------------------------------------------------
+
+_URL_QUERY = re.compile(r"(https?://[^\s?'\"]*)\?[^\s'\"]*")
+_UNSPECIFIED_V4 = ipaddress.ip_network("0.0.0.0/8")
 
 
 class EgressPolicy:
@@ -1212,7 +1449,8 @@ class EgressPolicy:
 
     Checked on the address a connection actually goes to (every redirect hop opens its own), and the
     connection is made to that very address, so a name cannot resolve one way for the check and another for
-    the connect.
+    the connect. An unspecified address (0.0.0.0/8, ::, and their mapped forms) reaches this host, so it is
+    checked as loopback.
     """
 
     def __init__(self, allow: tuple[str, ...] = (), deny: tuple[str, ...] = ()):
@@ -1227,17 +1465,36 @@ class EgressPolicy:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
         if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
             ip = ip.ipv4_mapped
-        if any(ip in network for network in self.deny):
-            return False
-        return not self.allow or any(ip in network for network in self.allow)
+        if ip in _UNSPECIFIED_V4 or ip == ipaddress.IPv6Address("::"):
+            candidates = [ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")]
+        else:
+            candidates = [ip]
+        for candidate in candidates:
+            if any(candidate in network for network in self.deny):
+                return False
+            if self.allow and not any(candidate in network for network in self.allow):
+                return False
+        return True
 
     def refuses_literal(self, host: str) -> bool:
-        """True when `host` is an IP address literal the policy refuses (checked when a schedule is created)."""
+        """True when `host` is an IP address (in any form the resolver reads as one) the policy refuses."""
+        address = _literal_address(host)
+        return address is not None and self.active and not self.permits(address)
+
+
+def _literal_address(host: str) -> str | None:
+    """The address `host` names without a lookup: an IP literal, or a short IPv4 form ('0', '127.1', hex)."""
+    text = host.strip("[]").split("%", 1)[0]
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        pass
+    if re.fullmatch(r"[0-9a-fA-FxX.]+", text) and not re.fullmatch(r"[a-fA-F.]+", text):
         try:
-            ipaddress.ip_address(host.strip("[]").split("%", 1)[0])
-        except ValueError:
-            return False
-        return self.active and not self.permits(host.strip("[]"))
+            return socket.inet_ntoa(socket.inet_aton(text))
+        except OSError:
+            return None
+    return None
 
 
 def _unmapped(network: Any) -> Any:
@@ -1252,12 +1509,9 @@ def resolve(host: str, port: int, timeout: float | None) -> list[str]:
     """The addresses of `host`, in getaddrinfo's order, waiting at most `timeout` seconds: a dead resolver
     (glibc waits 5 s per try and per nameserver) must not hold a run past its deadline. socket.timeout if
     it takes longer, socket.gaierror if the name does not resolve."""
-    try:
-        ipaddress.ip_address(host.strip("[]"))
+    if _literal_address(host) is not None:
         return list(dict.fromkeys(info[4][0] for info in socket.getaddrinfo(host.strip("[]"), port,
                                                                              type=socket.SOCK_STREAM)))
-    except ValueError:
-        pass                            # a name: looked up in a thread of its own, below
     outcome: list = []
     done = threading.Event()
 
@@ -1274,6 +1528,9 @@ def resolve(host: str, port: int, timeout: float | None) -> list[str]:
     if isinstance(outcome[0], Exception):
         raise outcome[0]
     return list(dict.fromkeys(info[4][0] for info in outcome[0]))
+
+
+_http_run = threading.local()       # the HTTP run in progress on this thread: its policy, deadline, connections
 
 
 class _PolicyConnectionMixin:
@@ -1299,9 +1556,14 @@ class _PolicyConnectionMixin:
             for address in permitted:
                 self._dns_host = address
                 try:
-                    return super()._new_conn()          # type: ignore[misc]
+                    conn = super()._new_conn()          # type: ignore[misc]
                 except urllib3.exceptions.NewConnectionError as e:
                     last_error = e                      # e.g. ::1 refused: try 127.0.0.1 next
+                    continue
+                connections = getattr(_http_run, "connections", None)
+                if connections is not None:
+                    connections.append(conn)
+                return conn
             raise last_error
         finally:
             self._dns_host = resolved
@@ -1315,467 +1577,21 @@ class _PolicyHTTPSConnection(_PolicyConnectionMixin, urllib3.connection.HTTPSCon
     pass
 
 
-class _DeadlinePoolMixin:
-    """Hands each connection a run takes to that run, so its deadline can cut the connection."""
-
-    def _get_conn(self, timeout: float | None = None) -> Any:
-        conn = super()._get_conn(timeout)       # type: ignore[misc]
-        connections = getattr(_http_run, "connections", None)
-        if connections is not None:
-            connections.append(conn)
-        return conn
-
-
-class _DeadlineHTTPPool(_DeadlinePoolMixin, urllib3.HTTPConnectionPool):
+class _PolicyHTTPPool(urllib3.HTTPConnectionPool):
     ConnectionCls = _PolicyHTTPConnection
 
 
-class _DeadlineHTTPSPool(_DeadlinePoolMixin, urllib3.HTTPSConnectionPool):
+class _PolicyHTTPSPool(urllib3.HTTPSConnectionPool):
     ConnectionCls = _PolicyHTTPSConnection
 
 
-def _cut(connections: list) -> None:
-    """Shut down the sockets of a run past its deadline: a blocked read returns at once."""
-    for conn in list(connections):
-        sock = getattr(conn, "sock", None)
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-
-class DeadlineWatcher:
-    """One thread that calls each registered action at its deadline (time.monotonic()) unless cancelled first:
-    a run's connection cut, without starting a timer thread per run."""
-
-    def __init__(self):
-        self._cond = threading.Condition()
-        self._heap: list[tuple[float, int, Callable[[], None]]] = []
-        self._cancelled: set[int] = set()
-        self._seq = 0
-        self._thread: threading.Thread | None = None
-
-    def add(self, deadline: float, action: Callable[[], None]) -> int:
-        with self._cond:
-            self._seq += 1
-            heapq.heappush(self._heap, (deadline, self._seq, action))
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._watch, name="schedserver-deadlines", daemon=True)
-                self._thread.start()
-            elif self._heap[0][1] == self._seq:
-                self._cond.notify()         # the new deadline is the earliest: wake the watcher to re-sleep
-            return self._seq
-
-    def cancel(self, handle: int) -> None:
-        with self._cond:
-            self._cancelled.add(handle)
-
-    def _watch(self) -> None:
-        while True:
-            with self._cond:
-                while self._heap and self._heap[0][1] in self._cancelled:
-                    self._cancelled.discard(heapq.heappop(self._heap)[1])
-                if not self._heap:
-                    self._cond.wait()
-                    continue
-                deadline, handle, action = self._heap[0]
-                wait = deadline - time.monotonic()
-                if wait > 0:
-                    self._cond.wait(wait)
-                    continue
-                heapq.heappop(self._heap)
-            try:
-                action()
-            except Exception:
-                log.exception("deadline action failed")
-
-
-_deadlines = DeadlineWatcher()
-
-
-class _Outcome:
-    """The clock of one HTTP run, and how its end is told: ok, error or timeout, never an exception."""
-
-    def __init__(self, started: float, t0: float, timeout: float):
-        self.started = started
-        self.t0 = t0
-        self.timeout = timeout
-        self.deadline = t0 + timeout
-
-    def result(self, status: str, code: int | None = None, error: str | None = None) -> RunResult:
-        return RunResult(status, self.started, int((time.monotonic() - self.t0) * 1000), code, error)
-
-    def surprise(self, exc: BaseException) -> RunResult:
-        """A bug or a surprise from a library: logged with its traceback, and still a result."""
-        log.exception("http run failed unexpectedly")
-        return self.result("error", error=_short_error(exc))
-
-    def failure(self, exc: BaseException, code: int | None = None) -> RunResult:
-        if time.monotonic() >= self.deadline or _is_timeout(exc):
-            return self.result("timeout", code, f"timed out after {self.timeout:g} s")
-        return self.result("error", code, _short_error(exc))
-
-
-@dataclass(eq=False)
-class PendingRun:
-    """An HTTP run the ticker started itself: its request is written on a kept connection; finish() reads the
-    answer in a worker."""
-
-    origin: tuple[str, str, int]
-    conn: Any
-    method: str
-    outcome: _Outcome
-    error: BaseException | None = None
-
-
-@functools.lru_cache(maxsize=4096)
-def _origin_of(url: str) -> tuple[tuple[str, str, int], str]:
-    """((scheme, host, port), request target) of an http(s) URL."""
-    parsed = urllib3.util.parse_url(url)
-    scheme = (parsed.scheme or "http").lower()
-    port = parsed.port or (443 if scheme == "https" else 80)
-    return (scheme, (parsed.host or "").lower(), port), parsed.request_uri
-
-
-def _descriptor_limit() -> int:
-    """How many descriptors this process may open (the soft limit)."""
-    try:
-        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    except (OSError, ValueError):
-        soft = 1024
-    return 1 << 16 if soft == resource.RLIM_INFINITY else soft
-
-
-def _kept_connection_budget() -> int:
-    """How many idle connections all origins together may keep: half the descriptors this process may open."""
-    return max(0, min(_descriptor_limit() // 2 - 64, KEPT_CONNECTIONS_MAX))
-
-
-class HttpRunner:
-    """Sends one scheduled HTTP request with bounded time and memory; never reads ~/.netrc or proxy env.
-
-    It speaks urllib3 (what requests runs on) directly: requests' sessions, hooks and prepared requests cost
-    0.96 ms of CPU per request here against urllib3's 0.34 ms, and with one interpreter lock that CPU is what
-    makes runs due in the same second start late. urllib3 never reads ~/.netrc or proxy variables. A read
-    timeout applies to each socket read, so a target that dribbles bytes could hold a run for ever; the deadline
-    watcher cuts the run's connection at its overall deadline instead.
-
-    Two ways to run. run() does the whole exchange in a worker. The ticker itself starts runs that have an open,
-    idle connection kept for their origin (checkout() + send(): a few dozen microseconds of writing, no thread
-    hand-off), and a worker then reads the answer (finish()). Connections are kept for runs due in the next
-    second: open_kept() makes them in a worker ahead of time, prune() closes those left unused.
-    """
-
-    def __init__(self, clock: Callable[[], float] = time.time, max_response_bytes: int = MAX_RESPONSE_BYTES,
-                 policy: EgressPolicy | None = None):
-        self.clock = clock
-        self.max_response_bytes = max_response_bytes
-        self.policy = policy or EgressPolicy()
-        self._local = threading.local()
-        self._kept_lock = threading.Lock()
-        self._kept: dict[tuple[str, str, int], deque] = {}     # origin -> (idle since, connection), newest last
-        self._kept_count = 0
-        self._opening: dict[tuple[str, str, int], int] = {}
-        self._open_failed: dict[tuple[str, str, int], float] = {}  # origin -> when opening one last failed
-        self.kept_budget = _kept_connection_budget()
-        self._factory = self._new_pools(num_pools=256)         # builds connections configured as urllib3's pools
-
-    @staticmethod
-    def _new_pools(num_pools: int) -> urllib3.PoolManager:
-        pools = urllib3.PoolManager(num_pools=num_pools, maxsize=1, ca_certs=certifi.where())
-        pools.pool_classes_by_scheme = {"http": _DeadlineHTTPPool, "https": _DeadlineHTTPSPool}
-        return pools
-
-    def _pools(self) -> urllib3.PoolManager:
-        """This thread's connection pools (keep-alive per worker thread, as a requests session per thread)."""
-        pools = getattr(self._local, "pools", None)
-        if pools is None:
-            pools = self._local.pools = self._new_pools(num_pools=64)
-        return pools
-
-    def run(self, spec: dict, extra_headers: dict[str, str]) -> RunResult:
-        """Send the request; always a RunResult (ok, error or timeout), never an exception."""
+def _cut(sockets: list) -> None:
+    """Shut down a run's sockets: a blocked connect or read returns at once."""
+    for sock in list(sockets):
         try:
-            return self._send(spec, extra_headers)
-        except Exception as e:              # a malformed spec, a bug, a surprise from a library
-            log.exception("http run failed unexpectedly")
-            return RunResult("error", self.clock(), 0, error=_short_error(e))
-
-    @staticmethod
-    def _request(spec: dict, extra_headers: dict[str, str]) -> tuple[dict[str, str], bytes | None]:
-        """The headers and body a run sends."""
-        headers = {"User-Agent": f"schedserver/{__version__}", "Accept": "*/*"}
-        headers.update(spec.get("headers") or {})
-        headers.update(extra_headers)
-        body = None
-        if "json" in spec:
-            body = json.dumps(spec["json"], allow_nan=False).encode()
-            if not any(name.lower() == "content-type" for name in headers):
-                headers["Content-Type"] = "application/json"
-        elif "body" in spec:
-            body = spec["body"].encode()
-        return headers, body
-
-    def _send(self, spec: dict, extra_headers: dict[str, str]) -> RunResult:
-        timeout = float(spec.get("timeout", 30))
-        outcome = _Outcome(self.clock(), time.monotonic(), timeout)
-        _http_run.connections = connections = []
-        _http_run.policy = self.policy
-        _http_run.deadline = outcome.deadline
-        timer = _deadlines.add(outcome.deadline, functools.partial(_cut, connections))
-        try:
-            headers, body = self._request(spec, extra_headers)
-            follow = bool(spec.get("follow_redirects"))
-            retries = urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=MAX_REDIRECTS,
-                                    raise_on_status=False) if follow else False
-            try:
-                response = self._pools().request(
-                    spec["method"], spec["url"], body=body, headers=headers, redirect=follow, retries=retries,
-                    timeout=urllib3.Timeout(connect=min(timeout, 10.0), read=timeout), preload_content=False)
-            except Exception as e:
-                return outcome.failure(e)
-            result, whole = self._answer(response, outcome, follow)
-            if not whole:
-                response.close()            # the rest is never read: the connection cannot be used again
-            response.release_conn()
-            return result
-        except Exception as e:              # a bug or a surprise from a library: still a result
-            return outcome.surprise(e)
-        finally:
-            _deadlines.cancel(timer)
-            _http_run.connections = _http_run.deadline = None
-
-    def _answer(self, response: Any, outcome: _Outcome, follow: bool) -> tuple[RunResult, bool]:
-        """Read at most max_response_bytes of the answer within the deadline: (result, read to its end)."""
-        try:
-            read = 0
-            read1 = getattr(response, "read1", None) or response.read
-            while read < self.max_response_bytes:
-                if time.monotonic() >= outcome.deadline:
-                    return outcome.result("timeout", response.status, f"timed out after {outcome.timeout:g} s"), False
-                chunk = read1(min(16384, self.max_response_bytes - read))
-                if not chunk:
-                    break
-                read += len(chunk)
-            else:
-                return self._judge(response, outcome, follow), False
-        except Exception as e:              # urllib3 and socket errors while streaming, a cut connection
-            return outcome.failure(e, response.status), False
-        return self._judge(response, outcome, follow), True
-
-    @staticmethod
-    def _judge(response: Any, outcome: _Outcome, follow: bool) -> RunResult:
-        code = response.status
-        if 200 <= code < 300 or (300 <= code < 400 and not follow):
-            return outcome.result("ok", code)
-        return outcome.result("error", code, f"HTTP {code} {response.reason or ''}".strip())
-
-    # -- runs the ticker starts on kept connections ---------------------------------------------------------
-    def origin(self, spec: dict) -> tuple[str, str, int] | None:
-        """The origin a run could be started on by the ticker, or None when a worker must run it whole: it
-        follows redirects (a chain of exchanges); it is HTTPS (TLS 1.3 session tickets make an idle TLS
-        connection look readable, so a kept one could not be told from a closed one); it frames its own body
-        (Transfer-Encoding); it is too big to be sure a write never waits; or urllib3 cannot parse its URL
-        (then a worker's run reports that as its error)."""
-        headers = spec.get("headers") or {}
-        if spec.get("follow_redirects") or any(name.lower() == "transfer-encoding" for name in headers):
-            return None
-        size = sum(len(name) + len(value) for name, value in headers.items()) + len(
-            json.dumps(spec["json"]) if "json" in spec else (spec.get("body") or "").encode())
-        if size > TICKER_SEND_MAX_BYTES:
-            return None
-        try:
-            origin = _origin_of(spec["url"])[0]
-        except (ValueError, urllib3.exceptions.LocationParseError):
-            return None
-        return origin if origin[0] == "http" else None
-
-    def checkout(self, spec: dict) -> Any:
-        """An open, idle kept connection for this run's origin (now the caller's), or None."""
-        origin = self.origin(spec)
-        if origin is None:
-            return None
-        while True:
-            with self._kept_lock:
-                idle = self._kept.get(origin)
-                if not idle:
-                    return None
-                conn = idle.pop()[1]
-                self._kept_count -= 1
-            if self.is_open(conn):
-                return conn
-            conn.close()                    # closed by the other end while idle: try the next one
-
-    @staticmethod
-    def is_open(conn: Any) -> bool:
-        """The connection is open and nothing came on it while idle (a close, or bytes no request asked for)."""
-        return conn.sock is not None and not urllib3.util.is_connection_dropped(conn)
-
-    def put_back(self, spec: dict, conn: Any) -> None:
-        """A connection from checkout() that was not used: kept again if it is still open."""
-        origin = self.origin(spec)
-        if origin is not None and self.is_open(conn):
-            self._keep(origin, conn)
-        else:
-            conn.close()
-
-    def send(self, conn: Any, spec: dict, extra_headers: dict[str, str]) -> PendingRun:
-        """Write the request on `conn` (from checkout()); never raises: a failed write is told by finish()."""
-        try:
-            data = self.wire(conn, spec, extra_headers)
-        except Exception as e:
-            pending = self._pending(conn, spec)
-            pending.error = e
-            return pending
-        return self.send_wire(conn, spec, data)
-
-    def send_wire(self, conn: Any, spec: dict, data: bytes) -> PendingRun:
-        """Write `data` (from wire()) on `conn`; never raises, as send()."""
-        pending = self._pending(conn, spec)
-        try:
-            conn.sock.settimeout(TICKER_SEND_TIMEOUT)
-            conn.sock.sendall(data)
-        except (BrokenPipeError, ConnectionResetError):
-            pass            # as urllib3: the other end may have answered and closed; the answer is still read
-        except Exception as e:
-            pending.error = e
-        return pending
-
-    def _pending(self, conn: Any, spec: dict) -> PendingRun:
-        """A run starting now on `conn`."""
-        return PendingRun(_origin_of(spec["url"])[0], conn, spec["method"],
-                          _Outcome(self.clock(), time.monotonic(), float(spec.get("timeout", 30))))
-
-    def wire(self, conn: Any, spec: dict, extra_headers: dict[str, str]) -> bytes:
-        """The request as http.client and urllib3 write it (Host, Accept-Encoding: identity, Content-Length),
-        built in one go: their header-by-header writing is half the ticker's cost of beginning a run."""
-        _, target = _origin_of(spec["url"])
-        headers, body = self._request(spec, extra_headers)
-        if any(c <= " " or c == "\x7f" for c in target) or any("\r" in v or "\n" in v for v in headers.values()):
-            raise ValueError("control character in the request target or a header")
-        names = {name.lower() for name in headers}
-        lines = [f"{spec['method']} {target} HTTP/1.1"]
-        if "host" not in names:
-            host = conn.host if ":" not in conn.host else f"[{conn.host}]"
-            lines.append(f"Host: {host}" if conn.port == conn.default_port else f"Host: {host}:{conn.port}")
-        if "accept-encoding" not in names:
-            lines.append("Accept-Encoding: identity")
-        lines += [f"{name}: {value}" for name, value in headers.items()]
-        if "content-length" not in names and "transfer-encoding" not in names:
-            if body is not None:
-                lines.append(f"Content-Length: {len(body)}")
-            elif spec["method"] in ("POST", "PUT", "PATCH"):
-                lines.append("Content-Length: 0")
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b"")
-
-    def finish(self, pending: PendingRun) -> RunResult:
-        """Read the answer of a run send() started; the connection is kept again if it can be used again.
-
-        The time limit counts from here, when a worker gets to the run, not from the write: with every worker
-        busy, an answer that came at once must not be cut as late."""
-        conn, outcome, response, whole = pending.conn, pending.outcome, None, False
-        outcome.deadline = time.monotonic() + outcome.timeout
-        timer = _deadlines.add(outcome.deadline, functools.partial(_cut, [conn]))
-        try:
-            if pending.error is not None:
-                return outcome.failure(pending.error)
-            try:
-                conn.sock.settimeout(outcome.timeout)           # for each read of the answer
-                response = http.client.HTTPResponse(conn.sock, method=pending.method)
-                response.begin()
-            except Exception as e:
-                return outcome.failure(e)
-            result, whole = self._answer(response, outcome, follow=False)
-            return result
-        except Exception as e:              # a bug or a surprise from a library: still a result
-            return outcome.surprise(e)
-        finally:
-            _deadlines.cancel(timer)
-            if response is not None:
-                response.close()
-            if whole and not response.will_close and time.monotonic() < outcome.deadline:
-                self._keep(pending.origin, conn)
-            else:
-                conn.close()
-
-    def _keep(self, origin: tuple[str, str, int], conn: Any) -> None:
-        with self._kept_lock:
-            idle = self._kept.setdefault(origin, deque())
-            if len(idle) < KEPT_PER_ORIGIN_MAX and self._kept_count < self.kept_budget:
-                idle.append((time.monotonic(), conn))
-                self._kept_count += 1
-                return
-        conn.close()
-
-    def kept(self, origin: tuple[str, str, int]) -> int:
-        with self._kept_lock:
-            return len(self._kept.get(origin) or ())
-
-    def to_open(self, origin: tuple[str, str, int], wanted: int) -> int:
-        """How many connections to open for `wanted` runs due soon on `origin`; counted as opening until each
-        open_kept() ends."""
-        with self._kept_lock:
-            if time.monotonic() - self._open_failed.get(origin, -KEPT_RETRY_SECONDS) < KEPT_RETRY_SECONDS:
-                return 0            # it failed just now: the runs connect themselves, no worker waits twice
-            have = len(self._kept.get(origin) or ()) + self._opening.get(origin, 0)
-            room = min(KEPT_PER_ORIGIN_MAX, self.kept_budget - self._kept_count) - have
-            count = max(0, min(wanted - have, room))
-            if count:
-                self._opening[origin] = self._opening.get(origin, 0) + count
-            return count
-
-    def open_kept(self, origin: tuple[str, str, int], url: str) -> None:
-        """Open one connection to `url`'s origin (a worker's task) and keep it; a failure is left for the run."""
-        conn = None
-        _http_run.policy = self.policy
-        _http_run.deadline = time.monotonic() + KEPT_CONNECT_TIMEOUT
-        try:
-            pool = self._factory.connection_from_url(url)
-            conn = pool._new_conn()
-            conn.timeout = KEPT_CONNECT_TIMEOUT
-            conn.connect()
-        except Exception as e:
-            log.debug("opening a connection to %s://%s:%s failed: %s", *origin, _short_error(e))
-            if conn is not None:
-                conn.close()
-            conn = None
-        finally:
-            _http_run.deadline = None
-            with self._kept_lock:
-                self._opening[origin] -= 1
-                if not self._opening[origin]:
-                    del self._opening[origin]
-                if conn is None:
-                    self._open_failed[origin] = time.monotonic()
-                else:
-                    self._open_failed.pop(origin, None)
-        if conn is not None:
-            self._keep(origin, conn)
-
-    def prune(self, idle_for: float = KEPT_IDLE_SECONDS) -> None:
-        """Close the kept connections unused for `idle_for` seconds."""
-        stale = []
-        limit = time.monotonic() - idle_for
-        with self._kept_lock:
-            for origin, idle in list(self._kept.items()):
-                while idle and idle[0][0] < limit:
-                    stale.append(idle.popleft()[1])
-                    self._kept_count -= 1
-                if not idle:
-                    del self._kept[origin]
-        for conn in stale:
-            conn.close()
-
-
-def _is_timeout(exc: BaseException) -> bool:
-    reason = getattr(exc, "reason", None)      # MaxRetryError (redirects on) carries the cause as `reason`
-    return any(isinstance(e, (urllib3.exceptions.TimeoutError, socket.timeout))
-               and not isinstance(e, urllib3.exceptions.NewConnectionError)     # "refused" subclasses it, too
-               for e in (exc, reason))
-
-
-_URL_QUERY = re.compile(r"((?:\bhttps?://|\burl: )[^\s?#'\"]*)\?[^\s#'\")]*")
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
 
 def _short_error(exc: BaseException) -> str:
@@ -1786,8 +1602,132 @@ def _short_error(exc: BaseException) -> str:
     return text if len(text) <= 500 else text[:497] + "..."
 
 
+def _is_timeout(exc: BaseException) -> bool:
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, (TimeoutError, socket.timeout, urllib3.exceptions.TimeoutError)):
+            return True
+        exc = getattr(exc, "reason", None) or exc.__cause__ or exc.__context__
+    return False
+
+
+class HttpRunner:
+    """Sends one scheduled HTTP request with bounded time and memory, through urllib3's connection pools.
+
+    urllib3 (requests' own transport) never reads ~/.netrc or proxy variables. A read timeout applies to each
+    socket read, so a target that dribbles bytes could hold a run for ever: the deadline watcher cuts the run's
+    connections at its overall deadline.
+    """
+
+    kind = "http"
+
+    def __init__(self, policy: EgressPolicy | None = None, deadlines: DeadlineWatcher | None = None,
+                 clock: Callable[[], float] = time.time, max_response_bytes: int = MAX_RESPONSE_BYTES,
+                 pool_size: int = 8):
+        self.policy = policy or EgressPolicy()
+        self.deadlines = deadlines or DeadlineWatcher()
+        self.clock = clock
+        self.max_response_bytes = max_response_bytes
+        self._pools = urllib3.PoolManager(num_pools=256, maxsize=pool_size, ca_certs=certifi.where())
+        self._pools.pool_classes_by_scheme = {"http": _PolicyHTTPPool, "https": _PolicyHTTPSPool}
+        self._lock = threading.Lock()
+        self._active: dict[str, list] = {}      # run id -> its connections' sockets, for cancel()
+
+    def start(self, run: Run, on_end: Callable[[RunResult], None]) -> None:
+        """Run it here, to its end, then on_end(result)."""
+        headers = {"X-Schedserver-Schedule-Id": run.job.ref, "X-Schedserver-Scheduled-At": utc_iso(run.slot)}
+        on_end(self.run(run.job.target.request, headers, run.run_id))
+
+    def cancel(self, run: Run) -> None:
+        """Stop a run in flight at once (its result then reads as a cut connection)."""
+        with self._lock:
+            connections = self._active.get(run.run_id, [])
+        _cut([c for c in connections if c is not None])
+
+    def close(self) -> None:
+        self._pools.clear()
+
+    def run(self, spec: dict, extra_headers: dict[str, str], run_id: str | None = None) -> RunResult:
+        """Send the request; always a RunResult (ok, error or timeout), never an exception."""
+        started, t0 = self.clock(), time.monotonic()
+        timeout = float(spec.get("timeout", 30))
+        deadline = t0 + timeout
+        connections: list = []
+        run_id = run_id or str(uuid.uuid4())
+        with self._lock:
+            self._active[run_id] = connections
+        _http_run.connections, _http_run.policy, _http_run.deadline = connections, self.policy, deadline
+        timer = self.deadlines.add(deadline, functools.partial(_cut, connections))
+
+        def result(status: str, code: int | None = None, error: str | None = None) -> RunResult:
+            return RunResult(status, started, int((time.monotonic() - t0) * 1000), status_code=code, error=error)
+
+        def failure(exc: BaseException, code: int | None = None) -> RunResult:
+            if time.monotonic() >= deadline or _is_timeout(exc):
+                return result("timeout", code, f"timed out after {timeout:g} s")
+            return result("error", code, _short_error(exc))
+
+        try:
+            headers, body = _request_parts(spec, extra_headers)
+            follow = bool(spec.get("follow_redirects"))
+            retries = urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=MAX_REDIRECTS,
+                                    raise_on_status=False) if follow else False
+            try:
+                response = self._pools.request(
+                    spec["method"], spec["url"], body=body, headers=headers, redirect=follow, retries=retries,
+                    timeout=urllib3.Timeout(connect=min(timeout, 10.0), read=timeout), preload_content=False)
+            except Exception as e:
+                return failure(e)
+            try:
+                read = 0
+                while read < self.max_response_bytes:
+                    if time.monotonic() >= deadline:
+                        return result("timeout", response.status, f"timed out after {timeout:g} s")
+                    chunk = response.read1(min(16384, self.max_response_bytes - read))
+                    if not chunk:
+                        break
+                    read += len(chunk)
+                else:
+                    response.close()        # the rest is never read: the connection cannot be used again
+            except Exception as e:          # urllib3 and socket errors while streaming, a cut connection
+                response.close()
+                return failure(e, response.status)
+            finally:
+                response.release_conn()
+            code = response.status
+            if 200 <= code < 300 or (300 <= code < 400 and not follow):
+                return result("ok", code)
+            return result("error", code, f"HTTP {code} {response.reason or ''}".strip())
+        except Exception as e:              # a bug or a surprise from a library: still a result
+            log.exception("http run failed unexpectedly")
+            return result("error", None, _short_error(e))
+        finally:
+            self.deadlines.cancel(timer)
+            _http_run.connections = _http_run.policy = _http_run.deadline = None
+            with self._lock:
+                self._active.pop(run_id, None)
+
+
+def _request_parts(spec: dict, extra_headers: dict[str, str]) -> tuple[dict[str, str], bytes | None]:
+    """The headers and body a run sends."""
+    headers = {"User-Agent": f"schedserver/{__version__}", "Accept": "*/*"}
+    headers.update(spec.get("headers") or {})
+    headers.update(extra_headers)
+    body = None
+    if "json" in spec:
+        body = json.dumps(spec["json"], allow_nan=False).encode()
+        if not any(name.lower() == "content-type" for name in headers):
+            headers["Content-Type"] = "application/json"
+    elif "body" in spec:
+        body = spec["body"].encode()
+    return headers, body
+
+
+# -- Scripts ------------------------------------------------------------------------------------------------
+
 class OutputTail:
-    """The last `limit` bytes of a pipe's output, counting the rest (fed by the ScriptReaper)."""
+    """The last `limit` bytes of a pipe's output, counting the rest."""
 
     def __init__(self, limit: int = MAX_OUTPUT_BYTES):
         self.limit = limit
@@ -1810,273 +1750,97 @@ class OutputTail:
         return None
 
 
-@dataclass
-class ScriptResult(RunResult):
-    """A script run: RunResult plus the script's last stdout line and how much output was dropped."""
+class ProcessTable:
+    """What /proc says about processes: parents, start times, a run's id in the environment. Killing a process
+    group misses what left it (setsid, setpgid, `set -m`), so runs are stopped by their whole process tree and
+    by the run id every process of a run inherits (SCHEDSERVER_RUN_ID)."""
 
-    return_preview: str | None = None
-    exit_code: int | None = None
-    output_dropped: int = 0
+    PR_SET_CHILD_SUBREAPER = 36
 
-
-class SpawnedScript:
-    """A script process from spawn to end: its output tails, time limit, and how it ended."""
-
-    def __init__(self, proc: subprocess.Popen, started: float, t0: float, timeout_ms: int, kill_grace: float):
-        self.proc = proc
-        self.started = started
-        self.t0 = t0
-        self.timeout_ms = timeout_ms
-        self.kill_grace = kill_grace
-        self.stdout, self.stderr = OutputTail(), OutputTail()
-        self.ended_at: float | None = None          # time.monotonic() when the process was seen to exit
-        self.timed_out = False
-        self._lock = threading.Lock()
-        self._kill: int | str | None = None         # the SIGKILL deadline's handle; "done" once the run ended
-        # At the time limit SIGTERM to the group, SIGKILL after the grace (the deadline watcher: no thread each).
-        self._term = _deadlines.add(t0 + timeout_ms / 1000, self._expire)
-
-    def _expire(self) -> None:
-        with self._lock:
-            if self._kill == "done":
-                return
-            self.timed_out = True
-            self._kill = _deadlines.add(time.monotonic() + self.kill_grace,
-                                        functools.partial(_kill_group, self.proc.pid, signal.SIGKILL))
-        _kill_group(self.proc.pid, signal.SIGTERM)
-
-    def exited(self) -> None:
-        """The process ended: reap it, stop its timers, and kill whatever is left of its group (grandchildren)."""
-        self.ended_at = time.monotonic()
-        with self._lock:
-            _deadlines.cancel(self._term)
-            if isinstance(self._kill, int):
-                _deadlines.cancel(self._kill)
-            self._kill = "done"
-        _kill_group(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
-
-    def result(self, preview_chars: int) -> ScriptResult:
-        duration = int(((self.ended_at or time.monotonic()) - self.t0) * 1000)
-        dropped = self.stdout.dropped + self.stderr.dropped
-        code = self.proc.returncode
-        if self.timed_out:
-            return ScriptResult("timeout", self.started, duration, error=f"timed out after {self.timeout_ms} ms",
-                                exit_code=code, output_dropped=dropped)
-        if code == 0:
-            return ScriptResult("ok", self.started, duration, return_preview=self.stdout.last_line(preview_chars),
-                                exit_code=0, output_dropped=dropped)
-        error = self.stderr.last_line(500)
-        if error is None:
-            error = f"killed by signal {_signal_name(-code)}" if code < 0 else f"exit status {code}"
-        return ScriptResult("error", self.started, duration, error=error, exit_code=code,
-                            output_dropped=dropped)
-
-
-class ScriptReaper:
-    """One thread that sees every running script through: reads both its pipes into bounded tails, notices its
-    exit (a pidfd; polled every 20 ms where there is none), kills what is left of its process group, and waits
-    at most OUTPUT_DRAIN_SECONDS more for the pipes to close (a grandchild that left the group may hold them).
-    Then it calls the run's `on_end(spawned)`.
-
-    So a worker only spawns a script and is free again: 200 scripts due in the same second all start within
-    a few hundred milliseconds, and a script that runs for an hour holds no thread.
-    """
-
-    POLL_SECONDS = 0.02
-
-    def __init__(self):
-        self._selector = selectors.DefaultSelector()
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
-        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
-        self._lock = threading.Lock()
-        self._new: list[tuple[SpawnedScript, Callable[[SpawnedScript], None]]] = []
-        self._watched: dict[SpawnedScript, dict] = {}
-        self._polled: set[SpawnedScript] = set()                   # watched without a pidfd: polled for exit
-        self._ending: dict[SpawnedScript, dict] = {}              # exited, their pipes not yet closed
-        self._thread: threading.Thread | None = None
-
-    def watch(self, spawned: SpawnedScript, on_end: Callable[[SpawnedScript], None]) -> None:
-        with self._lock:
-            self._new.append((spawned, on_end))
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name="schedserver-reaper", daemon=True)
-                self._thread.start()
+    @staticmethod
+    def become_subreaper() -> bool:
+        """Make orphans of our descendants our children instead of init's, so they can be found and reaped."""
         try:
-            os.write(self._wake_w, b"x")
-        except BlockingIOError:
-            pass                            # a wake-up is pending already
+            libc = ctypes.CDLL(None, use_errno=True)
+            return libc.prctl(ProcessTable.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+        except (OSError, AttributeError):
+            return False
 
-    def _loop(self) -> None:
-        while True:
-            try:
-                self._turn()
-            except Exception:
-                log.exception("script reaper failed; carrying on")
-                time.sleep(self.POLL_SECONDS)
-
-    def _turn(self) -> None:
-        # Work per turn follows the events and the runs that are ending, never every run watched: 200 scripts
-        # starting in one burst would otherwise cost the spawning workers a visit of each run at every event.
-        timeout = self.POLL_SECONDS if self._polled else None
-        if self._ending:
-            first = min(state["drain_until"] for state in self._ending.values())
-            timeout = max(0.0, min(first, time.monotonic() + (timeout or 3600.0)) - time.monotonic())
-        for key, _ in self._selector.select(timeout):
-            if key.data is None:
-                self._take_new()
-                continue
-            spawned, what = key.data
-            state = self._watched[spawned]
-            if what == "exit":
-                self._forget(key.fd, state, "pidfd")
-                self._exited(spawned, state)
-            else:
-                try:
-                    chunk = os.read(key.fd, 65536)
-                except BlockingIOError:
-                    continue
-                except OSError:
-                    chunk = b""
-                if chunk:
-                    (spawned.stdout if what == "stdout" else spawned.stderr).add(chunk)
-                else:
-                    self._forget(key.fd, state, what)
-        for spawned in [s for s in self._polled if s.proc.poll() is not None]:
-            self._exited(spawned, self._watched[spawned])
-        now = time.monotonic()
-        for spawned, state in list(self._ending.items()):
-            if state["stdout"] is None and state["stderr"] is None or now >= state["drain_until"]:
-                for what in ("stdout", "stderr"):
-                    if state[what] is not None:
-                        self._forget(state[what], state, what)
-                del self._ending[spawned]
-                try:
-                    state["on_end"](spawned)
-                except Exception:
-                    log.exception("recording the end of a script run failed")
-                with self._lock:
-                    del self._watched[spawned]
-
-    def _exited(self, spawned: SpawnedScript, state: dict) -> None:
-        """Its process has ended: reap it, and give its pipes OUTPUT_DRAIN_SECONDS more to close."""
-        self._polled.discard(spawned)
-        spawned.exited()
-        state["drain_until"] = time.monotonic() + OUTPUT_DRAIN_SECONDS
-        self._ending[spawned] = state
-
-    def busy(self) -> bool:
-        """True while a script it was given has not been seen through (its on_end not yet called)."""
-        with self._lock:
-            return bool(self._new or self._watched)
-
-    def _take_new(self) -> None:
+    @staticmethod
+    def stat(pid: int) -> tuple[str, int, int] | None:
+        """(state, parent pid, start time in clock ticks since boot) of a process, None if it is gone."""
         try:
-            while os.read(self._wake_r, 4096):
-                pass
-        except BlockingIOError:
-            pass
-        with self._lock:
-            new = list(self._new)
-        for spawned, on_end in new:
-            state: dict[str, Any] = {"spawned": spawned, "on_end": on_end, "drain_until": None, "pidfd": None,
-                                     "stdout": None, "stderr": None}
-            try:
-                for what, pipe in (("stdout", spawned.proc.stdout), ("stderr", spawned.proc.stderr)):
-                    fd = pipe.fileno()
-                    os.set_blocking(fd, False)
-                    self._selector.register(fd, selectors.EVENT_READ, (spawned, what))
-                    state[what] = fd
-            except (OSError, ValueError) as e:      # e.g. the epoll watch limit: run on, its output unread
-                log.error("cannot read the output of a script (%s); its output is dropped", e)
-                for what in ("stdout", "stderr"):
-                    if state[what] is not None:
-                        self._forget(state[what], state, what)
-                    else:
-                        (spawned.proc.stdout if what == "stdout" else spawned.proc.stderr).close()
-            pidfd = None
-            try:
-                pidfd = os.pidfd_open(spawned.proc.pid)
-                self._selector.register(pidfd, selectors.EVENT_READ, (spawned, "exit"))
-                state["pidfd"] = pidfd
-            except (AttributeError, OSError, ValueError):
-                if pidfd is not None:
-                    os.close(pidfd)         # no pidfd (kernel before 5.3, a filter): its exit is polled for
-                self._polled.add(spawned)
-            with self._lock:
-                self._watched[spawned] = state
-                self._new.remove((spawned, on_end))
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+            return fields[0].decode(), int(fields[1]), int(fields[19])
+        except (OSError, IndexError, ValueError):
+            return None
 
-    def _forget(self, fd: int, state: dict, what: str) -> None:
-        self._selector.unregister(fd)
-        spawned = state["spawned"]
-        if what == "pidfd":
-            os.close(fd)
-        else:
-            (spawned.proc.stdout if what == "stdout" else spawned.proc.stderr).close()
-        state[what] = None
-
-
-_reaper = ScriptReaper()
-
-
-class ScriptRunner:
-    """Runs a script as a subprocess in its own process group, with a time limit and bounded output.
-
-    When the script ends (or times out) the whole process group is killed, so grandchildren such as a
-    `sleep 300 &` never outlive their run. start() spawns and returns at once (the reaper sees the run through);
-    run() waits for the result.
-    """
-
-    def __init__(self, clock: Callable[[], float] = time.time, preview_chars: int = 200,
-                 kill_grace: float = KILL_GRACE_SECONDS, reaper: ScriptReaper | None = None):
-        self.clock = clock
-        self.preview_chars = preview_chars
-        self.kill_grace = kill_grace
-        self.reaper = reaper or _reaper
-
-    def start(self, argv: list[str], cwd: str, env: dict[str, str], timeout_ms: int,
-              on_end: Callable[[ScriptResult], None], on_spawn: Callable[[int], None] | None = None) -> None:
-        """Spawn the script and return; `on_end(result)` is called (in the reaper's thread) when it has ended,
-        at once if it could not start. `on_spawn(pgid)` is told the process group as soon as it exists."""
-        started = self.clock()
-        t0 = time.monotonic()
+    @staticmethod
+    def run_id_of(pid: int) -> str | None:
         try:
-            proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, start_new_session=True, close_fds=True)
-        except OSError as e:
-            on_end(ScriptResult("error", started, int((time.monotonic() - t0) * 1000),
-                                error=f"cannot start: {_start_failure(argv, e)}"))
-            return
-        if on_spawn is not None:
-            on_spawn(proc.pid)
-        spawned = SpawnedScript(proc, started, t0, timeout_ms, self.kill_grace)
-        self.reaper.watch(spawned, lambda s: on_end(s.result(self.preview_chars)))
-
-    def run(self, argv: list[str], cwd: str, env: dict[str, str], timeout_ms: int,
-            on_spawn: Callable[[int], None] | None = None) -> ScriptResult:
-        """Run to completion; `on_spawn(pgid)` is told the process group as soon as it exists."""
-        ended = threading.Event()
-        results: list[ScriptResult] = []
-        self.start(argv, cwd, env, timeout_ms, lambda result: (results.append(result), ended.set()),
-                   on_spawn=on_spawn)
-        ended.wait()
-        return results[0]
-
-
-def _start_failure(argv: list[str], error: OSError) -> str:
-    """Why a script did not start; names the #! line when the script exists but its interpreter does not."""
-    if isinstance(error, FileNotFoundError) and len(argv) == 1 and os.path.isfile(argv[0]):
-        try:
-            with open(argv[0], "rb") as f:
-                first = f.readline(200).strip().decode("utf-8", "replace")
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                for item in f.read().split(b"\0"):
+                    if item.startswith(b"SCHEDSERVER_RUN_ID="):
+                        return item[19:].decode("ascii", "replace")
         except OSError:
-            first = ""
-        if first.startswith("#!"):
-            return f"bad interpreter {first!r}: {error.strerror}"
-    return str(error.strerror or error)
+            pass
+        return None
+
+    @staticmethod
+    def parents() -> dict[int, int]:
+        """pid -> parent pid of every process."""
+        found = {}
+        try:
+            entries = os.listdir("/proc")
+        except OSError:
+            return found
+        for entry in entries:
+            if entry.isdigit():
+                info = ProcessTable.stat(int(entry))
+                if info is not None:
+                    found[int(entry)] = info[1]
+        return found
+
+    @staticmethod
+    def descendants(roots: Iterable[int], parents: dict[int, int] | None = None) -> set[int]:
+        """Every process below `roots` (not the roots themselves)."""
+        parents = ProcessTable.parents() if parents is None else parents
+        children: dict[int, list[int]] = {}
+        for pid, ppid in parents.items():
+            children.setdefault(ppid, []).append(pid)
+        found: set[int] = set()
+        todo = list(roots)
+        while todo:
+            for child in children.get(todo.pop(), ()):
+                if child not in found:
+                    found.add(child)
+                    todo.append(child)
+        return found
+
+    @staticmethod
+    def own_children() -> set[int]:
+        """This process's children (orphans adopted as subreaper included)."""
+        found: set[int] = set()
+        try:
+            tasks = os.listdir("/proc/self/task")
+        except OSError:
+            return found
+        for task in tasks:
+            try:
+                with open(f"/proc/self/task/{task}/children", "rb") as f:
+                    found.update(int(p) for p in f.read().split())
+            except OSError:
+                continue
+        return found
+
+    @staticmethod
+    def signal_all(pids: Iterable[int], sig: int) -> None:
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
 
 
 def _kill_group(pgid: int, sig: int) -> None:
@@ -2093,330 +1857,565 @@ def _signal_name(number: int) -> str:
         return str(number)
 
 
-class InFlightRun:
-    """One run in progress, as InFlightRuns tracks it."""
+class SpawnedScript:
+    """A script process from spawn to end: its output tails, time limit, and how it ended."""
 
-    def __init__(self, marker: dict, on_interrupt: Callable[[dict, str], None]):
-        self.marker = marker
-        self.on_interrupt = on_interrupt
-        self.pgid: int | None = None
-        self.interrupted = False
-        self._lock = threading.Lock()
-
-    def set_pgid(self, pgid: int) -> None:
-        """The run's process group (scripts); killed at once if shutdown already gave up on this run."""
-        with self._lock:
-            self.pgid = pgid
-            interrupted = self.interrupted
-        if interrupted:
-            _kill_group(pgid, signal.SIGKILL)
-
-    def signal(self, sig: int) -> None:
-        with self._lock:
-            self.interrupted = True
-            pgid = self.pgid
-        if pgid is not None:
-            _kill_group(pgid, sig)
+    def __init__(self, run: Run, proc: subprocess.Popen, started: float, t0: float):
+        self.run = run
+        self.proc = proc
+        self.started = started
+        self.t0 = t0
+        self.stdout, self.stderr = OutputTail(), OutputTail()
+        self.ended_at: float | None = None          # time.monotonic() when the process was seen to exit
+        self.timed_out = False
+        self.handles: list[int] = []                # deadline watcher entries to cancel at the end
 
 
-class InFlightRuns:
-    """Runs in progress. Each has a marker file while it runs, so a run cut short by SIGKILL or power loss is
-    found (and recorded as interrupted) at the next start; graceful shutdown waits for them, then stops the rest.
+class ScriptRunner:
+    """Runs a script as a subprocess in its own process group, with a time limit and bounded output.
 
-    Marker files are slots kept open and used again: a run's marker is one write into an empty slot, and emptied
-    (truncated) when its result is recorded. Creating and removing a file per run cost 50-80 us of the ticker's
-    time for each run it begins, and 0.4 ms at times on this VM's disk. Empty files mean nothing; at most
-    `slots_kept` empty ones stay, and stock() makes them ahead, in a worker, for the runs due next. An HTTP run
-    readied ahead of its second has its marker written then (reserve()), so a crash in the 0.1 s before that
-    second is recorded as an interrupted run that may not have been sent.
+    A worker spawns the script and is free again; one reaper thread sees every run through: it reads both pipes
+    into bounded tails, notices the exit (a pidfd, polled where there is none), stops whatever the run left
+    behind, and calls the run's on_end(result). With this process a child subreaper, what a script starts and
+    abandons (setsid, setpgid, `set -m`) is adopted here and stopped with the run.
     """
 
-    def __init__(self, marker_dir: str | None = None):
-        self.marker_dir = marker_dir
-        self._cond = threading.Condition()
-        self._runs: dict[str, InFlightRun] = {}     # running: shutdown may interrupt these
-        self._ending: set[str] = set()              # finished, their record being written: shutdown waits
-        self._free: list[tuple[int, str]] = []      # empty marker slots: (descriptor, path)
-        self._slots: dict[str, tuple[int, str]] = {}    # run id -> the slot holding its marker
-        self._reserved: set[tuple[int, str]] = set()    # slots holding the marker of a run about to begin
-        self._made = 0
-        self._stocking = False                      # a stock() asked for or under way
-        self._stock_failed = -60.0                  # time.monotonic() when making a slot last failed
-        self.slots_kept = min(MARKER_SLOTS_KEPT, _descriptor_limit() // 8)
-        if marker_dir:
-            os.makedirs(marker_dir, mode=0o700, exist_ok=True)
+    kind = "script"
+    POLL_SECONDS = 0.05
+    SWEEP_SECONDS = 1.0
 
-    def _slot(self) -> tuple[int, str]:
-        with self._cond:
-            if self._free:
-                return self._free.pop()
-        return self._new_slot()
+    def __init__(self, deadlines: DeadlineWatcher | None = None, clock: Callable[[], float] = time.time,
+                 preview_chars: int = 200, kill_grace: float = KILL_GRACE_SECONDS,
+                 environment: Callable[[dict[str, str]], dict[str, str]] | None = None,
+                 adopt_orphans: bool = False):
+        self.deadlines = deadlines or DeadlineWatcher()
+        # Only a process that is the server itself (not a host embedding it) adopts orphans and reaps children
+        # it did not start.
+        self.adopt_orphans = adopt_orphans
+        self.clock = clock
+        self.preview_chars = preview_chars
+        self.kill_grace = kill_grace
+        self.environment = environment or (lambda extra: {**os.environ, **extra})
+        self._lock = threading.Lock()
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._new: list[tuple[SpawnedScript, Callable[[RunResult], None]]] = []
+        self._watched: dict[SpawnedScript, dict] = {}
+        self._spawned_pids: set[int] = set()        # our own children: never mistaken for adopted orphans
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._next_sweep = 0.0
 
-    def _new_slot(self) -> tuple[int, str]:
-        """A new empty marker file, open: (descriptor, path)."""
-        with self._cond:
-            self._made += 1
-            path = os.path.join(self.marker_dir, f"slot-{os.getpid()}-{self._made}.json")
-        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600), path
-
-    def reserve(self, marker: dict) -> tuple[int, str] | None:
-        """Write `marker` into a slot for a run about to begin (then begin(reserved=) it, or release() it);
-        None without a marker directory or when the write fails (logged)."""
-        if not self.marker_dir:
-            return None
-        slot = None
-        try:        # written in place: a marker torn by a crash is skipped as unreadable by recover()
-            slot = self._slot()
-            os.pwrite(slot[0], json.dumps(marker).encode(), 0)
-        except OSError as e:
-            log.error("cannot write a run marker in %s: %s", self.marker_dir, e)
-            if slot is not None:
-                self._discard(slot)
-            return None
-        with self._cond:
-            self._reserved.add(slot)
-        return slot
-
-    def release(self, reserved: tuple[int, str] | None) -> None:
-        """A reserved marker whose run never began: emptied, its slot kept for the next run."""
-        if reserved is not None:
-            with self._cond:
-                self._reserved.discard(reserved)
-            self._empty(reserved)
-
-    def begin(self, run_id: str, marker: dict, on_interrupt: Callable[[dict, str], None],
-              reserved: tuple[int, str] | None = None) -> InFlightRun:
-        """Track a run starting now; `on_interrupt(marker, reason)` records it if it never finishes. Its marker
-        is written now, unless `reserved` holds it already (from reserve())."""
-        run = InFlightRun(marker, on_interrupt)
-        slot = reserved if reserved is not None else self.reserve(marker)
-        with self._cond:
-            self._runs[run_id] = run
-            if slot is not None:
-                self._reserved.discard(slot)
-                self._slots[run_id] = slot
-        return run
-
-    def finish(self, run_id: str) -> bool:
-        """The run ended: True if the caller now records its result (then calls done()), False if shutdown
-        already recorded it as interrupted (then record nothing more)."""
-        with self._cond:
-            if self._runs.pop(run_id, None) is None:
-                return False
-            self._ending.add(run_id)
-            return True
-
-    def done(self, run_id: str) -> None:
-        """The result of a finished run is recorded: drop its marker. Harmless for unknown ids."""
-        with self._cond:
-            if run_id not in self._ending:
-                return
-            self._ending.discard(run_id)
-            self._cond.notify_all()
-        self._remove_marker(run_id)
-
-    def _remove_marker(self, run_id: str) -> None:
-        with self._cond:
-            slot = self._slots.pop(run_id, None)
-        if slot is not None:
-            self._empty(slot)
-
-    def _empty(self, slot: tuple[int, str]) -> None:
-        try:
-            os.ftruncate(slot[0], 0)
-        except OSError:
-            self._discard(slot)
+    # -- starting and stopping runs ---------------------------------------------------------------------------
+    def start(self, run: Run, on_end: Callable[[RunResult], None]) -> None:
+        """Spawn the script and return; on_end(result) is called from the reaper thread once it has ended (at
+        once when it cannot start)."""
+        target = run.job.target
+        started, t0 = self.clock(), time.monotonic()
+        problem = _script_problem(target)
+        if problem is not None:
+            on_end(RunResult("error", started, 0, error=problem))
             return
-        with self._cond:
-            if len(self._free) < self.slots_kept:
-                self._free.append(slot)
-                return
-        self._discard(slot)
-
-    def wants_stock(self, count: int) -> bool:
-        """True when fewer than `count` empty slots are ready (within slots_kept), no stock() is asked for or
-        under way, and making one did not fail in the last minute. A True answer is an order: the caller must
-        have stock(count) run, and no other is asked for until it ends."""
-        with self._cond:
-            if (not self.marker_dir or self._stocking or len(self._free) >= min(count, self.slots_kept)
-                    or time.monotonic() - self._stock_failed < 60.0):
-                return False
-            self._stocking = True
-            return True
-
-    def stock(self, count: int) -> None:
-        """Make empty slots until `count` (within slots_kept) are ready: a worker's task, so the runs due next
-        find their marker files made and neither the ticker nor a spawning worker waits on a file creation."""
-        with self._cond:
-            self._stocking = True
+        env = self.environment({"SCHEDSERVER_RUN_ID": run.run_id, "SCHEDSERVER_SCRIPT": target.rel,
+                                "SCHEDSERVER_TRIGGER": run.trigger,
+                                "SCHEDSERVER_SCHEDULED_AT": utc_iso(run.slot, ms=True)})
         try:
-            while True:
-                with self._cond:
-                    if len(self._free) >= min(count, self.slots_kept):
-                        return
-                slot = self._new_slot()
-                with self._cond:
-                    self._free.append(slot)
+            with self._lock:
+                proc = subprocess.Popen(list(target.argv), cwd=os.path.dirname(target.path), env=env,
+                                        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, start_new_session=True, close_fds=True)
+                self._spawned_pids.add(proc.pid)
         except OSError as e:
-            log.error("cannot make run marker files in %s: %s (trying again in a minute)", self.marker_dir, e)
-            with self._cond:
-                self._stock_failed = time.monotonic()
-        finally:
-            with self._cond:
-                self._stocking = False
-
-    @staticmethod
-    def _discard(slot: tuple[int, str]) -> None:
-        for step in (functools.partial(os.unlink, slot[1]), functools.partial(os.close, slot[0])):
+            on_end(RunResult("error", started, int((time.monotonic() - t0) * 1000),
+                             error=f"cannot start: {_start_failure(list(target.argv), e)}"))
+            return
+        info = ProcessTable.stat(proc.pid)
+        run.process = {"pid": proc.pid, "start_time": info[2] if info else None}
+        if run.on_process is not None:
             try:
-                step()
-            except OSError:
-                pass
-
-    def count(self) -> int:
-        with self._cond:
-            return len(self._runs) + len(self._ending)
-
-    def wait_idle(self, deadline: float) -> bool:
-        """Wait until no run is in flight or time.monotonic() reaches `deadline`; True if idle."""
-        with self._cond:
-            while self._runs or self._ending:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._cond.wait(remaining)
-            return True
-
-    def interrupt_all(self, reason: str, kill_grace: float = 1.0) -> int:
-        """Stop every run still in flight (SIGTERM, then SIGKILL, to whole process groups) and record each
-        through its `on_interrupt` with `reason`. Returns how many there were."""
-        with self._cond:
-            runs = dict(self._runs)
-            self._runs.clear()
-            self._cond.notify_all()
-        for run in runs.values():
-            run.signal(signal.SIGTERM)
-        deadline = time.monotonic() + kill_grace
-        while time.monotonic() < deadline and any(_group_alive(r.pgid) for r in runs.values()):
-            time.sleep(0.02)
-        for run_id, run in runs.items():
-            run.signal(signal.SIGKILL)
-            try:
-                run.on_interrupt(run.marker, reason)
+                run.on_process(run)
             except Exception:
-                log.exception("recording the interrupted run %s failed", run_id)
-            self._remove_marker(run_id)
-        with self._cond:    # runs that ended meanwhile are writing their records: give them a moment
-            end = time.monotonic() + 2.0
-            while self._ending and time.monotonic() < end:
-                self._cond.wait(end - time.monotonic())
-        return len(runs)
+                log.exception("noting the process of run %s failed", run.run_id)
+        spawned = SpawnedScript(run, proc, started, t0)
+        spawned.handles.append(self.deadlines.add(t0 + target.timeout_ms / 1000,
+                                                  functools.partial(self._expire, spawned)))
+        with self._lock:
+            self._new.append((spawned, on_end))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="schedserver-reaper", daemon=True)
+                self._thread.start()
+        self._wake()
+        if run.cancelled:                   # shutdown gave up on it while it was being spawned
+            self._stop_tree(spawned, signal.SIGKILL)
 
-    def recover(self) -> list[dict]:
-        """Markers a previous process left behind (it died with those runs in flight); removed once read."""
-        if not self.marker_dir:
-            return []
-        markers = []
-        with self._cond:
-            own = {path for _, path in self._free} | {path for _, path in self._slots.values()} | {
-                path for _, path in self._reserved}
-        for name in sorted(os.listdir(self.marker_dir)):
-            path = os.path.join(self.marker_dir, name)
-            if path in own:
-                continue
-            if name.endswith(".json"):
-                try:
-                    with open(path, "rb") as f:
-                        data = f.read()
-                    marker = json.loads(data) if data else None     # an empty slot: no run in it
-                    if data and isinstance(marker, dict):
-                        markers.append(marker)
-                except (OSError, ValueError) as e:
-                    log.warning("%s: unreadable run marker (%s); ignored", path, e)
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
-        return markers
+    def cancel(self, run: Run) -> None:
+        """Stop a run in flight: SIGTERM to everything it started, SIGKILL after the grace."""
+        with self._lock:
+            spawned = next((s for s in list(self._watched) + [s for s, _ in self._new] if s.run is run), None)
+        if spawned is None:
+            return
+        self._stop_tree(spawned, signal.SIGTERM)
+        spawned.handles.append(self.deadlines.add(time.monotonic() + self.kill_grace,
+                                                  functools.partial(self._stop_tree, spawned, signal.SIGKILL)))
 
+    def busy(self) -> bool:
+        with self._lock:
+            return bool(self._new or self._watched)
 
-def _group_alive(pgid: int | None) -> bool:
-    """True while a process of the group is alive; zombies (left when PID 1 does not reap) do not count."""
-    if pgid is None:
-        return False
-    try:
-        os.killpg(pgid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return True
-    for entry in entries:
-        if not entry.isdigit():
-            continue
+    def close(self) -> None:
+        """Stop the reaper thread (runs still watched are stopped first)."""
+        with self._lock:
+            watched = list(self._watched) + [s for s, _ in self._new]
+        for spawned in watched:
+            self._stop_tree(spawned, signal.SIGKILL)
+        with self._lock:
+            self._closed = True
+            thread, self._thread = self._thread, None
+        self._wake()
+        if thread is not None:
+            thread.join(timeout=OUTPUT_DRAIN_SECONDS + 2)
+        self._selector.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    def _wake(self) -> None:
         try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if len(fields) > 2 and fields[2] == str(pgid).encode() and fields[0] != b"Z":
-            return True
-    return False
+            os.write(self._wake_w, b"x")
+        except (BlockingIOError, OSError):
+            pass
+
+    def _expire(self, spawned: SpawnedScript) -> None:
+        """The time limit: SIGTERM to the run's processes, SIGKILL after the grace."""
+        if spawned.ended_at is not None:
+            return
+        spawned.timed_out = True
+        self._stop_tree(spawned, signal.SIGTERM)
+        spawned.handles.append(self.deadlines.add(time.monotonic() + self.kill_grace,
+                                                  functools.partial(self._stop_tree, spawned, signal.SIGKILL)))
+
+    def _stop_tree(self, spawned: SpawnedScript, sig: int) -> None:
+        """Signal the run's process group, every process below it, and every adopted orphan of the run."""
+        pid = spawned.proc.pid
+        parents = ProcessTable.parents()
+        alive = spawned.ended_at is None and pid in parents
+        targets = ProcessTable.descendants([pid], parents) if alive else set()
+        orphans = self._orphans_of(spawned.run.run_id, parents)
+        targets |= orphans | ProcessTable.descendants(orphans, parents)
+        if alive:
+            _kill_group(pid, sig)
+        ProcessTable.signal_all(targets, sig)
+
+    def _orphans_of(self, run_id: str, parents: dict[int, int]) -> set[int]:
+        """Our children that belong to run `run_id` by their environment (adopted after their parent ended)."""
+        me = os.getpid()
+        with self._lock:
+            spawned = set(self._spawned_pids)
+        return {pid for pid, ppid in parents.items()
+                if ppid == me and pid not in spawned and ProcessTable.run_id_of(pid) == run_id}
+
+    # -- the reaper thread -----------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                if self._closed and not self._watched and not self._new:
+                    return
+            try:
+                self._turn()
+            except Exception:
+                log.exception("script reaper failed; carrying on")
+                time.sleep(self.POLL_SECONDS)
+
+    def _turn(self) -> None:
+        polled = any(state["pidfd"] is None and s.ended_at is None for s, state in self._watched.items())
+        timeout = self.POLL_SECONDS if polled else self.SWEEP_SECONDS
+        ending = [state["drain_until"] for state in self._watched.values() if state["drain_until"] is not None]
+        if ending:
+            timeout = max(0.0, min(timeout, min(ending) - time.monotonic()))
+        for key, _ in self._selector.select(timeout):
+            if key.data is None:
+                self._take_new()
+                continue
+            spawned, what = key.data
+            state = self._watched[spawned]
+            if what == "exit":
+                self._forget(spawned, state, "pidfd")
+                self._exited(spawned, state)
+                continue
+            try:
+                chunk = os.read(key.fd, 65536)
+            except BlockingIOError:
+                continue
+            except OSError:
+                chunk = b""
+            if chunk:
+                (spawned.stdout if what == "stdout" else spawned.stderr).add(chunk)
+            else:
+                self._forget(spawned, state, what)
+        now = time.monotonic()
+        for spawned, state in list(self._watched.items()):
+            if state["pidfd"] is None and spawned.ended_at is None and spawned.proc.poll() is not None:
+                self._exited(spawned, state)
+            if state["drain_until"] is not None and (
+                    (state["stdout"] is None and state["stderr"] is None) or now >= state["drain_until"]):
+                self._finish(spawned, state)
+        if now >= self._next_sweep:
+            self._next_sweep = now + self.SWEEP_SECONDS
+            self._sweep()
+
+    def _take_new(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+        with self._lock:
+            new, self._new = self._new, []
+        for spawned, on_end in new:
+            state: dict[str, Any] = {"on_end": on_end, "drain_until": None, "pidfd": None,
+                                     "stdout": None, "stderr": None}
+            for what, pipe in (("stdout", spawned.proc.stdout), ("stderr", spawned.proc.stderr)):
+                try:
+                    fd = pipe.fileno()
+                    os.set_blocking(fd, False)
+                    self._selector.register(fd, selectors.EVENT_READ, (spawned, what))
+                    state[what] = fd
+                except (OSError, ValueError) as e:      # e.g. the epoll watch limit: its output is dropped
+                    log.error("cannot read the %s of a script (%s); it is dropped", what, e)
+                    pipe.close()
+            try:
+                pidfd = os.pidfd_open(spawned.proc.pid)
+                self._selector.register(pidfd, selectors.EVENT_READ, (spawned, "exit"))
+                state["pidfd"] = pidfd
+            except (AttributeError, OSError, ValueError):
+                pass                # no pidfd (an old kernel, a filter): its exit is polled for
+            with self._lock:
+                self._watched[spawned] = state
+
+    def _forget(self, spawned: SpawnedScript, state: dict, what: str) -> None:
+        fd = state[what]
+        if fd is None:
+            return
+        try:
+            self._selector.unregister(fd)
+        except (KeyError, ValueError):
+            pass
+        if what == "pidfd":
+            os.close(fd)
+        else:
+            (spawned.proc.stdout if what == "stdout" else spawned.proc.stderr).close()
+        state[what] = None
+
+    def _exited(self, spawned: SpawnedScript, state: dict) -> None:
+        """Its process has ended: reap it, stop what it left, give its pipes a while more to close."""
+        spawned.ended_at = time.monotonic()
+        spawned.proc.wait()
+        _kill_group(spawned.proc.pid, signal.SIGKILL)
+        self._stop_tree(spawned, signal.SIGKILL)
+        state["drain_until"] = spawned.ended_at + OUTPUT_DRAIN_SECONDS
+
+    def _finish(self, spawned: SpawnedScript, state: dict) -> None:
+        for what in ("stdout", "stderr", "pidfd"):
+            self._forget(spawned, state, what)
+        for handle in spawned.handles:
+            self.deadlines.cancel(handle)
+        with self._lock:
+            del self._watched[spawned]
+            self._spawned_pids.discard(spawned.proc.pid)
+        self._sweep()
+        try:
+            state["on_end"](self._result(spawned))
+        except Exception:
+            log.exception("recording the end of a script run failed")
+
+    def _sweep(self) -> None:
+        """Adopted orphans: stop those whose run is over, and reap the ones that ended (zombies)."""
+        if not self.adopt_orphans:
+            return
+        children = ProcessTable.own_children()      # read before the registry: see check()
+        with self._lock:
+            spawned = set(self._spawned_pids)
+            live_runs = {s.run.run_id for s in self._watched} | {s.run.run_id for s, _ in self._new}
+        for pid in children - spawned:
+            info = ProcessTable.stat(pid)
+            if info is None:
+                continue
+            if info[0] == "Z":
+                try:
+                    os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    pass
+                continue
+            run_id = ProcessTable.run_id_of(pid)
+            if run_id is not None and run_id not in live_runs:      # it outlived its run
+                ProcessTable.signal_all(ProcessTable.descendants([pid]) | {pid}, signal.SIGKILL)
+
+    def check(self, argv: list[str], cwd: str, env: dict[str, str], timeout: float) -> tuple[int | str, bytes]:
+        """Run a short command to its end (a syntax check): (exit status, or "timeout", and its output). Its
+        process is registered as ours, so the orphan sweep never reaps it."""
+        with self._lock:        # held across the spawn: a sweep then sees it registered, never as an orphan
+            proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, start_new_session=True, close_fds=True)
+            self._spawned_pids.add(proc.pid)
+        try:
+            try:
+                out, err = proc.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                _kill_group(proc.pid, signal.SIGKILL)
+                proc.communicate()
+                return "timeout", b""
+            return proc.returncode, err or out
+        finally:
+            with self._lock:
+                self._spawned_pids.discard(proc.pid)
+
+    def _result(self, spawned: SpawnedScript) -> RunResult:
+        duration = int(((spawned.ended_at or time.monotonic()) - spawned.t0) * 1000)
+        dropped = spawned.stdout.dropped + spawned.stderr.dropped
+        code = spawned.proc.returncode
+        exit_code = code if code is not None and code >= 0 else None
+        sig = _signal_name(-code) if code is not None and code < 0 else None
+        common = dict(exit_code=exit_code, signal=sig, output_dropped=dropped)
+        if spawned.run.cancelled:
+            return RunResult("error", spawned.started, duration, error=spawned.run.cancelled, **common)
+        if spawned.timed_out:
+            return RunResult("timeout", spawned.started, duration,
+                             error=f"timed out after {spawned.run.job.target.timeout_ms} ms", **common)
+        if code == 0:
+            return RunResult("ok", spawned.started, duration,
+                             return_preview=spawned.stdout.last_line(self.preview_chars), **common)
+        error = spawned.stderr.last_line(500)
+        if error is None:
+            error = f"killed by signal {sig}" if sig else f"exit status {code}"
+        return RunResult("error", spawned.started, duration, error=error, **common)
+
+
+def _script_problem(target: ScriptTarget) -> str | None:
+    """Why a script may not be started now: a link re-pointed outside the scripts dir since it registered."""
+    try:
+        real = os.path.realpath(target.path)
+        root = os.path.realpath(target.root)
+    except OSError as e:
+        return f"cannot start: {e.strerror}"
+    if os.path.commonpath([root, real]) != root:
+        return "cannot start: the script now resolves outside the scripts directory"
+    return None
+
+
+def _start_failure(argv: list[str], error: OSError) -> str:
+    """Why a script did not start; names the #! line when the script exists but its interpreter does not."""
+    if isinstance(error, FileNotFoundError) and len(argv) == 1 and os.path.isfile(argv[0]):
+        try:
+            with open(argv[0], "rb") as f:
+                first = f.readline(200).strip().decode("utf-8", "replace")
+        except OSError:
+            first = ""
+        if first.startswith("#!"):
+            return f"bad interpreter {first!r}: {error.strerror}"
+    return str(error.strerror or error)
+
+
+def stop_leftovers(marker: dict) -> int:
+    """After a crash: stop what a run of the previous server left running (its process, if it is the same
+    process by its start time, whatever is below it, and every process carrying its run id). How many."""
+    parents = ProcessTable.parents()
+    targets: set[int] = set()
+    process = marker.get("process") or {}
+    pid = process.get("pid")
+    if isinstance(pid, int) and pid > 1:
+        info = ProcessTable.stat(pid)
+        if info is not None and info[2] == process.get("start_time"):
+            targets |= {pid} | ProcessTable.descendants([pid], parents)
+            _kill_group(pid, signal.SIGKILL)
+    run_id = marker.get("run_id")
+    if run_id:
+        carriers = {p for p in parents if p != os.getpid() and ProcessTable.run_id_of(p) == run_id}
+        targets |= carriers | ProcessTable.descendants(carriers, parents)
+    ProcessTable.signal_all(targets, signal.SIGKILL)
+    return len(targets)
 
 
 ###############################################################################
 # Scheduler ####################################################################
 ###############################################################################
 
-RUN_GOES_ON: Any = type("RunGoesOn", (), {"__repr__": lambda self: "RUN_GOES_ON"})()
+@dataclass
+class Due:
+    """What tick() found for one job: a slot to run now, and/or slots missed (counted, never replayed)."""
+
+    job: Job
+    slot: float | None
+    missed: int = 0
+    first_missed: float | None = None
+    last_missed: float | None = None
 
 
-@dataclass(eq=False)
-class Job:
-    """One registered schedule as the scheduler sees it.
+class Scheduler:
+    """Keeps jobs ordered by next fire instant; tick(now) says what is due. It knows jobs and instants only.
 
-    `fire(slot)` runs in a worker thread; if it returns RUN_GOES_ON, the run goes on after it returns and its
-    owner calls Scheduler.release(key) when it ends. `record(status, slot, count, last_slot)` writes a `skipped` or
-    `missed` record for `count` slots from `slot` to `last_slot` (also in a worker thread, so the ticker never
-    waits on a file). `start(slot)`, when a job has it, is tried first, on the ticker thread itself: it begins
-    the run without waiting on anything and returns the rest of the run for a worker (or None: then `fire`
-    runs the whole of it in a worker); it must not raise once its run has begun. `prepare(slot)`, when a job has
-    it, is called shortly before `slot` to do the slow part of beginning that run ahead (True if it readied
-    something); `fire` or `start` for that slot then uses it, and `unprepare(slot)` lets go of whatever was
-    readied and not used (it must be harmless when nothing was).
+    Slots later than the misfire grace, and all but the latest slot within it, are missed: one record with a
+    count, never a burst of catch-up runs. Counting stops at MISSED_SCAN_LIMIT (the count is then a lower
+    bound), so a clock jumping forward by a year costs a bounded amount of work.
     """
 
-    key: str
-    spec: CronSpec
-    tz: ZoneInfo
-    fire: Callable[[float], None]
-    record: Callable[[str, float, int, float], None]
-    start: Callable[[float], Callable[[], None] | None] | None = None
-    prepare: Callable[[float], bool] | None = None
-    unprepare: Callable[[float], None] | None = None
-    next_at: float | None = None
-    last_slot: float | None = None
-    generation: int = 0
+    def __init__(self, misfire_grace: float = 30.0, clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic,
+                 on_due: Callable[[Due], None] | None = None, on_tick: Callable[[float], None] | None = None):
+        self.misfire_grace = misfire_grace
+        self.clock = clock
+        self.monotonic = monotonic
+        self.on_due = on_due            # the ticker thread hands each Due here
+        self.on_tick = on_tick          # called by the ticker thread after each tick (the systemd watchdog)
+        self._lock = threading.Lock()
+        self._jobs: dict[str, Job] = {}
+        self._next: dict[str, float | None] = {}
+        self._generation: dict[str, int] = {}
+        self._heap: list[tuple[float, int, str, int]] = []
+        self._seq = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.last_tick: float | None = None                 # the `now` of the last tick (wall clock)
+        self.last_tick_monotonic: float | None = None       # when it happened, for health checks
+
+    # -- registrations --------------------------------------------------------------------------------------
+    def add(self, job: Job, anchor: float) -> None:
+        """Register (or replace) `job`; its first slot is the first one strictly after `anchor`."""
+        following = job.cron.next_after(anchor, job.tz)
+        with self._lock:
+            self._jobs[job.key] = job
+            self._generation[job.key] = self._generation.get(job.key, 0) + 1
+            self._next[job.key] = following
+            self._push(job.key)
+
+    def remove(self, key: str) -> None:
+        with self._lock:
+            self._jobs.pop(key, None)
+            self._next.pop(key, None)
+            self._generation.pop(key, None)
+            self._compact()
+
+    def get(self, key: str) -> Job | None:
+        with self._lock:
+            return self._jobs.get(key)
+
+    def next_at(self, key: str) -> float | None:
+        with self._lock:
+            return self._next.get(key)
+
+    def next_of(self, keys: list[str]) -> list[float | None]:
+        """next_at of each key under one hold of the lock: for listings."""
+        with self._lock:
+            return [self._next.get(key) for key in keys]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._jobs)
+
+    def _push(self, key: str) -> None:
+        at = self._next.get(key)
+        if at is not None:
+            self._seq += 1
+            heapq.heappush(self._heap, (at, self._seq, key, self._generation[key]))
+            self._compact()
+
+    def _compact(self) -> None:
+        """Keep the heap's stale entries (removed or re-registered jobs) bounded by the live ones."""
+        if len(self._heap) > 2 * len(self._jobs) + 64:
+            self._heap = [entry for entry in self._heap if self._live(entry)]
+            heapq.heapify(self._heap)
+
+    def _live(self, entry: tuple[float, int, str, int]) -> bool:
+        at, _, key, generation = entry
+        return self._generation.get(key) == generation and self._next.get(key) == at
+
+    # -- what is due ----------------------------------------------------------------------------------------
+    def tick(self, now: float) -> list[Due]:
+        """Every job due at or before `now`, its next slot worked out. Costs nothing per job that is not due."""
+        found = []
+        with self._lock:
+            self.last_tick = now
+            self.last_tick_monotonic = self.monotonic()
+            while self._heap and self._heap[0][0] <= now:
+                entry = heapq.heappop(self._heap)
+                if not self._live(entry):
+                    continue
+                key = entry[2]
+                due, self._next[key] = self._due(self._jobs[key], entry[0], now)
+                if due.slot is not None or due.missed:
+                    found.append(due)
+                self._push(key)
+        return found
+
+    def _due(self, job: Job, slot: float, now: float) -> tuple[Due, float | None]:
+        """What happens to `job`, whose slot `slot` is due, and its next slot."""
+        missed, first_missed, last_missed = 0, slot, slot
+        slots = job.cron.iter_after(slot, job.tz)
+        following = next(slots, None)
+        while slot is not None and slot <= now:
+            if now - slot <= self.misfire_grace and (following is None or following > now):
+                break                       # the latest due slot, within the grace: it runs
+            missed, last_missed = missed + 1, slot
+            if missed >= MISSED_SCAN_LIMIT and following is not None and following <= now - self.misfire_grace:
+                slots = job.cron.iter_after(now - self.misfire_grace, job.tz)
+                following = next(slots, None)
+            slot, following = following, next(slots, None)
+        runs = slot is not None and slot <= now
+        due = Due(job, slot if runs else None, missed, first_missed if missed else None,
+                  last_missed if missed else None)
+        return due, following if runs else slot
+
+    # -- the ticker thread ----------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="schedserver-ticker", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            now = self.clock()
+            # Every slot is a whole second: wake just after the next one.
+            if self._stop.wait(max(0.0, (now // 1.0 + 1.0) - now) + 0.0005):
+                break
+            now = self.clock()
+            try:
+                for due in self.tick(now):
+                    self.on_due(due)
+            except Exception:
+                log.exception("tick failed")
+                continue
+            if self.on_tick is not None:
+                try:
+                    self.on_tick(now)
+                except Exception:
+                    log.exception("tick hook failed")
+
+    def stop(self) -> None:
+        """No more ticks; what was handed over goes on."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+        self._thread = None
 
 
 class WorkerPool:
-    """A fixed number of daemon threads running submitted calls; a failing call is logged, the thread lives on.
+    """A fixed number of threads running submitted calls; a failing call is logged and the thread lives on."""
 
-    Daemon threads, unlike concurrent.futures', never hold the process open at exit behind a hung HTTP run.
-    """
-
-    def __init__(self, workers: int):
+    def __init__(self, workers: int, name: str = "schedserver-worker"):
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._closed = False
-        self._workers = workers
-        for n in range(workers):
-            threading.Thread(target=self._work, name=f"schedserver-worker-{n}", daemon=True).start()
+        self._threads = [threading.Thread(target=self._work, name=f"{name}-{n}", daemon=True)
+                         for n in range(workers)]
+        for thread in self._threads:
+            thread.start()
 
-    def submit(self, fn: Callable, *args: Any) -> None:
+    def submit(self, fn: Callable, *args: Any) -> bool:
+        """Queue `fn(*args)`; False (nothing queued) once the pool is shut down."""
         if self._closed:
-            raise RuntimeError("worker pool is shut down")
+            return False
         self._queue.put((fn, args))
+        return True
 
     def _work(self) -> None:
         while True:
@@ -2429,338 +2428,398 @@ class WorkerPool:
             except Exception:
                 log.exception("worker task failed")
 
-    def shutdown(self) -> None:
-        """Stop taking work; each worker ends when it reaches its end marker."""
+    def shutdown(self, timeout: float = 5.0) -> None:
+        """Stop taking work; each worker ends when it reaches its end marker (queued work runs first)."""
         self._closed = True
-        for _ in range(self._workers):
+        for _ in self._threads:
             self._queue.put(None)
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.monotonic()))
 
 
-class Scheduler:
-    """Keeps jobs ordered by next fire instant; `tick(now)` fires what is due into a bounded worker pool.
+###############################################################################
+# Recorder #####################################################################
+###############################################################################
 
-    Runs due in the same second would start one after the other as workers take them, each behind the thread
-    hand-offs of those before it. So a job that can begin its run without waiting (`Job.start`) is begun by
-    the ticker itself, all of them before any worker is woken; workers do the waiting. After each tick,
-    `on_upcoming(jobs)` is told the jobs due within the next LOOKAHEAD seconds, to get ready for them. And
-    PREPARE_AHEAD seconds before each second, the jobs due then that can (`Job.prepare`) ready their runs, so at
-    the second itself beginning a run is little more than a write.
+# Each kind's runs log speaks its surface's field names: (schedule, run id, slot, last slot of a count, start).
+RECORD_FIELDS = {
+    "http": ("schedule_id", "run_id", "scheduled_at", "last_scheduled_at", "started_at"),
+    "script": ("scriptPath", "runId", "ts", "lastSlot", "startedAt"),
+}
+
+
+def job_key(kind: str, ref: str) -> str:
+    return f"{kind}:{ref}"
+
+
+def _count_text(count: int) -> str:
+    return f"at least {count}" if count >= MISSED_SCAN_LIMIT else str(count)
+
+
+def format_record(kind: str, run: dict) -> dict:
+    """A run (the recorder's common fields) as a line of its kind's runs log."""
+    if kind == "http":
+        record = {"ts": utc_iso(run["started"] or run["now"], ms=True), "schedule_id": run["ref"],
+                  "run_id": run["run_id"], "scheduled_at": utc_iso(run["slot"], ms=True),
+                  "started_at": utc_iso(run["started"], ms=True), "status": run["status"],
+                  "status_code": run.get("status_code"), "duration_ms": run["duration_ms"],
+                  "error": run.get("error"), "trigger": run["trigger"], "attempt": run["attempt"]}
+        if "count" in run:
+            record.update(count=run["count"], last_scheduled_at=utc_iso(run["last_slot"], ms=True))
+        return record
+    record = {"ts": utc_iso(run["slot"], ms=True), "scriptPath": run["ref"], "expression": run["expression"],
+              "runId": run["run_id"], "status": run["status"], "durationMs": run["duration_ms"],
+              "trigger": run["trigger"], "attempt": run["attempt"], "startedAt": utc_iso(run["started"], ms=True)}
+    if run["status"] == "ok":
+        record["returnPreview"] = run.get("return_preview")
+    else:
+        record["error"] = run.get("error")
+    if run.get("exit_code") is not None:
+        record["exitCode"] = run["exit_code"]
+    if run.get("signal"):
+        record["signal"] = run["signal"]
+    if run.get("output_dropped"):
+        record["outputDropped"] = run["output_dropped"]
+    if "count" in run:
+        record.update(count=run["count"], lastSlot=utc_iso(run["last_slot"], ms=True))
+    record["loggedAt"] = utc_iso(run["now"], ms=True)
+    return record
+
+
+class RunState:
+    """Per schedule, what listings and restarts need: the last slot handled, the last run and its status.
+
+    Kept in memory; saved to a file with the positions in the runs logs it includes (at a bounded interval
+    and at a clean stop). A start loads the file and replays only the log lines written after it, so its cost
+    follows what changed since the save, not the size of the logs.
     """
 
-    LOOKAHEAD = 1.5
-    PREPARE_AHEAD = 0.1
-    PREPARE_MARGIN = 0.01       # preparing stops this long before the second, so the ticker is back on time
-
-    def __init__(self, workers: int = 8, misfire_grace: float = 30.0, clock: Callable[[], float] = time.time,
-                 submit: Callable[..., Any] | None = None, monotonic: Callable[[], float] = time.monotonic,
-                 on_tick: Callable[[float], None] | None = None):
-        self.misfire_grace = misfire_grace
-        self.clock = clock
+    def __init__(self, path: str, logs: dict[str, NdjsonLog], monotonic: Callable[[], float] = time.monotonic):
+        self.file = JsonFile(path)
+        self.logs = logs
         self.monotonic = monotonic
-        self.on_tick = on_tick          # called by the ticker thread after each good tick (the systemd watchdog)
-        self.on_upcoming: Callable[[list[Job]], None] | None = None
-        self._pool = None if submit else WorkerPool(workers)
-        self._submit = submit or self._pool.submit
         self._lock = threading.Lock()
-        self._jobs: dict[str, Job] = {}
-        self._heap: list[tuple[float, int, str, int]] = []
-        self._running: set[str] = set()     # keys with a run in flight; outlives remove(), so re-adding a
-                                            # job while its old run still goes on cannot overlap it
-        self._seq = 0
-        # key -> (job, slot, the slot after it) of the runs prepare() readied
-        self._prepared: dict[str, tuple[Job, float, float | None]] = {}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.last_tick: float | None = None                 # the `now` of the last tick (wall clock)
-        self.last_tick_monotonic: float | None = None       # when it happened, for health checks
+        self._states: dict[str, dict] = {}
+        self._changed_at: float | None = None       # when the first change since the last save was made
 
-    # -- registrations --------------------------------------------------------------------------------------
-    def add(self, job: Job, anchor: float) -> None:
-        """Register (or replace) `job`; its first fire is the first slot strictly after `anchor`."""
-        with self._lock:
-            old = self._jobs.get(job.key)
-            if old is not None:
-                job.generation = old.generation + 1
-            job.last_slot = anchor
-            job.next_at = job.spec.next_after(anchor, job.tz)
-            self._jobs[job.key] = job
-            self._push(job)
+    def load(self) -> int:
+        """Read the saved state and replay the log lines after it; how many lines were replayed."""
+        try:
+            document = self.file.load(None)
+        except StartupError as e:
+            log.warning("%s; run state is rebuilt from the runs logs", e)
+            document = None
+        positions: dict = {}
+        if isinstance(document, dict) and document.get("version") == 1:
+            positions = document.get("logs") or {}
+            self._states = {key: value for key, value in (document.get("states") or {}).items()
+                            if isinstance(value, dict)}
+        replayed = 0
+        for kind, runs_log in self.logs.items():
+            for record in runs_log.read_after(positions.get(kind)):
+                self.apply(kind, record)
+                replayed += 1
+        if replayed:
+            self._changed_at = self.monotonic()
+        return replayed
 
-    def remove(self, key: str) -> None:
+    def apply(self, kind: str, record: dict) -> None:
+        """Take one runs-log record into the state (live, under the log's lock, and when replaying)."""
+        ref_field, id_field, slot_field, last_slot_field, started_field = RECORD_FIELDS[kind]
+        ref = record.get(ref_field)
+        if not isinstance(ref, str):
+            return
+        slot = parse_optional_iso(record.get(last_slot_field) or record.get(slot_field))
+        started = parse_optional_iso(record.get(started_field))
         with self._lock:
-            self._jobs.pop(key, None)
+            state = self._states.setdefault(job_key(kind, ref), {})
+            if record.get("trigger", "cron") == "cron" and slot is not None:
+                state["slot"] = max(slot, state.get("slot") or 0.0)
+            if started is not None and record.get("status") not in ("missed", "skipped"):
+                state["run_at"] = max(started, state.get("run_at") or 0.0)
+            state["status"] = record.get("status")
+            state["run_id"] = record.get(id_field)
+            state["at"] = record.get(slot_field)
+            if self._changed_at is None:
+                self._changed_at = self.monotonic()
 
-    def get(self, key: str) -> Job | None:
+    def get(self, key: str) -> dict:
         with self._lock:
-            return self._jobs.get(key)
+            return dict(self._states.get(key) or {})
 
-    def next_at(self, key: str) -> float | None:
+    def forget(self, key: str) -> None:
         with self._lock:
-            job = self._jobs.get(key)
-            return job.next_at if job else None
+            if self._states.pop(key, None) is not None and self._changed_at is None:
+                self._changed_at = self.monotonic()
 
-    def is_running(self, key: str) -> bool:
+    def due(self) -> bool:
+        """True when there are changes older than STATE_SAVE_SECONDS not yet saved."""
         with self._lock:
-            return key in self._running
+            return self._changed_at is not None and self.monotonic() - self._changed_at >= STATE_SAVE_SECONDS
 
-    def states(self, keys: list[str]) -> list[tuple[float | None, bool]]:
-        """(next_at, is running) of each key, under one hold of the lock: for listings."""
-        with self._lock:
-            jobs, running = self._jobs, self._running
-            return [(job.next_at if (job := jobs.get(key)) is not None else None, key in running) for key in keys]
+    def save(self) -> None:
+        """Write the state with the log positions it includes; raises OSError."""
+        held = [runs_log.locked() for runs_log in self.logs.values()]
+        for lock in held:
+            lock.acquire()
+        try:
+            positions = {kind: runs_log.position() for kind, runs_log in self.logs.items()}
+            with self._lock:
+                states = {key: dict(value) for key, value in self._states.items()}
+                self._changed_at = None
+        finally:
+            for lock in reversed(held):
+                lock.release()
+        try:
+            self.file.save({"version": 1, "logs": positions, "states": states})
+        except OSError:
+            with self._lock:
+                self._changed_at = self._changed_at or self.monotonic()
+            raise
 
-    def running_count(self) -> int:
-        with self._lock:
-            return len(self._running)
 
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._jobs)
+class Recorder:
+    """The one place a run is begun and finished, for both kinds: its marker, its log line, the run state.
 
-    def claim(self, key: str) -> bool:
-        """Mark a registered job as running (for a manual run); False if unknown or already running."""
-        with self._lock:
-            if key not in self._jobs or key in self._running:
-                return False
-            self._running.add(key)
+    A run is in flight from begin() to finish(); whoever takes it out of flight first (its end, or a shutdown
+    interrupting it) records it, once.
+    """
+
+    def __init__(self, logs: dict[str, NdjsonLog], state: RunState, markers: RunMarkers | None,
+                 clock: Callable[[], float] = time.time):
+        self.logs = logs
+        self.state = state
+        self.markers = markers
+        self.clock = clock
+        self._cond = threading.Condition()
+        self._runs: dict[str, Run] = {}
+
+    # -- runs in flight -------------------------------------------------------------------------------------
+    def begin(self, job: Job, slot: float, trigger: str, attempt: int = 1, exclusive: bool = True) -> Run | None:
+        """A new run in flight, its marker written; None when `exclusive` and a run of the job is in flight."""
+        with self._cond:
+            if exclusive and any(r.job.key == job.key for r in self._runs.values()):
+                return None
+            run = Run(str(uuid.uuid4()), job, slot, trigger, attempt, self.clock(), on_process=self._mark)
+            self._runs[run.run_id] = run
+        self._mark(run)
+        return run
+
+    def _mark(self, run: Run) -> None:
+        if self.markers is None:
+            return
+        marker = {"run_id": run.run_id, "kind": run.job.kind, "ref": run.job.ref,
+                  "expression": run.job.cron.expression, "slot": run.slot, "trigger": run.trigger,
+                  "attempt": run.attempt, "started": run.started, "process": run.process}
+        try:
+            self.markers.write(run.run_id, marker)
+        except OSError as e:
+            log.error("cannot write the marker of run %s (a crash now would not be recorded): %s", run.run_id, e)
+
+    def running(self, key: str) -> list[Run]:
+        with self._cond:
+            return [r for r in self._runs.values() if r.job.key == key]
+
+    def count(self) -> int:
+        with self._cond:
+            return len(self._runs)
+
+    def wait_idle(self, deadline: float) -> bool:
+        """Wait until nothing is in flight or time.monotonic() reaches `deadline`; True if idle."""
+        with self._cond:
+            while self._runs:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
             return True
 
-    def release(self, key: str) -> None:
-        with self._lock:
-            self._running.discard(key)
-
-    def _push(self, job: Job) -> None:
-        if job.next_at is not None:
-            self._seq += 1
-            heapq.heappush(self._heap, (job.next_at, self._seq, job.key, job.generation))
-
-    # -- firing ---------------------------------------------------------------------------------------------
-    def submit(self, fn: Callable, *args: Any) -> None:
-        """Run `fn(*args)` in a worker; dropped (with a warning) once the pool is shut down."""
+    def finish(self, run: Run, result: RunResult) -> dict | None:
+        """Record a run's end; None when it was recorded already (interrupted). Raises StorageError when its
+        record cannot be written (the run is out of flight all the same)."""
+        with self._cond:
+            if self._runs.pop(run.run_id, None) is None:
+                return None
+            self._cond.notify_all()
         try:
-            self._submit(fn, *args)
-        except RuntimeError:
-            log.warning("worker pool is shut down; dropped %s", getattr(fn, "__name__", fn))
-
-    def tick(self, now: float) -> None:
-        """Fire every job due at or before `now`. Costs nothing per job that is not due."""
-        actions: list[tuple] = []
-        unused: list[tuple[Job, float]] = []
-        with self._lock:
-            self.last_tick = now
-            self.last_tick_monotonic = self.monotonic()
-            while self._heap and self._heap[0][0] <= now:
-                at, _, key, generation = heapq.heappop(self._heap)
-                job = self._jobs.get(key)
-                if job is None or job.generation != generation or job.next_at != at:
-                    continue        # removed or re-registered since this entry was pushed
-                actions.extend(self._due(job, at, now))
-                self._push(job)
-            if self._prepared:      # readied for a slot now past that did not fire (removed, skipped, ...), or
-                                    # far ahead: the clock was set back
-                unused = [self._prepared.pop(key)[:2] for key, (_, at, _) in list(self._prepared.items())
-                          if at <= now or at > now + self.LOOKAHEAD]
-        if actions:
-            self._hand_over(actions)
-        self._unprepare(unused)
-        if self.on_upcoming is not None:
-            try:
-                self.on_upcoming(self._upcoming(now + self.LOOKAHEAD))
-            except Exception:
-                log.exception("getting ready for upcoming runs failed")
-
-    def _hand_over(self, actions: list[tuple]) -> None:
-        """Runs the ticker can begin itself go first, all of them, before any worker is woken."""
-        started = [self._start_here(*action[1:]) if action[0] == self._run_fire and action[1].start else action
-                   for action in actions]
-        for action in sorted(started, key=lambda a: a[0] != self._run_started):
-            try:
-                self._submit(*action)
-            except RuntimeError:    # pool shut down while stopping
-                log.warning("worker pool is shut down; dropped a fire of %s", action[1].key)
-
-    def _start_here(self, job: Job, slot: float) -> tuple:
-        """Begin `job`'s run on this (the ticker) thread: the worker action for the rest of it."""
-        try:
-            rest = job.start(slot)
-        except Exception:
-            log.exception("starting %s failed; a worker runs it", job.key)
-            rest = None
-        return (self._run_started, job, rest) if rest is not None else (self._run_fire, job, slot)
-
-    def _upcoming(self, horizon: float) -> list[Job]:
-        """The jobs whose next fire is at or before `horizon`."""
-        with self._lock:
-            return [job for _, job in self._due_by(horizon)]
-
-    def _due_by(self, horizon: float) -> list[tuple[tuple[float, int], Job]]:
-        """((next fire, order pushed), job) of the jobs whose next fire is at or before `horizon`. Lock held."""
-        found = []
-        heap, todo = self._heap, [0]
-        while todo:
-            i = todo.pop()
-            if i < len(heap) and heap[i][0] <= horizon:     # else neither it nor its children
-                at, seq, key, generation = heap[i]
-                job = self._jobs.get(key)
-                if job is not None and job.generation == generation and job.next_at == at:
-                    found.append(((at, seq), job))
-                todo += (2 * i + 1, 2 * i + 2)
-        return found
-
-    def prepare(self, slot: float, until: float | None = None) -> int:
-        """Ready ahead the runs due at or before `slot` whose jobs can (`Job.prepare`), in the order they will
-        fire, until the clock reaches `until`; the rest begin the ordinary way. Returns how many were readied."""
-        now = self.clock()
-        with self._lock:
-            if not self._heap or self._heap[0][0] > slot:
-                return 0
-            due = sorted((order, job) for order, job in self._due_by(slot)
-                         if order[0] > now and job.prepare is not None and job.key not in self._running
-                         and job.key not in self._prepared)       # overdue ones: missed or fired, as they are
-        readied = 0
-        for (at, _), job in due:
-            if until is not None and self.clock() >= until:
-                break
-            try:
-                if not job.prepare(at):
-                    continue
-            except Exception:
-                log.exception("preparing a run of %s failed", job.key)
-                continue
-            following = job.spec.next_after(at, job.tz)     # worked out now, not at the second
-            with self._lock:
-                stopping = self._stop.is_set()      # stop_ticking() may have let go of the others already
-                if not stopping:
-                    self._prepared[job.key] = (job, at, following)
-            if stopping:
-                self._unprepare([(job, at)])
-                break
-            readied += 1
-        return readied
-
-    def _unprepare(self, prepared: list[tuple[Job, float]]) -> None:
-        for job, slot in prepared:
-            try:
-                job.unprepare(slot)
-            except Exception:
-                log.exception("letting go of a run readied for %s failed", job.key)
-
-    def _due(self, job: Job, slot: float | None, now: float) -> list[tuple]:
-        """Decide what happens to `job` whose slot `slot` is due; sets its next slot. Lock held.
-
-        Slots past the grace, and all but the latest slot within it, are missed: one `missed` record with a
-        count, never a burst of catch-up runs. Counting stops at MISSED_SCAN_LIMIT (then the count is a lower
-        bound), so a clock jumping forward by a year costs a bounded amount of work.
-        """
-        actions: list[tuple] = []
-        missed, first_missed, last_missed = 0, slot, slot
-        readied = self._prepared.get(job.key)
-        if readied is not None and readied[0] is job and readied[1] == slot:
-            slots, following = None, readied[2]         # prepare() worked the next slot out
-        else:
-            slots = job.spec.iter_after(slot, job.tz)
-            following = next(slots, None)
-        while slot is not None and slot <= now:
-            if now - slot <= self.misfire_grace and (following is None or following > now):
-                break                       # the latest due slot, within the grace: it runs
-            missed, last_missed = missed + 1, slot
-            if missed >= MISSED_SCAN_LIMIT and following is not None and following <= now - self.misfire_grace:
-                slots = job.spec.iter_after(now - self.misfire_grace, job.tz)
-                following = next(slots, None)
-            elif slots is None:
-                slots = job.spec.iter_after(following, job.tz) if following is not None else iter(())
-            slot, following = following, next(slots, None)
-        if missed:
-            actions.append((self._run_record, job, "missed", first_missed, missed, last_missed))
-        if slot is not None and slot <= now:
-            if job.key in self._running:
-                actions.append((self._run_record, job, "skipped", slot, 1, slot))
-            else:
-                self._running.add(job.key)
-                actions.append((self._run_fire, job, slot))
-                if readied is not None and readied[0] is job and readied[1] == slot:
-                    del self._prepared[job.key]     # its fire (or start) takes what was readied
-            job.last_slot = slot
-            job.next_at = following
-        else:
-            job.next_at = slot
-        return actions
-
-    def _run_fire(self, job: Job, slot: float) -> None:
-        goes_on = False
-        try:
-            if self.clock() - slot > self.misfire_grace:
-                # Every worker was busy for longer than the grace: too late to be the run that was asked for.
-                job.record("missed", slot, 1, slot)
-                return
-            goes_on = job.fire(slot) is RUN_GOES_ON
-        except Exception:
-            log.exception("fire of %s failed", job.key)
+            return self._write(run.job, {
+                "run_id": run.run_id, "slot": run.slot, "trigger": run.trigger, "attempt": run.attempt,
+                "started": result.started_at, "status": result.status, "duration_ms": result.duration_ms,
+                "status_code": result.status_code, "error": result.error, "exit_code": result.exit_code,
+                "signal": result.signal, "return_preview": result.return_preview,
+                "output_dropped": result.output_dropped})
         finally:
-            if job.unprepare is not None:
-                self._unprepare([(job, slot)])      # readied and left unused (missed, or begun the ordinary way)
-            if not goes_on:
-                with self._lock:
-                    self._running.discard(job.key)
+            if self.markers is not None:
+                self.markers.remove(run.run_id)
 
-    def _run_started(self, job: Job, rest: Callable[[], None]) -> None:
-        try:
-            rest()
-        except Exception:
-            log.exception("run of %s failed", job.key)
-        finally:
-            with self._lock:
-                self._running.discard(job.key)
-
-    def _run_record(self, job: Job, status: str, slot: float, count: int, last_slot: float) -> None:
-        try:
-            job.record(status, slot, count, last_slot)
-        except Exception:
-            log.exception("recording %s for %s failed", status, job.key)
-
-    # -- the ticker thread ----------------------------------------------------------------------------------
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="schedserver-ticker", daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            now, since = self.clock(), time.monotonic()
-            second = now // 1.0 + 1.0
-            # Wake PREPARE_AHEAD before the next whole second to ready its runs, then just after it to fire.
-            if self._stop.wait(max(0.0, second - now - self.PREPARE_AHEAD)):
-                break
+    def interrupt_all(self, reason: str) -> list[Run]:
+        """Take every run out of flight and record it `interrupted` (the caller stops what they do)."""
+        with self._cond:
+            runs, self._runs = list(self._runs.values()), {}
+            self._cond.notify_all()
+        for run in runs:
+            run.cancelled = reason
             try:
-                self.prepare(second, until=second - self.PREPARE_MARGIN)
-            except Exception:
-                log.exception("preparing runs failed")
-            if self._stop.wait(max(0.0, second - now - (time.monotonic() - since)) + 0.0005):
-                break
+                self._write(run.job, {"run_id": run.run_id, "slot": run.slot, "trigger": run.trigger,
+                                      "attempt": run.attempt, "started": run.started, "status": "interrupted",
+                                      "duration_ms": int(max(0.0, self.clock() - run.started) * 1000),
+                                      "error": reason})
+            except StorageError:
+                pass
+            finally:
+                if self.markers is not None:
+                    self.markers.remove(run.run_id)
+        return runs
+
+    # -- records of runs that did not run -------------------------------------------------------------------
+    def record_missed(self, job: Job, first: float, last: float, count: int) -> None:
+        noun = "run" if job.kind == "http" else "fire"
+        self._write(job, {"run_id": str(uuid.uuid4()), "slot": first, "last_slot": last, "count": count,
+                          "trigger": "cron", "attempt": 1, "started": None, "status": "missed", "duration_ms": 0,
+                          "error": f"missed {_count_text(count)} {noun}{'s' if count != 1 else ''} from "
+                                   f"{utc_iso(first)} (server down, suspended or busy beyond the misfire grace)"})
+
+    def record_skipped(self, job: Job, slot: float) -> None:
+        self._write(job, {"run_id": str(uuid.uuid4()), "slot": slot, "last_slot": slot, "count": 1,
+                          "trigger": "cron", "attempt": 1, "started": None, "status": "skipped",
+                          "duration_ms": 0, "error": "previous run still in progress"})
+
+    def record_leftover(self, marker: dict) -> None:
+        """A run a crashed process left in flight (its marker): recorded `interrupted`, never re-run."""
+        kind, ref = marker.get("kind"), marker.get("ref")
+        if kind not in self.logs or not isinstance(ref, str):
+            return
+        started = marker.get("started") if isinstance(marker.get("started"), (int, float)) else None
+        slot = marker.get("slot") if isinstance(marker.get("slot"), (int, float)) else started
+        self._write_as(kind, ref, marker.get("expression"), {"run_id": str(marker.get("run_id")), "slot": slot, "trigger": marker.get("trigger")
+                           or "cron", "attempt": marker.get("attempt") or 1, "started": started,
+                           "status": "interrupted", "duration_ms": 0,
+                           "error": "interrupted: the server stopped before the run ended"})
+
+    def _write(self, job: Job, run: dict) -> dict:
+        return self._write_as(job.kind, job.ref, job.cron.expression, run)
+
+    def _write_as(self, kind: str, ref: str, expression: Any, run: dict) -> dict:
+        """Append one record of a `kind` run of `ref`, taking it into the run state; raises StorageError."""
+        run.update(ref=ref, expression=expression, now=self.clock())
+        record = format_record(kind, run)
+        status = run["status"]
+        line = f"{'http run' if kind == 'http' else 'script fire'} {ref} trigger={run['trigger']} status={status}"
+        if "count" in run:
+            line += f" count={run['count']}"
+        if run.get("status_code") is not None:
+            line += f" http_status={run['status_code']}"
+        if run.get("started") is not None and status not in ("missed", "skipped"):
+            line += f" duration_ms={run['duration_ms']}"
+        if run.get("error") and status not in ("missed", "skipped"):
+            line += f" error={run['error']}"
+        log.log(logging.WARNING if status == "interrupted" else logging.INFO, "%s", line)
+        runs_log = self.logs[kind]
+        try:
+            runs_log.append(record, then=functools.partial(self.state.apply, kind, record))
+        except OSError as e:
+            log.error("cannot append to %s: %s (run %s)", runs_log.path, e, run["run_id"])
+            raise StorageError(f"run {run['run_id']} ended ({status}) but its record could not be written: "
+                               f"{e.strerror or e}") from None
+        return record
+
+
+class Runs:
+    """The one run path: a due slot, a manual run or a retry goes worker -> recorder.begin -> runner ->
+    recorder.finish. Nothing else starts a run."""
+
+    def __init__(self, recorder: Recorder, runners: dict[str, Any], pool: WorkerPool | None,
+                 clock: Callable[[], float] = time.time, misfire_grace: float = 30.0):
+        self.recorder = recorder
+        self.runners = runners
+        self.pool = pool
+        self.clock = clock
+        self.misfire_grace = misfire_grace
+
+    def on_due(self, due: Due) -> None:
+        """The ticker's hand-over: a worker takes it from here."""
+        if self.pool is None or not self.pool.submit(self.due, due):
+            log.warning("worker pool is shut down; dropped a fire of %s", due.job.key)
+
+    def due(self, due: Due) -> None:
+        """Record what was missed, then run the due slot (in a worker)."""
+        job = due.job
+        if due.missed:
+            self._quietly(self.recorder.record_missed, job, due.first_missed, due.last_missed, due.missed)
+        if due.slot is None:
+            return
+        if self.clock() - due.slot > self.misfire_grace:
+            # Every worker was busy for longer than the grace: too late to be the run that was asked for.
+            self._quietly(self.recorder.record_missed, job, due.slot, due.slot, 1)
+            return
+        if self.start(job, due.slot, "cron") is None:
+            self._quietly(self.recorder.record_skipped, job, due.slot)
+
+    @staticmethod
+    def _quietly(record: Callable, *args: Any) -> None:
+        try:
+            record(*args)
+        except StorageError:
+            pass                # logged where it happened; a record that cannot be written stops nothing
+
+    def start(self, job: Job, slot: float, trigger: str, attempt: int = 1,
+              on_done: Callable[[Run, dict | None, ApiError | None], None] | None = None) -> Run | None:
+        """Begin a run and hand it to its runner; None when the job's overlap policy refuses it."""
+        run = self.recorder.begin(job, slot, trigger, attempt, exclusive=job.overlap == "forbid")
+        if run is None:
+            return None
+        runner = self.runners[job.kind]
+
+        def ended(result: RunResult) -> None:
+            record, error = None, None
             try:
-                now = self.clock()
-                self.tick(now)
+                record = self.recorder.finish(run, result)
+            except StorageError as e:
+                error = e
+            if on_done is not None:
+                on_done(run, record, error)
+
+        try:
+            runner.start(run, ended)
+        except Exception as e:          # a bug or a surprise: the run still ends, as an error
+            log.exception("starting run %s of %s failed", run.run_id, job.key)
+            ended(RunResult("error", self.clock(), 0, error=_short_error(e)))
+        return run
+
+    def run_now(self, job: Job, trigger: str = "manual") -> tuple[Run, dict]:
+        """Run `job` once, now, in the caller's thread, to its end: (run, its record). Conflict when a run of it
+        is in flight and it may not overlap; ApiError (500) naming the run when its record cannot be written."""
+        done = threading.Event()
+        outcome: list = []
+
+        def on_done(run: Run, record: dict | None, error: ApiError | None) -> None:
+            outcome.append((record, error))
+            done.set()
+
+        run = self.start(job, self.clock(), trigger, on_done=on_done)
+        if run is None:
+            raise Conflict(f"{job.ref} is already running")
+        done.wait()
+        record, error = outcome[0]
+        if error is not None:
+            raise ApiError(error.message, status=500)
+        if record is None:
+            raise Unavailable(f"run {run.run_id} was interrupted: the server is stopping")
+        return run, record
+
+    def stop(self, deadline: float, reason: str = "interrupted by shutdown") -> int:
+        """Wait for runs in flight until `deadline` (time.monotonic()), then stop and record the rest."""
+        if self.recorder.wait_idle(deadline):
+            return 0
+        runs = self.recorder.interrupt_all(reason)
+        for run in runs:
+            try:
+                self.runners[run.job.kind].cancel(run)
             except Exception:
-                log.exception("tick failed")
-                continue
-            if self.on_tick is not None:
-                try:
-                    self.on_tick(now)
-                except Exception:
-                    log.exception("tick hook failed")
-
-    def stop_ticking(self) -> None:
-        """No more fires; runs in flight go on. Runs readied for a second not reached are let go."""
-        self._stop.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=5)
-        with self._lock:
-            unused, self._prepared = [readied[:2] for readied in self._prepared.values()], {}
-        self._unprepare(unused)
-
-    def stop(self) -> None:
-        self.stop_ticking()
-        if self._pool is not None:
-            self._pool.shutdown()
+                log.exception("stopping run %s failed", run.run_id)
+        return len(runs)
 
 
 ###############################################################################
@@ -2770,6 +2829,7 @@ class Scheduler:
 EMPTY_BODY: Any = type("EmptyBody", (), {"__repr__": lambda self: "EMPTY_BODY"})()   # a request with no body
 REQUEST_FIELDS = ("url", "method", "headers", "body", "json", "timeout", "follow_redirects")
 CREATE_FIELDS = ("cron", "request", "name", "enabled", "timezone")
+REDACTED = "[redacted]"
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 
@@ -2779,20 +2839,20 @@ def validate_request(value: Any) -> dict:
         raise InvalidParameter("request must be an object with at least a url")
     for key in value:
         if key not in REQUEST_FIELDS:
-            raise InvalidParameter(f"request.{key} is not a known field (known: {', '.join(REQUEST_FIELDS)})")
+            raise InvalidParameter(f"request.{_shown(key)} is not a known field (known: {', '.join(REQUEST_FIELDS)})")
     url = value.get("url")
     if not isinstance(url, str) or not url.strip():
         raise InvalidParameter("request.url is required and must be a string")
     url = url.strip()
+    if len(url) > 8192 or any(c in url for c in "\r\n\t \x00"):
+        raise InvalidParameter("request.url must be at most 8192 characters with no spaces or control characters")
     try:
         parts = urllib.parse.urlsplit(url)
         parts.port                      # raises ValueError on a bad port
     except ValueError:
-        raise InvalidParameter(f"request.url {url!r} is not a valid URL") from None
+        raise InvalidParameter(f"request.url {_shown(url)} is not a valid URL") from None
     if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-        raise InvalidParameter(f"request.url {url!r} must be an http or https URL with a host")
-    if len(url) > 8192 or any(c in url for c in "\r\n\t \x00"):
-        raise InvalidParameter("request.url must be at most 8192 characters with no spaces or control characters")
+        raise InvalidParameter(f"request.url {_shown(url)} must be an http or https URL with a host")
     method = value.get("method", "GET")
     if not isinstance(method, str) or method.upper() not in HTTP_METHODS:
         raise InvalidParameter(f"request.method must be one of {', '.join(HTTP_METHODS)}")
@@ -2804,7 +2864,7 @@ def validate_request(value: Any) -> dict:
         raise InvalidParameter("request.headers must be an object of string to string")
     for name, header_value in headers.items():
         if not _HEADER_NAME.match(name):
-            raise InvalidParameter(f"request.headers: {name!r} is not a valid header name")
+            raise InvalidParameter(f"request.headers: {_shown(name)} is not a valid header name")
         if not isinstance(header_value, str) or any(c in header_value for c in "\r\n\x00"):
             raise InvalidParameter(f"request.headers.{name} must be a string without line breaks")
         try:
@@ -2862,12 +2922,12 @@ def validate_create(payload: Any, default_timezone: str, policy: EgressPolicy | 
         raise InvalidParameter("body must be a JSON object")
     for key in payload:
         if key not in CREATE_FIELDS:
-            raise InvalidParameter(f"{key} is not a known field (known: {', '.join(CREATE_FIELDS)})")
+            raise InvalidParameter(f"{_shown(key)} is not a known field (known: {', '.join(CREATE_FIELDS)})")
     if "cron" not in payload:
         raise InvalidParameter("cron is required: a six-field expression such as '0 0 9 * * MON-FRI'")
     if not isinstance(payload["cron"], str):
         raise InvalidParameter("cron must be a string such as '0 0 9 * * MON-FRI'")
-    spec = parse_cron(payload["cron"])
+    cron = parse_cron(payload["cron"])
     if "request" not in payload:
         raise InvalidParameter("request is required: an object with at least a url")
     request = validate_request(payload["request"])
@@ -2890,7 +2950,7 @@ def validate_create(payload: Any, default_timezone: str, policy: EgressPolicy | 
         load_timezone(tz_name)
     except ValueError as e:
         raise InvalidParameter(f"timezone: {e}") from None
-    return {"cron": spec.expression, "request": request, "name": name, "enabled": enabled, "timezone": tz_name}
+    return {"cron": cron.expression, "request": request, "name": name, "enabled": enabled, "timezone": tz_name}
 
 
 def _is_uuid(text: str) -> bool:
@@ -2901,8 +2961,8 @@ def _is_uuid(text: str) -> bool:
 
 
 @dataclass
-class CurlSchedule:
-    """One HTTP request schedule: its definition plus run state rebuilt from the runs log."""
+class HttpSchedule:
+    """One HTTP request schedule's definition."""
 
     id: str
     cron: str
@@ -2912,10 +2972,6 @@ class CurlSchedule:
     timezone: str
     created_at: float
     enabled_at: float
-    last_run: float | None = None
-    last_slot: float | None = None
-    history: deque = field(default_factory=lambda: deque(maxlen=HISTORY_SIZE))     # runs-log lines, oldest first
-    summary_cache: tuple | None = field(default=None, repr=False, compare=False)    # (state key, JSON bytes)
 
     def definition(self) -> dict:
         return {"id": self.id, "cron": self.cron, "request": self.request, "name": self.name,
@@ -2923,279 +2979,70 @@ class CurlSchedule:
                 "created_at": utc_iso(self.created_at, ms=True), "enabled_at": utc_iso(self.enabled_at, ms=True)}
 
     @classmethod
-    def from_definition(cls, d: dict) -> "CurlSchedule":
+    def from_definition(cls, d: dict) -> "HttpSchedule":
         return cls(id=d["id"], cron=d["cron"], request=d["request"], name=d.get("name"),
                    enabled=bool(d["enabled"]), timezone=d.get("timezone") or "UTC",
                    created_at=parse_iso(d["created_at"]),
                    enabled_at=parse_iso(d.get("enabled_at") or d["created_at"]))
 
-
-class LogIdScan:
-    """The schedule ids a runs log's files hold, gathered by a child interpreter on another core while start-up
-    reads the newest lines itself: without it, schedules that never ran make start-up read every line (1.2 s
-    of a start with a 300 MB log). result() is None until the child is done, or when it failed; the start-up
-    scan goes on reading meanwhile and uses the answer as soon as it is there."""
-
-    MIN_BYTES = 32 * 1024 * 1024        # below this, reading the files here costs less than starting a child
-    # argv: the id regex, then the files. Writes the ids it found to stdout, one per line, then END.
-    CHILD = r"""
-import re, sys
-pattern, seen = re.compile(sys.argv[1].encode("latin-1")), set()
-for path in sys.argv[2:]:
-    try:
-        f = open(path, "rb")
-    except OSError:
-        continue
-    with f:
-        rest = b""
-        while block := f.read(1 << 20):
-            data = rest + block
-            cut = data.rfind(b"\n") + 1
-            seen.update(pattern.findall(data, 0, cut))
-            rest = data[cut:]
-        seen.update(pattern.findall(rest))
-sys.stdout.buffer.write(b"\n".join(seen) + b"\nEND")
-"""
-
-    def __init__(self, proc: subprocess.Popen, out: Any):
-        self._proc, self._out = proc, out
-
-    @classmethod
-    def start(cls, paths: list[str]) -> "LogIdScan | None":
-        """A scan of `paths` (missing files are skipped), or None when they are small or no child can start."""
-        size = 0
-        for path in paths:
-            try:
-                size += os.stat(path).st_size
-            except OSError:
-                pass
-        if size < cls.MIN_BYTES:
-            return None
-        out = None
-        try:
-            out = tempfile.TemporaryFile()
-            proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", cls.CHILD,
-                                     _SCHEDULE_ID.pattern.decode("latin-1"), *paths],
-                                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.DEVNULL)
-        except OSError as e:
-            if out is not None:
-                out.close()
-            log.info("runs log read in this process alone (cannot start %s: %s)", sys.executable, e.strerror or e)
-            return None
-        return cls(proc, out)
-
-    def result(self) -> set[bytes] | None:
-        """The ids, once the child has ended well; None before that or when it failed."""
-        if self._proc.poll() is None or self._proc.returncode != 0:
-            return None
-        self._out.seek(0)
-        lines = self._out.read().split(b"\n")
-        if lines[-1] != b"END":     # not the whole answer (sys.executable may not be a Python when embedded)
-            return None
-        return set(lines[:-1]) - {b""}
-
-    def close(self) -> None:
-        if self._proc.poll() is None:
-            self._proc.kill()
-            self._proc.wait()
-        self._out.close()
-
-
-@dataclass(eq=False)
-class ReadiedRun:
-    """An HTTP run readied ahead of its slot: its request bytes, on a kept connection, its marker written."""
-
-    request: dict
-    conn: Any
-    wire: bytes
-    run_id: str
-    marker: dict
-    reserved: tuple[int, str] | None
-
-
-class CurlSchedules:
-    """The HTTP request schedule surface: create, list, get, toggle, delete, and firing."""
-
-    def __init__(self, store: JournalStore, runs: NdjsonLog, scheduler: Scheduler, runner: HttpRunner,
-                 default_timezone: str = "UTC", clock: Callable[[], float] = time.time,
-                 inflight: InFlightRuns | None = None):
-        self.store = store
-        self.inflight = inflight or InFlightRuns()
-        self.runs = runs
-        self.scheduler = scheduler
-        self.runner = runner
-        self.default_timezone = default_timezone
-        self.clock = clock
-        self._lock = threading.Lock()           # guards self._schedules (memory only)
-        self._write_lock = threading.Lock()     # serialises mutations, which include a file write
-        self._schedules: dict[str, CurlSchedule] = {}
-        self._order: list[tuple[float, int, str]] = []  # (created_at, sequence, id) ascending, for listing
-        self._order_keys: dict[str, tuple[float, int, str]] = {}
-        self._arrivals = 0
-        self._prepared: dict[tuple[str, float], ReadiedRun] = {}  # (id, slot) -> a run readied ahead of its slot
-
-    # -- start-up --------------------------------------------------------------------------------------------
-    def load(self) -> None:
-        """Read definitions and rebuild run state from the runs log; register enabled schedules."""
-        checkpoint = self._read_checkpoint()
-        # Without a checkpoint, a child process gathers which schedules the whole log holds, meanwhile.
-        present = LogIdScan.start(self.runs.files()) if checkpoint[1] < 0 else None
-        try:
-            self._load(checkpoint, present)
-        finally:
-            if present is not None:
-                present.close()
-
-    def _load(self, checkpoint: tuple[set[bytes], int], present: LogIdScan | None) -> None:
-        items = self.store.load()
-        try:
-            schedules = [CurlSchedule.from_definition(d) for d in items]
-            for s in schedules:
-                parse_cron(s.cron)
-                load_timezone(s.timezone)
-                normal = validate_request(s.request)
-                if normal != s.request:     # else keep the object the store holds too (no second copy)
-                    s.request = normal
-        except (KeyError, TypeError, ValueError, ApiError) as e:
-            raise StartupError(f"{self.store.path}: not a valid schedules file ({e!r}); left as it is for "
-                               "inspection") from None
-        schedules.sort(key=lambda s: s.created_at)
-        self._rebuild_run_state({s.id: s for s in schedules}, checkpoint, present)
-        with self._lock:
-            self._schedules = {}
-            self._order, self._order_keys = [], {}
-            for s in schedules:
-                self._add(s)
-        for s in schedules:
-            if s.enabled:
-                self._register(s)
-
-    def _rebuild_run_state(self, by_id: dict[str, CurlSchedule], checkpoint: tuple[set[bytes], int] = (set(), -1),
-                           present: LogIdScan | None = None) -> None:
-        """History, last run and last slot of each schedule from the runs log, newest lines first, until every
-        schedule has HISTORY_SIZE entries. A block is read line by line while blocks hold lines still wanted;
-        otherwise one regex tells whether it holds any. A schedule that never ran would make the scan read every
-        file: the checkpoint of the last clean stop, or else `present` (the ids the whole log holds, once its
-        child process is done), tells which those are. History lines are kept as bytes, parsed when asked for."""
-        wanted = {schedule_id.encode(): schedule for schedule_id, schedule in by_id.items()}
-        first_created, counted = 0.0, -1       # the earliest creation among `wanted`, when it had `counted`
-        never_ran, below = checkpoint
-        hits = 0
-        for path, offset, chunk in self.runs.chunks_newest():
-            if never_ran and path == self.runs.path and offset <= below:
-                never_ran = self._past_checkpoint(never_ran, wanted, chunk)
-            if present is not None and not hits and (found := present.result()) is not None:
-                for key in [key for key in wanted if key not in found]:
-                    del wanted[key]         # no line anywhere in the log
-                present = None
-            if not wanted:
-                break
-            if hits or not wanted.keys().isdisjoint(_SCHEDULE_ID.findall(chunk)):
-                hits = self._take_lines(chunk, wanted)
-                if hits:
-                    continue
-            # Nothing wanted here. Lines are appended in time order, so once the oldest line of a block
-            # predates the creation of every schedule still wanted, older blocks cannot hold them either.
-            if counted != len(wanted):
-                first_created, counted = min(s.created_at for s in wanted.values()), len(wanted)
-            oldest = _parse_optional_iso(chunk[7:31].decode("ascii", "replace")) if chunk.startswith(b'{"ts":"') else None
-            if oldest is not None and oldest < first_created - 3600:
-                break
-
-    def _take_lines(self, chunk: bytes, wanted: dict[bytes, CurlSchedule]) -> int:
-        """_rebuild_run_state for one block, newest line first: how many lines of `wanted` schedules it held.
-        Schedules with a full history and their last run leave `wanted`. A few hundred thousand lines go through
-        here at a start, so the layout _record_result writes is tested inline and cut by position."""
-        hits = 0
-        for line in reversed(chunk.split(b"\n")):
-            if line[31:48] == _LAYOUT_MIDDLE and line[:7] == _LAYOUT_HEAD:
-                schedule = wanted.get(line[48:84])
-            else:
-                match = _SCHEDULE_ID.search(line)
-                schedule = wanted.get(match.group(1)) if match else None
-            if schedule is None:
-                continue
-            hits += 1
-            history = schedule.history
-            if len(history) < 2 or schedule.last_run is None:
-                times = _slot_and_start(line)
-                if times is None:
-                    self.runs._warn_malformed(self.runs.path)
-                    continue
-                slot, started = times
-                if slot is not None:    # lines are appended when runs end: the latest slot of the newest few
-                    schedule.last_slot = max(slot, schedule.last_slot or 0.0)
-                if schedule.last_run is None and started is not None:
-                    schedule.last_run = started
-            if len(history) < HISTORY_SIZE:
-                history.appendleft(b"{" + line[86:-18] + b"}" if line[-18:] == _LAYOUT_CRON_END
-                                   and line[31:48] == _LAYOUT_MIDDLE and line[:7] == _LAYOUT_HEAD
-                                   else _history_line(line))
-            if len(history) >= HISTORY_SIZE and schedule.last_run is not None:
-                del wanted[schedule.id.encode()]
-                if not wanted:
-                    break
-        return hits
-
-    def _past_checkpoint(self, never_ran: set[bytes], wanted: dict[bytes, CurlSchedule], chunk: bytes) -> set[bytes]:
-        """The scan reached the checkpoint's offset with this block: schedules that had no line when the
-        checkpoint was written have none below it, so once the block's lines above it are read, they are done."""
-        for line in chunk.split(b"\n"):
-            match = _SCHEDULE_ID.search(line)
-            if match and match.group(1) in never_ran and match.group(1) in wanted:
-                return never_ran    # a line of theirs in this very block: finish the block first, next one
-        for key in never_ran:
-            wanted.pop(key, None)
-        return set()
-
-    # -- the run-state checkpoint ----------------------------------------------------------------------------
     @property
-    def checkpoint_path(self) -> str:
-        return os.path.join(os.path.dirname(self.runs.path), "curl-runs.checkpoint.json")
+    def key(self) -> str:
+        return job_key("http", self.id)
 
-    def write_checkpoint(self) -> None:
-        """At a clean stop: which schedules have no line in the runs log, and where the log ends. The next
-        start then need not read the whole log to learn that they never ran (a full read of a 300 MB log is
-        half a second). Consumed by the next start; a crash leaves none, and a start without one reads it all."""
-        try:
-            st = os.stat(self.runs.path)
-            with self._lock:
-                never_ran = [s.id for s in self._schedules.values() if not s.history and s.last_slot is None]
-            atomic_write(self.checkpoint_path, json.dumps({"version": 1, "log_inode": st.st_ino,
-                                                           "log_size": st.st_size, "never_ran": never_ran}).encode())
-        except OSError as e:
-            log.warning("cannot write %s (the next start reads the whole runs log): %s", self.checkpoint_path, e)
 
-    def _read_checkpoint(self) -> tuple[set[bytes], int]:
-        """(schedules that never ran, the log offset below which they have no line), or nothing when there is no
-        checkpoint or the runs log is not the file it was written for. Removed once read: it holds only for
-        the log as it was at the stop that wrote it."""
-        try:
-            with open(self.checkpoint_path, "rb") as f:
-                document = json.loads(f.read())
-            os.unlink(self.checkpoint_path)
-            st = os.stat(self.runs.path)
-            if st.st_ino != document["log_inode"] or st.st_size < document["log_size"]:
-                return set(), -1
-            return {str(i).encode() for i in document["never_ran"]}, int(document["log_size"])
-        except FileNotFoundError:
-            return set(), -1
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            log.warning("%s: unusable (%s); reading the whole runs log", self.checkpoint_path, e)
+def history_entry(record: dict) -> dict:
+    """An HTTP runs-log record as GET /{id} shows it: UTC, second precision."""
+    entry = {"run_id": record.get("run_id"),
+             "scheduled_at": utc_iso(parse_optional_iso(record.get("scheduled_at"))),
+             "started_at": utc_iso(parse_optional_iso(record.get("started_at"))),
+             "status": record.get("status"), "status_code": record.get("status_code"),
+             "duration_ms": record.get("duration_ms"), "error": record.get("error")}
+    if record.get("status") in ("missed", "skipped") and "count" in record:
+        entry["count"] = record.get("count", 1)
+    return entry
+
+
+class HttpSchedules:
+    """The HTTP request schedule surface: create, list, get, toggle, delete; runs go through Runs."""
+
+    def __init__(self, store: JournalStore, scheduler: Scheduler, runs: Runs, state: RunState,
+                 runs_log: NdjsonLog, clock: Callable[[], float] = time.time, default_timezone: str = "UTC",
+                 policy: EgressPolicy | None = None):
+        self.store = store
+        self.scheduler = scheduler
+        self.runs = runs
+        self.state = state
+        self.runs_log = runs_log
+        self.clock = clock
+        self.default_timezone = default_timezone
+        self.policy = policy
+        self._lock = threading.Lock()           # the dicts below (memory only)
+        self._write_lock = threading.Lock()     # one change at a time: stored, then applied in that order
+        self._schedules: dict[str, HttpSchedule] = {}
+        self._order: list[tuple[float, int, str]] = []      # (created_at, arrival, id): listing order
+        self._order_keys: dict[str, tuple[float, int, str]] = {}
+        self._arrivals = itertools.count()
+
+    def load(self) -> None:
+        """Read the stored definitions and schedule the enabled ones (missed slots counted from the last)."""
+        for definition in self.store.load():
             try:
-                os.unlink(self.checkpoint_path)
-            except OSError:
-                pass
-            return set(), -1
+                schedule = HttpSchedule.from_definition(definition)
+                self._job(schedule)
+            except (KeyError, TypeError, ValueError, ApiError) as e:
+                log.error("stored schedule %s is unusable and was left out: %s", _shown(definition.get("id")), e)
+                continue
+            self._add(schedule)
+            if schedule.enabled:
+                self._register(schedule)
 
     # -- the API ---------------------------------------------------------------------------------------------
     def create(self, payload: Any) -> dict:
-        values = validate_create(payload, self.default_timezone, getattr(self.runner, "policy", None))
+        values = validate_create(payload, self.default_timezone, self.policy)
         now = self.clock()
-        schedule = CurlSchedule(id=str(uuid.uuid4()), created_at=now, enabled_at=now, **values)
+        schedule = HttpSchedule(id=str(uuid.uuid4()), created_at=now, enabled_at=now, **values)
         with self._write_lock:
-            self._save(lambda: self.store.put(schedule.definition()), code="SCHEDULE_CREATION_FAILED",
-                       action="create schedule")
+            self._store(lambda: self.store.put(schedule.definition()), "create schedule", "SCHEDULE_CREATION_FAILED")
             with self._lock:
                 self._add(schedule)
             if schedule.enabled:
@@ -3205,11 +3052,8 @@ class CurlSchedules:
         return result
 
     def list(self, page: int = 1, limit: int | None = None) -> dict:
-        return json.loads(self.list_json(page, limit))
-
-    def list_json(self, page: int = 1, limit: int | None = None) -> bytes:
-        """list() as the JSON bytes the route sends, joined from per-schedule cached items."""
-        # Newest first from the maintained order, so a page costs its size, never a sort of every schedule.
+        """Newest first. Without `limit` every schedule is on page 1, and meta.limit is how many that is
+        (at least 1, so a client may divide by it)."""
         with self._lock:
             total = len(self._order)
             newest_first = (self._schedules[sid] for _, _, sid in reversed(self._order))
@@ -3217,22 +3061,31 @@ class CurlSchedules:
                 chosen = list(newest_first) if page == 1 else []
             else:
                 chosen = list(itertools.islice(newest_first, (page - 1) * limit, page * limit))
-        meta_limit = len(chosen) if limit is None else limit
-        meta = json.dumps({"page": page, "limit": meta_limit, "total": total}).encode()
-        states = self.scheduler.states([_curl_key(s.id) for s in chosen])
-        items = [self._summary_json(s, next_at if s.enabled else None) for s, (next_at, _) in zip(chosen, states)]
-        return b'{"items":[' + b",".join(items) + b'],"meta":' + meta + b"}"
+        nexts = self.scheduler.next_of([s.key for s in chosen])
+        items = [self._summary(s, next_at if s.enabled else None) for s, next_at in zip(chosen, nexts)]
+        return {"items": items, "meta": {"page": page, "limit": limit if limit is not None else max(1, total),
+                                         "total": total}}
 
-    def get(self, schedule_id: str) -> dict:
-        schedule = self._find(schedule_id)
-        with self._lock:
-            lines = list(reversed(schedule.history))
-        history = [entry for entry in map(_history_entry, lines) if entry is not None]
+    def get(self, schedule_id: str, redact: bool = False) -> dict:
+        schedule = self.find(schedule_id)
         result = self._summary(schedule)
-        result["request"] = dict(schedule.request)
+        result["request"] = _redacted(schedule.request) if redact else dict(schedule.request)
+        history = self.history(schedule.id)
         result["last_status"] = history[0]["status"] if history else None
         result["history"] = history
         return result
+
+    def history(self, schedule_id: str, limit: int = HISTORY_SIZE) -> list[dict]:
+        """The newest runs of a schedule, newest first, from the runs log."""
+        if not self.state.get(job_key("http", schedule_id)):
+            return []           # never ran: no need to read the whole log to learn that
+        entries = []
+        for record, _ in self.runs_log.read_newest(contains=schedule_id.encode()):
+            if record.get("schedule_id") == schedule_id:
+                entries.append(history_entry(record))
+                if len(entries) >= limit:
+                    break
+        return entries
 
     def toggle(self, schedule_id: str, payload: Any = EMPTY_BODY) -> dict:
         """Set `enabled` from `{"enabled": bool}`; an empty body (EMPTY_BODY) flips it."""
@@ -3243,338 +3096,88 @@ class CurlSchedules:
         else:
             raise InvalidParameter('body must be {"enabled": true} or {"enabled": false}, or empty to flip the state')
         with self._write_lock:
-            schedule = self._find(schedule_id)
+            schedule = self.find(schedule_id)
             enabled = (not schedule.enabled) if wanted is None else wanted
-            now = self.clock()
-            changed = enabled != schedule.enabled
-            if changed:
-                definition = schedule.definition()
-                definition["enabled"] = enabled
-                if enabled:
-                    definition["enabled_at"] = utc_iso(now, ms=True)
-                self._save(lambda: self.store.put(definition), action="toggle schedule")
+            if enabled != schedule.enabled:
+                now = self.clock()
+                changed = replace(schedule, enabled=enabled, enabled_at=now if enabled else schedule.enabled_at)
+                self._store(lambda: self.store.put(changed.definition()), "toggle schedule")
                 with self._lock:
-                    schedule.enabled = enabled
-                    if enabled:
-                        schedule.enabled_at = now
+                    self._schedules[schedule.id] = schedule = changed
                 if enabled:
                     self._register(schedule, anchor=now)
                 else:
-                    self.scheduler.remove(_curl_key(schedule.id))
+                    self.scheduler.remove(schedule.key)
         return {"id": schedule.id, "enabled": enabled, "next_run": utc_iso(self._next_run(schedule))}
 
     def delete(self, schedule_id: str) -> dict:
         with self._write_lock:
-            schedule = self._find(schedule_id)
-            self._save(lambda: self.store.delete(schedule_id), action="delete schedule")
+            schedule = self.find(schedule_id)
+            self._store(lambda: self.store.delete(schedule.id), "delete schedule")
             with self._lock:
-                self._schedules.pop(schedule_id, None)
-                key = self._order_keys.pop(schedule_id, None)
+                self._schedules.pop(schedule.id, None)
+                key = self._order_keys.pop(schedule.id, None)
                 if key is not None:
                     del self._order[bisect.bisect_left(self._order, key)]
-            self.scheduler.remove(_curl_key(schedule.id))
+            self.scheduler.remove(schedule.key)
+            self.state.forget(schedule.key)
         return {"id": schedule.id}
 
-    def count(self) -> int:
-        with self._lock:
-            return len(self._schedules)
-
-    # -- internals -------------------------------------------------------------------------------------------
-    def _add(self, schedule: CurlSchedule) -> None:
-        """Hold `schedule` in memory and in the listing order (by created_at, then by arrival). Lock held."""
-        self._arrivals += 1
-        key = (schedule.created_at, self._arrivals, schedule.id)
-        self._schedules[schedule.id] = schedule
-        self._order_keys[schedule.id] = key
-        bisect.insort(self._order, key)
-
-    def _find(self, schedule_id: str) -> CurlSchedule:
+    def find(self, schedule_id: str) -> HttpSchedule:
         with self._lock:
             schedule = self._schedules.get(schedule_id) if _is_uuid(schedule_id) else None
         if schedule is None:
             raise NotFound("Schedule not found", code="SCHEDULE_NOT_FOUND")
         return schedule
 
-    def _save(self, change: Callable[[], None], action: str, code: str = "STORAGE_ERROR") -> None:
+    def count(self) -> int:
+        with self._lock:
+            return len(self._schedules)
+
+    # -- internals -------------------------------------------------------------------------------------------
+    def _add(self, schedule: HttpSchedule) -> None:
+        """Hold `schedule` in memory and in the listing order (by created_at, then by arrival). Lock held."""
+        key = (schedule.created_at, next(self._arrivals), schedule.id)
+        self._schedules[schedule.id] = schedule
+        self._order_keys[schedule.id] = key
+        bisect.insort(self._order, key)
+
+    def _store(self, change: Callable[[], None], action: str, code: str = "STORAGE_ERROR") -> None:
         try:
             change()
-        except (OSError, filelock.Timeout) as e:
+        except OSError as e:
             log.error("cannot %s: %s: %s", action, self.store.path, e)
             raise StorageError(f"Failed to {action}: the schedules file could not be written", code=code) from None
 
-    def _summary(self, s: CurlSchedule) -> dict:
-        summary = json.loads(self._summary_json(s))     # a copy the caller may change
-        return summary
-
-    def _summary_json(self, s: CurlSchedule, next_run: float | None | object = ...) -> bytes:
-        """A schedule as list items show it, JSON-encoded; kept until its state (enabled, last run, next run)
-        changes, so a listing costs a dictionary lookup per item, not the formatting of four instants.
-        `next_run` when the caller has it already (a list asks the scheduler once for the whole page)."""
+    def _summary(self, s: HttpSchedule, next_run: float | None | object = ...) -> dict:
         if next_run is ...:
             next_run = self._next_run(s)
-        key = (s.enabled, s.last_run, next_run)
-        cached = s.summary_cache
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        encoded = json.dumps({
-            "id": s.id, "cron": s.cron, "enabled": s.enabled, "created_at": utc_iso(s.created_at),
-            "last_run": utc_iso(s.last_run), "name": s.name, "timezone": s.timezone, "next_run": utc_iso(next_run),
-            "request": {"url": s.request["url"], "method": s.request["method"]}}).encode()
-        s.summary_cache = (key, encoded)
-        return encoded
+        return {"id": s.id, "cron": s.cron, "enabled": s.enabled, "created_at": utc_iso(s.created_at),
+                "last_run": utc_iso(self.state.get(s.key).get("run_at")), "name": s.name, "timezone": s.timezone,
+                "next_run": utc_iso(next_run), "request": {"url": s.request["url"], "method": s.request["method"]}}
 
-    def _next_run(self, s: CurlSchedule) -> float | None:
-        return self.scheduler.next_at(_curl_key(s.id)) if s.enabled else None
+    def _next_run(self, s: HttpSchedule) -> float | None:
+        return self.scheduler.next_at(s.key) if s.enabled else None
 
-    def _register(self, s: CurlSchedule, anchor: float | None = None) -> None:
+    @staticmethod
+    def _job(s: HttpSchedule) -> Job:
+        return Job(key=s.key, kind="http", ref=s.id, cron=parse_cron(s.cron), tz=load_timezone(s.timezone),
+                   target=HttpTarget(s.request))
+
+    def _register(self, s: HttpSchedule, anchor: float | None = None) -> None:
         if anchor is None:
-            anchor = max(s.enabled_at, s.last_slot or 0.0)
-        kept = hasattr(self.runner, "checkout")     # a runner that can start runs on kept connections
-        job = Job(key=_curl_key(s.id), spec=parse_cron(s.cron), tz=load_timezone(s.timezone),
-                  fire=lambda slot, sid=s.id: self._fire(sid, slot),
-                  record=lambda status, slot, count, last, sid=s.id: self._record(sid, status, slot, count, last),
-                  start=functools.partial(self._start, s.id) if kept else None,
-                  prepare=functools.partial(self._prepare, s.id) if kept else None,
-                  unprepare=functools.partial(self._unprepare, s.id) if kept else None)
-        self.scheduler.add(job, anchor)
-
-    def _fire(self, schedule_id: str, slot: float) -> None:
-        """A run, whole, in a worker."""
-        with self._lock:
-            schedule = self._schedules.get(schedule_id)
-        if schedule is not None:
-            run_id = self._begin(schedule_id, slot)
-            self._complete(schedule_id, run_id, slot, functools.partial(
-                self.runner.run, schedule.request, self._run_headers(schedule_id, slot)))
-
-    def _start(self, schedule_id: str, slot: float) -> Callable[[], None] | None:
-        """On the ticker: write the run's request on a kept connection, and return the rest of the run (reading
-        the answer, recording it) for a worker; None when there is no kept connection for it. A run readied by
-        _prepare() costs only the write."""
-        with self._lock:
-            schedule = self._schedules.get(schedule_id)
-            readied = self._prepared.pop((schedule_id, slot), None)
-        if readied is not None:
-            if schedule is not None and readied.request is schedule.request and self.runner.is_open(readied.conn):
-                self.inflight.begin(readied.run_id, readied.marker, self.record_interrupted, reserved=readied.reserved)
-                pending = self.runner.send_wire(readied.conn, schedule.request, readied.wire)
-                return functools.partial(self._complete, schedule_id, readied.run_id, slot,
-                                         functools.partial(self.runner.finish, pending))
-            self._let_go(readied)       # closed meanwhile (or the schedule changed): begun the ordinary way
-        if schedule is None:
-            return lambda: None
-        conn = self.runner.checkout(schedule.request)
-        if conn is None:
-            return None
-        run_id = self._begin(schedule_id, slot)
-        pending = self.runner.send(conn, schedule.request, self._run_headers(schedule_id, slot))
-        return functools.partial(self._complete, schedule_id, run_id, slot,
-                                 functools.partial(self.runner.finish, pending))
-
-    def _prepare(self, schedule_id: str, slot: float) -> bool:
-        """On the ticker, shortly before `slot`: ready the run due then, so _start() only writes it. It gets a
-        kept connection, its run id, its request bytes and its marker, written now; the marker's start is the
-        slot. False (nothing readied) when there is no kept connection for it."""
-        with self._lock:
-            schedule = self._schedules.get(schedule_id)
-        if schedule is None:
-            return False
-        conn = self.runner.checkout(schedule.request)
-        if conn is None:
-            return False
-        try:
-            wire = self.runner.wire(conn, schedule.request, self._run_headers(schedule_id, slot))
-        except Exception:           # e.g. a control character: the ordinary way reports it as the run's error
-            self.runner.put_back(schedule.request, conn)
-            return False
-        run_id = str(uuid.uuid4())
-        marker = self._marker(schedule_id, run_id, slot, started=slot)
-        readied = ReadiedRun(schedule.request, conn, wire, run_id, marker, self.inflight.reserve(marker))
-        with self._lock:
-            self._prepared[(schedule_id, slot)] = readied
-        return True
-
-    def _unprepare(self, schedule_id: str, slot: float) -> None:
-        with self._lock:
-            readied = self._prepared.pop((schedule_id, slot), None)
-        if readied is not None:
-            self._let_go(readied)
-
-    def _let_go(self, readied: ReadiedRun) -> None:
-        self.inflight.release(readied.reserved)
-        self.runner.put_back(readied.request, readied.conn)
-
-    @staticmethod
-    def _run_headers(schedule_id: str, slot: float) -> dict[str, str]:
-        return {"X-Schedserver-Schedule-Id": schedule_id, "X-Schedserver-Scheduled-At": utc_iso(slot)}
-
-    @staticmethod
-    def _marker(schedule_id: str, run_id: str, slot: float, started: float) -> dict:
-        return {"surface": "curl", "schedule_id": schedule_id, "run_id": run_id, "scheduled_at": utc_iso(slot, ms=True),
-                "started_at": utc_iso(started, ms=True), "trigger": "cron"}
-
-    def _begin(self, schedule_id: str, slot: float) -> str:
-        """A new run's id, tracked as in flight (with its marker) from now."""
-        run_id = str(uuid.uuid4())
-        self.inflight.begin(run_id, self._marker(schedule_id, run_id, slot, self.clock()), self.record_interrupted)
-        return run_id
-
-    def _complete(self, schedule_id: str, run_id: str, slot: float, outcome: Callable[[], RunResult]) -> None:
-        """Wait for the run's result and record it, unless shutdown already recorded it as interrupted."""
-        try:
-            try:
-                result = outcome()
-            finally:
-                own = self.inflight.finish(run_id)
-            if own:
-                self._record_result(schedule_id, run_id, slot, result)
-        finally:
-            self.inflight.done(run_id)
-
-    def prepare_upcoming(self, jobs: list[Job]) -> None:
-        """The ticker, each second: open connections (in workers) for the runs due next that it could start
-        itself, and close kept connections left unused."""
-        if not hasattr(self.runner, "checkout"):
-            return
-        self.runner.prune()
-        with self._lock:
-            requests_due = [s.request for s in (self._schedules.get(job.key[len(CURL_KEY_PREFIX):])
-                                                for job in jobs if job.key.startswith(CURL_KEY_PREFIX))
-                            if s is not None]
-        wanted: dict[tuple[str, str, int], list[str]] = {}
-        for request in requests_due:
-            origin = self.runner.origin(request)
-            if origin is not None:
-                wanted.setdefault(origin, []).append(request["url"])
-        for origin, urls in wanted.items():
-            for _ in range(self.runner.to_open(origin, len(urls))):
-                self.scheduler.submit(self.runner.open_kept, origin, urls[0])
-
-    def _record_result(self, schedule_id: str, run_id: str, slot: float, result: RunResult) -> None:
-        record = {"ts": utc_iso(result.started_at, ms=True), "schedule_id": schedule_id, "run_id": run_id,
-                  "scheduled_at": utc_iso(slot, ms=True), "started_at": utc_iso(result.started_at, ms=True),
-                  "status": result.status, "status_code": result.status_code, "duration_ms": result.duration_ms,
-                  "error": result.error, "trigger": "cron"}
-        log.info("http run %s status=%s http_status=%s duration_ms=%d%s", schedule_id, result.status,
-                 result.status_code, result.duration_ms, f" error={result.error}" if result.error else "")
-        self._append(schedule_id, record, slot)
-
-    def record_interrupted(self, marker: dict, reason: str) -> None:
-        """Record a run that never finished (shutdown, or found by its marker at the next start)."""
-        started = _parse_optional_iso(marker.get("started_at"))
-        now = self.clock()
-        slot = _parse_optional_iso(marker.get("scheduled_at")) or now
-        record = {"ts": utc_iso(now, ms=True), "schedule_id": marker.get("schedule_id"), "run_id": marker.get("run_id"),
-                  "scheduled_at": marker.get("scheduled_at"), "started_at": marker.get("started_at"),
-                  "status": "error", "status_code": None,
-                  "duration_ms": max(0, int((now - started) * 1000)) if started else 0, "error": reason,
-                  "trigger": marker.get("trigger", "cron")}
-        log.warning("http run %s status=error error=%s", marker.get("schedule_id"), reason)
-        self._append(str(marker.get("schedule_id")), record, slot)
-
-    def _record(self, schedule_id: str, status: str, slot: float, count: int, last_slot: float) -> None:
-        if status == "missed":
-            error = f"missed {_count_text(count)} run{'s' if count != 1 else ''} from {utc_iso(slot)} (server " \
-                    f"down, suspended or busy beyond the misfire grace)"
-        else:
-            error = "previous run still in progress"
-        record = {"ts": utc_iso(self.clock(), ms=True), "schedule_id": schedule_id, "run_id": str(uuid.uuid4()),
-                  "scheduled_at": utc_iso(slot, ms=True), "started_at": None, "status": status,
-                  "status_code": None, "duration_ms": 0, "error": error, "trigger": "cron", "count": count,
-                  "last_scheduled_at": utc_iso(last_slot, ms=True)}
-        log.info("http run %s status=%s count=%d", schedule_id, status, count)
-        self._append(schedule_id, record, last_slot)
-
-    def _append(self, schedule_id: str, record: dict, slot: float) -> None:
-        try:
-            line = self.runs.append(record).rstrip(b"\n")
-        except (OSError, filelock.Timeout) as e:
-            log.error("cannot append to %s: %s", self.runs.path, e)
-            line = json.dumps(record, separators=(",", ":")).encode()
-        with self._lock:
-            schedule = self._schedules.get(schedule_id)
-            if schedule is not None:
-                schedule.history.append(_history_line(line))   # bytes: a fifth of a dict's memory; parsed on GET
-                schedule.last_slot = max(slot, schedule.last_slot or 0.0)
-                if record["started_at"]:
-                    schedule.last_run = _parse_optional_iso(record["started_at"])
+            anchor = max(s.enabled_at, self.state.get(s.key).get("slot") or 0.0)
+        self.scheduler.add(self._job(s), anchor)
 
 
-def _count_text(count: int) -> str:
-    return f"at least {count}" if count >= MISSED_SCAN_LIMIT else str(count)
-
-
-CURL_KEY_PREFIX = "curl:"
-
-
-def _curl_key(schedule_id: str) -> str:
-    return CURL_KEY_PREFIX + schedule_id
-
-
-def _parse_optional_iso(text: Any) -> float | None:
-    try:
-        return parse_iso(text) if text else None
-    except ValueError:
-        return None
-
-
-_SCHEDULE_ID = re.compile(rb'"schedule_id":\s*"([0-9a-f-]{36})"')
-
-
-_NOT_IN_HISTORY = re.compile(rb'"(?:ts|schedule_id|trigger)":"[^"]*",?')
-
-
-_LAYOUT_HEAD, _LAYOUT_MIDDLE, _LAYOUT_CRON_END = b'{"ts":"', b'","schedule_id":"', b',"trigger":"cron"}'
-
-
-def _in_record_layout(line: bytes) -> bool:
-    """True for a line as _record_result writes it: {"ts":"<24 chars>","schedule_id":"<36 chars>",... -- the
-    id is then line[48:84] and the fields can be cut by position, without a regex or a JSON parse."""
-    return line[:7] == _LAYOUT_HEAD and line[31:48] == _LAYOUT_MIDDLE
-
-
-def _history_line(line: bytes) -> bytes:
-    """A runs-log line as kept in memory for GET /{id}: without the fields history does not show."""
-    if _in_record_layout(line) and line.endswith(_LAYOUT_CRON_END):
-        return b"{" + line[86:-18] + b"}"       # the layout _record_result writes, cut without a regex
-    return _NOT_IN_HISTORY.sub(b"", line).replace(b",}", b"}")
-
-
-def _slot_and_start(line: bytes) -> tuple[float | None, float | None] | None:
-    """(the last slot, the start) a runs-log line records, None for a malformed line. A run's result in the layout
-    _record_result writes is cut by position; other lines (missed, interrupted, older layouts) are parsed."""
-    if (line[132:150] == b'","scheduled_at":"' and line[174:190] == b'","started_at":"' and _in_record_layout(line)
-            and line.endswith(_LAYOUT_CRON_END)):      # whole: a torn line is left to the JSON parse
-        return _parse_optional_iso(line[150:174].decode("ascii", "replace")), \
-            _parse_optional_iso(line[190:214].decode("ascii", "replace"))
-    record = _parse_record(line)
-    if record is None:
-        return None
-    return (_parse_optional_iso(record.get("last_scheduled_at") or record.get("scheduled_at")),
-            _parse_optional_iso(record.get("started_at")))
-
-
-def _parse_record(line: bytes) -> dict | None:
-    try:
-        record = json.loads(line)
-    except ValueError:
-        return None
-    return record if isinstance(record, dict) else None
-
-
-def _history_entry(line: bytes | dict) -> dict | None:
-    """A runs-log line (or record) as the API shows it: UTC, second precision; None for a malformed line."""
-    record = _parse_record(line) if isinstance(line, bytes) else line
-    if record is None:
-        return None
-    entry = {"run_id": record.get("run_id"),
-             "scheduled_at": utc_iso(_parse_optional_iso(record.get("scheduled_at"))),
-             "started_at": utc_iso(_parse_optional_iso(record.get("started_at"))),
-             "status": record.get("status"), "status_code": record.get("status_code"),
-             "duration_ms": record.get("duration_ms"), "error": record.get("error")}
-    if record.get("status") == "missed":
-        entry["count"] = record.get("count", 1)
-    return entry
+def _redacted(request: dict) -> dict:
+    """A request as a read-only token sees it: header names without their values, no body."""
+    shown = dict(request)
+    shown["headers"] = {name: REDACTED for name in request.get("headers") or {}}
+    for secret in ("body", "json"):
+        if secret in shown:
+            shown[secret] = REDACTED
+    return shown
 
 
 ###############################################################################
@@ -3593,7 +3196,8 @@ DEFAULT_PREFLIGHT: dict[str, tuple[str, ...]] = {
     ".js": ("node", "--check"), ".mjs": ("node", "--check"), ".cjs": ("node", "--check"),
 }
 _DIRECTIVE = re.compile(r"^@([A-Za-z][A-Za-z0-9_-]*)(?:\s+(.*))?$")
-_DURATION = re.compile(r"^([0-9]+)\s*(ms|s|m|h)?$")
+_DURATION = re.compile(r"^([0-9]{1,12})\s*(ms|s|m|h)?$")
+_COMPILE_PYTHON = ("<compile>",)     # the preflight "command" for Python: compiled in this process
 
 
 class RegistrationError(SchedserverError, ValueError):
@@ -3623,10 +3227,10 @@ def parse_timeout(value: str) -> int:
     """`@timeout` as milliseconds: `500`, `500ms`, `30s`, `5m`, `1h`."""
     match = _DURATION.match(value.strip().lower())
     if not match:
-        raise RegistrationError(f"invalid @timeout: {value!r} (use milliseconds or a unit: 500ms, 30s, 5m)")
+        raise RegistrationError(f"invalid @timeout: {_shown(value)} (use milliseconds or a unit: 500ms, 30s, 5m)")
     ms = int(match.group(1)) * {"ms": 1, None: 1, "s": 1000, "m": 60000, "h": 3600000}[match.group(2)]
     if not 0 < ms <= MAX_SCRIPT_TIMEOUT_MS:
-        raise RegistrationError(f"invalid @timeout: {value!r} (must be more than 0 and at most 24h)")
+        raise RegistrationError(f"invalid @timeout: {_shown(value)} (must be more than 0 and at most 24h)")
     return ms
 
 
@@ -3639,8 +3243,7 @@ def script_identity(rel: str) -> dict[str, str]:
 
 def discover_scripts(root: str) -> list[str]:
     """scriptRel of every regular file under `root`, skipping hidden entries, __pycache__ and node_modules;
-    symlinks are followed only when they stay inside `root`, and never into directories. Directory entries
-    tell files, directories and links apart without a system call, so only links are resolved."""
+    symlinks are followed only when they stay inside `root`, and never into directories."""
     real_root = os.path.realpath(root)
     found = []
     directories = [""]
@@ -3670,211 +3273,74 @@ def discover_scripts(root: str) -> list[str]:
 
 
 @dataclass
-class ScriptSchedule:
-    """A registered script schedule."""
+class ScriptDefinition:
+    """A script with a usable @schedule: what it is, how it runs, what it says about itself."""
 
     rel: str
     path: str
-    spec: CronSpec
+    cron: Any
     timeout_ms: int
     argv: tuple[str, ...]
     description: str | None = None
     token: bool = False
-    registered_at: float = 0.0
-    summary_cache: tuple | None = field(default=None, repr=False, compare=False)    # (state key, JSON bytes)
 
     def signature(self) -> tuple:
         """What a reload compares to tell a kept script from a changed one."""
-        return (self.spec.expression, self.timeout_ms, self.argv, self.description, self.token)
+        return (self.cron.expression, self.timeout_ms, self.argv, self.description, self.token)
+
+    @property
+    def key(self) -> str:
+        return job_key("script", self.rel)
 
 
-@dataclass
-class ReloadPlan:
-    """A reload's diff against the registered scripts."""
+class ScriptCatalog:
+    """What the scripts dir holds: discovery, directives, how to run each script, and its syntax check.
 
-    registrations: dict[str, ScriptSchedule]
-    added: list[str]
-    kept: list[str]
-    changed: list[str]
-    removed: list[str]
-    failed: list[dict]
+    Checks are remembered by path, size, mtime and interpreter (`checked`, saved by the caller), so a restart
+    does not check a thousand unchanged scripts again.
+    """
 
-
-class SyntaxChecks:
-    """Syntax checks of many scripts, run one after another by /bin/sh driver processes (one per command,
-    or `drivers` per command): each check is a fork and exec done by the driver, so none of it holds this
-    interpreter. 1,000 checks spawned from threads took about 1 s of a start; driven this way they run on
-    another core while start-up loads the HTTP schedules. Results are read in order by result(), which gives
-    UNCHECKED for a script it does not hold (or when its driver died), so the caller checks that one alone."""
-
-    UNCHECKED = object()
-    # stdin: the scripts, one path per line. $1 is a private directory for the outputs; then the command. Writes
-    # each check's exit status on a line of its own; the Nth check (from 0), if it failed, leaves its output in
-    # N.out and N.err (renamed: creating two files for every check would double the driver's time on ext4).
-    DRIVER = r"""
-dir=$1; shift; n=0
-while IFS= read -r f; do
-  ( cd -- "${f%/*}" && exec "$@" "$f" ) </dev/null >"$dir/out" 2>"$dir/err"
-  rc=$?
-  [ "$rc" -eq 0 ] || { mv -f -- "$dir/out" "$dir/$n.out"; mv -f -- "$dir/err" "$dir/$n.err"; }
-  echo "$rc"
-  n=$((n + 1))
-done
-"""
-
-    def __init__(self, checks: list[tuple[str, tuple[str, ...], tuple[int, int]]], env: dict[str, str],
-                 drivers: int = 1):
-        self._where: dict[str, tuple[_CheckDriver, int]] = {}
-        self._drivers: list[_CheckDriver] = []
-        self._stamps: dict[str, tuple[int, int]] = {}     # (size, mtime) of each script when the checks began
-        by_command: dict[tuple[str, ...], list[str]] = {}
-        for path, command, stamp in checks:
-            if "\n" not in path and path not in self._stamps:
-                by_command.setdefault(command, []).append(path)
-                self._stamps[path] = stamp
-        for command, paths in by_command.items():
-            per = -(-len(paths) // max(1, drivers))
-            for first in range(0, len(paths), per):
-                self._start(command, paths[first:first + per], env)
-
-    def __len__(self) -> int:
-        return len(self._where)
-
-    def _start(self, command: tuple[str, ...], paths: list[str], env: dict[str, str]) -> None:
-        scratch = None
-        try:
-            scratch = tempfile.mkdtemp(prefix="schedserver-check-")
-            with tempfile.TemporaryFile() as listing:
-                listing.write("".join(f"{p}\n" for p in paths).encode("utf-8", "surrogateescape"))
-                listing.seek(0)
-                proc = subprocess.Popen(["/bin/sh", "-c", self.DRIVER, "schedserver-check", scratch, *command],
-                                        stdin=listing, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                        env=env, start_new_session=True)
-        except OSError as e:
-            if scratch is not None:
-                shutil.rmtree(scratch, ignore_errors=True)
-            log.warning("syntax checks run one by one (cannot start a /bin/sh driver: %s)", e.strerror or e)
-            return
-        driver = _CheckDriver(proc, command, scratch)
-        self._drivers.append(driver)
-        for index, path in enumerate(paths):
-            self._where[path] = (driver, index)
-
-    def result(self, path: str, command: tuple[str, ...], stamp: tuple[int, int] | None) -> Any:
-        """The problem the check of `path` found (None: it passed); UNCHECKED if it is not checked here, or if
-        the file (its size and mtime, `stamp`) has changed since the checks began."""
-        driver, index = self._where.get(path, (None, 0))
-        if driver is None or driver.command != command or self._stamps.get(path) != stamp:
-            return self.UNCHECKED
-        while len(driver.results) <= index:
-            if driver.done:
-                return self.UNCHECKED
-            driver.read()
-        return driver.results[index]
-
-    def close(self) -> None:
-        """Stop what is still running (a scan that ended early) and remove the scratch directories."""
-        for driver in self._drivers:
-            driver.finish()
-
-
-class _CheckDriver:
-    """One /bin/sh driver of SyntaxChecks and the results it has written so far, in the order of its scripts."""
-
-    def __init__(self, proc: subprocess.Popen, command: tuple[str, ...], scratch: str):
-        self.proc, self.command, self.scratch = proc, command, scratch
-        self.results: list[str | None] = []
-        self.done = False
-        self._buffer = b""
-        self._poll = select.poll()      # not select(): descriptors here can be past 1023
-        self._poll.register(proc.stdout.fileno(), select.POLLIN)
-
-    def read(self) -> None:
-        """Wait for the next results; a check silent for PREFLIGHT_TIMEOUT_SECONDS is stopped with its driver
-        (the scripts after it are then checked one by one by the caller)."""
-        if not self._poll.poll(PREFLIGHT_TIMEOUT_SECONDS * 1000):
-            self.results.append(f"{self.command[0]} took longer than {PREFLIGHT_TIMEOUT_SECONDS:g} s")
-            self.finish()
-            return
-        data = os.read(self.proc.stdout.fileno(), 65536)
-        if not data:
-            self.finish()
-            return
-        *lines, self._buffer = (self._buffer + data).split(b"\n")
-        for line in lines:
-            index, status = len(self.results), line.decode("ascii", "replace").strip()
-            self.results.append(None if status == "0" else _check_problem(self._output(index), status))
-
-    def _output(self, index: int) -> bytes:
-        """What the check wrote: its stderr, or its stdout when stderr is empty (as subprocess.run shows it)."""
-        texts = []
-        for name in (f"{index}.err", f"{index}.out"):
-            try:
-                with open(os.path.join(self.scratch, name), "rb") as f:
-                    texts.append(f.read())
-            except OSError:
-                texts.append(b"")
-        return texts[0] or texts[1]
-
-    def finish(self) -> None:
-        if self.done:
-            return
-        self.done = True
-        if self.proc.poll() is None:
-            _kill_group(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
-        self.proc.stdout.close()
-        shutil.rmtree(self.scratch, ignore_errors=True)
-
-
-class ScriptSchedules:
-    """The script schedule surface: scan and register @schedule scripts, fire them, list, history, trigger."""
-
-    def __init__(self, scripts_dir: str, fires: NdjsonLog, scheduler: Scheduler, runner: ScriptRunner, *,
-                 default_timeout_ms: int = 30000, timezone_name: str = "UTC",
+    def __init__(self, scripts_dir: str, default_timeout_ms: int = 30000,
                  interpreters: dict[str, tuple[str, ...]] | None = None,
                  preflight: dict[str, tuple[str, ...]] | None = None,
-                 secret_values: tuple[str, ...] = (), clock: Callable[[], float] = time.time,
-                 inflight: InFlightRuns | None = None, notify: Callable[[str], Any] | None = None):
+                 check: Callable[[list[str], str, dict, float], tuple[int | str, bytes]] | None = None,
+                 environment: Callable[[dict[str, str]], dict[str, str]] | None = None):
         self.scripts_dir = os.path.abspath(scripts_dir)
-        self.inflight = inflight or InFlightRuns()
-        self.notify = notify or (lambda message: None)      # systemd notifications around reloads
-        self.fires = fires
-        self.scheduler = scheduler
-        self.runner = runner
         self.default_timeout_ms = default_timeout_ms
-        self.tz = load_timezone(timezone_name)
         self.interpreters = dict(interpreters or {})
         self.preflight = dict(preflight or {})
-        self.secret_values = tuple(secret_values)
-        self.clock = clock
-        self._lock = threading.Lock()               # guards the dicts below (memory only)
-        self._reload_lock = threading.Lock()        # one reload at a time
-        self._registered: dict[str, ScriptSchedule] = {}
-        self._last_fire: dict[str, dict] = {}       # scriptRel -> newest fires-log record
-        self._last_cron_slot: dict[str, float] = {}
-        # path -> (size, mtime_ns, interpreter, problem): kept in exec-registered.json too, so a restart with
-        # a thousand unchanged scripts does not run a thousand syntax checks before it listens.
-        self._preflight_cache: dict[str, tuple[int, int, str | None, str | None]] = {}
-        self._preflight_changed = False
-        self._begun: SyntaxChecks | None = None            # begun by begin_checks(), taken by the next plan()
-        self._checks: SyntaxChecks | None = None           # the checks of the plan() running (under _reload_lock)
-        self._begun_lock = threading.Lock()
-        self._closed = False                                # close(): the server is stopping
-        self._state_read = False
-        self._programs: dict[str, str | None] | None = None    # shutil.which answers during one scan
-        # Which scripts were registered, kept beside the fires log so a restart knows whose downtime counts.
-        self.state = JsonStore(os.path.join(os.path.dirname(fires.path), "exec-registered.json"))
-        self._registered_at_stop: set[str] | None = None    # None: unknown, so every script counts
-        self._env_seen: dict | None = None
-        self._env_base: dict[str, str] = {}
-        self._saved_registered: set[str] | None = None
-        self._prepared: dict[tuple[str, float], tuple] = {}    # (rel, slot) -> _new_run() of a fire readied ahead
-                                                                # (memory only: no marker, nothing open)
+        self.check = check or _run_check
+        self.environment = environment or (lambda extra: {**os.environ, **extra})
+        self._lock = threading.Lock()
+        self.checked: dict[str, tuple] = {}     # path -> (size, mtime_ns, interpreter, problem)
 
-    # -- registration ----------------------------------------------------------------------------------------
-    def inspect(self, rel: str) -> ScriptSchedule | None:
-        """The registration for one script, None if it has no @schedule; RegistrationError if it cannot run."""
+    def scan(self) -> tuple[dict[str, ScriptDefinition], list[dict]]:
+        """Every script with a usable @schedule, and why each other one with a @schedule cannot run. Any
+        failure inspecting one script is that script's problem, never the scan's."""
+        rels = discover_scripts(self.scripts_dir)
+        with ThreadPoolExecutor(max_workers=PREFLIGHT_THREADS, thread_name_prefix="schedserver-check") as pool:
+            outcomes = list(pool.map(self._outcome, rels))
+        found, failed = {}, []
+        for rel, outcome in zip(rels, outcomes):
+            if isinstance(outcome, dict):
+                failed.append(outcome)
+            elif outcome is not None:
+                found[rel] = outcome
+        return found, failed
+
+    def _outcome(self, rel: str) -> ScriptDefinition | dict | None:
+        if not _is_utf8(rel):
+            return {"path": _printable(rel), "reason": "file name is not valid UTF-8; rename it"}
+        try:
+            return self.inspect(rel)
+        except (RegistrationError, OSError) as e:
+            return {"path": rel, "reason": str(e)}
+        except Exception as e:          # MemoryError from compile(), a bug: this script's problem only
+            log.warning("inspecting %s failed: %s", rel, _short_error(e))
+            return {"path": rel, "reason": f"cannot inspect: {_short_error(e)}"}
+
+    def inspect(self, rel: str) -> ScriptDefinition | None:
+        """The definition for one script, None if it has no @schedule; RegistrationError if it cannot run."""
         path = os.path.join(self.scripts_dir, *rel.split("/"))
         try:
             with open(path, "rb") as f:
@@ -3892,15 +3358,15 @@ class ScriptSchedules:
         values = {name: value for name, value in directives}
         expression = values["schedule"]
         try:
-            spec = parse_cron(expression)
+            cron = parse_cron(expression)
         except InvalidCron as e:
             detail = e.message.split(": ", 1)[-1].split("; use 6 fields")[0]
-            raise RegistrationError(f"Invalid cron expression: {expression!r} ({detail})") from None
+            raise RegistrationError(f"Invalid cron expression: {_shown(expression)} ({detail})") from None
         timeout_ms = parse_timeout(values["timeout"]) if "timeout" in values else self.default_timeout_ms
         argv = self._command_for(path, head)
-        self._check_preflight(path, _interpreter_name(argv, head))
-        return ScriptSchedule(rel=rel, path=path, spec=spec, timeout_ms=timeout_ms, argv=argv,
-                              description=values.get("description") or None, token="token" in names)
+        self._preflight(path, _interpreter_name(argv, head))
+        return ScriptDefinition(rel=rel, path=path, cron=cron, timeout_ms=timeout_ms, argv=argv,
+                                description=values.get("description") or None, token="token" in names)
 
     def _command_for(self, path: str, head: bytes) -> tuple[str, ...]:
         if head.startswith(b"#!") and os.access(path, os.X_OK):
@@ -3915,54 +3381,43 @@ class ScriptSchedules:
                                     f"{ext or 'files without an extension'!r} (set [exec.interpreters] "
                                     f"\"{ext or '.ext'}\" in the config)")
         for command in candidates:
-            program = self._which(command[0])
+            program = shutil.which(command[0])
             if program:
                 return (program, *command[1:], path)
         tried = ", ".join(c[0] for c in candidates)
         raise RegistrationError(f"no interpreter for {ext!r}: {tried} not found on PATH (install it or set "
                                 f"[exec.interpreters] \"{ext}\" in the config)")
 
-    def _check_preflight(self, path: str, interpreter: str | None) -> None:
-        """Compile/syntax-check a script before registering it; results cached by path, size, mtime and the
-        interpreter that will run it."""
+    def _preflight(self, path: str, interpreter: str | None) -> None:
+        """The syntax check, remembered by path, size, mtime and the interpreter that will run the script."""
         st = os.stat(path)
-        cached = self._preflight_cache.get(path)
+        with self._lock:
+            cached = self.checked.get(path)
         if cached and tuple(cached[:3]) == (st.st_size, st.st_mtime_ns, interpreter):
             problem = cached[3]
         else:
-            problem = self._run_preflight(path, interpreter)
-            self._preflight_cache[path] = (st.st_size, st.st_mtime_ns, interpreter, problem)
-            self._preflight_changed = True
+            problem = self._syntax_problem(path, interpreter)
+            with self._lock:
+                self.checked[path] = (st.st_size, st.st_mtime_ns, interpreter, problem)
         if problem:
             raise RegistrationError(f"preflight failed: {problem}")
 
-    def _run_preflight(self, path: str, interpreter: str | None = None) -> str | None:
-        """The check for the interpreter that will run the script: from the scan's SyntaxChecks when they hold
-        it, else run here."""
+    def _syntax_problem(self, path: str, interpreter: str | None) -> str | None:
         command = self._preflight_command(path, interpreter)
         if command == _COMPILE_PYTHON:
             return _compile_python(path)
         if command is None:
             return None
-        if self._checks is not None:
-            try:
-                st = os.stat(path)
-            except OSError:
-                st = None
-            found = self._checks.result(path, command, (st.st_size, st.st_mtime_ns) if st else None)
-            if found is not SyntaxChecks.UNCHECKED:
-                return found
         try:
-            done = subprocess.run([*command, path], stdin=subprocess.DEVNULL, capture_output=True,
-                                  timeout=PREFLIGHT_TIMEOUT_SECONDS, cwd=os.path.dirname(path),
-                                  env=self._environment({}), start_new_session=True)
-        except subprocess.TimeoutExpired:
-            return f"{command[0]} took longer than {PREFLIGHT_TIMEOUT_SECONDS:g} s"
+            status, output = self.check([*command, path], os.path.dirname(path), self.environment({}),
+                                        PREFLIGHT_TIMEOUT_SECONDS)
         except OSError as e:
             return f"{command[0]}: {e.strerror}"
-        if done.returncode == 0:
+        if status == "timeout":
+            return f"{command[0]} took longer than {PREFLIGHT_TIMEOUT_SECONDS:g} s"
+        if status == 0:
             return None
-        return _check_problem(done.stderr or done.stdout, done.returncode)
+        return _check_problem(output, status)
 
     def _preflight_command(self, path: str, interpreter: str | None) -> tuple[str, ...] | None:
         """The check for the interpreter that will run the script (a `#!/bin/bash` .sh file gets `bash -n`, not
@@ -3981,475 +3436,19 @@ class ScriptSchedules:
             if ext == ".py":
                 return _COMPILE_PYTHON
             command = DEFAULT_PREFLIGHT.get(ext)
-        if not command or not self._which(command[0]):
+        if not command or not shutil.which(command[0]):
             return None
         return command
 
-    def _which(self, program: str) -> str | None:
-        """shutil.which, remembered for the length of one scan: a scan asks the same few names for every script."""
-        if self._programs is None:
-            return shutil.which(program)
-        if program not in self._programs:
-            self._programs[program] = shutil.which(program)
-        return self._programs[program]
 
-    def begin_checks(self, drivers: int = 1) -> None:
-        """Start the syntax checks the next scan will need (scripts new or changed since their cached check),
-        so they run while the caller does other work: Server.start loads the HTTP schedules meanwhile."""
-        self._read_state()
-        with self._reload_lock:             # not while a scan's own checks are being chosen and read
-            self._programs = {}
-            try:
-                needed = self._checks_needed(discover_scripts(self.scripts_dir))
-            finally:
-                self._programs = None
-        begun = SyntaxChecks(needed, self._environment({}), drivers)
-        with self._begun_lock:
-            previous, self._begun = self._begun, begun
-        if previous is not None:
-            previous.close()
-
-    def close(self) -> None:
-        """The server is stopping: stop checks begun for a scan that will not come, and take no more scans (a
-        SIGHUP reload waiting for the lock does nothing). A scan already running finishes with its own checks."""
-        with self._begun_lock:
-            self._closed = True
-            begun, self._begun = self._begun, None
-        if begun is not None:
-            begun.close()
-
-    def _checks_needed(self, rels: list[str]) -> list[tuple[str, tuple[str, ...], tuple[int, int]]]:
-        """(path, command, (size, mtime)) of each script that declares @schedule and whose check is not cached. A
-        cheap pass: inspect() decides everything else later, and a script listed here needlessly costs one check."""
-        needed = []
-        for rel in rels:
-            path = os.path.join(self.scripts_dir, *rel.split("/"))
-            try:
-                with open(path, "rb") as f:
-                    head = f.read(HEADER_BYTES)
-                if b"@schedule" not in head:
-                    continue
-                argv = self._command_for(path, head)
-                st = os.stat(path)
-            except (OSError, RegistrationError):
-                continue
-            interpreter = _interpreter_name(argv, head)
-            cached = self._preflight_cache.get(path)
-            if cached and tuple(cached[:3]) == (st.st_size, st.st_mtime_ns, interpreter):
-                continue
-            command = self._preflight_command(path, interpreter)
-            if command is not None and command != _COMPILE_PYTHON:
-                needed.append((path, command, (st.st_size, st.st_mtime_ns)))
-        return needed
-
-    def plan(self) -> ReloadPlan:
-        """Scan the scripts dir and diff it against what is registered (changes nothing)."""
-        registrations: dict[str, ScriptSchedule] = {}
-        failed = []
-
-        def inspect(rel: str) -> ScriptSchedule | dict | None:
-            if not _is_utf8(rel):
-                return {"path": _printable(rel), "reason": "file name is not valid UTF-8; rename it"}
-            try:
-                return self.inspect(rel)
-            except (RegistrationError, OSError) as e:
-                return {"path": rel, "reason": str(e)}
-
-        # Syntax checks run in SyntaxChecks' drivers (begun at start-up, or here), one per core; the rest of
-        # inspecting a script is cheap. Results come back in discovery order.
-        rels = discover_scripts(self.scripts_dir)
-        with self._begun_lock:
-            checks, self._begun = self._begun, None
-        self._programs = {}
-        try:
-            self._checks = checks if checks is not None else SyntaxChecks(
-                self._checks_needed(rels), self._environment({}), PREFLIGHT_DRIVERS)
-            outcomes = [inspect(rel) for rel in rels]
-        finally:
-            self._programs = None
-            if self._checks is not None:
-                self._checks.close()
-                self._checks = None
-        for rel, outcome in zip(rels, outcomes):
-            if isinstance(outcome, dict):
-                failed.append(outcome)
-            elif outcome is not None:
-                registrations[rel] = outcome
-        with self._lock:
-            current = dict(self._registered)
-        kept = sorted(set(registrations) & set(current))
-        changed = [rel for rel in kept if registrations[rel].signature() != current[rel].signature()]
-        return ReloadPlan(registrations=registrations, added=sorted(set(registrations) - set(current)), kept=kept,
-                          changed=changed, removed=sorted(set(current) - set(registrations)), failed=failed)
-
-    def reload(self, dry_run: bool = False, *, reason: str = "api") -> dict:
-        """Rescan and reconcile; the answer lists added, kept, changed, removed and failed scripts.
-
-        `reason` ("start", "api", "SIGHUP") goes into the one summary line a reload logs.
-        """
-        with self._reload_lock:
-            if self._closed:
-                log.info("scripts not reloaded (%s): the server is stopping", reason)
-                return {"dry_run": dry_run, "added": [], "kept": [], "changed": [], "removed": [], "failed": []}
-            if not dry_run and reason != "start":
-                self.notify(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
-            try:
-                plan = self.plan()
-                if not dry_run:
-                    self._apply(plan, reason)
-            finally:
-                if not dry_run and reason != "start":
-                    self.notify("READY=1")
-        return {"dry_run": dry_run, "added": plan.added, "kept": plan.kept, "changed": plan.changed,
-                "removed": plan.removed, "failed": plan.failed}
-
-    def _apply(self, plan: ReloadPlan, reason: str) -> None:
-        now = self.clock()
-        with self._lock:
-            previous = self._registered
-            registered = {}     # in scriptRel order, the order of the list
-            for rel, schedule in sorted(plan.registrations.items()):
-                if rel in previous and rel not in plan.changed:
-                    registered[rel] = previous[rel]
-                else:
-                    schedule.registered_at = now
-                    registered[rel] = schedule
-            self._registered = registered
-        for rel in plan.removed:
-            self.scheduler.remove(_exec_key(rel))
-        for rel in plan.added + plan.changed:
-            schedule = registered[rel]
-            anchor = now
-            if reason == "start" and (self._registered_at_stop is None or rel in self._registered_at_stop):
-                # Fires due while the server was down are recorded as missed, counted from the last cron fire;
-                # only for scripts that were registered when it went down (not for ones broken back then).
-                with self._lock:
-                    anchor = min(now, self._last_cron_slot.get(rel, now))
-            self.scheduler.add(Job(key=_exec_key(rel), spec=schedule.spec, tz=self.tz,
-                                   fire=lambda slot, r=rel: self._fire_cron(r, slot),
-                                   record=lambda status, slot, count, last, r=rel: self._record(
-                                       r, status, slot, count, last),
-                                   prepare=functools.partial(self._prepare, rel),
-                                   unprepare=functools.partial(self._unprepare, rel)),
-                               anchor)
-        log.info("scripts reloaded (%s): %d added, %d kept, %d changed, %d removed, %d failed; %d registered",
-                 reason, len(plan.added), len(plan.kept), len(plan.changed), len(plan.removed), len(plan.failed),
-                 len(registered))
-        for failure in plan.failed:
-            log.warning("script %s not scheduled: %s", failure["path"], failure["reason"])
-        if set(registered) != self._saved_registered or self._preflight_changed:
-            try:
-                on_disk = {path: list(entry) for path, entry in self._preflight_cache.items() if os.path.exists(path)}
-                self.state.save({"version": 1, "registered": sorted(registered), "preflight": on_disk})
-                self._saved_registered = set(registered)
-                self._preflight_changed = False
-            except (OSError, filelock.Timeout) as e:
-                log.error("cannot write %s: %s", self.state.path, e)
-
-    def _read_state(self) -> None:
-        """Once, at start: which scripts were registered at the last stop, and the cached syntax checks."""
-        if self._state_read:
-            return
-        self._state_read = True
-        try:
-            registered = self.state.load(None)
-            if registered is not None:
-                self._registered_at_stop = set(registered["registered"])
-                self._saved_registered = set(self._registered_at_stop)
-                for path, entry in (registered.get("preflight") or {}).items():
-                    if isinstance(entry, list) and len(entry) == 4:
-                        self._preflight_cache[path] = tuple(entry)
-        except (StartupError, KeyError, TypeError) as e:
-            log.warning("%s: unreadable (%s); treating every script as registered before", self.state.path, e)
-
-    def load(self) -> None:
-        """Rebuild last-fire state from the fires log's tail, then register the scripts."""
-        self._read_state()
-        # Newest first, into the rotated files if need be, until every script on disk has its last fire and
-        # last cron slot (lines are appended when runs end, so keep the latest slot of the first few seen).
-        wanted = set(discover_scripts(self.scripts_dir))
-        seen_cron: dict[str, int] = {}
-        with self._lock:
-            for record in self.fires.read_newest(include_rotated=True):
-                rel = record.get("scriptPath")
-                if not isinstance(rel, str):
-                    continue
-                self._last_fire.setdefault(rel, record)
-                slot = _parse_optional_iso(record.get("lastSlot") or record.get("ts"))
-                if record.get("trigger") == "cron" and slot is not None:
-                    self._last_cron_slot[rel] = max(slot, self._last_cron_slot.get(rel, 0.0))
-                    seen_cron[rel] = seen_cron.get(rel, 0) + 1
-                if wanted and all(seen_cron.get(r, 0) >= 8 for r in wanted):
-                    break
-        self.reload(reason="start")
-
-    # -- firing ----------------------------------------------------------------------------------------------
-    def _environment(self, extra: dict[str, str]) -> dict[str, str]:
-        """The server's environment without API tokens (or any variable holding one), plus `extra`. Filtered
-        again only when the environment changed: filtering is ~80 us, a tenth of spawning a script."""
-        seen = getattr(os.environ, "_data", None)       # os._Environ's own dict: comparing it costs ~1 us
-        if seen is None or seen != self._env_seen:
-            self._env_base = {k: v for k, v in os.environ.items()
-                              if k not in ("SCHEDSERVER_TOKEN", "SCHEDSERVER_READ_TOKEN")
-                              and not any(secret in v for secret in self.secret_values)}
-            self._env_seen = dict(seen) if seen is not None else None
-        env = dict(self._env_base)
-        env.update(extra)
-        return env
-
-    def _begin(self, rel: str, slot: float, trigger: str) -> tuple | None:
-        """A new run of a registered script, tracked as in flight (with its marker): (schedule, run id, marker,
-        environment, InFlightRun), or None if the script is no longer registered. A cron fire readied by
-        _prepare() for this slot is taken as it is."""
-        with self._lock:
-            schedule = self._registered.get(rel)
-            readied = self._prepared.pop((rel, slot), None) if trigger == "cron" else None
-        if readied is None or readied[0] is not schedule:     # none, or re-registered since: begun afresh
-            if schedule is None:
-                return None
-            readied = self._new_run(rel, schedule, slot, trigger)
-        schedule, run_id, marker, env = readied
-        marker["startedAt"] = utc_iso(self.clock(), ms=True)
-        return schedule, run_id, marker, env, self.inflight.begin(run_id, marker, self.record_interrupted)
-
-    def _new_run(self, rel: str, schedule: ScriptSchedule, slot: float, trigger: str) -> tuple:
-        """(schedule, run id, marker without its start, environment) of a run about to begin."""
-        run_id = str(uuid.uuid4())
-        env = self._environment({"SCHEDSERVER_RUN_ID": run_id, "SCHEDSERVER_SCRIPT": rel,
-                                 "SCHEDSERVER_TRIGGER": trigger, "SCHEDSERVER_SCHEDULED_AT": utc_iso(slot, ms=True)})
-        marker = {"surface": "exec", "ts": utc_iso(slot, ms=True), "scriptPath": rel,
-                  "expression": schedule.spec.expression, "runId": run_id, "trigger": trigger}
-        return schedule, run_id, marker, env
-
-    def _prepare(self, rel: str, slot: float) -> bool:
-        """On the ticker, shortly before `slot`: ready the cron fire due then (its run id and environment), so
-        the worker that fires it does less before the spawn. Its marker is still written by that worker, when
-        the run begins: a fire may wait in the workers' queue, and a marker then would outlive a stop."""
-        with self._lock:
-            schedule = self._registered.get(rel)
-        if schedule is None:
-            return False
-        readied = self._new_run(rel, schedule, slot, "cron")
-        with self._lock:
-            self._prepared[(rel, slot)] = readied
-        return True
-
-    def _unprepare(self, rel: str, slot: float) -> None:
-        with self._lock:
-            self._prepared.pop((rel, slot), None)
-
-    def _end(self, rel: str, slot: float, trigger: str, schedule: ScriptSchedule, run_id: str, marker: dict,
-             result: ScriptResult) -> dict:
-        """Record a run's result, unless shutdown gave up on the run and recorded it already."""
-        try:
-            if not self.inflight.finish(run_id):
-                return {**marker, "status": "error", "durationMs": 0, "error": "interrupted by shutdown"}
-            return self._record_result(rel, run_id, slot, trigger, schedule, result)
-        finally:
-            self.inflight.done(run_id)
-
-    def _fire(self, rel: str, slot: float, trigger: str) -> dict:
-        """A run, whole, in the caller's thread (a manual trigger answers with its result)."""
-        begun = self._begin(rel, slot, trigger)
-        if begun is None:
-            return {}
-        schedule, run_id, marker, env, run = begun
-        result = None
-        try:
-            result = self.runner.run(list(schedule.argv), os.path.dirname(schedule.path), env, schedule.timeout_ms,
-                                     on_spawn=run.set_pgid)
-        finally:
-            if result is None:          # the runner raised: still let go of the run
-                self.inflight.finish(run_id)
-                self.inflight.done(run_id)
-        return self._end(rel, slot, trigger, schedule, run_id, marker, result)
-
-    def _fire_cron(self, rel: str, slot: float) -> Any:
-        """A cron fire, in a worker: spawn the script and return RUN_GOES_ON at once. The reaper sees the run
-        through; its end is recorded in a worker, which then lets the scheduler fire the script again."""
-        start = getattr(self.runner, "start", None)
-        if start is None:               # a runner that only runs whole
-            return self._fire(rel, slot, "cron")
-        begun = self._begin(rel, slot, "cron")
-        if begun is None:
-            return None
-        schedule, run_id, marker, env, run = begun
-        key = _exec_key(rel)
-
-        def ended(result: ScriptResult) -> None:
-            self.scheduler.submit(self._end_cron, key, (rel, slot, "cron", schedule, run_id, marker, result))
-        try:
-            start(list(schedule.argv), os.path.dirname(schedule.path), env, schedule.timeout_ms, ended,
-                  on_spawn=run.set_pgid)
-        except Exception as e:          # a bug or a surprise: the run still ends, as an error
-            self._end(rel, slot, "cron", schedule, run_id, marker,
-                      ScriptResult("error", self.clock(), 0, error=_short_error(e)))
-            raise
-        return RUN_GOES_ON
-
-    def _end_cron(self, key: str, run: tuple) -> None:
-        try:
-            self._end(*run)
-        finally:
-            self.scheduler.release(key)
-
-    def _record_result(self, rel: str, run_id: str, slot: float, trigger: str, schedule: ScriptSchedule,
-                       result: ScriptResult) -> dict:
-        record = {"ts": utc_iso(slot, ms=True), "scriptPath": rel, "expression": schedule.spec.expression,
-                  "runId": run_id, "status": result.status, "durationMs": result.duration_ms, "trigger": trigger,
-                  "startedAt": utc_iso(result.started_at, ms=True)}
-        if result.status == "ok":
-            record["returnPreview"] = result.return_preview
-        else:
-            record["error"] = result.error
-        if result.output_dropped:
-            record["outputDropped"] = result.output_dropped
-        log.info("script fire %s trigger=%s status=%s duration_ms=%d%s", rel, trigger, result.status,
-                 result.duration_ms, f" error={result.error}" if result.error else "")
-        self._append(record)
-        return record
-
-    def record_interrupted(self, marker: dict, reason: str) -> None:
-        """Record a fire that never finished (shutdown, or found by its marker at the next start)."""
-        started = _parse_optional_iso(marker.get("startedAt"))
-        now = self.clock()
-        record = {key: marker.get(key) for key in ("ts", "scriptPath", "expression", "runId", "trigger", "startedAt")}
-        record.update(status="error", durationMs=max(0, int((now - started) * 1000)) if started else 0, error=reason)
-        log.warning("script fire %s status=error error=%s", record["scriptPath"], reason)
-        self._append(record)
-
-    def _record(self, rel: str, status: str, slot: float, count: int, last_slot: float) -> None:
-        with self._lock:
-            schedule = self._registered.get(rel)
-        record = {"ts": utc_iso(slot, ms=True), "scriptPath": rel,
-                  "expression": schedule.spec.expression if schedule else None, "runId": str(uuid.uuid4()),
-                  "status": status, "durationMs": 0, "trigger": "cron", "count": count,
-                  "lastSlot": utc_iso(last_slot, ms=True),
-                  "error": (f"missed {_count_text(count)} fire{'s' if count != 1 else ''} from {utc_iso(slot)} (server down, "
-                            "suspended or busy beyond the misfire grace)") if status == "missed"
-                  else "previous run still in progress"}
-        log.info("script fire %s status=%s count=%d", rel, status, count)
-        self._append(record)
-
-    def _append(self, record: dict) -> None:
-        record["loggedAt"] = utc_iso(self.clock(), ms=True)
-        try:
-            self.fires.append(record)
-        except (OSError, filelock.Timeout) as e:
-            log.error("cannot append to %s: %s", self.fires.path, e)
-        with self._lock:
-            self._last_fire[record["scriptPath"]] = record
-            slot = _parse_optional_iso(record.get("lastSlot") or record.get("ts"))
-            if record.get("trigger") == "cron" and slot is not None:
-                self._last_cron_slot[record["scriptPath"]] = max(slot, self._last_cron_slot.get(record["scriptPath"], 0))
-
-    # -- the API ---------------------------------------------------------------------------------------------
-    def list(self) -> dict:
-        return json.loads(self.list_json())
-
-    def list_json(self) -> bytes:
-        """list() as the JSON bytes the route sends; each item is encoded again only when its state changed."""
-        with self._lock:
-            schedules = list(self._registered.values())
-            last = [self._last_fire.get(s.rel) for s in schedules]
-        items = []
-        for s, fire, (next_at, running) in zip(schedules, last,
-                                               self.scheduler.states([_exec_key(s.rel) for s in schedules])):
-            state = (s.registered_at, next_at, running,
-                     (fire.get("runId"), fire.get("status"), fire.get("ts")) if fire else None)
-            cached = s.summary_cache
-            if cached is None or cached[0] != state:
-                fire = fire or {}
-                cached = s.summary_cache = (state, json.dumps({
-                    "scriptPath": s.path, **script_identity(s.rel), "expression": s.spec.expression,
-                    "timeoutMs": s.timeout_ms, "registeredAt": utc_iso(s.registered_at, ms=True),
-                    "nextFire": utc_iso(state[1], ms=True), "lastFireAt": fire.get("ts"),
-                    "lastFireStatus": fire.get("status"), "lastFireRunId": fire.get("runId"),
-                    "description": s.description, "running": state[2]}).encode())
-            items.append(cached[1])
-        return b'{"total":' + str(len(items)).encode() + b',"schedules":[' + b",".join(items) + b"]}"
-
-    def relative_path(self, script_path: Any) -> str:
-        """scriptRel for a path given relative to the scripts dir or absolute inside it; 400 when it escapes."""
-        if not isinstance(script_path, str) or not script_path.strip() or "\x00" in script_path:
-            raise InvalidParameter("scriptPath must be a non-empty string")
-        text = script_path.strip()
-        if os.path.isabs(text):
-            full = os.path.normpath(text)
-            if os.path.commonpath([self.scripts_dir, full]) != self.scripts_dir:
-                raise InvalidParameter("scriptPath must be inside the scripts directory")
-            rel = os.path.relpath(full, self.scripts_dir)
-        else:
-            rel = os.path.normpath(text)
-        rel = rel.replace(os.sep, "/")
-        if rel in (".", "") or rel == ".." or rel.startswith("../") or rel.startswith("/"):
-            raise InvalidParameter("scriptPath must be inside the scripts directory")
-        return rel
-
-    def history(self, script_path: str | None = None, since: float | None = None, limit: int = 100,
-                include_rotated: bool = False) -> dict:
-        """Newest-first fires, read backwards from the log's end; stops once it has `limit` entries."""
-        rel = self.relative_path(script_path) if script_path is not None else None
-        contains = None
-        if rel is not None:
-            contains = json.dumps(rel, ensure_ascii=False).encode("utf-8", "backslashreplace")
-        entries = []
-        for record in self.fires.read_newest(include_rotated=include_rotated, contains=contains):
-            if rel is not None and record.get("scriptPath") != rel:
-                continue
-            if since is not None:
-                ts = _parse_optional_iso(record.get("ts"))
-                logged = _parse_optional_iso(record.get("loggedAt"))
-                if logged is not None and logged < since:
-                    break   # a line is logged after its `ts`, so every line before this one is older than `since`
-                if ts is None or ts < since:
-                    if logged is None and ts is not None and ts < since - MAX_SCRIPT_TIMEOUT_MS / 1000:
-                        break   # no loggedAt (older lines): a fire is logged at most one run time after its ts
-                    continue
-            entries.append(record)
-            if len(entries) >= limit:
-                break
-        return {"total": len(entries), "limit": limit, "includeRotated": include_rotated, "entries": entries}
-
-    def trigger(self, payload: Any) -> dict:
-        """Fire a registered script now, in the caller's thread, and answer with the result."""
-        if not isinstance(payload, dict):
-            raise InvalidParameter("body must be a JSON object with scriptPath")
-        unknown = set(payload) - {"scriptPath", "force"}
-        if unknown:
-            raise InvalidParameter(f"{sorted(unknown)[0]} is not a known field (known: scriptPath, force)")
-        if "scriptPath" not in payload:
-            raise InvalidParameter("scriptPath is required")
-        force = payload.get("force", False)
-        if not isinstance(force, bool):
-            raise InvalidParameter("force must be true or false")
-        rel = self.relative_path(payload["scriptPath"])
-        with self._lock:
-            schedule = self._registered.get(rel)
-        if schedule is None:
-            raise NotFound(f"no registered @schedule script {rel!r}")
-        if schedule.token and not force:
-            raise Forbidden(f"{rel} declares @token; pass \"force\": true to fire it without a token")
-        key = _exec_key(rel)
-        if not self.scheduler.claim(key):
-            raise ApiError(f"{rel} is already running", code="CONFLICT", status=409)
-        try:
-            record = self._fire(rel, self.clock(), "manual")
-        finally:
-            self.scheduler.release(key)
-        if not record:
-            raise NotFound(f"no registered @schedule script {rel!r}")
-        result = {"triggered": True, "scriptPath": rel, "runId": record["runId"], "status": record["status"],
-                  "durationMs": record["durationMs"]}
-        if "returnPreview" in record:
-            result["returnPreview"] = record["returnPreview"]
-        if "error" in record:
-            result["error"] = record["error"]
-        return result
-
-    def count(self) -> int:
-        with self._lock:
-            return len(self._registered)
+def _run_check(argv: list[str], cwd: str, env: dict, timeout: float) -> tuple[int | str, bytes]:
+    """A syntax check run to its end: (exit status, or "timeout", and its output)."""
+    try:
+        done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout, cwd=cwd,
+                              env=env, start_new_session=True)
+    except subprocess.TimeoutExpired:
+        return "timeout", b""
+    return done.returncode, done.stderr or done.stdout
 
 
 def _interpreter_name(argv: tuple[str, ...], head: bytes) -> str | None:
@@ -4460,9 +3459,6 @@ def _interpreter_name(argv: tuple[str, ...], head: bytes) -> str | None:
             words = [w for w in words[1:] if not w.startswith("-")]
         return os.path.basename(words[0]) if words else None
     return os.path.basename(argv[0]) if argv else None
-
-
-_COMPILE_PYTHON = ("<compile>",)     # _preflight_command's answer for Python: compiled in this process
 
 
 def _check_problem(output: bytes, status: int | str) -> str:
@@ -4476,7 +3472,9 @@ def _compile_python(path: str) -> str | None:
         with open(path, "rb") as f:
             compile(f.read(), path, "exec", dont_inherit=True)
     except (SyntaxError, ValueError) as e:
-        return f"{type(e).__name__}: {e}"
+        return f"{type(e).__name__}: {e}"[:300]
+    except (MemoryError, RecursionError) as e:      # a deeply nested expression: still only a failed check
+        return f"{type(e).__name__}: the code nests too deeply to compile"
     return None
 
 
@@ -4493,8 +3491,240 @@ def _printable(text: str) -> str:
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
-def _exec_key(rel: str) -> str:
-    return "exec:" + rel
+def script_environment(secrets_: tuple[str, ...]) -> Callable[[dict[str, str]], dict[str, str]]:
+    """The environment scripts get: the server's, minus API tokens (and any variable holding one), plus extra."""
+    def environment(extra: dict[str, str]) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("SCHEDSERVER_TOKEN", "SCHEDSERVER_READ_TOKEN")
+               and not any(secret in v for secret in secrets_)}
+        env.update(extra)
+        return env
+    return environment
+
+
+class ScriptSchedules:
+    """The script schedule surface: reload (scan and register), list, history, trigger."""
+
+    def __init__(self, catalog: ScriptCatalog, scheduler: Scheduler, runs: Runs, state: RunState,
+                 fires_log: NdjsonLog, registry_path: str | None = None, clock: Callable[[], float] = time.time,
+                 timezone_name: str = "UTC", notify: Callable[[str], Any] | None = None, sync_limit: int = 4):
+        self.catalog = catalog
+        self.scheduler = scheduler
+        self.runs = runs
+        self.state = state
+        self.fires = fires_log
+        self.registry = JsonFile(registry_path or os.path.join(os.path.dirname(fires_log.path),
+                                                               "exec-registered.json"))
+        self.clock = clock
+        self.tz = load_timezone(timezone_name)
+        self.notify = notify or (lambda message: None)      # systemd notifications around reloads
+        self.sync_limit = sync_limit
+        self._sync = threading.BoundedSemaphore(sync_limit)
+        self._lock = threading.Lock()               # guards the dicts below (memory only)
+        self._reload_lock = threading.Lock()        # one reload at a time
+        self._registered: dict[str, ScriptDefinition] = {}
+        self._registered_at: dict[str, float] = {}  # scriptRel -> when first registered (kept across restarts)
+        self._at_last_stop: set[str] | None = None  # registered when the last process stopped (None: unknown)
+        self._closed = False
+
+    # -- registration ----------------------------------------------------------------------------------------
+    def load(self) -> dict:
+        """At start: what was registered before (and the remembered checks), then a reload."""
+        try:
+            saved = self.registry.load(None)
+        except StartupError as e:
+            log.warning("%s; every script is taken as registered before", e)
+            saved = None
+        if isinstance(saved, dict):
+            registered = saved.get("registered")
+            if isinstance(registered, dict):            # scriptRel -> registeredAt
+                self._registered_at = {rel: t for rel, when in registered.items()
+                                       if (t := parse_optional_iso(when)) is not None}
+                self._at_last_stop = set(registered)
+            elif isinstance(registered, list):          # an older layout: names only
+                self._at_last_stop = {rel for rel in registered if isinstance(rel, str)}
+            for path, entry in (saved.get("preflight") or {}).items():
+                if isinstance(entry, list) and len(entry) == 4:
+                    self.catalog.checked[path] = tuple(entry)
+        return self.reload(reason="start")
+
+    def reload(self, dry_run: bool = False, *, reason: str = "api") -> dict:
+        """Rescan and reconcile; the answer lists added, kept, changed, removed and failed scripts. `reason`
+        ("start", "api", "SIGHUP") goes into the one summary line a reload logs."""
+        with self._reload_lock:
+            if self._closed:
+                log.info("scripts not reloaded (%s): the server is stopping", reason)
+                return {"dry_run": dry_run, "added": [], "kept": [], "changed": [], "removed": [], "failed": []}
+            notifying = not dry_run and reason != "start"
+            if notifying:
+                self.notify(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
+            try:
+                found, failed = self.catalog.scan()
+                with self._lock:
+                    current = dict(self._registered)
+                kept = sorted(set(found) & set(current))
+                changed = [rel for rel in kept if found[rel].signature() != current[rel].signature()]
+                added, removed = sorted(set(found) - set(current)), sorted(set(current) - set(found))
+                if not dry_run:
+                    self._apply(found, added, changed, removed, failed, reason)
+            finally:
+                if notifying:
+                    self.notify("READY=1")
+        return {"dry_run": dry_run, "added": added, "kept": kept, "changed": changed, "removed": removed,
+                "failed": failed}
+
+    def _apply(self, found: dict[str, ScriptDefinition], added: list[str], changed: list[str],
+               removed: list[str], failed: list[dict], reason: str) -> None:
+        now = self.clock()
+        with self._lock:
+            previous = self._registered
+            self._registered = {rel: (previous[rel] if rel in previous and rel not in changed else found[rel])
+                                for rel in sorted(found)}
+            for rel in removed:
+                self._registered_at.pop(rel, None)
+            for rel in found:
+                self._registered_at.setdefault(rel, now)
+            registered = self._registered
+        for rel in removed:
+            self.scheduler.remove(job_key("script", rel))
+        for rel in added + changed:
+            definition = registered[rel]
+            anchor = now
+            if reason == "start" and (self._at_last_stop is None or rel in self._at_last_stop):
+                # Fires due while the server was down are counted from the last cron slot handled; only for
+                # scripts that were registered when it went down (not for ones broken back then).
+                anchor = min(now, self.state.get(definition.key).get("slot") or self._registered_at.get(rel, now))
+            self.scheduler.add(self._job(definition), anchor)
+        log.info("scripts reloaded (%s): %d added, %d kept, %d changed, %d removed, %d failed; %d registered",
+                 reason, len(added), len(found) - len(added) - len(changed), len(changed), len(removed),
+                 len(failed), len(registered))
+        for failure in failed:
+            log.warning("script %s not scheduled: %s", failure["path"], failure["reason"])
+        self._save_registry()
+
+    def _save_registry(self) -> None:
+        with self._lock:
+            registered = {rel: utc_iso(self._registered_at.get(rel, self.clock()), ms=True)
+                          for rel in self._registered}
+        checked = {path: list(entry) for path, entry in list(self.catalog.checked.items()) if os.path.exists(path)}
+        try:
+            self.registry.save({"version": 2, "registered": registered, "preflight": checked})
+        except OSError as e:
+            log.error("cannot write %s: %s", self.registry.path, e)
+
+    def close(self) -> None:
+        with self._reload_lock:
+            self._closed = True
+
+    def _job(self, d: ScriptDefinition) -> Job:
+        return Job(key=d.key, kind="script", ref=d.rel, cron=d.cron, tz=self.tz,
+                   target=ScriptTarget(d.rel, d.path, d.argv, d.timeout_ms, self.catalog.scripts_dir))
+
+    # -- the API ---------------------------------------------------------------------------------------------
+    def list(self) -> dict:
+        with self._lock:
+            definitions = list(self._registered.values())
+            registered_at = dict(self._registered_at)
+        nexts = self.scheduler.next_of([d.key for d in definitions])
+        items = []
+        for d, next_at in zip(definitions, nexts):
+            state = self.state.get(d.key)
+            items.append({"scriptPath": d.path, **script_identity(d.rel), "expression": d.cron.expression,
+                          "timeoutMs": d.timeout_ms, "registeredAt": utc_iso(registered_at.get(d.rel), ms=True),
+                          "nextFire": utc_iso(next_at, ms=True), "lastFireAt": state.get("at"),
+                          "lastFireStatus": state.get("status"), "lastFireRunId": state.get("run_id"),
+                          "description": d.description, "running": bool(self.runs.recorder.running(d.key))})
+        return {"total": len(items), "schedules": items}
+
+    def relative_path(self, script_path: Any) -> str:
+        """scriptRel for a path given relative to the scripts dir or absolute inside it; 400 when it escapes."""
+        if not isinstance(script_path, str) or not script_path.strip() or "\x00" in script_path:
+            raise InvalidParameter("scriptPath must be a non-empty string")
+        text = script_path.strip()
+        root = self.catalog.scripts_dir
+        if os.path.isabs(text):
+            full = os.path.normpath(text)
+            if os.path.commonpath([root, full]) != root:
+                raise InvalidParameter("scriptPath must be inside the scripts directory")
+            rel = os.path.relpath(full, root)
+        else:
+            rel = os.path.normpath(text)
+        rel = rel.replace(os.sep, "/")
+        if rel in (".", "") or rel == ".." or rel.startswith("../") or rel.startswith("/"):
+            raise InvalidParameter("scriptPath must be inside the scripts directory")
+        return rel
+
+    def history(self, script_path: str | None = None, since: float | None = None, limit: int = 100,
+                include_rotated: bool = False) -> dict:
+        """Fires newest first by `ts`. The log is in the order runs ended, and a line is logged after its `ts`,
+        so reading backwards can stop once a line was logged before the oldest `ts` it would have to beat."""
+        rel = self.relative_path(script_path) if script_path is not None else None
+        contains = json.dumps(rel, ensure_ascii=False).encode("utf-8", "backslashreplace") if rel else None
+        best: list[tuple[float, int, dict]] = []        # a min-heap of the newest `limit` by ts
+        for order, (record, _) in enumerate(self.fires.read_newest(include_rotated, contains)):
+            if rel is not None and record.get("scriptPath") != rel:
+                continue
+            ts = parse_optional_iso(record.get("ts"))
+            if ts is None:
+                continue
+            logged = parse_optional_iso(record.get("loggedAt")) or ts
+            if len(best) >= limit and logged < best[0][0]:
+                break
+            if since is not None and ts < since:
+                if logged < since:
+                    break       # every line logged before this one has a `ts` before `since` too
+                continue
+            item = (ts, -order, record)
+            if len(best) < limit:
+                heapq.heappush(best, item)
+            elif item[:2] > best[0][:2]:
+                heapq.heapreplace(best, item)
+        entries = [record for _, _, record in sorted(best, key=lambda item: item[:2], reverse=True)]
+        return {"total": len(entries), "limit": limit, "includeRotated": include_rotated, "entries": entries}
+
+    def trigger(self, payload: Any) -> dict:
+        """Fire a registered script now, in the caller's thread, and answer with the result."""
+        if not isinstance(payload, dict):
+            raise InvalidParameter("body must be a JSON object with scriptPath")
+        unknown = set(payload) - {"scriptPath", "force"}
+        if unknown:
+            raise InvalidParameter(f"{_shown(sorted(unknown)[0])} is not a known field (known: scriptPath, force)")
+        if "scriptPath" not in payload:
+            raise InvalidParameter("scriptPath is required")
+        force = payload.get("force", False)
+        if not isinstance(force, bool):
+            raise InvalidParameter("force must be true or false")
+        rel = self.relative_path(payload["scriptPath"])
+        definition = self.find(rel)
+        if definition.token and not force:
+            raise Forbidden(f"{rel} declares @token; pass \"force\": true to fire it without a token")
+        # A manual trigger holds a request thread until the script ends: never all of them.
+        if not self._sync.acquire(blocking=False):
+            raise Unavailable(f"{self.sync_limit} manual triggers are running already (the most that may wait at "
+                              "once); try again when one has finished")
+        try:
+            _, record = self.runs.run_now(self._job(definition), "manual")
+        except Conflict:
+            raise Conflict(f"{rel} is already running") from None
+        finally:
+            self._sync.release()
+        result = {"triggered": True, "scriptPath": rel, "runId": record["runId"], "status": record["status"],
+                  "durationMs": record["durationMs"]}
+        for key in ("returnPreview", "error", "exitCode", "signal"):
+            if key in record:
+                result[key] = record[key]
+        return result
+
+    def find(self, rel: str) -> ScriptDefinition:
+        with self._lock:
+            definition = self._registered.get(rel)
+        if definition is None:
+            raise NotFound(f"no registered @schedule script {_shown(rel)}")
+        return definition
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self._registered)
 
 
 ###############################################################################
@@ -4511,7 +3741,7 @@ class Auth:
         """The caller's role, or None. Every token is compared, in constant time, whichever matches."""
         if not authorization or not authorization[:7].lower() == "bearer ":
             return None
-        given = authorization[7:].strip().encode()
+        given = authorization[7:].strip().encode("latin-1", "replace")
         found = None
         for token, role in self._tokens:
             if hmac.compare_digest(given, token) and found is None:
@@ -4528,16 +3758,15 @@ class Auth:
 
 
 EXEC_TITLES = {400: "Invalid parameter format", 401: "Unauthorized", 403: "Access denied",
-               404: "Resource not found", 409: "Conflict", 500: "Internal server error", 503: "Service unavailable"}
-
-
+               404: "Resource not found", 405: "Method not allowed", 409: "Conflict", 413: "Payload too large",
+               500: "Internal server error", 503: "Service unavailable"}
 EXEC_CODES = {"INVALID_PARAMETER": "VALIDATION_ERROR", "INVALID_CRON_EXPRESSION": "VALIDATION_ERROR",
-              "INTERNAL_ERROR": "ERROR_500", "STORAGE_ERROR": "ERROR_500"}
+              "INTERNAL_ERROR": "ERROR_500", "STORAGE_ERROR": "ERROR_500", "SERVICE_UNAVAILABLE": "ERROR_503"}
 
 
 def error_body(path: str, status: int, code: str, message: str, now: float | None = None) -> dict:
     """An error in the shape of the surface that `path` belongs to."""
-    if path.startswith(EXEC_PREFIX):
+    if path == EXEC_PREFIX.rsplit("/", 1)[0] or path.startswith(EXEC_PREFIX.rsplit("/", 1)[0] + "/"):
         return {"error": EXEC_TITLES.get(status, bottle.HTTP_CODES.get(status, "Error")),
                 "code": EXEC_CODES.get(code, code),
                 "message": message, "timestamp": utc_iso(time.time() if now is None else now, ms=True)}
@@ -4564,7 +3793,7 @@ def read_json_body(request: bottle.LocalRequest, empty: Any = None) -> Any:
         return empty
     content_type = (request.content_type or "").split(";")[0].strip().lower()
     if content_type and content_type != "application/json" and not content_type.endswith("+json"):
-        raise InvalidParameter(f"body must be JSON with Content-Type application/json, not {content_type!r}")
+        raise InvalidParameter(f"body must be JSON with Content-Type application/json, not {_shown(content_type)}")
     try:
         return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
     except RecursionError:
@@ -4601,27 +3830,39 @@ def _query_bool(request: bottle.LocalRequest, name: str) -> bool | None:
     raise InvalidParameter(f"{name} must be true or false (or 1 or 0)")
 
 
-def make_app(curl: CurlSchedules, auth: Auth, scripts: ScriptSchedules | None = None,
+def _check_query(request: bottle.LocalRequest, known: tuple[str, ...]) -> None:
+    for name in request.query.keys():
+        if name not in known:
+            allowed = f"known: {', '.join(known)}" if known else "this route takes no query parameters"
+            raise InvalidParameter(f"unknown query parameter {_shown(name)} ({allowed})")
+
+
+def make_app(http: HttpSchedules, auth: Auth, scripts: ScriptSchedules | None = None,
              health: Any = None) -> bottle.Bottle:
     """The WSGI app: thin routes over the services, every answer JSON."""
     app = bottle.Bottle(catchall=True)
     request = bottle.request
 
-    def api(callback: Callable) -> Callable:
-        """Route wrapper: auth, then the callback; any error becomes JSON in the surface's shape."""
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            try:
-                auth.check(request.environ.get("HTTP_AUTHORIZATION"), request.method)
-                status, body = 200, callback(*args, **kwargs)
-                if isinstance(body, tuple):
-                    status, body = body
-                return json_response(body, status)
-            except ApiError as e:
-                return json_response(error_body(request.path, e.status, e.code, e.message), e.status, e.headers)
-            except Exception:
-                log.error("unexpected error on %s %s\n%s", request.method, request.path, traceback.format_exc())
-                return json_response(error_body(request.path, 500, "INTERNAL_ERROR", "Internal server error"), 500)
-        return wrapper
+    def api(query: tuple[str, ...] = ()) -> Callable[[Callable], Callable]:
+        """Route wrapper: auth, known query parameters, then the callback; any error becomes JSON in the
+        surface's shape."""
+        def wrap(callback: Callable) -> Callable:
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                try:
+                    role = auth.check(request.environ.get("HTTP_AUTHORIZATION"), request.method)
+                    request.environ["schedserver.role"] = role
+                    _check_query(request, query)
+                    status, body = 200, callback(*args, **kwargs)
+                    if isinstance(body, tuple):
+                        status, body = body
+                    return json_response(body, status)
+                except ApiError as e:
+                    return json_response(error_body(request.path, e.status, e.code, e.message), e.status, e.headers)
+                except Exception:
+                    log.error("unexpected error on %s %s\n%s", request.method, request.path, traceback.format_exc())
+                    return json_response(error_body(request.path, 500, "INTERNAL_ERROR", "Internal server error"), 500)
+            return wrapper
+        return wrap
 
     if health is not None:
         @app.get("/healthz")
@@ -4630,58 +3871,54 @@ def make_app(curl: CurlSchedules, auth: Auth, scripts: ScriptSchedules | None = 
             return json_response(body, status)
 
     @app.get(CURL_PREFIX)
-    @api
-    def list_curl() -> dict:
+    @api(query=("page", "limit"))
+    def list_http() -> dict:
         page = _query_int(request, "page", 1) or 1
         limit = _query_int(request, "limit", 1, 1000)
-        return curl.list_json(page, limit)
+        return http.list(page, limit)
 
     @app.post(CURL_PREFIX)
-    @api
-    def create_curl() -> tuple[int, dict]:
-        return 201, curl.create(read_json_body(request))
+    @api()
+    def create_http() -> tuple[int, dict]:
+        return 201, http.create(read_json_body(request))
 
     @app.get(CURL_PREFIX + "/<schedule_id>")
-    @api
-    def get_curl(schedule_id: str) -> dict:
-        return curl.get(schedule_id)
+    @api()
+    def get_http(schedule_id: str) -> dict:
+        return http.get(schedule_id, redact=request.environ.get("schedserver.role") != "admin")
 
     @app.route(CURL_PREFIX + "/<schedule_id>/toggle", method="PATCH")
-    @api
-    def toggle_curl(schedule_id: str) -> dict:
-        curl._find(schedule_id)     # 404 before complaining about the body
-        return curl.toggle(schedule_id, read_json_body(request, empty=EMPTY_BODY))
+    @api()
+    def toggle_http(schedule_id: str) -> dict:
+        http.find(schedule_id)      # 404 before complaining about the body
+        return http.toggle(schedule_id, read_json_body(request, empty=EMPTY_BODY))
 
     # An id holding a slash (`..%2Fx` arrives decoded) is a malformed id, not an unknown route.
     @app.route(CURL_PREFIX + "/<schedule_id:re:(?!.*/toggle$).+/.+>", method=["GET", "DELETE"])
     @app.route(CURL_PREFIX + "/<schedule_id:re:.+/.+>/toggle", method="PATCH")
-    @api
-    def malformed_curl_id(schedule_id: str) -> dict:
+    @api()
+    def malformed_http_id(schedule_id: str) -> dict:
         raise NotFound("Schedule not found", code="SCHEDULE_NOT_FOUND")
 
     @app.delete(CURL_PREFIX + "/<schedule_id>")
-    @api
-    def delete_curl(schedule_id: str) -> dict:
-        return curl.delete(schedule_id)
+    @api()
+    def delete_http(schedule_id: str) -> dict:
+        return http.delete(schedule_id)
 
     if scripts is not None:
         @app.get(EXEC_PREFIX + "/list")
-        @api
-        def list_scripts() -> bytes:
-            return scripts.list_json()
+        @api()
+        def list_scripts() -> dict:
+            return scripts.list()
 
         @app.get(EXEC_PREFIX + "/history")
-        @api
+        @api(query=("scriptPath", "since", "limit", "includeRotated"))
         def script_history() -> dict:
-            known = {"scriptPath", "since", "limit", "includeRotated"}
-            for name in request.query.keys():
-                if name not in known:
-                    raise InvalidParameter(f"unknown query parameter {name!r} (known: {', '.join(sorted(known))})")
             since = None
             if "since" in request.query:
                 try:
                     since = parse_iso(request.query.getunicode("since") or "")
-                except ValueError:
+                except (ValueError, OverflowError):
                     raise InvalidParameter("since must be an ISO 8601 timestamp, e.g. 2026-01-15T00:00:00Z") from None
             limit_raw = request.query.getunicode("limit")
             limit = 100
@@ -4695,7 +3932,7 @@ def make_app(curl: CurlSchedules, auth: Auth, scripts: ScriptSchedules | None = 
             return scripts.history(script_path, since, limit, bool(_query_bool(request, "includeRotated")))
 
         @app.post(EXEC_PREFIX + "/reload")
-        @api
+        @api()
         def reload_scripts() -> dict:
             body = read_json_body(request)
             if body is None:
@@ -4704,28 +3941,26 @@ def make_app(curl: CurlSchedules, auth: Auth, scripts: ScriptSchedules | None = 
                 raise InvalidParameter('body must be a JSON object such as {"dry_run": true}')
             unknown = set(body) - {"dry_run"}
             if unknown:
-                raise InvalidParameter(f"{sorted(unknown)[0]} is not a known field (known: dry_run)")
+                raise InvalidParameter(f"{_shown(sorted(unknown)[0])} is not a known field (known: dry_run)")
             dry_run = body.get("dry_run", False)
             if not isinstance(dry_run, bool):
                 raise InvalidParameter("dry_run must be true or false")
             return scripts.reload(dry_run)
 
         @app.post(EXEC_PREFIX + "/trigger")
-        @api
+        @api()
         def trigger_script() -> dict:
             return scripts.trigger(read_json_body(request))
 
     def router_error(status: int, code: str, message: str) -> Callable:
         def handler(error: bottle.HTTPError) -> str:
             bottle.response.content_type = "application/json"
+            text = message
             if status == 405 and error.status_code == 405:
-                message_text = f"Method {request.method} is not allowed here"
+                text = f"Method {request.method} is not allowed here"
             elif status == 500 and error.traceback:
                 log.error("unexpected error on %s %s\n%s", request.method, request.path, error.traceback)
-                message_text = message
-            else:
-                message_text = message
-            return json.dumps(error_body(request.path, status, code, message_text))
+            return json.dumps(error_body(request.path, status, code, text))
         return handler
 
     not_found = router_error(404, "NOT_FOUND", "No such route")
@@ -4745,88 +3980,8 @@ def make_app(curl: CurlSchedules, auth: Auth, scripts: ScriptSchedules | None = 
     return app
 
 
-###############################################################################
-# CLI and serving ##############################################################
-###############################################################################
-
-def resolve_admin_tokens(config: Config) -> tuple[str, ...]:
-    """Admin tokens from config/env and the token file; with none, a generated `<data-dir>/api-token`."""
-    tokens = list(config.tokens)
-    if config.token_file:
-        try:
-            with open(config.token_file, encoding="utf-8") as f:
-                tokens += [t.strip() for t in re.split(r"[,\s]+", f.read()) if t.strip()]
-        except OSError as e:
-            raise ConfigError(f"auth.token_file {config.token_file}: cannot read ({e.strerror})") from None
-    if tokens:
-        return tuple(tokens)
-    path = os.path.join(config.data_dir, "api-token")
-    try:
-        with open(path, encoding="utf-8") as f:
-            token = f.read().strip()
-        if token:
-            log.info("admin token: read from %s", path)
-            return (token,)
-    except FileNotFoundError:
-        pass
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
-    token = secrets.token_urlsafe(32)
-    try:
-        atomic_write(path, token.encode() + b"\n", mode=0o600)
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot write the generated token ({e.strerror})") from None
-    log.info("admin token: none configured, generated one into %s (mode 0600)", path)
-    return (token,)
-
-
-def sd_notify(message: str) -> bool:
-    """Tell systemd (Type=notify) about our state over $NOTIFY_SOCKET; without it, do nothing."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return False
-    if address.startswith("@"):
-        address = "\0" + address[1:]       # an abstract socket
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            sock.connect(address)
-            sock.sendall(message.encode())
-        return True
-    except OSError:
-        return False
-
-
-def watchdog_enabled() -> bool:
-    """True when systemd expects WATCHDOG=1 pings from this process (WatchdogSec= in the unit)."""
-    pid = os.environ.get("WATCHDOG_PID")
-    return bool(os.environ.get("WATCHDOG_USEC")) and (not pid or pid == str(os.getpid()))
-
-
-class Health:
-    """What GET /healthz answers: ok, or stalled when the ticker has not ticked for STALL_SECONDS."""
-
-    STALL_SECONDS = 5.0
-
-    def __init__(self, scheduler: Scheduler, curl: CurlSchedules, scripts: ScriptSchedules | None):
-        self.scheduler = scheduler
-        self.curl = curl
-        self.scripts = scripts
-        self.started = scheduler.monotonic()
-
-    def report(self) -> tuple[int, dict]:
-        now = self.scheduler.monotonic()
-        last = self.scheduler.last_tick_monotonic
-        age = now - (last if last is not None else self.started)
-        stalled = age >= self.STALL_SECONDS
-        body = {"status": "stalled" if stalled else "ok", "version": __version__,
-                "uptime_s": round(now - self.started, 3), "last_tick_age_ms": int(age * 1000),
-                "schedules": {"scripts": self.scripts.count() if self.scripts else 0, "http": self.curl.count()},
-                "running": self.scheduler.running_count()}
-        return (503 if stalled else 200), body
-
-
 class AccessLog:
-    """WSGI middleware: one line per request with method, path, status and duration (never headers)."""
+    """WSGI middleware: one log line per request (method, path, status, duration)."""
 
     def __init__(self, app: Callable):
         self.app = app
@@ -4890,152 +4045,395 @@ class JsonErrorChannel(waitress.channel.HTTPChannel):
     parser_class = TargetRememberingParser
 
 
+class OncePerMinute(logging.Filter):
+    """Lets the same message through at most once a minute (the connection limit can flap)."""
+
+    def __init__(self, seconds: float = 60.0):
+        super().__init__()
+        self.seconds = seconds
+        self._last: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = time.monotonic()
+        key = str(record.msg)
+        if now - self._last.get(key, -self.seconds) < self.seconds:
+            return False
+        self._last[key] = now
+        return True
+
+
+###############################################################################
+# Server #######################################################################
+###############################################################################
+
+def resolve_admin_tokens(config: Config) -> tuple[str, ...]:
+    """Admin tokens from config/env and the token file; with none, a generated `<data-dir>/api-token`."""
+    tokens = list(config.tokens)
+    if config.token_file:
+        try:
+            with open(config.token_file, encoding="utf-8") as f:
+                from_file = [t.strip() for t in re.split(r"[,\s]+", f.read()) if t.strip()]
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"auth.token_file {config.token_file}: cannot read "
+                              f"({getattr(e, 'strerror', None) or e})") from None
+        try:
+            tokens += _to_token_list(from_file)
+        except ValueError as e:
+            raise ConfigError(f"auth.token_file {config.token_file}: {e}") from None
+    if tokens:
+        return tuple(tokens)
+    path = os.path.join(config.data_dir, "api-token")
+    try:
+        with open(path, encoding="utf-8") as f:
+            token = f.read().strip()
+        if token:
+            log.info("admin token: read from %s", path)
+            return (token,)
+    except FileNotFoundError:
+        pass
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read ({getattr(e, 'strerror', None) or e})") from None
+    token = secrets.token_urlsafe(32)
+    try:
+        atomic_write(path, token.encode() + b"\n", mode=0o600)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot write the generated token ({e.strerror})") from None
+    log.info("admin token: none configured, generated one into %s (mode 0600)", path)
+    return (token,)
+
+
+def sd_notify(message: str) -> bool:
+    """Tell systemd (Type=notify) about our state over $NOTIFY_SOCKET; without it, do nothing."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]       # an abstract socket
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(address)
+            sock.sendall(message.encode())
+        return True
+    except OSError:
+        return False
+
+
+def watchdog_enabled() -> bool:
+    """True when systemd expects WATCHDOG=1 pings from this process (WatchdogSec= in the unit)."""
+    pid = os.environ.get("WATCHDOG_PID")
+    return bool(os.environ.get("WATCHDOG_USEC")) and (not pid or pid == str(os.getpid()))
+
+
+class Health:
+    """What GET /healthz answers: ok, or stalled when the ticker has not ticked for STALL_SECONDS."""
+
+    STALL_SECONDS = 5.0
+
+    def __init__(self, scheduler: Scheduler, http: HttpSchedules, scripts: ScriptSchedules | None,
+                 recorder: Recorder):
+        self.scheduler = scheduler
+        self.http = http
+        self.scripts = scripts
+        self.recorder = recorder
+        self.started = scheduler.monotonic()
+
+    def report(self) -> tuple[int, dict]:
+        now = self.scheduler.monotonic()
+        last = self.scheduler.last_tick_monotonic
+        age = now - (last if last is not None else self.started)
+        stalled = age >= self.STALL_SECONDS
+        body = {"status": "stalled" if stalled else "ok", "version": __version__,
+                "uptime_s": round(now - self.started, 3), "last_tick_age_ms": int(age * 1000),
+                "schedules": {"scripts": self.scripts.count() if self.scripts else 0, "http": self.http.count()},
+                "running": self.recorder.count()}
+        return (503 if stalled else 200), body
+
+
 class Server:
-    """Everything a running schedserver holds, wired together: start(), serve(), then shutdown()."""
+    """Everything a running schedserver holds, wired together.
 
-    def __init__(self, config: Config):
+    start() loads the data dir and starts the scheduler (and, when asked, the HTTP listener); close() stops it
+    all. `wsgi_app` serves the API from any WSGI server once started. `own_process=True` (the CLI) also makes
+    it tell systemd its state and adopt what scripts leave behind; an embedding host keeps its process to itself.
+    """
+
+    def __init__(self, config: Config, *, clock: Callable[[], float] = time.time, own_process: bool = False,
+                 runners: dict[str, Any] | None = None, pool: Any = None):
         self.config = config
-        self.data_lock = DataDirLock(config.data_dir)
-        self.inflight = InFlightRuns()
-        self.scheduler = Scheduler(workers=config.workers, misfire_grace=config.misfire_grace_seconds,
-                                   on_tick=self._on_tick if os.environ.get("NOTIFY_SOCKET") else None)
-        self.curl = CurlSchedules(
-            JournalStore(os.path.join(config.data_dir, "curl-schedules.json")),
-            NdjsonLog(os.path.join(config.data_dir, "curl-runs.log"), config.runs_log_max_bytes,
-                      config.runs_log_backups),
-            self.scheduler, HttpRunner(policy=EgressPolicy(config.allow_networks, config.deny_networks)),
-            default_timezone=config.timezone, inflight=self.inflight)
-        self.scripts: ScriptSchedules | None = None
-        self.wsgi_server: Any = None
+        self.clock = clock
+        self.own_process = own_process
+        cfg = config
+        self.data_dir = DataDir(cfg.data_dir)
+        self.deadlines = DeadlineWatcher()
+        self.logs = {"http": NdjsonLog(os.path.join(cfg.data_dir, "curl-runs.log"), cfg.runs_log_max_bytes,
+                                       cfg.runs_log_backups),
+                     "script": NdjsonLog(os.path.join(cfg.data_dir, "fires.log"), cfg.fires_log_max_bytes,
+                                         cfg.fires_log_backups)}
+        self.state = RunState(os.path.join(cfg.data_dir, "run-state.json"), self.logs)
+        self.markers = RunMarkers(os.path.join(cfg.data_dir, "running"))
+        self.recorder = Recorder(self.logs, self.state, self.markers, clock)
+        self.policy = EgressPolicy(cfg.allow_networks, cfg.deny_networks)
+        self.environment = script_environment(())
+        self.runners = runners or {
+            "http": HttpRunner(self.policy, self.deadlines, clock, pool_size=cfg.workers),
+            "script": ScriptRunner(self.deadlines, clock, cfg.return_preview_chars,
+                                   environment=lambda extra: self.environment(extra), adopt_orphans=own_process)}
+        self._own_pool = pool is None
+        self.pool = pool
+        self.runs = Runs(self.recorder, self.runners, pool, clock, cfg.misfire_grace_seconds)
+        self.scheduler = Scheduler(cfg.misfire_grace_seconds, clock, on_due=self.runs.on_due, on_tick=self._on_tick)
+        self.http = HttpSchedules(JournalStore(os.path.join(cfg.data_dir, "curl-schedules.json")), self.scheduler,
+                                  self.runs, self.state, self.logs["http"], clock, cfg.timezone, self.policy)
+        script_runner = self.runners.get("script")
+        self.catalog = ScriptCatalog(cfg.scripts_dir, cfg.default_timeout_ms, cfg.interpreters, cfg.preflight,
+                                     check=getattr(script_runner, "check", None),
+                                     environment=lambda extra: self.environment(extra))
+        self.scripts = ScriptSchedules(self.catalog, self.scheduler, self.runs, self.state, self.logs["script"],
+                                       os.path.join(cfg.data_dir, "exec-registered.json"), clock, cfg.timezone,
+                                       notify=self._notify, sync_limit=max(1, cfg.threads // 2))
         self.app: Callable | None = None
-        self._watchdog = watchdog_enabled()
+        self.listener: Any = None
+        self._http_thread: threading.Thread | None = None
+        self._saving = threading.Lock()
+        self._started = False
+        self._watchdog = own_process and watchdog_enabled()
+        self._limit_filter = OncePerMinute()
 
-    def _wsgi(self, environ: dict, start_response: Callable) -> Any:
-        # waitress binds before the app exists (so a taken port is the first and only error); requests are
-        # served only from serve(), after start() has set self.app.
+    # -- life cycle -------------------------------------------------------------------------------------------
+    def __enter__(self) -> "Server":
+        if not self._started:
+            self.start()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def wsgi_app(self, environ: dict, start_response: Callable) -> Any:
+        """The API as a WSGI app (mountable in another server); 503 until start()."""
+        if self.app is None:
+            body = json.dumps(error_body(environ.get("PATH_INFO", ""), 503, "SERVICE_UNAVAILABLE",
+                                         "schedserver is not started")).encode()
+            start_response("503 Service Unavailable", [("Content-Type", "application/json"),
+                                                       ("Content-Length", str(len(body)))])
+            return [body]
         return self.app(environ, start_response)
 
-    def _on_tick(self, now: float) -> None:
-        """After each good tick: the systemd watchdog ping and status line. A stalled ticker sends neither."""
-        status = (f"STATUS={self.scripts.count() if self.scripts else 0} script and {self.curl.count()} http "
-                  f"schedules, {self.scheduler.running_count()} running; last tick {utc_iso(now)}")
-        sd_notify(("WATCHDOG=1\n" if self._watchdog else "") + status)
-
-    def start(self) -> None:
-        """Claim the data dir, bind the port, load state; raises ConfigError/StartupError with one line."""
-        # What start-up builds lives as long as the process: the collector would only walk it again and again
-        # (~460 collections, 0.25 s of a start with 10,000 schedules), so it is off until the load is done.
-        collecting = gc.isenabled()
-        gc.disable()
-        try:
-            self._start()
-        finally:
-            if collecting:
-                gc.enable()
-
-    def _start(self) -> None:
+    def load(self) -> None:
+        """Claim the data dir and load what it holds; no thread is started. Raises ConfigError/StartupError."""
         cfg = self.config
-        prepare_data_dir(cfg.data_dir)
+        self.data_dir.prepare()
         try:
             os.makedirs(cfg.scripts_dir, exist_ok=True)
         except OSError as e:
             raise ConfigError(f"scripts dir {cfg.scripts_dir}: cannot create ({e.strerror})") from None
         if not os.access(cfg.scripts_dir, os.R_OK | os.X_OK):
             raise ConfigError(f"scripts dir {cfg.scripts_dir}: not readable")
-        self.data_lock.acquire()
-        remove_stale_temp_files(cfg.data_dir)
-        try:
-            self.wsgi_server = waitress.server.create_server(
-                self._wsgi, host=cfg.host, port=cfg.port, threads=cfg.threads, ident="schedserver",
-                max_request_body_size=2 * MAX_BODY_BYTES, clear_untrusted_proxy_headers=True,
-                asyncore_use_poll=True)     # select() fails on descriptors past 1023: kept connections get there
-        except (OSError, ValueError) as e:     # waitress raises ValueError for a host it cannot resolve
-            raise ConfigError(f"cannot listen on {cfg.host}:{cfg.port}: {getattr(e, 'strerror', None) or e}") from None
-        self.wsgi_server.channel_class = JsonErrorChannel
+        self.data_dir.acquire()
         admin_tokens = resolve_admin_tokens(cfg)
-        auth = Auth(admin_tokens, cfg.read_tokens)
-        self.inflight = InFlightRuns(os.path.join(cfg.data_dir, "running"))
-        self.curl.inflight = self.inflight
-        self.scripts = ScriptSchedules(
-            cfg.scripts_dir,
-            NdjsonLog(os.path.join(cfg.data_dir, "fires.log"), cfg.fires_log_max_bytes, cfg.fires_log_backups),
-            self.scheduler, ScriptRunner(preview_chars=cfg.return_preview_chars),
-            default_timeout_ms=cfg.default_timeout_ms, timezone_name=cfg.timezone,
-            interpreters=cfg.interpreters, preflight=cfg.preflight,
-            secret_values=admin_tokens + cfg.read_tokens, inflight=self.inflight, notify=sd_notify)
-        # Runs in flight when the last process died hard: recorded as interrupted, never re-run.
-        for marker in self.inflight.recover():
-            service = self.scripts if marker.get("surface") == "exec" else self.curl
-            service.record_interrupted(marker, "interrupted")
-        # The scripts' syntax checks run in processes of their own while the HTTP schedules load.
-        self.scripts.begin_checks()
-        self.curl.load()
+        self.environment = script_environment(admin_tokens + cfg.read_tokens)
+        try:
+            self.markers.prepare()
+        except OSError as e:
+            raise ConfigError(f"data dir {cfg.data_dir}: cannot create running/ ({e.strerror})") from None
+        replayed = self.state.load()
+        for marker in self.markers.leftovers():
+            # Runs in flight when the last process died hard: what they left running is stopped, and each is
+            # recorded as interrupted, never re-run.
+            if marker.get("kind") == "script":
+                stop_leftovers(marker)
+            try:
+                self.recorder.record_leftover(marker)
+            except StorageError:
+                pass
+            self.markers.remove(str(marker.get("run_id")))
+        self.http.load()
         self.scripts.load()
-        app = make_app(self.curl, auth, self.scripts, Health(self.scheduler, self.curl, self.scripts))
+        app = make_app(self.http, Auth(admin_tokens, cfg.read_tokens), self.scripts,
+                       Health(self.scheduler, self.http, self.scripts, self.recorder))
         self.app = AccessLog(app) if cfg.access_log else app
-        self.scheduler.on_upcoming = self._get_ready
-        # What start-up loaded lives as long as the process: out of the collector's sight, a full collection
-        # costs microseconds instead of ~90 ms with 10,000 schedules, which would stall every run due meanwhile.
-        gc.freeze()
-        self.scheduler.start()
-        host = self.wsgi_server.effective_host
-        shown = f"[{host}]" if ":" in str(host) else host
-        log.info("schedserver listening on http://%s:%s", shown, self.wsgi_server.effective_port)
-        log.info("%d http schedules and %d script schedules loaded; data dir %s, scripts dir %s",
-                 self.curl.count(), self.scripts.count(), cfg.data_dir, cfg.scripts_dir)
-        sd_notify(f"READY=1\nSTATUS=listening on port {self.wsgi_server.effective_port}")
+        log.info("%d http schedules and %d script schedules loaded (%d run records replayed); data dir %s, "
+                 "scripts dir %s", self.http.count(), self.scripts.count(), replayed, cfg.data_dir, cfg.scripts_dir)
 
-    def serve(self) -> None:
-        self.wsgi_server.run()
+    def start(self, listen: bool = False) -> None:
+        """load(), then run the scheduler; with `listen`, serve the API on config.host:port too."""
+        cfg = self.config
+        self._started = True
+        try:
+            if listen:
+                self._bind()
+            self.load()
+            if self.own_process:
+                ProcessTable.become_subreaper()
+            if self.pool is None:
+                self.pool = WorkerPool(cfg.workers)
+                self.runs.pool = self.pool
+            self.scheduler.start()
+            if listen:
+                self._http_thread = threading.Thread(target=self._serve, name="schedserver-http", daemon=True)
+                self._http_thread.start()
+                host = self.listener.effective_host
+                shown = f"[{host}]" if ":" in str(host) else host
+                log.info("schedserver listening on http://%s:%s", shown, self.listener.effective_port)
+            self._notify(f"READY=1\nSTATUS=serving {self.http.count()} http and {self.scripts.count()} "
+                         "script schedules")
+        except BaseException:
+            self.close(grace=0)
+            raise
+
+    def _bind(self) -> None:
+        cfg = self.config
+        try:
+            self.listener = waitress.server.create_server(
+                self.wsgi_app, host=cfg.host, port=cfg.port, threads=cfg.threads, ident="schedserver",
+                max_request_body_size=2 * MAX_BODY_BYTES, clear_untrusted_proxy_headers=True,
+                connection_limit=cfg.connection_limit, channel_timeout=cfg.idle_timeout_seconds,
+                cleanup_interval=max(1, min(10, cfg.idle_timeout_seconds // 2)),
+                asyncore_use_poll=True)     # select() fails on descriptors past 1023
+        except (OSError, ValueError, OverflowError) as e:   # ValueError: a host it cannot resolve
+            raise ConfigError(f"cannot listen on {cfg.host}:{cfg.port}: "
+                              f"{getattr(e, 'strerror', None) or e}") from None
+        self.listener.channel_class = JsonErrorChannel
+        # Its warnings (the connection limit reached, accept() failing) are ours to log, at most once a minute.
+        self.listener.logger = logging.getLogger("schedserver.http")
+        self.listener.logger.addFilter(self._limit_filter)
+
+    @property
+    def serving(self) -> bool:
+        """True while the HTTP listener runs."""
+        return self._http_thread is not None and self._http_thread.is_alive()
+
+    def _serve(self) -> None:
+        try:
+            self.listener.run()
+        except Exception:
+            if self.listener is not None:
+                log.exception("the HTTP listener failed")
+
+    def _stop_listening(self) -> None:
+        listener, self.listener = self.listener, None
+        if listener is None:
+            return
+        if self._http_thread is not None:
+            def close_all() -> None:
+                for channel in list(listener._map.values()):
+                    channel.handle_close()
+            listener.trigger.pull_trigger(close_all)
+            self._http_thread.join(timeout=5)
+            self._http_thread = None
+        else:
+            listener.close()
+        listener.task_dispatcher.shutdown(timeout=5)
+        listener.logger.removeFilter(self._limit_filter)
+
+    def _notify(self, message: str) -> None:
+        if self.own_process:
+            sd_notify(message)
+
+    def _on_tick(self, now: float) -> None:
+        """After each tick: the systemd watchdog ping and status line; run state saved when it is due."""
+        if self.own_process:
+            status = (f"STATUS={self.scripts.count()} script and {self.http.count()} http schedules, "
+                      f"{self.recorder.count()} running; last tick {utc_iso(now)}")
+            sd_notify(("WATCHDOG=1\n" if self._watchdog else "") + status)
+        if self.state.due() and self.pool is not None and not self._saving.locked():
+            self.pool.submit(self.save_state)
+
+    def save_state(self) -> None:
+        with self._saving:
+            try:
+                self.state.save()
+            except OSError as e:
+                log.error("cannot save the run state (%s); the next start replays more of the runs logs", e)
 
     def reload_scripts(self) -> None:
         """SIGHUP: rescan the scripts dir in a thread of its own (never inside the signal handler)."""
         def run() -> None:
             try:
-                if self.scripts is not None:
-                    self.scripts.reload(reason="SIGHUP")
+                self.scripts.reload(reason="SIGHUP")
             except Exception:
                 log.exception("SIGHUP reload failed")
-        if self.app is None:    # before the start's own scan: a reload now would hide downtime misses from it
+        if self.app is None:
             log.info("SIGHUP while starting: ignored (the start scans the scripts dir itself)")
             return
         threading.Thread(target=run, name="schedserver-reload", daemon=True).start()
 
-    def _get_ready(self, jobs: list[Job]) -> None:
-        """After each tick, for the runs due next: connections for the HTTP ones, and marker files for all, made
-        in workers."""
-        self.curl.prepare_upcoming(jobs)
-        if self.inflight.wants_stock(len(jobs)):
-            self.scheduler.submit(self.inflight.stock, len(jobs))
-
-    def shutdown(self, deadline: float) -> None:
-        """Stop firing and serving, give runs in flight until `deadline` (time.monotonic()), then stop the rest
-        (recorded as `interrupted by shutdown`) and let go of the data dir."""
-        sd_notify("STOPPING=1")
-        self.scheduler.stop_ticking()
-        if self.wsgi_server is not None:
-            self.wsgi_server.close()
-        if self.inflight.count():
-            log.info("waiting up to %.0f s for %d run(s) in flight", max(0.0, deadline - time.monotonic()),
-                     self.inflight.count())
-        if not self.inflight.wait_idle(deadline):
-            count = self.inflight.interrupt_all("interrupted by shutdown")
-            log.warning("%d run(s) interrupted by shutdown", count)
-        self.curl.write_checkpoint()
-        self.stop()
-
-    def stop(self) -> None:
-        """Let go at once (also after a failed start)."""
-        if self.scripts is not None:
-            self.scripts.close()
+    def close(self, grace: float | None = None) -> None:
+        """Stop firing and serving, give runs in flight `grace` seconds (config.shutdown_grace_seconds by
+        default), stop and record the rest as interrupted, save the run state and let go of the data dir."""
+        grace = self.config.shutdown_grace_seconds if grace is None else grace
+        if self._started:
+            self._notify("STOPPING=1")
+        self._started = False
         self.scheduler.stop()
-        if self.wsgi_server is not None:
-            self.wsgi_server.close()
-        self.data_lock.release()        # a no-op when it was never acquired
+        self.scripts.close()
+        if self.listener is not None and self._http_thread is not None:
+            listener = self.listener        # no new connections: its socket closed (its trigger stays)
+            listener.trigger.pull_trigger(lambda: waitress.wasyncore.dispatcher.close(listener))
+        if self.recorder.count():
+            log.info("waiting up to %.0f s for %d run(s) in flight", grace, self.recorder.count())
+        stopped = self.runs.stop(time.monotonic() + grace)
+        if stopped:
+            log.warning("%d run(s) interrupted by shutdown", stopped)
+        self._stop_listening()
+        if self._own_pool and self.pool is not None:
+            self.pool.shutdown()
+            self.pool = self.runs.pool = None
+        for runner in self.runners.values():
+            runner.close()
+        self.deadlines.close()
+        self.http.store.wait_compacted()
+        if self.app is not None:
+            self.save_state()
+        self.app = None
+        self.data_dir.release()
 
 
-class _Shutdown(SystemExit):
-    """Raised in the main thread by SIGTERM/SIGINT; waitress stops its loop and request threads on SystemExit."""
+###############################################################################
+# CLI ##########################################################################
+###############################################################################
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
+
+
+def _escape_controls(text: str) -> str:
+    """Control characters as escapes, so a value (a file name, an error) can never split or forge a log line."""
+    return _CONTROL.sub(lambda m: {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(m.group(), f"\\x{ord(m.group()):02x}")
+                        if ord(m.group()) < 0x80 else f"\\u{ord(m.group()):04x}", text)
+
+
+class TextFormatter(logging.Formatter):
+    """The text log format, with control characters in messages escaped (tracebacks keep their lines)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = _escape_controls(record.message)
+        return super().formatMessage(record)
+
+
+def setup_logging(level: str) -> None:
+    """For the CLI: schedserver's loggers to stderr at `level` (journald adds its own timestamps)."""
+    handler = logging.StreamHandler(sys.stderr)
+    under_journald = bool(os.environ.get("JOURNAL_STREAM") or os.environ.get("INVOCATION_ID"))
+    fmt = "%(levelname)s %(message)s" if under_journald else "%(asctime)s %(levelname)s %(message)s"
+    handler.setFormatter(TextFormatter(fmt))
+    log.handlers[:] = [handler]
+    log.setLevel(level)
+    log.propagate = False
+    logging.getLogger("waitress").setLevel(logging.ERROR if level != "DEBUG" else logging.INFO)
+
+
+def raise_open_file_limit(wanted: int = OPEN_FILES_WANTED) -> int:
+    """Raise the soft limit on open files toward `wanted` (never past the hard limit): each client connection
+    takes a descriptor, and systemd's default soft limit is 1,024. Returns the soft limit now."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        if soft != resource.RLIM_INFINITY and soft < target:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            return target
+        return soft
+    except (OSError, ValueError) as e:
+        log.warning("cannot raise the open files limit: %s", e)
+        return -1
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -5050,33 +4448,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def setup_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    under_journald = bool(os.environ.get("JOURNAL_STREAM") or os.environ.get("INVOCATION_ID"))
-    fmt = "%(levelname)s %(message)s" if under_journald else "%(asctime)s %(levelname)s %(message)s"
-    handler.setFormatter(logging.Formatter(fmt))
-    log.handlers[:] = [handler]
-    log.setLevel(level)
-    log.propagate = False
-    logging.getLogger("waitress").setLevel(logging.ERROR if level != "DEBUG" else logging.INFO)
-
-
-def raise_open_file_limit(wanted: int = OPEN_FILES_WANTED) -> int:
-    """Raise the soft limit on open files toward `wanted` (never past the hard limit): connections kept for
-    runs due soon and run markers take a descriptor each, and systemd's default soft limit is 1,024. Returns
-    the soft limit now."""
-    try:
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-        if soft != resource.RLIM_INFINITY and soft < target:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            return target
-        return soft
-    except (OSError, ValueError) as e:
-        log.warning("cannot raise the open files limit: %s", e)
-        return -1
-
-
 def main(argv: list[str] | None = None) -> int:
     """Console entry point; returns the exit status (2 for problems the user can fix)."""
     args = parse_args(argv)
@@ -5087,37 +4458,33 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     setup_logging(config.log_level)
     raise_open_file_limit()
-    server = Server(config)
-    stopping: list[tuple[str, float]] = []
+    server = Server(config, own_process=True)
+    stop = threading.Event()
+    reason: list[str] = []
+    second: list[bool] = []
 
-    def on_signal(signum: int, frame: Any) -> None:
-        if stopping:
+    def on_stop(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            second.append(True)
             os._exit(1)         # a second signal: stop at once
-        stopping.append((signal.Signals(signum).name, time.monotonic() + config.shutdown_grace_seconds))
-        raise _Shutdown(0)
+        reason.append(signal.Signals(signum).name)
+        stop.set()
 
-    handlers = {signal.SIGTERM: on_signal, signal.SIGINT: on_signal,
+    handlers = {signal.SIGTERM: on_stop, signal.SIGINT: on_stop,
                 signal.SIGHUP: lambda signum, frame: server.reload_scripts()}
     previous = {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
     try:
         try:
-            server.start()
+            server.start(listen=True)
         except (ConfigError, StartupError) as e:
             print(f"schedserver: {e}", file=sys.stderr)
-            server.stop()
             return 2
-        except _Shutdown:       # stopped while starting: let go of what the start had begun (e.g. syntax checks)
-            sd_notify("STOPPING=1")
-            log.info("schedserver stopped while starting (%s)", stopping[0][0] if stopping else "signal")
-            server.stop()
-            return 0
-        try:
-            server.serve()
-        except _Shutdown:
-            pass
-        reason, deadline = stopping[0] if stopping else ("server loop ended", time.monotonic())
-        log.info("schedserver stopping (%s)", reason)
-        server.shutdown(deadline)
+        while not stop.wait(1.0):
+            if not server.serving:
+                reason.append("the HTTP listener stopped")
+                break
+        log.info("schedserver stopping (%s)", reason[0] if reason else "signal")
+        server.close()
         log.info("schedserver stopped")
         return 0
     finally:
