@@ -50,7 +50,7 @@ import uuid
 import zoneinfo
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timezone
 from typing import Any, Callable, Iterable, Iterator
 from zoneinfo import ZoneInfo
 
@@ -382,8 +382,12 @@ def load_config(flags: dict[str, Any] | None = None, environ: dict[str, str] | N
 
 
 def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+    """A value quoted for a message, cut short: user input may be huge."""
+    return _clip(repr(value))
+
+
+def _clip(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _from_text(text: Any, default: Any) -> Any:
@@ -407,8 +411,8 @@ def _read_toml(path: str) -> dict[str, Any]:
             return tomllib.load(f)
     except OSError as e:
         raise ConfigError(f"{path}: cannot read config file ({e.strerror})") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as e:
-        raise ConfigError(f"{path}: not valid TOML ({e})") from None
+    except (ValueError, RecursionError) as e:       # TOMLDecodeError, and int() refusing thousands of digits
+        raise ConfigError(f"{path}: not valid TOML ({_shown(str(e))})") from None
 
 
 ###############################################################################
@@ -458,12 +462,8 @@ def parse_optional_iso(text: Any) -> float | None:
         return None
 
 
-import copy
-import croniter
-
 CRON_HELP = ("use 6 fields: second minute hour day month weekday, e.g. '0 0 9 * * MON-FRI' "
              "(5-field expressions and @hourly, @daily, @weekly, @monthly, @yearly are accepted too)")
-
 CRON_MACROS = {
     "@yearly": "0 0 0 1 1 *", "@annually": "0 0 0 1 1 *", "@monthly": "0 0 0 1 * *",
     "@weekly": "0 0 0 * * 0", "@daily": "0 0 0 * * *", "@midnight": "0 0 0 * * *", "@hourly": "0 0 * * * *",
@@ -475,194 +475,281 @@ CRON_FIELDS = (
     ("second", 0, 59, ()), ("minute", 0, 59, ()), ("hour", 0, 23, ()),
     ("day", 1, 31, ()), ("month", 1, 12, MONTH_NAMES), ("weekday", 0, 7, DAY_NAMES),
 )
-CRON_CHECK_FROM = 946684800.0    # 2000-01-01: every valid expression fires within croniter's search window from here
-_CRON_ITEM = re.compile(r"^(?:(\*)|([0-9A-Za-z]+)(?:-([0-9A-Za-z]+))?)(?:/([0-9]+))?$")
+_CRON_ITEM = re.compile(r"(?:(\*)|([0-9A-Za-z]+)(?:-([0-9A-Za-z]+))?)(?:/([0-9]+))?")
+_LONGEST_MONTH = (0, 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+_ORDINAL_1970 = date(1970, 1, 1).toordinal()
+_LAST_ORDINAL = date(9999, 12, 31).toordinal()
+# The zone's offset changes are found by probing once a day and bisecting: tzdata never puts two changes
+# less than about 4 days apart, so a probe interval holds at most one.
+_ZONE_BLOCK = 1 << 25           # seconds of zone timeline per cached table (about 388 days)
+_ZONE_PROBE = 86400
+_ZONE_EDGES = (-62135510400, 253402128000)     # 0001-01-02 and 9999-12-30 UTC: datetime's safe range
+# A fall-back's second pass ends within a day of the change (the largest ever is 24 h), so changes
+# further back than this no longer matter.
+_LOOKBACK = 2 * 86400
 
 
 @dataclass(frozen=True)
-class CronSpec:
+class CronExpr:
     """A validated cron expression: as the user wrote it, and as six fields, seconds first."""
 
     expression: str
     fields: tuple[str, ...]
-    # Vixie cron: when the day or the weekday field starts with `*`, a date must match both fields, else
-    # either. croniter decides by "is the field exactly *", so parse_cron works the mode out and passes it on.
-    day_and_weekday: bool = True
+    # Vixie's MIN_STAR/HR_STAR: such a job runs in both passes of a repeated hour, never for skipped times.
+    wildcard_time: bool = field(init=False)
+    _seconds: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    _minutes: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    _hours: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    _days: frozenset[int] = field(init=False, repr=False, compare=False)
+    _months: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    _weekdays: frozenset[int] = field(init=False, repr=False, compare=False)     # date.weekday(): Monday 0
+    _either: bool = field(init=False, repr=False, compare=False)
+    _month_days: dict[int, tuple[int, ...]] = field(init=False, repr=False, compare=False)
+    _memo: dict[ZoneInfo, tuple[float, float]] = field(init=False, repr=False, compare=False)
 
-    @property
-    def wildcard_time(self) -> bool:
-        """True when the minute or hour field starts with `*` (Vixie cron's 'wildcard job')."""
-        return self.fields[1].startswith("*") or self.fields[2].startswith("*")
+    def __post_init__(self) -> None:
+        """Expands the fields once, into the sorted values the search bisects."""
+        sets = [_field_values(text, *spec) for text, spec in zip(self.fields, CRON_FIELDS)]
+        put = functools.partial(object.__setattr__, self)
+        put("wildcard_time", self.fields[1].startswith("*") or self.fields[2].startswith("*"))
+        put("_seconds", tuple(sorted(sets[0])))
+        put("_minutes", tuple(sorted(sets[1])))
+        put("_hours", tuple(sorted(sets[2])))
+        put("_days", frozenset(sets[3]))
+        put("_months", tuple(sorted(sets[4])))
+        put("_weekdays", frozenset((v + 6) % 7 for v in sets[5]))
+        # Vixie cron: a day or weekday field starting with `*` means both must match, otherwise either.
+        put("_either", not (self.fields[3].startswith("*") or self.fields[5].startswith("*")))
+        put("_month_days", {})
+        put("_memo", {})
 
     def next_after(self, after: float, tz: ZoneInfo) -> float | None:
-        """The first fire instant strictly after `after` (epoch seconds), or None if it never fires again.
-
-        Remembers its last answer per timezone: every `after` from the last one asked up to that answer has
-        the same answer, so schedules sharing an expression (and a last slot) cost one croniter step together.
-        """
-        key = getattr(tz, "key", None) or str(tz)
-        known = self._memo.get(key)
+        """The first fire instant strictly after `after` (epoch seconds), or None if it never fires again."""
+        # Every `after` from the last one asked up to its answer has that answer: schedules sharing an
+        # expression and a last slot cost one computation together.
+        known = self._memo.get(tz)
         if known is not None and known[0] <= after < known[1]:
             return known[1]
-        result = self._next_once(after, tz)
+        result = self._next(after, tz)
         if result is not None:
-            self._memo[key] = (after, result)
+            self._memo[tz] = (after, result)
         return result
 
     def iter_after(self, after: float, tz: ZoneInfo) -> Iterator[float]:
         """Fire instants strictly after `after`, strictly increasing as UTC instants."""
         while True:
-            after = self._next_once(after, tz)
-            if after is None:
+            following = self._next(after, tz)
+            if following is None:
                 return
-            yield after
+            yield following
+            after = following
 
-    @functools.cached_property
-    def _memo(self) -> dict[str, tuple[float, float]]:
-        return {}
+    def describe(self) -> str:
+        """The schedule in plain English, e.g. 'at 09:00 on Monday through Friday'."""
+        return _describe(self.fields)
 
-    @functools.cached_property
-    def _template(self) -> croniter.croniter:
-        """A croniter with the expression expanded once; the slow path copies it (building one costs ~150 us)."""
-        return croniter.croniter(" ".join(self.fields), 0.0, second_at_beginning=True,
-                                 implement_cron_bug=self.day_and_weekday)
+    def never_fires(self) -> bool:
+        """True when no date matches the day, month and weekday fields (e.g. 30 February)."""
+        if self._either:
+            return False        # every month has every weekday
+        return not any(d <= _LONGEST_MONTH[m] for m in self._months for d in self._days)
 
-    @functools.cached_property
-    def _sets(self) -> tuple | None:
-        """The fields as croniter expands them, as sorted tuples (None for every value), for the fast path."""
+    # The fire rules on UTC instants: a job fires at `wall - offset` for each matching wall time of each
+    # stretch of constant offset; after a fall-back, fixed-time jobs skip the repeated wall times; at a
+    # spring-forward, a fixed-time job with a matching wall time in the skipped interval fires once at the
+    # change itself.
+
+    def _next(self, after: float, tz: ZoneInfo) -> float | None:
+        """next_after without the memo: on the plain calendar unless an offset change is near."""
         try:
-            second, minute, hour, day, month, weekday = (_croniter_field(i, text) for i, text in enumerate(self.fields))
-        except (croniter.CroniterError, ValueError, TypeError):
+            t = int(after // 1) + 1         # fires are on whole seconds
+            if not _ZONE_EDGES[0] + _LOOKBACK <= t <= _ZONE_EDGES[1]:
+                return None
+            offset = _offset_at(tz, t)
+            wall = self._next_wall(t + offset)
+            if wall is None:
+                return None
+            candidate = wall - offset
+            if not _changes(tz, t - _LOOKBACK, candidate):
+                return float(candidate)
+            return self._next_near_changes(t, tz)
+        except (OverflowError, ValueError):
             return None
-        either = day is not None and weekday is not None and not self.day_and_weekday
-        return second, minute, hour, day, month, frozenset(weekday) if weekday else None, either
 
-    def _next_once(self, after: float, tz: ZoneInfo) -> float | None:
-        """The next fire strictly after `after`: on the local calendar when the clock keeps one UTC offset from
-        `after` to the answer (and the answer's wall time is not repeated), else by croniter, which handles DST."""
-        sets = self._sets
-        if sets is not None:
-            try:
-                start = datetime.fromtimestamp(after, tz)
-                wall = _next_wall(sets, start.replace(tzinfo=None, microsecond=0))
-                if wall is not None:
-                    candidate = wall.replace(tzinfo=tz)
-                    offset = candidate.utcoffset()
-                    if offset == start.utcoffset() and offset == candidate.replace(fold=1).utcoffset():
-                        ts = candidate.timestamp()
-                        if ts > after:
-                            return ts
-            except (OverflowError, ValueError):
-                pass
-        return next(self._croniter_after(after, tz), None)
-
-    def _croniter_after(self, after: float, tz: ZoneInfo) -> Iterator[float]:
-        """Fire instants strictly after `after` by croniter, strictly increasing as UTC instants.
-
-        Vixie cron runs a fixed-time job once when the clock falls back; croniter would run it in both
-        passes of the repeated hour, so the second pass is skipped here for non-wildcard jobs.
-        """
-        try:
-            it = copy.copy(self._template)
-            it.set_current(datetime.fromtimestamp(after, tz), force=True)
-            last, stuck = after, 0
-            while stuck < 8:        # croniter answering the same instant again and again: give up
-                ts = it.get_next(datetime).timestamp()
-                if ts <= last:
-                    stuck += 1
+    def _next_near_changes(self, t: int, tz: ZoneInfo) -> float | None:
+        """The first fire at or after `t` when an offset change lies near `t` or before the next fire."""
+        fixed = not self.wildcard_time
+        offset = _offset_at(tz, t)
+        recent = _changes(tz, t - _LOOKBACK, t)
+        last = recent[-1] if recent else None
+        upcoming = _changes_after(tz, t)
+        following = next(upcoming, None)
+        low = high = None       # no wall time in [low, high) matches, and high does: reused across changes
+        while True:
+            start = t + offset
+            catch_up = None
+            if last is not None:
+                change, before, now = last
+                if fixed and change == t and now > before:
+                    catch_up = t + before       # a spring-forward: is a skipped wall time matching?
+                if fixed and now < before:
+                    start = max(start, change + before)     # second pass of the repeated interval
+            for wall in (catch_up, start):
+                if wall is None:
                     continue
-                last, stuck = ts, 0
-                if not self.wildcard_time and _in_repeated_second_pass(ts, tz):
-                    continue        # at most an hour of candidates, each later than the last
-                yield ts
-        except (croniter.CroniterBadDateError, OverflowError, ValueError):
-            return
+                if low is None or not low <= wall <= high:
+                    low, high = wall, self._next_wall(wall)
+                    if high is None:
+                        return None
+                if wall == catch_up and high < t + now:
+                    return float(t)
+            candidate = high - offset
+            if following is None or following[0] > candidate:
+                return float(candidate)
+            last = following
+            t, offset = following[0], following[2]
+            following = next(upcoming, None)
+            if t > _ZONE_EDGES[1]:
+                return None
 
+    def _next_wall(self, wall: int) -> int | None:
+        """The first matching wall time at or after `wall` (seconds since 1970-01-01 on the wall clock)."""
+        day, second = divmod(wall, 86400)
+        ordinal = day + _ORDINAL_1970
+        found = self._next_date(ordinal)
+        if found == ordinal:
+            time = self._next_time(second)
+            if time is not None:
+                return wall - second + time
+            found = self._next_date(ordinal + 1)
+        if found is None:
+            return None
+        first_time = self._hours[0] * 3600 + self._minutes[0] * 60 + self._seconds[0]
+        return (found - _ORDINAL_1970) * 86400 + first_time
 
-@functools.lru_cache(maxsize=2048)
-def _croniter_field(index: int, text: str) -> tuple[int, ...] | None:
-    """croniter's expansion of one field (CRON_FIELDS order) alone, None for every value. Fields recur across
-    expressions far more than whole expressions do, and expanding an expression is most of a croniter's cost."""
-    fields = ["*"] * 6
-    fields[index] = text
-    expanded = croniter.croniter(" ".join(fields), 0.0, second_at_beginning=True).expanded
-    values = expanded[(5, 0, 1, 2, 3, 4)[index]]      # croniter keeps the seconds field last
-    if values == ["*"]:
-        return None
-    if not all(isinstance(v, int) for v in values):
-        raise ValueError(f"unexpected expansion {values!r}")
-    return tuple(sorted(set(values)))
+    def _next_time(self, second: int) -> int | None:
+        """The first matching second of the day at or after `second`, or None."""
+        hours, minutes, seconds = self._hours, self._minutes, self._seconds
+        h, rest = divmod(second, 3600)
+        m, s = divmod(rest, 60)
+        i = bisect.bisect_left(hours, h)
+        if i == len(hours):
+            return None
+        if hours[i] == h:
+            j = bisect.bisect_left(minutes, m)
+            if j < len(minutes):
+                if minutes[j] == m:
+                    k = bisect.bisect_left(seconds, s)
+                    if k < len(seconds):
+                        return second - s + seconds[k]
+                    j += 1
+                if j < len(minutes):
+                    return h * 3600 + minutes[j] * 60 + seconds[0]
+            i += 1
+            if i == len(hours):
+                return None
+        return hours[i] * 3600 + minutes[0] * 60 + seconds[0]
 
-
-_FAST_SCAN_DAYS = 1000      # days without a matching date after which the fast path hands over to croniter
-
-
-def _first_at_least(values: tuple[int, ...] | None, value: int) -> int | None:
-    """The smallest of `values` (None: any value) that is >= `value`, or None."""
-    if values is None:
-        return value
-    i = bisect.bisect_left(values, value)
-    return values[i] if i < len(values) else None
-
-
-def _next_wall(sets: tuple, wall: datetime) -> datetime | None:
-    """The first local wall-clock time strictly after `wall` (whole seconds) that matches the fields, on the
-    plain calendar; None when none is found within _FAST_SCAN_DAYS."""
-    seconds, minutes, hours, days, months, weekdays, either = sets
-    day = wall.date()
-    h, m, sec = wall.hour, wall.minute, wall.second + 1
-    for _ in range(_FAST_SCAN_DAYS):
-        if months is not None and day.month not in months:
-            first = _first_at_least(months, day.month + 1)
-            day = date(day.year, first, 1) if first is not None else date(day.year + 1, months[0], 1)
-            h = m = sec = 0
-            continue
-        day_match = days is None or day.day in days
-        if not day_match and weekdays is None:
-            # Only days of the month count: on to the next listed day (a yearly or monthly job would otherwise
-            # walk a month day by day), or to the first of the next month.
-            following = _first_at_least(days, day.day + 1)
-            if following is not None and following <= calendar.monthrange(day.year, day.month)[1]:
-                day = day.replace(day=following)
+    def _next_date(self, ordinal: int) -> int | None:
+        """The first matching date (proleptic ordinal) at or after `ordinal`; None past year 9999."""
+        if ordinal > _LAST_ORDINAL:
+            return None
+        start = date.fromordinal(ordinal)
+        year, month, day = start.year, start.month, start.day
+        months = self._months
+        while year <= 9999:
+            days = self._days_in(year, month)
+            if days and days[-1] >= day:
+                return ordinal - day + days[bisect.bisect_left(days, day)]
+            i = bisect.bisect_right(months, month)      # on to the next allowed month
+            if i == len(months):
+                year, month = year + 1, months[0]
             else:
-                day = date(day.year + 1, 1, 1) if day.month == 12 else date(day.year, day.month + 1, 1)
-            h = m = sec = 0
-            continue
-        weekday_match = weekdays is None or (day.weekday() + 1) % 7 in weekdays
-        if (day_match or weekday_match) if either else (day_match and weekday_match):
-            while h < 24:
-                hour = _first_at_least(hours, h)
-                if hour is None:
-                    break
-                if hour != h:
-                    h, m, sec = hour, 0, 0
-                minute = _first_at_least(minutes, m) if m < 60 else None
-                if minute is None:
-                    h, m, sec = h + 1, 0, 0
-                    continue
-                if minute != m:
-                    m, sec = minute, 0
-                second = _first_at_least(seconds, sec) if sec < 60 else None
-                if second is None:
-                    m, sec = m + 1, 0
-                    continue
-                return datetime(day.year, day.month, day.day, h, m, second)
-        day += _ONE_DAY
-        h = m = sec = 0
-    return None
+                month = months[i]
+            day = 1
+            if year <= 9999:
+                ordinal = date(year, month, 1).toordinal()
+        return None
+
+    def _days_in(self, year: int, month: int) -> tuple[int, ...]:
+        """The matching days of a month, sorted (cached per expression)."""
+        key = year * 12 + month
+        days = self._month_days.get(key)
+        if days is None:
+            days = ()
+            if month in self._months:
+                first, length = calendar.monthrange(year, month)
+                in_days, in_weekdays, either = self._days, self._weekdays, self._either
+                if either:
+                    days = tuple(d for d in range(1, length + 1)
+                                 if d in in_days or (first + d - 1) % 7 in in_weekdays)
+                else:
+                    days = tuple(d for d in range(1, length + 1)
+                                 if d in in_days and (first + d - 1) % 7 in in_weekdays)
+            if len(self._month_days) > 128:     # a bound, not a size any schedule needs
+                self._month_days.clear()
+            self._month_days[key] = days
+        return days
 
 
-_ONE_DAY = timedelta(days=1)
+@functools.lru_cache(maxsize=4096)      # every zone for a few years
+def _zone_block(tz: ZoneInfo, block: int) -> tuple[int, tuple[tuple[int, int, int], ...]]:
+    """The zone's offset at the block's start and its changes (instant, offset before, after) in the block."""
+    start = max(block * _ZONE_BLOCK, _ZONE_EDGES[0])
+    end = min(block * _ZONE_BLOCK + _ZONE_BLOCK, _ZONE_EDGES[1])
+    first = before = _offset(tz, start)
+    changes = []
+    probe = start
+    while probe < end:
+        following = min(probe + _ZONE_PROBE, end)
+        now = _offset(tz, following)
+        if now != before:
+            low, high = probe, following
+            while high - low > 1:
+                middle = (low + high) // 2
+                if _offset(tz, middle) == before:
+                    low = middle
+                else:
+                    high = middle
+            changes.append((high, before, now))
+        probe, before = following, now
+    return first, tuple(changes)
 
 
-def _in_repeated_second_pass(ts: float, tz: ZoneInfo) -> bool:
-    local = datetime.fromtimestamp(ts, tz)
-    if local.fold != 1:
-        return False
-    return local.replace(fold=0).utcoffset() != local.utcoffset()
+def _offset(tz: ZoneInfo, t: int) -> int:
+    """The zone's UTC offset in seconds at instant `t`."""
+    delta = datetime.fromtimestamp(t, tz).utcoffset()
+    return delta.days * 86400 + delta.seconds
 
 
-def parse_cron(expression: Any) -> CronSpec:
+def _offset_at(tz: ZoneInfo, t: int) -> int:
+    """The zone's UTC offset at instant `t`, from the cached change table."""
+    offset, changes = _zone_block(tz, (t - 1) // _ZONE_BLOCK)
+    for change, _, now in changes:
+        if change <= t:
+            offset = now
+    return offset
+
+
+def _changes(tz: ZoneInfo, low: int, high: int) -> list[tuple[int, int, int]]:
+    """The zone's offset changes at instants in (low, high], in order."""
+    found = []
+    for block in range(low // _ZONE_BLOCK, (high - 1) // _ZONE_BLOCK + 1):
+        for change in _zone_block(tz, block)[1]:
+            if low < change[0] <= high:
+                found.append(change)
+    return found
+
+
+def _changes_after(tz: ZoneInfo, t: int) -> Iterator[tuple[int, int, int]]:
+    """The zone's offset changes after instant `t`, in order, up to datetime's edge."""
+    for block in range(t // _ZONE_BLOCK, _ZONE_EDGES[1] // _ZONE_BLOCK + 1):
+        for change in _zone_block(tz, block)[1]:
+            if change[0] > t:
+                yield change
+
+
+def parse_cron(expression: object) -> CronExpr:
     """Validate a cron expression (6 fields seconds first, 5 fields, or a macro). Raises InvalidCron."""
     if not isinstance(expression, str):
         raise InvalidCron(f"Invalid cron expression: expected a string; {CRON_HELP}")
@@ -670,91 +757,241 @@ def parse_cron(expression: Any) -> CronSpec:
 
 
 @functools.lru_cache(maxsize=32768)
-def _parse_cron(expression: str) -> CronSpec:
-    """parse_cron for a string; specs are immutable, so one parse serves every schedule with the expression."""
+def _parse_cron(expression: str) -> CronExpr:
+    """parse_cron for a string; expressions are immutable, so one parse serves every schedule using it."""
     text = " ".join(expression.split())
     if not text:
         raise InvalidCron(f"Invalid cron expression: empty; {CRON_HELP}")
     if text.startswith("@"):
         six = CRON_MACROS.get(text.lower())
         if six is None:
-            raise InvalidCron(f"Invalid cron expression: unknown macro {text!r}; {CRON_HELP}")
-        return CronSpec(expression, tuple(six.split()))
+            raise InvalidCron(f"Invalid cron expression: unknown macro {_quoted(text)}; {CRON_HELP}")
+        return CronExpr(expression, tuple(six.split()))
     parts = text.split(" ")
     if len(parts) == 5:
         parts = ["0"] + parts
     elif len(parts) != 6:
-        raise InvalidCron(f"Invalid cron expression: {text!r} has {len(parts)} fields; {CRON_HELP}")
+        raise InvalidCron(f"Invalid cron expression: {_quoted(text)} has {len(parts)} fields; {CRON_HELP}")
     fields = tuple(_validate_cron_field(part, *spec) for part, spec in zip(parts, CRON_FIELDS))
-    both = fields[3].startswith("*") or fields[5].startswith("*")
-    if not both and (_covers_all(fields[3], *CRON_FIELDS[3]) or _covers_all(fields[5], *CRON_FIELDS[5])):
-        fields, both = fields[:3] + ("*", fields[4], "*"), True     # "either field" with one matching every day
-    result = CronSpec(expression, fields, both)
-    # Only days 29-31 can be missing from a month (and from every allowed month): ask croniter only then.
-    if min(_field_values(fields[3], *CRON_FIELDS[3])) >= 29 \
-            and result.next_after(CRON_CHECK_FROM, ZoneInfo("UTC")) is None:
-        raise InvalidCron(f"Invalid cron expression: {text!r} never fires (no such date); {CRON_HELP}")
+    result = CronExpr(expression, fields)
+    if result.never_fires():
+        raise InvalidCron(f"Invalid cron expression: {_quoted(text)} never fires (no such date); {CRON_HELP}")
     return result
+
+
+def _quoted(text: str) -> str:
+    """`text` quoted for a message, shortened when it is long."""
+    return repr(text) if len(text) <= 100 else repr(text[:60]) + f"... ({len(text)} characters)"
 
 
 @functools.lru_cache(maxsize=4096)
 def _validate_cron_field(text: str, name: str, low: int, high: int, names: tuple[str, ...]) -> str:
-    """The field checked and normalised for croniter: upper case, `?` as `*`, and a one-value range `a-a` (or
-    `a-a/n`) as `a`, since croniter 7 reads `a-a` as `*`."""
+    """The field checked and normalised: upper case, `?` as `*`, a range `a-a` (or `a-a/n`) as `a`."""
     if text == "?" and name in ("day", "weekday"):
         return "*"
     items = []
     for item in text.split(","):
-        match = _CRON_ITEM.match(item)
+        match = _CRON_ITEM.fullmatch(item)
         if not match:
-            raise InvalidCron(f"Invalid cron expression: {name} field {text!r} is not valid "
+            raise InvalidCron(f"Invalid cron expression: {name} field {_quoted(text)} is not valid "
                               f"(use numbers, names, '*', ranges a-b, lists a,b and steps */n); {CRON_HELP}")
         star, start, end, step = match.groups()
         values = [_cron_value(v, name, low, high, names) for v in (start, end) if v is not None]
         if len(values) == 2 and values[0] > values[1]:
-            raise InvalidCron(f"Invalid cron expression: {name} range {start}-{end} runs backwards; {CRON_HELP}")
-        if step is not None and not 1 <= int(step) <= high - low + 1:
-            raise InvalidCron(f"Invalid cron expression: {name} step /{step} must be from 1 to "
-                              f"{high - low + 1}; {CRON_HELP}")
+            raise InvalidCron(f"Invalid cron expression: {name} range {start}-{end} runs backwards; "
+                              f"{CRON_HELP}")
+        if step is not None and not 1 <= _small_int(step) <= high - low + 1:
+            raise InvalidCron(f"Invalid cron expression: {name} step /{_digits_quoted(step)} must be from "
+                              f"1 to {high - low + 1}; {CRON_HELP}")
         if star is None and not values:
-            raise InvalidCron(f"Invalid cron expression: {name} field {text!r} is empty; {CRON_HELP}")
+            raise InvalidCron(f"Invalid cron expression: {name} field {_quoted(text)} is empty; {CRON_HELP}")
         items.append(start.upper() if len(values) == 2 and values[0] == values[1] else item.upper())
     return ",".join(items)
 
 
-def _covers_all(text: str, name: str, low: int, high: int, names: tuple[str, ...]) -> bool:
-    """True when a validated field matches every value of its range (weekday 7 is 0)."""
-    values = _field_values(text, name, low, high, names)
-    if name == "weekday":
-        return {v % 7 for v in values} >= set(range(7))
-    return values >= set(range(low, high + 1))
+def _small_int(digits: str) -> int:
+    """ASCII digits as an int, or -1 past 9 significant digits (int() refuses over 4300 digits)."""
+    significant = digits.lstrip("0")
+    return int(significant or "0") if len(significant) <= 9 else -1
+
+
+def _digits_quoted(digits: str) -> str:
+    """A digit string for a message, shortened when it is long."""
+    return digits if len(digits) <= 20 else f"{digits[:10]}... ({len(digits)} digits)"
+
+
+def _cron_value(text: str, name: str, low: int, high: int, names: tuple[str, ...]) -> int:
+    """One number or name of a field, checked against the field's range."""
+    if text.isdigit():
+        value = _small_int(text)
+    elif text.upper() in names:
+        value = names.index(text.upper()) + (1 if name == "month" else 0)
+    else:
+        raise InvalidCron(f"Invalid cron expression: {name} value {_quoted(text)} is not a number"
+                          + (f" or a name ({', '.join(names)})" if names else "") + f"; {CRON_HELP}")
+    if not low <= value <= high:
+        shown = str(value) if value >= 0 else _digits_quoted(text.lstrip("0"))
+        raise InvalidCron(f"Invalid cron expression: {name} value {shown} is out of range {low}-{high}; "
+                          f"{CRON_HELP}")
+    return value
 
 
 @functools.lru_cache(maxsize=4096)
 def _field_values(text: str, name: str, low: int, high: int, names: tuple[str, ...]) -> frozenset[int]:
-    """The values a validated field matches."""
+    """The values a validated field matches; `a/n` runs to the field's maximum (weekday: 7), as in Vixie."""
     values: set[int] = set()
     for item in text.split(","):
-        star, start, end, step = _CRON_ITEM.match(item).groups()
+        star, start, end, step = _CRON_ITEM.fullmatch(item).groups()
         first = low if star else _cron_value(start, name, low, high, names)
         last = high if star or (end is None and step is not None) else (
             _cron_value(end, name, low, high, names) if end else first)
-        values.update(range(first, last + 1, int(step) if step else 1))
+        values.update(range(first, last + 1, _small_int(step) if step else 1))
     return frozenset(values)
 
 
-def _cron_value(text: str, name: str, low: int, high: int, names: tuple[str, ...]) -> int:
-    if text.isdigit():
-        value = int(text)
-    elif text.upper() in names:
-        value = names.index(text.upper()) + (1 if name == "month" else 0)
+###############################################################################
+# describe(): plain English for a CLI and a dashboard
+###############################################################################
+
+_MONTHS_LONG = ("", "January", "February", "March", "April", "May", "June", "July", "August", "September",
+                "October", "November", "December")
+_DAYS_LONG = ("Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+
+
+def _ordinal(n: int) -> str:
+    """2 as '2nd'."""
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def _join(words: list[str]) -> str:
+    """Words as 'a, b and c'."""
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
+def _is_all(text: str, index: int) -> bool:
+    """True when a field matches every value (weekday 7 counted as 0)."""
+    name, low, high, names = CRON_FIELDS[index]
+    values = _field_values(text, name, low, high, names)
+    if index == 5:
+        return {v % 7 for v in values} == set(range(7))
+    return len(values) == high - low + 1
+
+
+def _items(text: str, index: int, unit: str, units: str, name: Callable[[int], str]) -> tuple[str, bool]:
+    """A field in English ('every 5 seconds', 'Monday through Friday') and whether it is plain values."""
+    field_name, low, high, names = CRON_FIELDS[index]
+    words, plain = [], True
+    for item in text.split(","):
+        star, start, end, step = _CRON_ITEM.fullmatch(item).groups()
+        n = _small_int(step) if step else 1
+        a = low if star else _cron_value(start, field_name, low, high, names)
+        b = high if star or (end is None and step) else (_cron_value(end, field_name, low, high, names)
+                                                         if end else a)
+        if step and n > 1:
+            plain = False
+            every = f"every {n} {units}" if index <= 1 else f"every {_ordinal(n)} {unit}"
+            words.append(every if star else f"{every} from {name(a)} through {name(b)}")
+        elif star or (a, b) == (low, high):
+            plain = False
+            words.append(f"every {unit}")
+        elif a == b:
+            words.append(name(a))
+        else:
+            words.append(f"{name(a)} through {name(b)}")
+    return _join(words), plain
+
+
+def _clock(h: int, m: int, s: int) -> str:
+    """A time of day as '09:30', with ':15' when it has seconds."""
+    return f"{h:02d}:{m:02d}" + (f":{s:02d}" if s else "")
+
+
+@functools.lru_cache(maxsize=1024)
+def _describe(fields: tuple[str, ...]) -> str:
+    """describe() for six normalised fields."""
+    second, minute, hour, day, month, weekday = fields
+    parts = [_describe_time(second, minute, hour)]
+    parts.append(_describe_date(day, month, weekday))
+    return " ".join(p for p in parts if p)
+
+
+def _plain_values(text: str) -> list[int] | None:
+    """The values of a field that is a list of plain numbers, else None."""
+    items = text.split(",")
+    return [_small_int(i) for i in items] if all(i.isdigit() for i in items) else None
+
+
+def _describe_time(second: str, minute: str, hour: str) -> str:
+    """The time-of-day part of describe()."""
+    seconds, minutes, hours = _plain_values(second), _plain_values(minute), _plain_values(hour)
+    if minutes and hours and len(minutes) * len(hours) <= 6:
+        if seconds and len(seconds) == 1:
+            return "at " + _join(sorted(_clock(h, m, seconds[0]) for h in hours for m in minutes))
+        if seconds != [0]:
+            times = _join(sorted(_clock(h, m, 0) for h in hours for m in minutes))
+            return f"{_describe_time(second, '*', '*')} during {times}"
+    if seconds == [0] and minutes == [0] and _is_all(hour, 2):
+        return "every hour"
+    if _is_all(second, 0):
+        sec = "every second"
+    elif seconds == [0]:
+        sec = ""
     else:
-        raise InvalidCron(f"Invalid cron expression: {name} value {text!r} is not a number"
-                          + (f" or a name ({', '.join(names)})" if names else "") + f"; {CRON_HELP}")
-    if not low <= value <= high:
-        raise InvalidCron(f"Invalid cron expression: {name} value {value} is out of range {low}-{high}; "
-                          f"{CRON_HELP}")
-    return value
+        text, plain = _items(second, 0, "second", "seconds", str)
+        sec = f"at second{'s' if len(seconds) > 1 else ''} {text}" if plain else text
+    if _is_all(minute, 1):
+        mins = "" if sec else "every minute"
+        if sec.startswith("at second") and _is_all(hour, 2):
+            mins = "past every minute"
+    else:
+        text, plain = _items(minute, 1, "minute", "minutes", str)
+        mins = f"at minute{'s' if len(minutes) > 1 else ''} {text}" if plain else text
+        if sec:
+            mins = ("of " if plain else "during ") + mins
+    if _is_all(hour, 2):
+        hrs = "past every hour" if mins.startswith(("at minute", "of minute")) else ""
+    elif hours and len(hours) == 1 or (hour.count("-") == 1 and "/" not in hour and "," not in hour):
+        first, last = (int(v) for v in hour.split("-")) if "-" in hour else (hours[0], hours[0])
+        hrs = f"between {first:02d}:00 and {last:02d}:59"
+    else:
+        text, plain = _items(hour, 2, "hour", "hours", str)
+        if plain:
+            hrs = f"during hours {text}"
+        else:
+            hrs = ("past " if mins.startswith(("at minute", "of minute")) else "during ") + text
+    return " ".join(p for p in (sec, mins, hrs) if p)
+
+
+def _describe_date(day: str, month: str, weekday: str) -> str:
+    """The date part of describe(): day and weekday by Vixie's rule, then the months."""
+    day_all, weekday_all = _is_all(day, 3), _is_all(weekday, 5)
+    days = ""
+    if not day_all:
+        text, plain = _items(day, 3, "day", "days", str)
+        if plain:
+            many = len(_plain_values(day) or ()) != 1 or "-" in day
+            days = f"on day{'s' if many else ''} {text} of the month"
+        else:
+            days = f"on {text} of the month"
+    weekdays = ""
+    if not weekday_all:
+        text, _ = _items(weekday, 5, "day of the week", "days", lambda v: _DAYS_LONG[v])
+        if "/" in weekday:      # steps read better as the days they give
+            values = _field_values(weekday, *CRON_FIELDS[5])
+            text = _join([_DAYS_LONG[v] for v in range(1, 8) if v % 7 in {w % 7 for w in values}])
+        weekdays = f"on {text}"
+    either = not (day.startswith("*") or weekday.startswith("*"))
+    if days and weekdays:
+        dates = f"{days} and {weekdays}" if either else f"{days} if it is {weekdays[3:]}"
+    elif either and (day_all or weekday_all) and not (day_all and weekday_all):
+        dates = ""          # one field matches every day, and either may match: every day
+    else:
+        dates = days or weekdays
+    if not _is_all(month, 4):
+        text, _ = _items(month, 4, "month", "months", lambda v: _MONTHS_LONG[v])
+        dates = (dates + " " if dates else "") + f"in {text}"
+    return dates
 
 
 ###############################################################################
@@ -1905,6 +2142,8 @@ class ScriptRunner:
         self._new: list[tuple[SpawnedScript, Callable[[RunResult], None]]] = []
         self._watched: dict[SpawnedScript, dict] = {}
         self._spawned_pids: set[int] = set()        # our own children: never mistaken for adopted orphans
+        self._checking: set[subprocess.Popen] = set()
+        self._checks_cancelled = False
         self._thread: threading.Thread | None = None
         self._closed = False
         self._next_sweep = 0.0
@@ -2153,12 +2392,15 @@ class ScriptRunner:
                 ProcessTable.signal_all(ProcessTable.descendants([pid]) | {pid}, signal.SIGKILL)
 
     def check(self, argv: list[str], cwd: str, env: dict[str, str], timeout: float) -> tuple[int | str, bytes]:
-        """Run a short command to its end (a syntax check): (exit status, or "timeout", and its output). Its
-        process is registered as ours, so the orphan sweep never reaps it."""
+        """Run a short command to its end (a syntax check): (exit status, "timeout" or "cancelled", and its
+        output). Its process is registered as ours, so the orphan sweep never reaps it."""
         with self._lock:        # held across the spawn: a sweep then sees it registered, never as an orphan
+            if self._checks_cancelled:
+                return "cancelled", b""
             proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, start_new_session=True, close_fds=True)
             self._spawned_pids.add(proc.pid)
+            self._checking.add(proc)
         try:
             try:
                 out, err = proc.communicate(timeout=timeout)
@@ -2166,10 +2408,21 @@ class ScriptRunner:
                 _kill_group(proc.pid, signal.SIGKILL)
                 proc.communicate()
                 return "timeout", b""
+            if self._checks_cancelled:
+                return "cancelled", b""
             return proc.returncode, err or out
         finally:
             with self._lock:
                 self._spawned_pids.discard(proc.pid)
+                self._checking.discard(proc)
+
+    def cancel_checks(self) -> None:
+        """The server is stopping: checks in progress are killed, and no new one starts."""
+        with self._lock:
+            self._checks_cancelled = True
+            checking = list(self._checking)
+        for proc in checking:
+            _kill_group(proc.pid, signal.SIGKILL)
 
     def _result(self, spawned: SpawnedScript) -> RunResult:
         duration = int(((spawned.ended_at or time.monotonic()) - spawned.t0) * 1000)
@@ -2622,6 +2875,10 @@ class Recorder:
         with self._cond:
             return [r for r in self._runs.values() if r.job.key == key]
 
+    def running_keys(self) -> set[str]:
+        with self._cond:
+            return {r.job.key for r in self._runs.values()}
+
     def count(self) -> int:
         with self._cond:
             return len(self._runs)
@@ -2715,7 +2972,8 @@ class Recorder:
             line += f" duration_ms={run['duration_ms']}"
         if run.get("error") and status not in ("missed", "skipped"):
             line += f" error={run['error']}"
-        log.log(logging.WARNING if status == "interrupted" else logging.INFO, "%s", line)
+        log.log(logging.WARNING if status == "interrupted" else logging.INFO, "%s", line,
+                extra={"run_id": run["run_id"], "kind": kind, "schedule": ref, "status": status})
         runs_log = self.logs[kind]
         try:
             runs_log.append(record, then=functools.partial(self.state.apply, kind, record))
@@ -2839,7 +3097,8 @@ def validate_request(value: Any) -> dict:
         raise InvalidParameter("request must be an object with at least a url")
     for key in value:
         if key not in REQUEST_FIELDS:
-            raise InvalidParameter(f"request.{_shown(key)} is not a known field (known: {', '.join(REQUEST_FIELDS)})")
+            raise InvalidParameter(f"request.{_clip(str(key))} is not a known field "
+                                   f"(known: {', '.join(REQUEST_FIELDS)})")
     url = value.get("url")
     if not isinstance(url, str) or not url.strip():
         raise InvalidParameter("request.url is required and must be a string")
@@ -3028,10 +3287,13 @@ class HttpSchedules:
         for definition in self.store.load():
             try:
                 schedule = HttpSchedule.from_definition(definition)
+                validate_request(schedule.request)
                 self._job(schedule)
-            except (KeyError, TypeError, ValueError, ApiError) as e:
-                log.error("stored schedule %s is unusable and was left out: %s", _shown(definition.get("id")), e)
-                continue
+            except (KeyError, TypeError, ValueError, AttributeError, ApiError) as e:
+                # Never overwritten, never half-loaded: the file is left for inspection.
+                raise StartupError(f"{self.store.path}: stored schedule {_shown(definition.get('id'))} is not "
+                                   f"valid ({getattr(e, 'message', None) or e!r}); left as it is for inspection, "
+                                   "restore it from a backup or fix it") from None
             self._add(schedule)
             if schedule.enabled:
                 self._register(schedule)
@@ -3304,8 +3566,10 @@ class ScriptCatalog:
                  interpreters: dict[str, tuple[str, ...]] | None = None,
                  preflight: dict[str, tuple[str, ...]] | None = None,
                  check: Callable[[list[str], str, dict, float], tuple[int | str, bytes]] | None = None,
-                 environment: Callable[[dict[str, str]], dict[str, str]] | None = None):
+                 environment: Callable[[dict[str, str]], dict[str, str]] | None = None,
+                 cancelled: threading.Event | None = None):
         self.scripts_dir = os.path.abspath(scripts_dir)
+        self.cancelled = cancelled or threading.Event()     # set: the server is stopping, scans stop checking
         self.default_timeout_ms = default_timeout_ms
         self.interpreters = dict(interpreters or {})
         self.preflight = dict(preflight or {})
@@ -3329,6 +3593,8 @@ class ScriptCatalog:
         return found, failed
 
     def _outcome(self, rel: str) -> ScriptDefinition | dict | None:
+        if self.cancelled.is_set():
+            return {"path": rel, "reason": "not inspected: the server is stopping"}
         if not _is_utf8(rel):
             return {"path": _printable(rel), "reason": "file name is not valid UTF-8; rename it"}
         try:
@@ -3396,28 +3662,32 @@ class ScriptCatalog:
         if cached and tuple(cached[:3]) == (st.st_size, st.st_mtime_ns, interpreter):
             problem = cached[3]
         else:
-            problem = self._syntax_problem(path, interpreter)
-            with self._lock:
-                self.checked[path] = (st.st_size, st.st_mtime_ns, interpreter, problem)
+            problem, lasting = self._syntax_problem(path, interpreter)
+            if lasting:         # a check that timed out or was cut short may pass next time: not remembered
+                with self._lock:
+                    self.checked[path] = (st.st_size, st.st_mtime_ns, interpreter, problem)
         if problem:
             raise RegistrationError(f"preflight failed: {problem}")
 
-    def _syntax_problem(self, path: str, interpreter: str | None) -> str | None:
+    def _syntax_problem(self, path: str, interpreter: str | None) -> tuple[str | None, bool]:
+        """What the check found (None: nothing), and whether that holds for this file as it is."""
         command = self._preflight_command(path, interpreter)
         if command == _COMPILE_PYTHON:
-            return _compile_python(path)
+            return _compile_python(path), True
         if command is None:
-            return None
+            return None, True
         try:
             status, output = self.check([*command, path], os.path.dirname(path), self.environment({}),
                                         PREFLIGHT_TIMEOUT_SECONDS)
         except OSError as e:
-            return f"{command[0]}: {e.strerror}"
+            return f"{command[0]}: {e.strerror}", False
         if status == "timeout":
-            return f"{command[0]} took longer than {PREFLIGHT_TIMEOUT_SECONDS:g} s"
+            return f"{command[0]} took longer than {PREFLIGHT_TIMEOUT_SECONDS:g} s", False
+        if status == "cancelled":
+            return "not checked: the server is stopping", False
         if status == 0:
-            return None
-        return _check_problem(output, status)
+            return None, True
+        return _check_problem(output, status), True
 
     def _preflight_command(self, path: str, interpreter: str | None) -> tuple[str, ...] | None:
         """The check for the interpreter that will run the script (a `#!/bin/bash` .sh file gets `bash -n`, not
@@ -3560,6 +3830,9 @@ class ScriptSchedules:
                 self.notify(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
             try:
                 found, failed = self.catalog.scan()
+                if self.catalog.cancelled.is_set():
+                    log.info("scripts not reloaded (%s): the server is stopping", reason)
+                    return {"dry_run": dry_run, "added": [], "kept": [], "changed": [], "removed": [], "failed": []}
                 with self._lock:
                     current = dict(self._registered)
                 kept = sorted(set(found) & set(current))
@@ -3626,6 +3899,7 @@ class ScriptSchedules:
             definitions = list(self._registered.values())
             registered_at = dict(self._registered_at)
         nexts = self.scheduler.next_of([d.key for d in definitions])
+        running = self.runs.recorder.running_keys()
         items = []
         for d, next_at in zip(definitions, nexts):
             state = self.state.get(d.key)
@@ -3633,7 +3907,7 @@ class ScriptSchedules:
                           "timeoutMs": d.timeout_ms, "registeredAt": utc_iso(registered_at.get(d.rel), ms=True),
                           "nextFire": utc_iso(next_at, ms=True), "lastFireAt": state.get("at"),
                           "lastFireStatus": state.get("status"), "lastFireRunId": state.get("run_id"),
-                          "description": d.description, "running": bool(self.runs.recorder.running(d.key))})
+                          "description": d.description, "running": d.key in running})
         return {"total": len(items), "schedules": items}
 
     def relative_path(self, script_path: Any) -> str:
@@ -4185,9 +4459,10 @@ class Server:
         self.http = HttpSchedules(JournalStore(os.path.join(cfg.data_dir, "curl-schedules.json")), self.scheduler,
                                   self.runs, self.state, self.logs["http"], clock, cfg.timezone, self.policy)
         script_runner = self.runners.get("script")
+        self._cancelled = threading.Event()
         self.catalog = ScriptCatalog(cfg.scripts_dir, cfg.default_timeout_ms, cfg.interpreters, cfg.preflight,
-                                     check=getattr(script_runner, "check", None),
-                                     environment=lambda extra: self.environment(extra))
+                                     check=script_runner.check if isinstance(script_runner, ScriptRunner) else None,
+                                     environment=lambda extra: self.environment(extra), cancelled=self._cancelled)
         self.scripts = ScriptSchedules(self.catalog, self.scheduler, self.runs, self.state, self.logs["script"],
                                        os.path.join(cfg.data_dir, "exec-registered.json"), clock, cfg.timezone,
                                        notify=self._notify, sync_limit=max(1, cfg.threads // 2))
@@ -4262,6 +4537,8 @@ class Server:
             if listen:
                 self._bind()
             self.load()
+            if self._cancelled.is_set():
+                return              # asked to stop while starting: close() follows
             if self.own_process:
                 ProcessTable.become_subreaper()
             if self.pool is None:
@@ -4345,6 +4622,14 @@ class Server:
             except OSError as e:
                 log.error("cannot save the run state (%s); the next start replays more of the runs logs", e)
 
+    def cancel_start(self) -> None:
+        """A stop asked for while start() runs (from a signal handler): the scan stops checking scripts, and
+        start() returns without firing or serving; close() follows."""
+        self._cancelled.set()
+        script_runner = self.runners.get("script")
+        if isinstance(script_runner, ScriptRunner):
+            script_runner.cancel_checks()
+
     def reload_scripts(self) -> None:
         """SIGHUP: rescan the scripts dir in a thread of its own (never inside the signal handler)."""
         def run() -> None:
@@ -4409,12 +4694,26 @@ class TextFormatter(logging.Formatter):
         return super().formatMessage(record)
 
 
-def setup_logging(level: str) -> None:
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log shippers: ts, level, logger, message, and a run's ids as fields."""
+
+    FIELDS = ("run_id", "kind", "schedule", "status")
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"ts": utc_iso(record.created, ms=True), "level": record.levelname, "logger": record.name,
+                 "message": record.getMessage()}
+        entry.update({name: getattr(record, name) for name in self.FIELDS if hasattr(record, name)})
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+def setup_logging(level: str, fmt_name: str = "text") -> None:
     """For the CLI: schedserver's loggers to stderr at `level` (journald adds its own timestamps)."""
     handler = logging.StreamHandler(sys.stderr)
     under_journald = bool(os.environ.get("JOURNAL_STREAM") or os.environ.get("INVOCATION_ID"))
     fmt = "%(levelname)s %(message)s" if under_journald else "%(asctime)s %(levelname)s %(message)s"
-    handler.setFormatter(TextFormatter(fmt))
+    handler.setFormatter(JsonFormatter() if fmt_name == "json" else TextFormatter(fmt))
     log.handlers[:] = [handler]
     log.setLevel(level)
     log.propagate = False
@@ -4456,7 +4755,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"schedserver: {e}", file=sys.stderr)
         return 2
-    setup_logging(config.log_level)
+    setup_logging(config.log_level, config.log_format)
     raise_open_file_limit()
     server = Server(config, own_process=True)
     stop = threading.Event()
@@ -4469,6 +4768,7 @@ def main(argv: list[str] | None = None) -> int:
             os._exit(1)         # a second signal: stop at once
         reason.append(signal.Signals(signum).name)
         stop.set()
+        server.cancel_start()
 
     handlers = {signal.SIGTERM: on_stop, signal.SIGINT: on_stop,
                 signal.SIGHUP: lambda signum, frame: server.reload_scripts()}

@@ -9,9 +9,9 @@ timestamp}` with the contract's titles; never a 5xx, never HTML or a traceback, 
 a rejected request changes nothing that is stored (the bytes of the schedules snapshot and journal, the logs, and
 what the services list are snapshotted before and compared after).
 
-Most cases go through webtest to an app built as the server builds it (a fake clock, a scheduler whose worker
-pool is a recording `submit` that never runs, real files in a temporary data dir and scripts dir). A smaller
-batch of the same kinds goes over raw sockets to the real server in a subprocess, which must keep running.
+Most cases go through webtest to the real server's app, loaded in-process by tests/harness.py's Stack (a fake
+clock, a worker pool that never runs, real files in a temporary data dir and scripts dir). A smaller batch of
+the same kinds goes over raw sockets to the real server in a subprocess, which must keep running.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ from hypothesis import strategies as st
 
 import schedserver
 from e2e_helpers import DEFAULT_TOKEN, ServerProcess
-from fakes import FakeClock, RecordingSubmit
+from fakes import FakeClock
+from harness import Stack
 from stored import store_files
 
 CURL = schedserver.CURL_PREFIX
@@ -98,32 +99,31 @@ def build_scripts_tree(root: Path) -> tuple[Path, Path, Path]:
 
 
 class World:
-    """Both services over one tmp dir and the app over them, as Server.start() wires them (minus threads)."""
+    """Both services over one tmp dir and the app over them: the real server, loaded (tests/harness.py's Stack:
+    a fake clock, a worker pool that never runs, no threads; scripts really run when triggered)."""
 
     def __init__(self, root: Path):
         self.scripts_dir, self.outside, self.marker = build_scripts_tree(root)
-        self.data = root / "data"
-        self.data.mkdir()
-        self.clock = FakeClock(NOW)
-        self.scheduler = schedserver.Scheduler(submit=RecordingSubmit(), clock=self.clock, monotonic=lambda: 0.0)
-        store = schedserver.JournalStore(str(self.data / "curl-schedules.json"))
+        self.stack = Stack(root, FakeClock(NOW), load=False, tokens=(ADMIN_TOKEN,), read_tokens=())
+        self.data = self.stack.data_dir
+        self.clock = self.stack.clock
+        # Nothing ticks here: /healthz must not call the scheduler stalled however long the module runs.
+        self.stack.scheduler.monotonic = lambda: 0.0
         # No compaction: it rewrites both files from a background thread at any moment (without changing what
         # they hold), which would race the byte comparison below. It is tested in test_journal.py.
-        store.COMPACT_MIN_LINES = 1 << 62
-        self.curl = schedserver.CurlSchedules(
-            store, schedserver.NdjsonLog(str(self.data / "curl-runs.log"), 1 << 20, 3),
-            self.scheduler, schedserver.HttpRunner(clock=self.clock), clock=self.clock)
-        self.curl.load()
-        self.scripts = schedserver.ScriptSchedules(
-            str(self.scripts_dir), schedserver.NdjsonLog(str(self.data / "fires.log"), 1 << 20, 3), self.scheduler,
-            schedserver.ScriptRunner(clock=self.clock, kill_grace=0.2), clock=self.clock)
-        self.scripts.load()
-        self.bottle_app = schedserver.make_app(self.curl, schedserver.Auth((ADMIN_TOKEN,)), self.scripts,
-                                               schedserver.Health(self.scheduler, self.curl, self.scripts))
-        self.app = webtest.TestApp(self.bottle_app)
+        self.stack.http.store.COMPACT_MIN_LINES = 1 << 62
+        self.stack.server.load()
+        self.scheduler = self.stack.scheduler
+        self.curl = self.stack.http
+        self.scripts = self.stack.scripts
+        self.bottle_app = self.stack.server.app
+        self.app = self.stack.app
         self.routes = sorted((route.method, route.rule) for route in self.bottle_app.routes)
         self.registered = {s["scriptRel"] for s in self.scripts.list()["schedules"]}
         self.ensure_schedules()
+
+    def close(self) -> None:
+        self.stack.close()
 
     def ensure_schedules(self) -> None:
         """Keep an enabled and a disabled schedule around, so ids that exist get fuzzed too."""
@@ -139,16 +139,19 @@ class World:
         """Everything stored, as bytes and as the services list it."""
         files = {}
         for name in ("curl-schedules.json", "curl-schedules.journal", "curl-runs.log", "fires.log",
-                     "exec-registered.json"):
+                     "exec-registered.json", "run-state.json"):
             path = self.data / name
             files[name] = path.read_bytes() if path.exists() else None
+        files["running/"] = sorted(p.name for p in (self.data / "running").glob("*"))
         return {"files": files, "curl": json.dumps(self.curl.list(), sort_keys=True),
                 "scripts": json.dumps(self.scripts.list(), sort_keys=True)}
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory) -> World:
-    return World(tmp_path_factory.mktemp("fuzz"))
+def world(tmp_path_factory):
+    built = World(tmp_path_factory.mktemp("fuzz"))
+    yield built
+    built.close()
 
 
 ###############################################################################
