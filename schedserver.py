@@ -1324,8 +1324,12 @@ class NdjsonLog:
     """An append-only NDJSON log, rotated by size (`name.1` is the newest backup), read newest first.
 
     A crash mid-append leaves a torn last line: readers skip it and the next append starts on a new line.
-    A position (the file's inode and a byte offset) names a place in the log across rotations.
+    A position names a place in the log across rotations: the file's inode, a byte offset, and the file's first
+    bytes (inode numbers are given again to new files once a file is gone, so the inode alone is not enough).
+    Readers open every file they will read under the append lock, so a rotation during a read changes nothing.
     """
+
+    HEAD_BYTES = 64
 
     def __init__(self, path: str, max_bytes: int, backups: int):
         self.path = path
@@ -1338,19 +1342,19 @@ class NdjsonLog:
         """Append one record as one line; `then()` is called under the log's lock once it is written, so a
         reader of position() sees the line and what `then` did together. Raises OSError."""
         line = json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "backslashreplace")
+        line += b"\n"
         with self._lock:
             fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
             try:
                 size = os.fstat(fd).st_size
-                if size and self.max_bytes and size + len(line) + 1 > self.max_bytes:
+                torn = size > 0 and os.pread(fd, 1, size - 1) != b"\n"
+                if size and self.max_bytes and size + torn + len(line) > self.max_bytes:
                     os.close(fd)
                     fd = -1
                     self._rotate()
                     fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
-                    size = 0
-                if size and os.pread(fd, 1, size - 1) != b"\n":
-                    line = b"\n" + line         # a torn line from a crash: never glue onto it
-                os.write(fd, line + b"\n")
+                    torn = False
+                os.write(fd, b"\n" + line if torn else line)      # never glue onto a line torn by a crash
             finally:
                 if fd >= 0:
                     os.close(fd)
@@ -1369,12 +1373,25 @@ class NdjsonLog:
         fsync_dir(os.path.dirname(self.path))
 
     def position(self) -> dict:
-        """Where the log ends now, as {"inode", "offset"}; call under `locked()` to pair it with state."""
+        """Where the log ends now; call under `locked()` to pair it with what appends update."""
         try:
-            st = os.stat(self.path)
-            return {"inode": st.st_ino, "offset": st.st_size}
+            with open(self.path, "rb") as f:
+                return self._position(f, os.fstat(f.fileno()).st_size)
         except FileNotFoundError:
-            return {"inode": None, "offset": 0}
+            return {"inode": None, "offset": 0, "head": ""}
+
+    def _position(self, f: Any, offset: int) -> dict:
+        head = os.pread(f.fileno(), self.HEAD_BYTES, 0)      # what the file begins with never changes
+        return {"inode": os.fstat(f.fileno()).st_ino, "offset": offset, "head": head.hex()}
+
+    def _is_at(self, f: Any, position: dict) -> bool:
+        """True when open file `f` is the file `position` was taken in (an empty file cannot be told apart)."""
+        offset, head = position.get("offset"), position.get("head")
+        if not isinstance(offset, int) or offset < 0 or not isinstance(head, str) or not head:
+            return False
+        st = os.fstat(f.fileno())
+        return (st.st_ino == position.get("inode") and st.st_size >= offset
+                and os.pread(f.fileno(), len(head) // 2, 0).hex() == head)
 
     def locked(self) -> threading.Lock:
         """The append lock: held, nothing is appended (for a consistent snapshot of what appends update)."""
@@ -1387,57 +1404,71 @@ class NdjsonLog:
             paths += [f"{self.path}.{n}" for n in range(1, self.backups + 1)]
         return paths
 
-    def read_after(self, position: dict | None) -> Iterator[dict]:
-        """Records appended after `position`, oldest first (all of them when it cannot be found)."""
-        files = list(reversed(self.files()))
-        start, offset = 0, 0
-        if position and position.get("inode") is not None:
-            for i, path in enumerate(files):
+    def _open(self, include_rotated: bool = True) -> list[tuple[str, Any]]:
+        """(path, open file) of the files, newest first, opened together under the append lock."""
+        opened = []
+        with self._lock:
+            for path in self.files(include_rotated):
                 try:
-                    if os.stat(path).st_ino == position["inode"]:
-                        start, offset = i, int(position.get("offset") or 0)
-                        break
-                except OSError:
+                    opened.append((path, open(path, "rb")))
+                except FileNotFoundError:
                     continue
-        for i, path in enumerate(files[start:]):
-            try:
-                with open(path, "rb") as f:
-                    if i == 0 and offset and os.fstat(f.fileno()).st_size >= offset:
-                        f.seek(offset)
+                except OSError as e:
+                    for _, f in opened:
+                        f.close()
+                    raise StartupError(f"{path}: cannot read ({e.strerror})") from None
+        return opened
+
+    def read_after(self, position: dict | None) -> Iterator[dict]:
+        """Records appended after `position`, oldest first (every record kept when its file is gone: reading
+        more than needed is safe for what replays them, reading less is not)."""
+        opened = list(reversed(self._open()))
+        try:
+            start, offset = 0, 0
+            if isinstance(position, dict):
+                for i, (_, f) in enumerate(opened):
+                    if self._is_at(f, position):
+                        start, offset = i, position["offset"]
+                        break
+            for i, (path, f) in enumerate(opened[start:]):
+                try:
+                    f.seek(offset if i == 0 else 0)
                     for line in f:
                         if not line.endswith(b"\n"):
                             break           # torn by a crash
                         record = self._parse(line, path)
                         if record is not None:
                             yield record
-            except FileNotFoundError:
-                continue
+                except OSError as e:
+                    raise StartupError(f"{path}: cannot read ({e.strerror})") from None
+        finally:
+            for _, f in opened:
+                f.close()
 
     def read_newest(self, include_rotated: bool = True, contains: bytes | None = None,
                     before: dict | None = None) -> Iterator[tuple[dict, dict]]:
         """(record, position of its line) newest first, reading files backwards in blocks. Lines without
-        `contains` are skipped unparsed. `before` (a position from an earlier answer) starts just before it."""
-        files = self.files(include_rotated)
-        end: int | None = None
-        if before is not None:
-            for i, path in enumerate(files):
-                try:
-                    if os.stat(path).st_ino == before.get("inode"):
-                        files, end = files[i:], int(before.get("offset") or 0)
+        `contains` are skipped unparsed. `before` (a position from an earlier answer) starts just before it;
+        nothing when its file is gone."""
+        opened = self._open(include_rotated)
+        try:
+            end: int | None = None
+            if before is not None:
+                for i, (_, f) in enumerate(opened):
+                    if self._is_at(f, before):
+                        opened, end = opened[i:], before["offset"]
                         break
-                except OSError:
-                    continue
-            else:
-                return          # rotated out of the kept files: nothing older remains
-        for i, path in enumerate(files):
-            try:
-                inode = os.stat(path).st_ino
-            except OSError:
-                continue
-            for offset, line in _lines_backwards(path, end if i == 0 else None, contains):
-                record = self._parse(line, path)
-                if record is not None:
-                    yield record, {"inode": inode, "offset": offset}
+                else:
+                    return
+            for i, (path, f) in enumerate(opened):
+                where = self._position(f, 0)
+                for offset, line in _lines_backwards(f, end if i == 0 else None, contains):
+                    record = self._parse(line, path)
+                    if record is not None:
+                        yield record, {**where, "offset": offset}
+        finally:
+            for _, f in opened:
+                f.close()
 
     def _parse(self, line: bytes, path: str) -> dict | None:
         try:
@@ -1452,39 +1483,33 @@ class NdjsonLog:
         return record
 
 
-def _lines_backwards(path: str, end: int | None = None, contains: bytes | None = None,
+def _lines_backwards(f: Any, end: int | None = None, contains: bytes | None = None,
                      block: int = 256 * 1024) -> Iterator[tuple[int, bytes]]:
-    """(offset, line) of a file's complete non-blank lines before byte `end`, last first; only lines holding
+    """(offset, line) of an open file's complete non-blank lines before byte `end`, last first; only lines holding
     `contains` when given (searched in whole blocks, which is what makes a scan for a rare name fast). A final
     line without a newline (torn by a crash) is skipped."""
-    try:
-        f = open(path, "rb")
-    except OSError:
-        return
-    with f:
-        size = os.fstat(f.fileno()).st_size
-        pos = size if end is None else min(end, size)
-        buf = b""               # bytes from `pos` on, ending with a newline
-        torn = True             # still looking for the newline that ends the last complete line
-        while pos > 0:
-            start = max(0, pos - block)
-            f.seek(start)
-            buf = f.read(pos - start) + buf
-            pos = start
-            if torn:
-                cut = buf.rfind(b"\n")
-                if cut < 0:
-                    buf = b""
-                    continue
-                buf, torn = buf[:cut + 1], False
-            base = start
-            whole = buf
-            if start > 0:       # the first line may have begun in an earlier block: keep it for later
-                nl = buf.find(b"\n")
-                if nl < 0:
-                    continue
-                whole, buf, base = buf[nl + 1:], buf[:nl + 1], start + nl + 1
-            yield from _block_lines(whole, base, contains)
+    size = os.fstat(f.fileno()).st_size
+    pos = size if end is None else min(end, size)
+    buf = b""               # bytes from `pos` on, ending with a newline
+    torn = True             # still looking for the newline that ends the last complete line
+    while pos > 0:
+        start = max(0, pos - block)
+        buf = os.pread(f.fileno(), pos - start, start) + buf
+        pos = start
+        if torn:
+            cut = buf.rfind(b"\n")
+            if cut < 0:
+                buf = b""
+                continue
+            buf, torn = buf[:cut + 1], False
+        base = start
+        whole = buf
+        if start > 0:       # the first line may have begun in an earlier block: keep it for later
+            nl = buf.find(b"\n")
+            if nl < 0:
+                continue
+            whole, buf, base = buf[nl + 1:], buf[:nl + 1], start + nl + 1
+        yield from _block_lines(whole, base, contains)
 
 
 def _block_lines(chunk: bytes, base: int, contains: bytes | None) -> Iterator[tuple[int, bytes]]:
@@ -1840,12 +1865,16 @@ def _short_error(exc: BaseException) -> str:
 
 
 def _is_timeout(exc: BaseException) -> bool:
+    """True when an error (or what caused it) is a time-out; a refused connection is not, though urllib3
+    derives NewConnectionError from its ConnectTimeoutError."""
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, (TimeoutError, socket.timeout, urllib3.exceptions.TimeoutError)):
+        if isinstance(exc, (TimeoutError, socket.timeout, urllib3.exceptions.TimeoutError)) and \
+                not isinstance(exc, urllib3.exceptions.NewConnectionError):
             return True
-        exc = getattr(exc, "reason", None) or exc.__cause__ or exc.__context__
+        reason = getattr(exc, "reason", None)       # a string for ssl.SSLError
+        exc = (reason if isinstance(reason, BaseException) else None) or exc.__cause__ or exc.__context__
     return False
 
 
@@ -1888,7 +1917,10 @@ class HttpRunner:
     def run(self, spec: dict, extra_headers: dict[str, str], run_id: str | None = None) -> RunResult:
         """Send the request; always a RunResult (ok, error or timeout), never an exception."""
         started, t0 = self.clock(), time.monotonic()
-        timeout = float(spec.get("timeout", 30))
+        try:
+            timeout = float(spec.get("timeout", 30))
+        except (TypeError, ValueError):
+            return RunResult("error", started, 0, error=f"request.timeout is not a number: {_shown(spec.get('timeout'))}")
         deadline = t0 + timeout
         connections: list = []
         run_id = run_id or str(uuid.uuid4())
@@ -2848,6 +2880,7 @@ class Recorder:
         self.clock = clock
         self._cond = threading.Condition()
         self._runs: dict[str, Run] = {}
+        self._ending: set[str] = set()         # runs whose record is being written: still in flight
 
     # -- runs in flight -------------------------------------------------------------------------------------
     def begin(self, job: Job, slot: float, trigger: str, attempt: int = 1, exclusive: bool = True) -> Run | None:
@@ -2897,9 +2930,9 @@ class Recorder:
         """Record a run's end; None when it was recorded already (interrupted). Raises StorageError when its
         record cannot be written (the run is out of flight all the same)."""
         with self._cond:
-            if self._runs.pop(run.run_id, None) is None:
+            if run.run_id not in self._runs or run.run_id in self._ending:
                 return None
-            self._cond.notify_all()
+            self._ending.add(run.run_id)
         try:
             return self._write(run.job, {
                 "run_id": run.run_id, "slot": run.slot, "trigger": run.trigger, "attempt": run.attempt,
@@ -2910,11 +2943,18 @@ class Recorder:
         finally:
             if self.markers is not None:
                 self.markers.remove(run.run_id)
+            with self._cond:
+                self._runs.pop(run.run_id, None)
+                self._ending.discard(run.run_id)
+                self._cond.notify_all()
 
     def interrupt_all(self, reason: str) -> list[Run]:
-        """Take every run out of flight and record it `interrupted` (the caller stops what they do)."""
+        """Take every run out of flight and record it `interrupted` (the caller stops what they do); runs
+        whose end is being recorded already are left to it."""
         with self._cond:
-            runs, self._runs = list(self._runs.values()), {}
+            runs = [run for run_id, run in self._runs.items() if run_id not in self._ending]
+            for run in runs:
+                del self._runs[run.run_id]
             self._cond.notify_all()
         for run in runs:
             run.cancelled = reason
@@ -2995,6 +3035,7 @@ class Runs:
         self.pool = pool
         self.clock = clock
         self.misfire_grace = misfire_grace
+        self.stopping = False           # set by stop(): nothing new starts
 
     def on_due(self, due: Due) -> None:
         """The ticker's hand-over: a worker takes it from here."""
@@ -3003,6 +3044,8 @@ class Runs:
 
     def due(self, due: Due) -> None:
         """Record what was missed, then run the due slot (in a worker)."""
+        if self.stopping:
+            return      # handed over just before the stop: the next start counts it from the run state
         job = due.job
         if due.missed:
             self._quietly(self.recorder.record_missed, job, due.first_missed, due.last_missed, due.missed)
@@ -3049,6 +3092,8 @@ class Runs:
     def run_now(self, job: Job, trigger: str = "manual") -> tuple[Run, dict]:
         """Run `job` once, now, in the caller's thread, to its end: (run, its record). Conflict when a run of it
         is in flight and it may not overlap; ApiError (500) naming the run when its record cannot be written."""
+        if self.stopping:
+            raise Unavailable("the server is stopping")
         done = threading.Event()
         outcome: list = []
 
@@ -3069,6 +3114,7 @@ class Runs:
 
     def stop(self, deadline: float, reason: str = "interrupted by shutdown") -> int:
         """Wait for runs in flight until `deadline` (time.monotonic()), then stop and record the rest."""
+        self.stopping = True
         if self.recorder.wait_idle(deadline):
             return 0
         runs = self.recorder.interrupt_all(reason)
@@ -3291,9 +3337,9 @@ class HttpSchedules:
                 self._job(schedule)
             except (KeyError, TypeError, ValueError, AttributeError, ApiError) as e:
                 # Never overwritten, never half-loaded: the file is left for inspection.
-                raise StartupError(f"{self.store.path}: stored schedule {_shown(definition.get('id'))} is not "
-                                   f"valid ({getattr(e, 'message', None) or e!r}); left as it is for inspection, "
-                                   "restore it from a backup or fix it") from None
+                raise StartupError(f"{self.store.path}: not a valid schedules file: schedule "
+                                   f"{_shown(definition.get('id'))} ({getattr(e, 'message', None) or e!r}); left as "
+                                   "it is for inspection, restore it from a backup or fix it") from None
             self._add(schedule)
             if schedule.enabled:
                 self._register(schedule)
@@ -4303,11 +4349,15 @@ class JsonErrorTask(waitress.task.ErrorTask):
 
 class TargetRememberingParser(waitress.parser.HTTPRequestParser):
     """Keeps the target of the raw request line, so a request rejected before waitress splits that line (a bad
-    header, an oversized head, a target with a space) is still answered in its surface's shape."""
+    header, an oversized head, a target with a space) is still answered in its surface's shape; and when the
+    request's first byte came."""
 
     raw_target = b""
+    begun: float | None = None
 
     def received(self, data: bytes) -> int:
+        if self.begun is None:
+            self.begun = time.monotonic()
         if not self.raw_target and data:
             start = data.split(b"\r\n", 1)[0].split(b" ")
             self.raw_target = start[1] if len(start) > 1 else b""
@@ -4315,8 +4365,18 @@ class TargetRememberingParser(waitress.parser.HTTPRequestParser):
 
 
 class JsonErrorChannel(waitress.channel.HTTPChannel):
+    """waitress's connection, with JSON errors, closed when a request dribbles in for longer than the idle
+    timeout (each byte resets waitress's own idle clock, so a slow sender would hold the connection for ever)."""
+
     error_task_class = JsonErrorTask
     parser_class = TargetRememberingParser
+
+    def readable(self) -> bool:
+        request = self.request
+        if request is not None and not request.completed and request.begun is not None and \
+                time.monotonic() - request.begun > self.adj.channel_timeout:
+            self.will_close = True
+        return super().readable()
 
 
 class OncePerMinute(logging.Filter):
@@ -4516,8 +4576,10 @@ class Server:
             # recorded as interrupted, never re-run.
             if marker.get("kind") == "script":
                 stop_leftovers(marker)
+            recorded = self.state.get(job_key(str(marker.get("kind")), str(marker.get("ref")))).get("run_id")
             try:
-                self.recorder.record_leftover(marker)
+                if recorded != marker.get("run_id"):    # killed after its record, before its marker went
+                    self.recorder.record_leftover(marker)
             except StorageError:
                 pass
             self.markers.remove(str(marker.get("run_id")))
@@ -4650,6 +4712,7 @@ class Server:
             self._notify("STOPPING=1")
         self._started = False
         self.scheduler.stop()
+        self.cancel_start()         # a scan in progress stops checking scripts
         self.scripts.close()
         if self.listener is not None and self._http_thread is not None:
             listener = self.listener        # no new connections: its socket closed (its trigger stays)

@@ -135,9 +135,20 @@ class Stack:
             self.deadlines.close()
 
     def reopen(self, **config: Any) -> "Stack":
-        """A fresh server on the same files, as after a clean restart."""
+        """A fresh server on the same files, as after a clean restart (with new runners of the same kinds when
+        the default ones were used)."""
         self.close()
         return Stack(self.root, self.clock, **{**self._overrides(), **config})
+
+    def crash(self) -> None:
+        """Let go of the data dir as a SIGKILL would: nothing saved, markers and logs left as they are."""
+        if not self._closed:
+            self._closed = True
+            self.server.scheduler.stop()
+            self.server.data_dir.release()
+            self.script_runner.close()
+            self.deadlines.close()
+            self.server.deadlines.close()
 
     def _overrides(self) -> dict:
         base = schedserver.Config()

@@ -42,18 +42,19 @@ def test_block_wise_backwards_reading_equals_reading_the_whole_file(tmp_path_fac
     path.write_bytes(data)
     expected = [line for line in reversed(lines) if line.strip() and (needle is None or needle in line)]
 
-    found = list(_lines_backwards(str(path), block=block, contains=needle))
+    with open(path, "rb") as f:
+        found = list(_lines_backwards(f, block=block, contains=needle))
     assert [line for _, line in found] == expected
     for offset, line in found:          # each line's offset is where it starts in the file
         assert data[offset:offset + len(line) + 1] == line + b"\n" and (offset == 0 or data[offset - 1:offset] == b"\n")
     if found:                           # reading from a line's offset on gives exactly the lines before it
         offset = found[min(cut, len(found) - 1)][0]
-        assert list(_lines_backwards(str(path), end=offset, block=block, contains=needle)) == \
-            [item for item in found if item[0] < offset]
+        with open(path, "rb") as f:
+            assert list(_lines_backwards(f, end=offset, block=block, contains=needle)) == \
+                [item for item in found if item[0] < offset]
 
 
 def test_a_missing_file_reads_as_empty(tmp_path):
-    assert list(_lines_backwards(str(tmp_path / "absent.log"))) == []
     runs_log = NdjsonLog(str(tmp_path / "absent.log"), 1 << 20, 3)
     assert list(runs_log.read_newest()) == [] and list(runs_log.read_after(None)) == []
 
@@ -131,6 +132,15 @@ class Spy:
             f = builtins.open(*args, **kwargs)
             return Counting(f) if "b" in (args[1] if len(args) > 1 else kwargs.get("mode", "r")) else f
         monkeypatch.setattr(schedserver, "open", counting_open, raising=False)
+
+        real_pread = os.pread
+
+        def counting_pread(fd, n, offset):
+            data = real_pread(fd, n, offset)
+            if n > NdjsonLog.HEAD_BYTES:     # a block, not a file's first bytes taken to name a position
+                spy.bytes_read += len(data)
+            return data
+        monkeypatch.setattr(schedserver.os, "pread", counting_pread)
 
 
 def shown(stack: Stack, ids: list[str]) -> dict:

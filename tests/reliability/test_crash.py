@@ -1,9 +1,10 @@
-"""Crash safety: the real server killed with SIGKILL mid-traffic, over and over; the NDJSON logs under concurrent
+"""Crash safety: the real server killed with SIGKILL mid-traffic, over and over; the NDJSON log under concurrent
 writers and rotation; a malformed line in the middle of a log.
 
 The kill loop drives creates, toggles and deletes from several threads, kills the server at a random moment and
 checks, with the server dead and again after a restart, that every acknowledged operation holds. An operation
-cut off by the kill got no answer: it is "unknown" and may have happened or not, but nothing else may.
+cut off by the kill got no answer: it is "unknown" and may have happened or not, but nothing else may. Runs in
+flight at the kill leave their markers (`running/<run id>.json`): the restart records each one `interrupted`.
 
 SIGKILL cannot tear a single small write(2) to a regular file, so the loop also tears the runs log itself
 now and then (what a power cut or a full disk leaves) to check that readers skip the torn line and the next
@@ -17,19 +18,17 @@ import json
 import logging
 import os
 import random
-import subprocess
-import sys
-import textwrap
 import threading
 import time
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import pytest
 import requests
 
 import schedserver
-from e2e_helpers import CURL_PATH, DEFAULT_TOKEN, REPO_ROOT, ServerProcess, TargetServer, wait_until
+from e2e_helpers import CURL_PATH, DEFAULT_TOKEN, ServerProcess, TargetServer, wait_until
+from harness import Stack
 from stored import JOURNAL, SNAPSHOT, stored_by_id
 
 CRASH_ITERATIONS = 100
@@ -42,13 +41,47 @@ ONCE_A_YEAR = "0 0 0 1 1 *"
 RUNS_LOG_MAX_BYTES = 4096           # the smallest allowed, so the runs log rotates during the loop
 RUNS_LOG_BACKUPS = 100              # and keeps every line, so every torn line can be found again
 TEAR_EVERY = 10                     # iterations between torn lines written by the test itself
-APPEND_WAIT = 3.0                   # seconds for the heartbeat schedule to append after a restart
+APPEND_WAIT = 5.0                   # seconds for the heartbeat schedule to append after a restart
+SLOW_ANSWER = 0.8                   # seconds the heartbeat's target takes: a kill often finds a run in flight
 CLIENT_TIMEOUT = (2.0, 5.0)         # connect, read
 
 
 ###############################################################################
 # The kill -9 loop
 ###############################################################################
+
+class SlowTarget:
+    """An HTTP server on 127.0.0.1 that answers 200 after SLOW_ANSWER seconds (at once once it is stopping)."""
+
+    def __init__(self):
+        stopping = self.stopping = threading.Event()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                stopping.wait(SLOW_ANSWER)
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args) -> None:
+                pass
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="crash-slow-target", daemon=True)
+
+    def __enter__(self) -> "SlowTarget":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stopping.set()
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)
+
 
 @dataclass
 class Op:
@@ -269,6 +302,62 @@ def tear_runs_log(log_path: Path, iteration: int) -> bytes | None:
     return fragment
 
 
+INTERRUPTED_AT_START = "interrupted: the server stopped before the run ended"
+
+
+def leftover_markers(data_dir: Path) -> set[str]:
+    """The run ids of the markers a kill left in `running/` (runs that had begun and not ended)."""
+    running = data_dir / "running"
+    try:
+        names = os.listdir(running)
+    except FileNotFoundError:
+        return set()
+    return {name[:-5] for name in names if name.endswith(".json") and not name.startswith(schedserver.TEMP_PREFIX)}
+
+
+def temp_files_left(data_dir: Path) -> set[Path]:
+    """atomic_write temp files a kill left in the data dir or in running/."""
+    found = set()
+    for directory in (data_dir, data_dir / "running"):
+        if directory.is_dir():
+            found |= {directory / name for name in os.listdir(directory) if name.startswith(schedserver.TEMP_PREFIX)}
+    return found
+
+
+def check_leftovers_recorded(data_dir: Path, run_ids: set[str], temp_files: set[Path]) -> list[str]:
+    """After a restart: each run a kill left in flight is recorded `interrupted` (at the start, before any new
+    run), its marker is gone, and the temp files the kill left are removed."""
+    violations = []
+    records: dict[str, list[dict]] = collections.defaultdict(list)
+    runs = schedserver.NdjsonLog(str(data_dir / "curl-runs.log"), RUNS_LOG_MAX_BYTES, RUNS_LOG_BACKUPS)
+    for record, _ in runs.read_newest():
+        if record.get("run_id") in run_ids:
+            records[record["run_id"]].append(record)
+    for run_id in sorted(run_ids):
+        if not [r for r in records[run_id] if r.get("status") == "interrupted" and r.get("error") == INTERRUPTED_AT_START]:
+            violations.append(f"run {run_id} was in flight at the kill but is not recorded interrupted: "
+                              f"{records[run_id]}")
+        if (data_dir / "running" / f"{run_id}.json").exists():
+            violations.append(f"run {run_id}: its marker is still there after the restart")
+    violations += [f"{path}: a temp file left by the kill is still there after the restart"
+                   for path in sorted(temp_files) if path.exists()]
+    return violations
+
+
+def newest_start(data_dir: Path, schedule_id: str) -> str | None:
+    """The latest started_at of a schedule's runs in the runs log, at second precision (as listings show it)."""
+    runs = schedserver.NdjsonLog(str(data_dir / "curl-runs.log"), RUNS_LOG_MAX_BYTES, RUNS_LOG_BACKUPS)
+    starts = [record["started_at"][:19] + "Z" for record, _ in runs.read_newest(contains=schedule_id.encode())
+              if record.get("schedule_id") == schedule_id and record.get("started_at")]
+    return max(starts, default=None)
+
+
+def listed_last_run(server: ServerProcess, schedule_id: str) -> str | None:
+    answer = server.api("GET", f"{CURL_PATH}/{schedule_id}")
+    assert answer.status_code == 200, answer.text
+    return answer.json()["last_run"]
+
+
 def listed_state(server: ServerProcess) -> dict[str, bool]:
     answer = server.api("GET", CURL_PATH)
     assert answer.status_code == 200, answer.text
@@ -284,18 +373,32 @@ def test_acknowledged_operations_survive_a_hundred_kill_9s_at_random_moments(tmp
     rng = random.Random(seed)
     model, fragments, torn_by_test = Model(), set(), []
     violations: list[str] = []
+    left_runs: set[str] = set()             # runs in flight at the last kill (their markers)
+    left_temp: set[Path] = set()
+    interrupted = 0
+    heartbeat_id, heartbeat_last = None, None   # the heartbeat's newest run start in the log the kill left
     server: ServerProcess | None = None
     started = time.monotonic()
-    with TargetServer() as target:
+    with TargetServer() as target, SlowTarget() as slow:
         try:
             for iteration in range(CRASH_ITERATIONS):
                 server = ServerProcess(data_dir, scripts_dir, env=env).start()
-                if iteration == 0:      # fires every second, so the runs log grows whenever a restart waits
+                if iteration == 0:      # fires every second, so the runs log grows whenever a restart waits, and
+                    #                     takes a while, so kills find runs in flight
                     heartbeat = server.api("POST", CURL_PATH, json={
-                        "cron": EVERY_SECOND, "name": "heartbeat", "request": {"url": target.url + "/heartbeat"}})
+                        "cron": EVERY_SECOND, "name": "heartbeat",
+                        "request": {"url": slow.url + "/heartbeat", "timeout": 5}})
                     assert heartbeat.status_code == 201, heartbeat.text
-                    model.live[heartbeat.json()["id"]] = (-1, True)
+                    heartbeat_id = heartbeat.json()["id"]
+                    model.live[heartbeat_id] = (-1, True)
                     model.acknowledged += 1
+                last_run = listed_last_run(server, heartbeat_id)
+                if heartbeat_last is not None and (last_run is None or last_run < heartbeat_last):
+                    violations.append(f"iteration {iteration}: the heartbeat's last_run is {last_run} after the "
+                                      f"restart, but the runs log holds a run started at {heartbeat_last}")
+                violations += [f"iteration {iteration}: {v}"
+                               for v in check_leftovers_recorded(data_dir, left_runs, left_temp)]
+                interrupted += len(left_runs)
                 listed = listed_state(server)
                 expected = {sid: enabled for sid, (_, enabled) in model.live.items()}
                 if listed != expected:
@@ -325,6 +428,8 @@ def test_acknowledged_operations_survive_a_hundred_kill_9s_at_random_moments(tmp
                                        read_definitions(data_dir), killed_at)
                 found += check_runs_log(runs_log, fragments)[0]
                 violations += [f"iteration {iteration}: {v}" for v in found]
+                left_runs, left_temp = leftover_markers(data_dir), temp_files_left(data_dir)
+                heartbeat_last = newest_start(data_dir, heartbeat_id)
                 if iteration % TEAR_EVERY == TEAR_EVERY // 2:
                     fragment = tear_runs_log(runs_log, iteration)
                     if fragment is not None:
@@ -334,6 +439,8 @@ def test_acknowledged_operations_survive_a_hundred_kill_9s_at_random_moments(tmp
 
             # One more start: the heartbeat appends a few runs, then the server stops cleanly.
             server = ServerProcess(data_dir, scripts_dir, env=env).start()
+            violations += [f"last restart: {v}" for v in check_leftovers_recorded(data_dir, left_runs, left_temp)]
+            interrupted += len(left_runs)
             if listed_state(server) != {sid: enabled for sid, (_, enabled) in model.live.items()}:
                 violations.append("after the last restart the list differs from the model")
             before = check_runs_log(runs_log, set(fragments))[1]
@@ -360,13 +467,18 @@ def test_acknowledged_operations_survive_a_hundred_kill_9s_at_random_moments(tmp
     assert not violations, f"seed {seed}:\n" + "\n".join(violations[:40])
     assert len(torn_by_test) == CRASH_ITERATIONS // TEAR_EVERY
     assert records > 0 and model.acknowledged >= CRASH_ITERATIONS
+    assert interrupted > 0, "no kill found a run in flight: the interrupted path was not exercised"
     print(f"kill loop: {loop_seconds:.1f} s for {CRASH_ITERATIONS} iterations, {records} run records, "
-          f"{len(fragments)} torn lines, {'a' if (data_dir / SNAPSHOT).exists() else 'no'} compacted snapshot")
+          f"{len(fragments)} torn lines, {interrupted} runs interrupted by a kill, "
+          f"{'a' if (data_dir / SNAPSHOT).exists() else 'no'} compacted snapshot")
 
 
 ###############################################################################
 # The fires log: concurrent writers and rotation
 ###############################################################################
+
+# One NdjsonLog object writes each log (the server makes one per file, and DataDir lets one process at a time own
+# the data dir): its appends and rotations are serialised by its own lock. There is no file lock between objects.
 
 FIRES_MAX_BYTES = 2048
 RECORDS_PER_WRITER = 150
@@ -435,72 +547,9 @@ def test_eight_threads_sharing_one_fires_log_lose_no_line_across_rotations(tmp_p
     records, rotations = read_fires(path, backups)
     assert_every_record_once_in_order(records, writers, RECORDS_PER_WRITER)
     assert rotations >= 20
-    assert len(list(fires.read_newest())) == len(records)
+    assert [record for record, _ in fires.read_newest()] == records[::-1]
     figure(f"reliability: fires log {WRITERS} writers, {len(records)} lines, "
            f"{WRITERS * RECORDS_PER_WRITER - len(records)} lost, {rotations} rotations")
-
-
-def test_eight_separate_log_objects_on_one_path_share_the_file_lock_and_lose_no_line(tmp_path):
-    path, backups = tmp_path / "fires.log", backups_for(WRITERS, RECORDS_PER_WRITER)
-    writers = [f"o{n}" for n in range(WRITERS)]
-    errors: list[BaseException] = []
-
-    def write(n: int) -> None:
-        fires = schedserver.NdjsonLog(str(path), FIRES_MAX_BYTES, backups)     # its own locks, same lock file
-        try:
-            for i in range(RECORDS_PER_WRITER):
-                fires.append(fire_record(writers[n], i))
-        except BaseException as e:
-            errors.append(e)
-
-    run_writers(write, WRITERS)
-    assert not errors, errors
-    records, rotations = read_fires(path, backups)
-    assert_every_record_once_in_order(records, writers, RECORDS_PER_WRITER)
-    assert rotations >= 20
-
-
-WRITER_PROCESS = """
-    import sys, threading
-    import schedserver
-    path, tag, per_writer, threads, max_bytes, backups = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:])
-    errors = []
-    def write(n):
-        fires = schedserver.NdjsonLog(path, max_bytes, backups)
-        try:
-            for i in range(per_writer):
-                fires.append({"ts": "2025-01-10T12:00:00.000Z", "scriptPath": f"jobs/{tag}{n}.sh",
-                              "runId": f"{tag}{n}-{i}", "writer": f"{tag}{n}", "n": i, "status": "ok",
-                              "durationMs": i % 97, "trigger": "cron"})
-        except BaseException as e:
-            errors.append(repr(e))
-    workers = [threading.Thread(target=write, args=(n,)) for n in range(threads)]
-    for w in workers: w.start()
-    for w in workers: w.join()
-    print(errors)
-    sys.exit(1 if errors else 0)
-"""
-
-
-def test_two_processes_of_four_writers_each_lose_no_line_across_rotations(tmp_path):
-    path, backups = tmp_path / "fires.log", backups_for(WRITERS, RECORDS_PER_WRITER)
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-    procs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(WRITER_PROCESS), str(path), tag,
-                               str(RECORDS_PER_WRITER), str(WRITERS // 2), str(FIRES_MAX_BYTES), str(backups)],
-                              cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for tag in ("p", "q")]
-    try:
-        outputs = [proc.communicate(timeout=60) for proc in procs]
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(timeout=5)
-    assert [proc.returncode for proc in procs] == [0, 0], outputs
-    records, rotations = read_fires(path, backups)
-    writers = [f"{tag}{n}" for tag in ("p", "q") for n in range(WRITERS // 2)]
-    assert_every_record_once_in_order(records, writers, RECORDS_PER_WRITER)
-    assert rotations >= 20
 
 
 ###############################################################################
@@ -523,8 +572,9 @@ def test_a_malformed_line_in_the_middle_is_reported_once_and_reading_goes_on_pas
     for n in range(3, 6):
         fires.append({"n": n})
 
-    assert [r["n"] for r in fires.read_newest()] == [5, 4, 3, 2, 1, 0]
-    assert [r["n"] for r in fires.read_newest()] == [5, 4, 3, 2, 1, 0]
+    assert [r["n"] for r, _ in fires.read_newest()] == [5, 4, 3, 2, 1, 0]
+    assert [r["n"] for r, _ in fires.read_newest()] == [5, 4, 3, 2, 1, 0]
+    assert [r["n"] for r in fires.read_after(None)] == [0, 1, 2, 3, 4, 5]
     warnings = malformed_warnings(caplog)
     assert len(warnings) == 1, warnings
     assert str(path) in warnings[0]
@@ -539,7 +589,7 @@ def test_a_malformed_line_in_a_rotated_file_is_reported_for_that_file_and_older_
     path.write_bytes(b'{"n": 4}\n[4, 5]\n{"n": 5}\n')
     fires = schedserver.NdjsonLog(str(path), 1 << 20, 3)
 
-    assert [r["n"] for r in fires.read_newest()] == [5, 4, 3, 2, 1, 0]
+    assert [r["n"] for r, _ in fires.read_newest()] == [5, 4, 3, 2, 1, 0]
     warnings = malformed_warnings(caplog)
     assert len(warnings) == 2, warnings
     assert str(path) in warnings[0] and f"{path}.1" in warnings[1]
@@ -556,22 +606,22 @@ def test_a_malformed_line_straddling_read_blocks_does_not_end_the_reading(tmp_pa
     for n in range(500, 1000):
         fires.append({"n": n, "pad": "b" * 150})
 
-    assert [r["n"] for r in fires.read_newest()] == list(range(999, -1, -1))
+    assert [r["n"] for r, _ in fires.read_newest()] == list(range(999, -1, -1))
+    assert [r["n"] for r in fires.read_after(None)] == list(range(1000))
     assert len(malformed_warnings(caplog)) == 1
 
 
 def test_run_history_is_rebuilt_from_records_on_both_sides_of_a_malformed_line(tmp_path, caplog):
     caplog.set_level(logging.WARNING, logger="schedserver")
-    store = schedserver.JournalStore(str(tmp_path / "curl-schedules.json"))
-    runs = schedserver.NdjsonLog(str(tmp_path / "curl-runs.log"), 1 << 20, 3)
-    scheduler = schedserver.Scheduler(submit=lambda fn, *args: None)
-    first = schedserver.CurlSchedules(store, runs, scheduler, schedserver.HttpRunner())
-    sid = first.create({"cron": ONCE_A_YEAR, "request": {"url": "http://127.0.0.1:9/hook"}})["id"]
+    first = Stack(tmp_path)
+    sid = first.http.create({"cron": ONCE_A_YEAR, "request": {"url": "http://127.0.0.1:9/hook"}})["id"]
+    first.close()                                       # run state saved: the lines below are replayed at the start
+    runs = schedserver.NdjsonLog(str(first.data_dir / "curl-runs.log"), 1 << 20, 3)
 
     def run(n: int) -> dict:
         at = f"2025-01-10T12:0{n}:00.000Z"
         return {"ts": at, "schedule_id": sid, "run_id": f"run-{n}", "scheduled_at": at, "started_at": at,
-                "status": "ok", "status_code": 200, "duration_ms": 5, "error": None, "trigger": "cron"}
+                "status": "ok", "status_code": 200, "duration_ms": 5, "error": None, "trigger": "cron", "attempt": 1}
 
     runs.append(run(1))
     runs.append(run(2))
@@ -579,11 +629,9 @@ def test_run_history_is_rebuilt_from_records_on_both_sides_of_a_malformed_line(t
         f.write(b'{"ts":"2025-01-10T12:02:30.000Z","schedule_id":"' + sid.encode() + b'","run_\n')
     runs.append(run(3))
 
-    second = schedserver.CurlSchedules(store, schedserver.NdjsonLog(runs.path, 1 << 20, 3),
-                                       schedserver.Scheduler(submit=lambda fn, *args: None),
-                                       schedserver.HttpRunner())
-    second.load()
-    shown = second.get(sid)
+    with Stack(tmp_path, first.clock) as second:
+        shown = second.http.get(sid)
     assert [h["run_id"] for h in shown["history"]] == ["run-3", "run-2", "run-1"]
     assert shown["last_run"] == "2025-01-10T12:03:00Z"
+    assert shown["last_status"] == "ok"
     assert len(malformed_warnings(caplog)) == 1
