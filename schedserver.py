@@ -489,7 +489,7 @@ _ZONE_EDGES = (-62135510400, 253402128000)     # 0001-01-02 and 9999-12-30 UTC: 
 _LOOKBACK = 2 * 86400
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CronExpr:
     """A validated cron expression: as the user wrote it, and as six fields, seconds first."""
 
@@ -509,15 +509,15 @@ class CronExpr:
 
     def __post_init__(self) -> None:
         """Expands the fields once, into the sorted values the search bisects."""
-        sets = [_field_values(text, *spec) for text, spec in zip(self.fields, CRON_FIELDS)]
         put = functools.partial(object.__setattr__, self)
         put("wildcard_time", self.fields[1].startswith("*") or self.fields[2].startswith("*"))
-        put("_seconds", tuple(sorted(sets[0])))
-        put("_minutes", tuple(sorted(sets[1])))
-        put("_hours", tuple(sorted(sets[2])))
-        put("_days", frozenset(sets[3]))
-        put("_months", tuple(sorted(sets[4])))
-        put("_weekdays", frozenset((v + 6) % 7 for v in sets[5]))
+        # Expansions are shared by every expression with the same field text.
+        put("_seconds", _sorted_values(self.fields[0], 0))
+        put("_minutes", _sorted_values(self.fields[1], 1))
+        put("_hours", _sorted_values(self.fields[2], 2))
+        put("_days", _field_values(self.fields[3], *CRON_FIELDS[3]))
+        put("_months", _sorted_values(self.fields[4], 4))
+        put("_weekdays", _python_weekdays(self.fields[5]))
         # Vixie cron: a day or weekday field starting with `*` means both must match, otherwise either.
         put("_either", not (self.fields[3].startswith("*") or self.fields[5].startswith("*")))
         put("_month_days", {})
@@ -834,6 +834,17 @@ def _cron_value(text: str, name: str, low: int, high: int, names: tuple[str, ...
         raise InvalidCron(f"Invalid cron expression: {name} value {shown} is out of range {low}-{high}; "
                           f"{CRON_HELP}")
     return value
+
+
+@functools.lru_cache(maxsize=4096)
+def _sorted_values(text: str, index: int) -> tuple[int, ...]:
+    return tuple(sorted(_field_values(text, *CRON_FIELDS[index])))
+
+
+@functools.lru_cache(maxsize=1024)
+def _python_weekdays(text: str) -> frozenset[int]:
+    """The weekday field as date.weekday() numbers (Monday 0)."""
+    return frozenset((v + 6) % 7 for v in _field_values(text, *CRON_FIELDS[5]))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -1539,10 +1550,19 @@ class RunMarkers:
     def prepare(self) -> None:
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
 
-    def write(self, run_id: str, marker: dict) -> None:
-        """Write (or rewrite) a run's marker; raises OSError. Not fsync'd: a SIGKILL keeps the page cache."""
-        atomic_write(os.path.join(self.directory, run_id + ".json"),
-                     json.dumps(marker, separators=(",", ":")).encode(), durable=False)
+    def write(self, run_id: str, marker: dict, new: bool = True) -> None:
+        """Write a run's marker (`new`: it has none yet), or replace it atomically; raises OSError. Not fsync'd:
+        a SIGKILL keeps the page cache."""
+        path = os.path.join(self.directory, run_id + ".json")
+        data = json.dumps(marker, separators=(",", ":")).encode()
+        if not new:
+            atomic_write(path, data, durable=False)
+            return
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, data)      # one small write: a file with no whole marker is ignored at the next start
+        finally:
+            os.close(fd)
 
     def remove(self, run_id: str) -> None:
         try:
@@ -1579,14 +1599,14 @@ class RunMarkers:
 # Jobs and runs ################################################################
 ###############################################################################
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class HttpTarget:
     """What an HTTP run sends: a validated request (see validate_request)."""
 
     request: dict
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ScriptTarget:
     """What a script run starts: the program and its arguments, where, and for how long at most."""
 
@@ -1597,7 +1617,7 @@ class ScriptTarget:
     root: str           # the scripts dir: the script must still resolve inside it when it fires
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, slots=True)
 class Job:
     """One schedule as the scheduler and the runners see it. Immutable: an edit is a new Job."""
 
@@ -2834,6 +2854,11 @@ class RunState:
         with self._lock:
             return dict(self._states.get(key) or {})
 
+    def value(self, key: str, name: str) -> Any:
+        """One fact of a schedule's state (None when unknown)."""
+        state = self._states.get(key)
+        return state.get(name) if state is not None else None
+
     def forget(self, key: str) -> None:
         with self._lock:
             if self._states.pop(key, None) is not None and self._changed_at is None:
@@ -2888,19 +2913,20 @@ class Recorder:
         with self._cond:
             if exclusive and any(r.job.key == job.key for r in self._runs.values()):
                 return None
-            run = Run(str(uuid.uuid4()), job, slot, trigger, attempt, self.clock(), on_process=self._mark)
+            run = Run(str(uuid.uuid4()), job, slot, trigger, attempt, self.clock(),
+                      on_process=functools.partial(self._mark, new=False))
             self._runs[run.run_id] = run
         self._mark(run)
         return run
 
-    def _mark(self, run: Run) -> None:
+    def _mark(self, run: Run, new: bool = True) -> None:
         if self.markers is None:
             return
         marker = {"run_id": run.run_id, "kind": run.job.kind, "ref": run.job.ref,
                   "expression": run.job.cron.expression, "slot": run.slot, "trigger": run.trigger,
                   "attempt": run.attempt, "started": run.started, "process": run.process}
         try:
-            self.markers.write(run.run_id, marker)
+            self.markers.write(run.run_id, marker, new)
         except OSError as e:
             log.error("cannot write the marker of run %s (a crash now would not be recorded): %s", run.run_id, e)
 
@@ -3265,7 +3291,7 @@ def _is_uuid(text: str) -> bool:
         return False
 
 
-@dataclass
+@dataclass(slots=True)
 class HttpSchedule:
     """One HTTP request schedule's definition."""
 
@@ -3277,6 +3303,12 @@ class HttpSchedule:
     timezone: str
     created_at: float
     enabled_at: float
+    created_iso: str = field(init=False, repr=False, compare=False)
+    request_summary: dict = field(init=False, repr=False, compare=False)    # what lists show: url and method
+
+    def __post_init__(self) -> None:
+        self.created_iso = utc_iso(self.created_at)
+        self.request_summary = {"url": self.request["url"], "method": self.request["method"]}
 
     def definition(self) -> dict:
         return {"id": self.id, "cron": self.cron, "request": self.request, "name": self.name,
@@ -3333,8 +3365,10 @@ class HttpSchedules:
         for definition in self.store.load():
             try:
                 schedule = HttpSchedule.from_definition(definition)
-                validate_request(schedule.request)
-                self._job(schedule)
+                job = self._job(schedule)       # a bad expression or zone stops here
+                if not isinstance(schedule.request.get("url"), str) or schedule.request.get("method") not in \
+                        HTTP_METHODS:
+                    raise ValueError("its request has no url or method")
             except (KeyError, TypeError, ValueError, AttributeError, ApiError) as e:
                 # Never overwritten, never half-loaded: the file is left for inspection.
                 raise StartupError(f"{self.store.path}: not a valid schedules file: schedule "
@@ -3342,7 +3376,7 @@ class HttpSchedules:
                                    "it is for inspection, restore it from a backup or fix it") from None
             self._add(schedule)
             if schedule.enabled:
-                self._register(schedule)
+                self._register(schedule, job=job)
 
     # -- the API ---------------------------------------------------------------------------------------------
     def create(self, payload: Any) -> dict:
@@ -3460,9 +3494,9 @@ class HttpSchedules:
     def _summary(self, s: HttpSchedule, next_run: float | None | object = ...) -> dict:
         if next_run is ...:
             next_run = self._next_run(s)
-        return {"id": s.id, "cron": s.cron, "enabled": s.enabled, "created_at": utc_iso(s.created_at),
-                "last_run": utc_iso(self.state.get(s.key).get("run_at")), "name": s.name, "timezone": s.timezone,
-                "next_run": utc_iso(next_run), "request": {"url": s.request["url"], "method": s.request["method"]}}
+        return {"id": s.id, "cron": s.cron, "enabled": s.enabled, "created_at": s.created_iso,
+                "last_run": utc_iso(self.state.value(s.key, "run_at")), "name": s.name, "timezone": s.timezone,
+                "next_run": utc_iso(next_run), "request": dict(s.request_summary)}
 
     def _next_run(self, s: HttpSchedule) -> float | None:
         return self.scheduler.next_at(s.key) if s.enabled else None
@@ -3472,10 +3506,10 @@ class HttpSchedules:
         return Job(key=s.key, kind="http", ref=s.id, cron=parse_cron(s.cron), tz=load_timezone(s.timezone),
                    target=HttpTarget(s.request))
 
-    def _register(self, s: HttpSchedule, anchor: float | None = None) -> None:
+    def _register(self, s: HttpSchedule, anchor: float | None = None, job: Job | None = None) -> None:
         if anchor is None:
-            anchor = max(s.enabled_at, self.state.get(s.key).get("slot") or 0.0)
-        self.scheduler.add(self._job(s), anchor)
+            anchor = max(s.enabled_at, self.state.value(s.key, "slot") or 0.0)
+        self.scheduler.add(job or self._job(s), anchor)
 
 
 def _redacted(request: dict) -> dict:
@@ -3595,6 +3629,12 @@ class ScriptDefinition:
     def signature(self) -> tuple:
         """What a reload compares to tell a kept script from a changed one."""
         return (self.cron.expression, self.timeout_ms, self.argv, self.description, self.token)
+
+    @functools.cached_property
+    def listed(self) -> dict:
+        """What the list shows of it that never changes."""
+        return {"scriptPath": self.path, **script_identity(self.rel), "expression": self.cron.expression,
+                "timeoutMs": self.timeout_ms}
 
     @property
     def key(self) -> str:
@@ -3947,12 +3987,11 @@ class ScriptSchedules:
         nexts = self.scheduler.next_of([d.key for d in definitions])
         running = self.runs.recorder.running_keys()
         items = []
+        value = self.state.value
         for d, next_at in zip(definitions, nexts):
-            state = self.state.get(d.key)
-            items.append({"scriptPath": d.path, **script_identity(d.rel), "expression": d.cron.expression,
-                          "timeoutMs": d.timeout_ms, "registeredAt": utc_iso(registered_at.get(d.rel), ms=True),
-                          "nextFire": utc_iso(next_at, ms=True), "lastFireAt": state.get("at"),
-                          "lastFireStatus": state.get("status"), "lastFireRunId": state.get("run_id"),
+            items.append({**d.listed, "registeredAt": utc_iso(registered_at.get(d.rel), ms=True),
+                          "nextFire": utc_iso(next_at, ms=True), "lastFireAt": value(d.key, "at"),
+                          "lastFireStatus": value(d.key, "status"), "lastFireRunId": value(d.key, "run_id"),
                           "description": d.description, "running": d.key in running})
         return {"total": len(items), "schedules": items}
 

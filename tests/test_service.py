@@ -1004,7 +1004,7 @@ def test_a_script_runs_marker_names_its_process_once_it_is_spawned(tmp_path):
 def test_a_run_whose_marker_cannot_be_written_still_runs_and_is_recorded_and_the_failure_is_logged(
         tmp_path, caplog):
     with Stack(tmp_path, FakeClock(NOW)) as stack:
-        def disk_full(run_id: str, marker: dict) -> None:
+        def disk_full(run_id: str, marker: dict, new: bool = True) -> None:
             raise OSError(28, "No space left on device")
         stack.server.markers.write = disk_full
         schedule_id = http_schedule(stack)
