@@ -18,8 +18,10 @@ from __future__ import annotations
 __version__ = "0.2.0"
 
 import argparse
+import base64
 import bisect
 import calendar
+import contextlib
 import ctypes
 import functools
 import hmac
@@ -260,6 +262,23 @@ def _to_optional_str(value: Any) -> str | None:
     return None if value is None else _to_str(value)
 
 
+def _to_optional_url(value: Any) -> str | None:
+    if value is None:
+        return None
+    url = _to_str(value)
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("expected an http or https URL")
+    return url
+
+
+def _to_notify_events(value: Any) -> tuple[str, ...]:
+    events = _to_str_list(value)
+    if not events or any(e not in ("failure", "recovery", "success") for e in events):
+        raise ValueError("expected a list of failure, recovery, success")
+    return events
+
+
 # (section, key, converter, default, environment variable). Every config key is here; anything else is an error.
 CONFIG_TABLE: tuple[tuple[str, str, Callable[[Any], Any], Any, str | None], ...] = (
     ("server", "host", _to_str, "127.0.0.1", "SCHEDSERVER_HOST"),
@@ -289,9 +308,22 @@ CONFIG_TABLE: tuple[tuple[str, str, Callable[[Any], Any], Any, str | None], ...]
     ("exec", "return_preview_chars", _to_int(1, 65536), 200, "SCHEDSERVER_EXEC_RETURN_PREVIEW_CHARS"),
     ("exec", "interpreters", _to_command_table, {}, None),
     ("exec", "preflight", _to_command_table, {}, None),
+    ("exec", "output_retention_bytes", _to_int(0, 2**40), 100 * 1024 * 1024,
+     "SCHEDSERVER_EXEC_OUTPUT_RETENTION_BYTES"),
+    ("scheduler", "overlap_limit", _to_int(1, 1000), 10, "SCHEDSERVER_OVERLAP_LIMIT"),
+    ("notify", "url", _to_optional_url, None, "SCHEDSERVER_NOTIFY_URL"),
+    ("notify", "on", _to_notify_events, ("failure", "recovery"), "SCHEDSERVER_NOTIFY_ON"),
+    ("notify", "after", _to_int(1, 1000), 1, "SCHEDSERVER_NOTIFY_AFTER"),
+    ("metrics", "public", _to_bool, False, "SCHEDSERVER_METRICS_PUBLIC"),
+    ("metrics", "per_schedule", _to_bool, False, "SCHEDSERVER_METRICS_PER_SCHEDULE"),
 )
 PATH_KEYS = ("data_dir", "scripts_dir", "token_file")
-SECRET_SECTIONS = ("auth",)
+SECRET_SECTIONS = ("auth", "notify")        # a webhook URL may carry a key
+
+
+def config_attribute(section: str, key: str) -> str:
+    """The Config field of a table key: its name, or `<table>_<name>` for the [notify] and [metrics] tables."""
+    return f"{section}_{key}" if section in ("notify", "metrics") else key
 
 
 @dataclass(frozen=True)
@@ -325,11 +357,19 @@ class Config:
     return_preview_chars: int = 200
     interpreters: dict = field(default_factory=dict)
     preflight: dict = field(default_factory=dict)
+    output_retention_bytes: int = 100 * 1024 * 1024
+    overlap_limit: int = 10
+    notify_url: str | None = None
+    notify_on: tuple[str, ...] = ("failure", "recovery")
+    notify_after: int = 1
+    metrics_public: bool = False
+    metrics_per_schedule: bool = False
     config_file: str | None = None
 
     def __post_init__(self) -> None:
         # The table checks a Config built in Python as it checks one read from a file: one set of rules.
         for section, key, convert, _, _ in CONFIG_TABLE:
+            key = config_attribute(section, key)
             value = getattr(self, key)
             try:
                 value = convert(value)
@@ -377,7 +417,7 @@ def load_config(flags: dict[str, Any] | None = None, environ: dict[str, str] | N
                 raise ConfigError(f"{where}: {e}, got {shown}") from None
         if key in PATH_KEYS and value is not None:
             value = os.path.abspath(os.path.join(origin_dir, os.path.expanduser(value)))
-        values[key] = value
+        values[config_attribute(section, key)] = value
     return Config(**values, config_file=config_file)
 
 
@@ -442,6 +482,11 @@ def utc_iso(ts: float | None, *, ms: bool = False) -> str | None:
     """An epoch instant as UTC ISO 8601 with `Z`: second precision, or milliseconds with ms=True."""
     if ts is None:
         return None
+    return _utc_iso(ts, ms)
+
+
+@functools.lru_cache(maxsize=16384)     # listings show the same next and last fires again and again
+def _utc_iso(ts: float, ms: bool) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds" if ms else "seconds")[:-6] + "Z"
 
 
@@ -1601,9 +1646,10 @@ class RunMarkers:
 
 @dataclass(frozen=True, slots=True)
 class HttpTarget:
-    """What an HTTP run sends: a validated request (see validate_request)."""
+    """What an HTTP run sends (a validated request, see validate_request), and what counts as success."""
 
     request: dict
+    success: dict | None = None         # {"status": [...], "body_contains": str}; None: 2xx (3xx unless following)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1617,6 +1663,34 @@ class ScriptTarget:
     root: str           # the scripts dir: the script must still resolve inside it when it fires
 
 
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Cloud Scheduler's retry rule: `count` more attempts after a failure, waiting `min_backoff` seconds, doubled
+    `max_doublings` times, then growing by the last doubled wait each time, never more than `max_backoff`."""
+
+    count: int = 0
+    min_backoff: float = 5.0
+    max_backoff: float = 300.0
+    max_doublings: int = 5
+
+    def backoff(self, attempt: int) -> float:
+        """How long to wait after failed attempt number `attempt` (1 is the first try)."""
+        if attempt <= self.max_doublings + 1:
+            wait = self.min_backoff * 2 ** (attempt - 1)
+        else:
+            wait = self.min_backoff * 2 ** self.max_doublings * (attempt - self.max_doublings)
+        return min(wait, self.max_backoff)
+
+
+@dataclass(frozen=True, slots=True)
+class Notify:
+    """Where and when to tell someone about a schedule's runs (a webhook)."""
+
+    url: str
+    on: tuple[str, ...] = ("failure", "recovery")
+    after: int = 1
+
+
 @dataclass(frozen=True, eq=False, slots=True)
 class Job:
     """One schedule as the scheduler and the runners see it. Immutable: an edit is a new Job."""
@@ -1627,7 +1701,11 @@ class Job:
     cron: Any                   # CronExpr
     tz: ZoneInfo
     target: HttpTarget | ScriptTarget
-    overlap: str = "forbid"
+    overlap: str = "forbid"     # forbid | allow | replace: when a run is still going at the next one
+    retry: Retry | None = None
+    jitter: float = 0.0         # seconds a run may wait after its slot (random), to spread load
+    notify: Notify | None = None
+    name: str | None = None
 
 
 @dataclass(eq=False)
@@ -1643,6 +1721,7 @@ class Run:
     process: dict | None = None             # a script's pid and start time, once spawned
     cancelled: str | None = None            # why it was stopped early (shutdown, replaced)
     on_process: Callable[["Run"], None] | None = None
+    planned: float | None = None            # when it was to start: its slot, after its jitter or backoff
 
 
 @dataclass
@@ -1658,6 +1737,9 @@ class RunResult:
     signal: str | None = None       # a script killed by a signal
     return_preview: str | None = None
     output_dropped: int = 0
+    response: dict | None = None    # an HTTP run's answer: headers, body_preview, truncated
+    stdout: bytes = b""             # a script's kept output tails
+    stderr: bytes = b""
 
 
 ###############################################################################
@@ -1923,7 +2005,7 @@ class HttpRunner:
     def start(self, run: Run, on_end: Callable[[RunResult], None]) -> None:
         """Run it here, to its end, then on_end(result)."""
         headers = {"X-Schedserver-Schedule-Id": run.job.ref, "X-Schedserver-Scheduled-At": utc_iso(run.slot)}
-        on_end(self.run(run.job.target.request, headers, run.run_id))
+        on_end(self.run(run.job.target.request, headers, run.run_id, run.job.target.success))
 
     def cancel(self, run: Run) -> None:
         """Stop a run in flight at once (its result then reads as a cut connection)."""
@@ -1934,8 +2016,10 @@ class HttpRunner:
     def close(self) -> None:
         self._pools.clear()
 
-    def run(self, spec: dict, extra_headers: dict[str, str], run_id: str | None = None) -> RunResult:
-        """Send the request; always a RunResult (ok, error or timeout), never an exception."""
+    def run(self, spec: dict, extra_headers: dict[str, str], run_id: str | None = None,
+            success: dict | None = None) -> RunResult:
+        """Send the request; always a RunResult (ok, error or timeout), never an exception. `success` is the
+        schedule's success rule (see judge_answer)."""
         started, t0 = self.clock(), time.monotonic()
         try:
             timeout = float(spec.get("timeout", 30))
@@ -1949,8 +2033,10 @@ class HttpRunner:
         _http_run.connections, _http_run.policy, _http_run.deadline = connections, self.policy, deadline
         timer = self.deadlines.add(deadline, functools.partial(_cut, connections))
 
-        def result(status: str, code: int | None = None, error: str | None = None) -> RunResult:
-            return RunResult(status, started, int((time.monotonic() - t0) * 1000), status_code=code, error=error)
+        def result(status: str, code: int | None = None, error: str | None = None,
+                   answer: dict | None = None) -> RunResult:
+            return RunResult(status, started, int((time.monotonic() - t0) * 1000), status_code=code, error=error,
+                             response=answer)
 
         def failure(exc: BaseException, code: int | None = None) -> RunResult:
             if time.monotonic() >= deadline or _is_timeout(exc):
@@ -1968,26 +2054,29 @@ class HttpRunner:
                     timeout=urllib3.Timeout(connect=min(timeout, 10.0), read=timeout), preload_content=False)
             except Exception as e:
                 return failure(e)
+            body_read, whole = bytearray(), True
             try:
-                read = 0
-                while read < self.max_response_bytes:
+                while len(body_read) < self.max_response_bytes:
                     if time.monotonic() >= deadline:
                         return result("timeout", response.status, f"timed out after {timeout:g} s")
-                    chunk = response.read1(min(16384, self.max_response_bytes - read))
+                    chunk = response.read1(min(16384, self.max_response_bytes - len(body_read)))
                     if not chunk:
                         break
-                    read += len(chunk)
+                    body_read += chunk
                 else:
-                    response.close()        # the rest is never read: the connection cannot be used again
+                    whole = not response.read1(1)
+                    if not whole:
+                        response.close()    # the rest is never read: the connection cannot be used again
             except Exception as e:          # urllib3 and socket errors while streaming, a cut connection
                 response.close()
                 return failure(e, response.status)
             finally:
                 response.release_conn()
-            code = response.status
-            if 200 <= code < 300 or (300 <= code < 400 and not follow):
-                return result("ok", code)
-            return result("error", code, f"HTTP {code} {response.reason or ''}".strip())
+            answer = _answer_preview(response, bytes(body_read), whole)
+            problem = judge_answer(response.status, response.reason, bytes(body_read), success, follow)
+            if problem is None:
+                return result("ok", response.status, answer=answer)
+            return result("error", response.status, problem, answer)
         except Exception as e:              # a bug or a surprise from a library: still a result
             log.exception("http run failed unexpectedly")
             return result("error", None, _short_error(e))
@@ -1996,6 +2085,33 @@ class HttpRunner:
             _http_run.connections = _http_run.policy = _http_run.deadline = None
             with self._lock:
                 self._active.pop(run_id, None)
+
+
+PREVIEW_BYTES = 4096        # of an answer's body, kept with its run
+PREVIEW_HEADERS = 50
+
+
+def _answer_preview(response: Any, body: bytes, whole: bool) -> dict:
+    """What is kept of an answer: its headers (the first 50, values cut at 1 KiB) and the start of its body."""
+    headers = {}
+    for name, value in list(response.headers.items())[:PREVIEW_HEADERS]:
+        headers[name] = value if len(value) <= 1024 else value[:1024]
+    return {"headers": headers, "body_preview": body[:PREVIEW_BYTES].decode("utf-8", "replace"),
+            "truncated": len(body) > PREVIEW_BYTES or not whole}
+
+
+def judge_answer(code: int, reason: str | None, body: bytes, success: dict | None, following: bool) -> str | None:
+    """Why an answer is not a success by the schedule's rule (None: it is). The default rule: 2xx, and 3xx when
+    redirects are not followed. `body` is what was read of the answer (at most MAX_RESPONSE_BYTES)."""
+    if success is None or "status" not in success:
+        if not (200 <= code < 300 or (300 <= code < 400 and not following)):
+            return f"HTTP {code} {reason or ''}".strip()
+    elif not any(code == s or (isinstance(s, str) and str(code)[0] == s[0]) for s in success["status"]):
+        return f"HTTP {code} is not in the success rule's status list ({', '.join(map(str, success['status']))})"
+    if success and success.get("body_contains") is not None:
+        if success["body_contains"].encode() not in body:
+            return f"HTTP {code}: the answer does not contain {_shown(success['body_contains'])}"
+    return None
 
 
 def _request_parts(spec: dict, extra_headers: dict[str, str]) -> tuple[dict[str, str], bytes | None]:
@@ -2482,7 +2598,8 @@ class ScriptRunner:
         code = spawned.proc.returncode
         exit_code = code if code is not None and code >= 0 else None
         sig = _signal_name(-code) if code is not None and code < 0 else None
-        common = dict(exit_code=exit_code, signal=sig, output_dropped=dropped)
+        common = dict(exit_code=exit_code, signal=sig, output_dropped=dropped, stdout=bytes(spawned.stdout.data),
+                      stderr=bytes(spawned.stderr.data))
         if spawned.run.cancelled:
             return RunResult("error", spawned.started, duration, error=spawned.run.cancelled, **common)
         if spawned.timed_out:
@@ -2555,6 +2672,9 @@ class Due:
     missed: int = 0
     first_missed: float | None = None
     last_missed: float | None = None
+    trigger: str = "cron"
+    attempt: int = 1
+    at: float | None = None         # when it was due to start (a retry, or a slot after its jitter): its slot else
 
 
 class Scheduler:
@@ -2578,6 +2698,8 @@ class Scheduler:
         self._next: dict[str, float | None] = {}
         self._generation: dict[str, int] = {}
         self._heap: list[tuple[float, int, str, int]] = []
+        # Runs asked for once at an instant (a retry, a slot delayed by its jitter): (at, seq, key, due)
+        self._once: list[tuple[float, int, str, Due]] = []
         self._seq = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -2599,7 +2721,21 @@ class Scheduler:
             self._jobs.pop(key, None)
             self._next.pop(key, None)
             self._generation.pop(key, None)
+            self._once = [entry for entry in self._once if entry[2] != key]
+            heapq.heapify(self._once)
             self._compact()
+
+    def add_once(self, job: Job, at: float, slot: float, trigger: str, attempt: int = 1) -> None:
+        """Run `job` once at `at` (for slot `slot`), if it is still registered then."""
+        with self._lock:
+            self._seq += 1
+            heapq.heappush(self._once, (at, self._seq, job.key, Due(job, slot, trigger=trigger, attempt=attempt,
+                                                                     at=at)))
+
+    def pending(self, key: str) -> list[Due]:
+        """The one-off runs waiting for `key`, soonest first."""
+        with self._lock:
+            return [entry[3] for entry in sorted(self._once) if entry[2] == key]
 
     def get(self, key: str) -> Job | None:
         with self._lock:
@@ -2651,6 +2787,11 @@ class Scheduler:
                 if due.slot is not None or due.missed:
                     found.append(due)
                 self._push(key)
+            while self._once and self._once[0][0] <= now:
+                _, _, key, due = heapq.heappop(self._once)
+                job = self._jobs.get(key)
+                if job is not None:         # removed meanwhile: nothing to run
+                    found.append(replace(due, job=job))
         return found
 
     def _due(self, job: Job, slot: float, now: float) -> tuple[Due, float | None]:
@@ -2748,10 +2889,70 @@ class WorkerPool:
 # Recorder #####################################################################
 ###############################################################################
 
+class Metrics:
+    """Prometheus metrics, in a registry of the server's own (an embedding host's default registry is left
+    alone). Per-schedule labels only when asked for: they grow with the number of schedules."""
+
+    LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+    DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+
+    def __init__(self, per_schedule: bool = False):
+        import prometheus_client as prom
+        self.prom = prom
+        self.per_schedule = per_schedule
+        self.registry = prom.CollectorRegistry(auto_describe=True)
+        extra = ["schedule"] if per_schedule else []
+        r = self.registry
+        self.runs = prom.Counter("schedserver_runs", "Runs recorded, by kind and status", ["kind", "status", *extra],
+                                 registry=r)
+        self.duration = prom.Histogram("schedserver_run_duration_seconds", "How long runs took", ["kind", *extra],
+                                       buckets=self.DURATION_BUCKETS, registry=r)
+        self.lateness = prom.Histogram("schedserver_run_start_lateness_seconds",
+                                       "How late runs started after their slot (jitter excluded)", ["kind"],
+                                       buckets=self.LATENCY_BUCKETS, registry=r)
+        self.retries = prom.Counter("schedserver_retries", "Retries scheduled", ["kind"], registry=r)
+        self.alerts = prom.Counter("schedserver_alert_deliveries", "Alert deliveries, by outcome", ["outcome"],
+                                   registry=r)
+        self.requests = prom.Counter("schedserver_http_requests", "API requests, by route and status",
+                                     ["route", "method", "status"], registry=r)
+        self.request_seconds = prom.Histogram("schedserver_http_request_duration_seconds",
+                                              "API request latency, by route", ["route", "method"],
+                                              buckets=self.LATENCY_BUCKETS, registry=r)
+        self._gauges: list[Callable[[], Iterable[Any]]] = []
+        self.registry.register(self)
+
+    def observe(self, kind: str, ref: str, record: dict, lateness: float | None) -> None:
+        """A run record was written."""
+        status = record.get("status") or "unknown"
+        extra = [ref] if self.per_schedule else []
+        self.runs.labels(kind, status, *extra).inc(record.get("count") or 1)
+        duration = record.get("duration_ms") if kind == "http" else record.get("durationMs")
+        if status not in ("missed", "skipped") and isinstance(duration, (int, float)):
+            self.duration.labels(kind, *extra).observe(duration / 1000)
+        if lateness is not None and status not in ("missed", "skipped"):
+            self.lateness.labels(kind).observe(max(0.0, lateness))
+        if record.get("retry_at") or record.get("nextAttemptAt"):
+            self.retries.labels(kind).inc()
+
+    def gauges(self, source: Callable[[], Iterable[Any]]) -> None:
+        """Add a source of gauge families, read at each scrape."""
+        self._gauges.append(source)
+
+    def collect(self) -> Iterator[Any]:
+        for source in self._gauges:
+            yield from source()
+
+    def describe(self) -> list:
+        return []
+
+    def text(self) -> bytes:
+        return self.prom.generate_latest(self.registry)
+
+
 # Each kind's runs log speaks its surface's field names: (schedule, run id, slot, last slot of a count, start).
 RECORD_FIELDS = {
-    "http": ("schedule_id", "run_id", "scheduled_at", "last_scheduled_at", "started_at"),
-    "script": ("scriptPath", "runId", "ts", "lastSlot", "startedAt"),
+    "http": ("schedule_id", "run_id", "scheduled_at", "last_scheduled_at", "started_at", "retry_at"),
+    "script": ("scriptPath", "runId", "ts", "lastSlot", "startedAt", "nextAttemptAt"),
 }
 
 
@@ -2770,9 +2971,15 @@ def format_record(kind: str, run: dict) -> dict:
                   "run_id": run["run_id"], "scheduled_at": utc_iso(run["slot"], ms=True),
                   "started_at": utc_iso(run["started"], ms=True), "status": run["status"],
                   "status_code": run.get("status_code"), "duration_ms": run["duration_ms"],
-                  "error": run.get("error"), "trigger": run["trigger"], "attempt": run["attempt"]}
+                  "error": run.get("error"), "trigger": run["trigger"], "attempt": run["attempt"],
+                  "finished_at": None if run["status"] in ("missed", "skipped") else utc_iso(run["now"], ms=True)}
         if "count" in run:
             record.update(count=run["count"], last_scheduled_at=utc_iso(run["last_slot"], ms=True))
+        if run.get("response") is not None:
+            record["response"] = run["response"]
+        for name in ("retry_at", "streak", "failing", "alerts"):
+            if run.get(name) is not None:
+                record[name] = utc_iso(run[name], ms=True) if name == "retry_at" else run[name]
         return record
     record = {"ts": utc_iso(run["slot"], ms=True), "scriptPath": run["ref"], "expression": run["expression"],
               "runId": run["run_id"], "status": run["status"], "durationMs": run["duration_ms"],
@@ -2789,6 +2996,12 @@ def format_record(kind: str, run: dict) -> dict:
         record["outputDropped"] = run["output_dropped"]
     if "count" in run:
         record.update(count=run["count"], lastSlot=utc_iso(run["last_slot"], ms=True))
+    if run.get("output_kept"):
+        record["outputKept"] = True
+    for name, key in (("retry_at", "nextAttemptAt"), ("streak", "streak"), ("failing", "failing"),
+                      ("alerts", "alerts")):
+        if run.get(name) is not None:
+            record[key] = utc_iso(run[name], ms=True) if name == "retry_at" else run[name]
     record["loggedAt"] = utc_iso(run["now"], ms=True)
     return record
 
@@ -2832,21 +3045,31 @@ class RunState:
 
     def apply(self, kind: str, record: dict) -> None:
         """Take one runs-log record into the state (live, under the log's lock, and when replaying)."""
-        ref_field, id_field, slot_field, last_slot_field, started_field = RECORD_FIELDS[kind]
+        ref_field, id_field, slot_field, last_slot_field, started_field, retry_field = RECORD_FIELDS[kind]
         ref = record.get(ref_field)
         if not isinstance(ref, str):
             return
         slot = parse_optional_iso(record.get(last_slot_field) or record.get(slot_field))
         started = parse_optional_iso(record.get(started_field))
+        trigger = record.get("trigger", "cron")
         with self._lock:
             state = self._states.setdefault(job_key(kind, ref), {})
-            if record.get("trigger", "cron") == "cron" and slot is not None:
+            if trigger == "cron" and slot is not None:
                 state["slot"] = max(slot, state.get("slot") or 0.0)
             if started is not None and record.get("status") not in ("missed", "skipped"):
                 state["run_at"] = max(started, state.get("run_at") or 0.0)
             state["status"] = record.get("status")
             state["run_id"] = record.get(id_field)
             state["at"] = record.get(slot_field)
+            for name in ("streak", "failing"):
+                if name in record:
+                    state[name] = record[name]
+            retry_at = parse_optional_iso(record.get(retry_field))
+            if retry_at is not None:        # a retry is waiting: kept across a restart
+                state["retry"] = {"at": retry_at, "attempt": int(record.get("attempt") or 1) + 1,
+                                  "slot": parse_optional_iso(record.get(slot_field))}
+            elif trigger in ("cron", "retry"):
+                state.pop("retry", None)
             if self._changed_at is None:
                 self._changed_at = self.monotonic()
 
@@ -2898,11 +3121,12 @@ class Recorder:
     """
 
     def __init__(self, logs: dict[str, NdjsonLog], state: RunState, markers: RunMarkers | None,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, metrics: "Metrics | None" = None):
         self.logs = logs
         self.state = state
         self.markers = markers
         self.clock = clock
+        self.metrics = metrics
         self._cond = threading.Condition()
         self._runs: dict[str, Run] = {}
         self._ending: set[str] = set()         # runs whose record is being written: still in flight
@@ -2934,6 +3158,10 @@ class Recorder:
         with self._cond:
             return [r for r in self._runs.values() if r.job.key == key]
 
+    def running_all(self) -> list[Run]:
+        with self._cond:
+            return list(self._runs.values())
+
     def running_keys(self) -> set[str]:
         with self._cond:
             return {r.job.key for r in self._runs.values()}
@@ -2952,9 +3180,15 @@ class Recorder:
                 self._cond.wait(remaining)
             return True
 
-    def finish(self, run: Run, result: RunResult) -> dict | None:
-        """Record a run's end; None when it was recorded already (interrupted). Raises StorageError when its
-        record cannot be written (the run is out of flight all the same)."""
+    def in_flight(self, run: Run) -> bool:
+        """True while `run` has not been recorded (nor is being)."""
+        with self._cond:
+            return run.run_id in self._runs and run.run_id not in self._ending
+
+    def finish(self, run: Run, result: RunResult, decided: dict | None = None) -> dict | None:
+        """Record a run's end, with what the policies `decided` (a retry's time, the failure streak, alerts);
+        None when it was recorded already (interrupted). Raises StorageError when its record cannot be written
+        (the run is out of flight all the same)."""
         with self._cond:
             if run.run_id not in self._runs or run.run_id in self._ending:
                 return None
@@ -2965,7 +3199,9 @@ class Recorder:
                 "started": result.started_at, "status": result.status, "duration_ms": result.duration_ms,
                 "status_code": result.status_code, "error": result.error, "exit_code": result.exit_code,
                 "signal": result.signal, "return_preview": result.return_preview,
-                "output_dropped": result.output_dropped})
+                "output_dropped": result.output_dropped, "response": result.response,
+                "lateness": None if run.trigger == "manual" else result.started_at - (run.planned or run.slot),
+                **(decided or {})})
         finally:
             if self.markers is not None:
                 self.markers.remove(run.run_id)
@@ -2997,16 +3233,18 @@ class Recorder:
         return runs
 
     # -- records of runs that did not run -------------------------------------------------------------------
-    def record_missed(self, job: Job, first: float, last: float, count: int) -> None:
+    def record_missed(self, job: Job, first: float, last: float, count: int, trigger: str = "cron",
+                      attempt: int = 1) -> None:
         noun = "run" if job.kind == "http" else "fire"
         self._write(job, {"run_id": str(uuid.uuid4()), "slot": first, "last_slot": last, "count": count,
-                          "trigger": "cron", "attempt": 1, "started": None, "status": "missed", "duration_ms": 0,
+                          "trigger": trigger, "attempt": attempt, "started": None, "status": "missed",
+                          "duration_ms": 0,
                           "error": f"missed {_count_text(count)} {noun}{'s' if count != 1 else ''} from "
                                    f"{utc_iso(first)} (server down, suspended or busy beyond the misfire grace)"})
 
-    def record_skipped(self, job: Job, slot: float) -> None:
+    def record_skipped(self, job: Job, slot: float, trigger: str = "cron", attempt: int = 1) -> None:
         self._write(job, {"run_id": str(uuid.uuid4()), "slot": slot, "last_slot": slot, "count": 1,
-                          "trigger": "cron", "attempt": 1, "started": None, "status": "skipped",
+                          "trigger": trigger, "attempt": attempt, "started": None, "status": "skipped",
                           "duration_ms": 0, "error": "previous run still in progress"})
 
     def record_leftover(self, marker: dict) -> None:
@@ -3047,20 +3285,246 @@ class Recorder:
             log.error("cannot append to %s: %s (run %s)", runs_log.path, e, run["run_id"])
             raise StorageError(f"run {run['run_id']} ended ({status}) but its record could not be written: "
                                f"{e.strerror or e}") from None
+        if self.metrics is not None:
+            self.metrics.observe(kind, ref, record, run.get("lateness"))
         return record
+
+
+###############################################################################
+# Policies #####################################################################
+###############################################################################
+
+FAILED = ("error", "timeout")
+ALERT_TRIES = 3
+ALERT_TIMEOUT = 10.0
+
+
+class Alerts:
+    """Quiet alerts. `failure` once when a schedule reaches `after` consecutive failed runs (a run's retries
+    count as one: only its last attempt decides), `recovery` once at the first success after that, `success` on
+    every success. The streak and whether a failure was told live in the run records, so a restart neither
+    sends one again nor loses one."""
+
+    def __init__(self, state: RunState, sender: "AlertSender | None" = None, default: Notify | None = None):
+        self.state = state
+        self.sender = sender
+        self.default = default
+
+    def decide(self, job: Job, status: str, final: bool) -> dict:
+        """The streak, failing state and alerts a run's end brings (for its record)."""
+        if status not in FAILED and status != "ok" or not final:
+            return {}
+        streak = self.state.value(job.key, "streak") or 0
+        failing = bool(self.state.value(job.key, "failing"))
+        notify = job.notify or self.default
+        after = notify.after if notify else 1
+        events = []
+        if status == "ok":
+            if failing:
+                events.append("recovery")
+            events.append("success")
+            streak, now_failing = 0, False
+        else:
+            streak += 1
+            now_failing = failing or streak >= after
+            if now_failing and not failing:
+                events.append("failure")
+        events = [e for e in events if notify is not None and e in notify.on]
+        return {"streak": streak, "failing": now_failing, "alerts": events or None}
+
+    def send(self, job: Job, record: dict) -> None:
+        notify = job.notify or self.default
+        if self.sender is None or notify is None:
+            return
+        for event in record.get("alerts") or ():
+            ids = ({"schedule_id": job.ref} if job.kind == "http" else {"scriptPath": job.ref})
+            self.sender.send(notify.url, {
+                "event": event, "kind": job.kind, **ids, "name": job.name,
+                "run_id": record.get("run_id") or record.get("runId"), "status": record.get("status"),
+                "error": record.get("error"), "consecutive_failures": record.get("streak"),
+                "at": record.get("finished_at") or record.get("loggedAt")})
+
+
+class AlertSender:
+    """Delivers alert webhooks from a queue of its own (a run never waits for one): up to ALERT_TRIES tries
+    with backoff, through the HTTP runner (egress policy, time limit). Each alert is written to an outbox file
+    before it is sent and marked done after, so one a crash cut short is sent at the next start."""
+
+    def __init__(self, runner: "HttpRunner", outbox_path: str, clock: Callable[[], float] = time.time):
+        self.runner = runner
+        self.outbox = outbox_path
+        self.clock = clock
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self.delivered = 0
+        self.failed = 0
+        self.metrics: Metrics | None = None
+
+    def start(self) -> None:
+        """Send what a previous process queued and never finished, then whatever comes."""
+        pending: dict[str, dict] = {}
+        try:
+            with open(self.outbox, "rb") as f:
+                for line in f:
+                    try:
+                        entry = json.loads(line)
+                    except ValueError:
+                        continue
+                    if isinstance(entry, dict) and "queued" in entry:
+                        pending[str(entry.get("id"))] = entry
+                    elif isinstance(entry, dict):
+                        pending.pop(str(entry.get("id")), None)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            log.error("cannot read %s: %s", self.outbox, e)
+        try:
+            atomic_write(self.outbox, b"".join(json.dumps(e).encode() + b"\n" for e in pending.values()))
+        except OSError as e:
+            log.error("cannot write %s: %s", self.outbox, e)
+        for entry in pending.values():
+            self._queue.put(entry)
+        self._thread = threading.Thread(target=self._loop, name="schedserver-alerts", daemon=True)
+        self._thread.start()
+
+    def send(self, url: str, payload: dict) -> None:
+        entry = {"id": str(uuid.uuid4()), "queued": utc_iso(self.clock(), ms=True), "url": url, "payload": payload}
+        self._append(entry)
+        self._queue.put(entry)
+
+    def close(self, timeout: float = 5.0) -> None:
+        self._closed.set()
+        self._queue.put(None)
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _append(self, entry: dict) -> None:
+        with self._lock:
+            try:
+                with open(self.outbox, "ab") as f:
+                    os.fchmod(f.fileno(), 0o600)
+                    f.write(json.dumps(entry).encode() + b"\n")
+            except OSError as e:
+                log.error("cannot write %s (an alert a crash cuts short is lost): %s", self.outbox, e)
+
+    def _loop(self) -> None:
+        while True:
+            entry = self._queue.get()
+            if entry is None:
+                return
+            try:
+                self._deliver(entry)
+            except Exception:
+                log.exception("alert delivery failed")
+
+    def _deliver(self, entry: dict) -> None:
+        payload, url = entry["payload"], entry["url"]
+        shown = _URL_QUERY.sub(r"\1?<query>", url)
+        spec = {"url": url, "method": "POST", "json": payload, "headers": {}, "timeout": ALERT_TIMEOUT,
+                "follow_redirects": False}
+        result = None
+        for attempt in range(1, ALERT_TRIES + 1):
+            result = self.runner.run(spec, {"X-Schedserver-Event": str(payload.get("event"))})
+            if result.status == "ok":
+                break
+            if attempt < ALERT_TRIES and self._closed.wait(2.0 ** (2 * attempt - 2)):
+                break       # stopping: the outbox keeps it for the next start
+        subject = payload.get("schedule_id") or payload.get("scriptPath")
+        if self.metrics is not None and not self._closed.is_set():
+            self.metrics.alerts.labels("delivered" if result is not None and result.status == "ok" else
+                                       "failed").inc()
+        if result is not None and result.status == "ok":
+            self.delivered += 1
+            log.info("alert %s for %s delivered to %s (HTTP %s)", payload.get("event"), subject, shown,
+                     result.status_code)
+        elif self._closed.is_set():
+            return
+        else:
+            self.failed += 1
+            log.warning("alert %s for %s not delivered to %s after %d tries: %s", payload.get("event"), subject,
+                        shown, ALERT_TRIES, result.error if result else "not sent")
+        self._append({"id": entry["id"], "done": result is not None and result.status == "ok"})
+
+
+class OutputStore:
+    """The output tails of the newest script runs, one file each, within a disk budget (oldest removed first)."""
+
+    def __init__(self, directory: str, budget: int):
+        self.directory = directory
+        self.budget = budget
+        self._lock = threading.Lock()
+        self._files: dict[str, int] = {}        # run id -> size, oldest first
+        self._total = 0
+
+    def load(self) -> None:
+        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        found = []
+        for entry in os.scandir(self.directory):
+            if entry.name.endswith(".json") and not entry.name.startswith(TEMP_PREFIX):
+                st = entry.stat()
+                found.append((st.st_mtime_ns, entry.name[:-5], st.st_size))
+        with self._lock:
+            self._files = {run_id: size for _, run_id, size in sorted(found)}
+            self._total = sum(self._files.values())
+        self._trim()
+
+    def keep(self, run_id: str, stdout: bytes, stderr: bytes) -> bool:
+        """Keep a run's output; False when it could not be written."""
+        data = json.dumps({"stdout": stdout.decode("utf-8", "replace"),
+                           "stderr": stderr.decode("utf-8", "replace")}).encode()
+        try:
+            atomic_write(os.path.join(self.directory, run_id + ".json"), data, durable=False)
+        except OSError as e:
+            log.error("cannot keep the output of run %s: %s", run_id, e)
+            return False
+        with self._lock:
+            self._files[run_id] = len(data)
+            self._total += len(data)
+        self._trim()
+        return True
+
+    def get(self, run_id: str) -> dict | None:
+        try:
+            with open(os.path.join(self.directory, os.path.basename(run_id) + ".json"), "rb") as f:
+                return json.loads(f.read())
+        except (OSError, ValueError):
+            return None
+
+    def _trim(self) -> None:
+        while True:
+            with self._lock:
+                if self._total <= self.budget or not self._files:
+                    return
+                run_id = next(iter(self._files))
+                self._total -= self._files.pop(run_id)
+            try:
+                os.unlink(os.path.join(self.directory, run_id + ".json"))
+            except OSError:
+                pass
 
 
 class Runs:
     """The one run path: a due slot, a manual run or a retry goes worker -> recorder.begin -> runner ->
-    recorder.finish. Nothing else starts a run."""
+    recorder.finish -> policies (retry, alerts). Nothing else starts a run."""
 
     def __init__(self, recorder: Recorder, runners: dict[str, Any], pool: WorkerPool | None,
-                 clock: Callable[[], float] = time.time, misfire_grace: float = 30.0):
+                 clock: Callable[[], float] = time.time, misfire_grace: float = 30.0,
+                 scheduler: Scheduler | None = None, alerts: Alerts | None = None,
+                 outputs: OutputStore | None = None, random_delay: Callable[[float], float] | None = None,
+                 overlap_limit: int = 10):
         self.recorder = recorder
         self.runners = runners
         self.pool = pool
         self.clock = clock
         self.misfire_grace = misfire_grace
+        self.scheduler = scheduler
+        self.alerts = alerts or Alerts(recorder.state)
+        self.outputs = outputs
+        self.random_delay = random_delay or (lambda most: secrets.SystemRandom().uniform(0.0, most))
+        self.overlap_limit = overlap_limit     # runs of one schedule at once under `overlap: allow`
         self.stopping = False           # set by stop(): nothing new starts
 
     def on_due(self, due: Due) -> None:
@@ -3077,12 +3541,16 @@ class Runs:
             self._quietly(self.recorder.record_missed, job, due.first_missed, due.last_missed, due.missed)
         if due.slot is None:
             return
-        if self.clock() - due.slot > self.misfire_grace:
-            # Every worker was busy for longer than the grace: too late to be the run that was asked for.
-            self._quietly(self.recorder.record_missed, job, due.slot, due.slot, 1)
+        if due.trigger == "cron" and due.at is None and job.jitter > 0 and self.scheduler is not None:
+            # Jitter: the run waits a random while after its slot; punctuality is measured from then.
+            self.scheduler.add_once(job, due.slot + self.random_delay(job.jitter), due.slot, "cron")
             return
-        if self.start(job, due.slot, "cron") is None:
-            self._quietly(self.recorder.record_skipped, job, due.slot)
+        if self.clock() - (due.at or due.slot) > self.misfire_grace:
+            # Every worker was busy for longer than the grace: too late to be the run that was asked for.
+            self._quietly(self.recorder.record_missed, job, due.slot, due.slot, 1, due.trigger, due.attempt)
+            return
+        if self.start(job, due.slot, due.trigger, due.attempt, planned=due.at) is None:
+            self._quietly(self.recorder.record_skipped, job, due.slot, due.trigger, due.attempt)
 
     @staticmethod
     def _quietly(record: Callable, *args: Any) -> None:
@@ -3091,29 +3559,80 @@ class Runs:
         except StorageError:
             pass                # logged where it happened; a record that cannot be written stops nothing
 
+    def begin(self, job: Job, slot: float, trigger: str, attempt: int = 1) -> Run | None:
+        """A run in flight by the job's overlap policy; None when the policy refuses it now."""
+        if job.overlap == "replace":
+            for running in self.recorder.running(job.key):
+                running.cancelled = "replaced"
+                self.runners[job.kind].cancel(running)
+        elif job.overlap == "allow" and len(self.recorder.running(job.key)) >= self.overlap_limit:
+            return None
+        return self.recorder.begin(job, slot, trigger, attempt, exclusive=job.overlap == "forbid")
+
     def start(self, job: Job, slot: float, trigger: str, attempt: int = 1,
-              on_done: Callable[[Run, dict | None, ApiError | None], None] | None = None) -> Run | None:
-        """Begin a run and hand it to its runner; None when the job's overlap policy refuses it."""
-        run = self.recorder.begin(job, slot, trigger, attempt, exclusive=job.overlap == "forbid")
+              on_done: Callable[[Run, dict | None, ApiError | None], None] | None = None,
+              run: Run | None = None, planned: float | None = None) -> Run | None:
+        """Begin a run (unless `run` was begun already) and hand it to its runner; None when the job's overlap
+        policy refuses it. `planned`: when it was to start, if not at its slot (jitter, backoff)."""
+        run = run or self.begin(job, slot, trigger, attempt)
         if run is None:
             return None
-        runner = self.runners[job.kind]
+        run.planned = planned
 
         def ended(result: RunResult) -> None:
             record, error = None, None
+            if run.cancelled:
+                result = replace(result, status="error", error=run.cancelled)
             try:
-                record = self.recorder.finish(run, result)
+                record = self.recorder.finish(run, result, self._decide(run, result))
             except StorageError as e:
                 error = e
+            if record is not None:
+                self._after(run, record)
             if on_done is not None:
                 on_done(run, record, error)
 
         try:
-            runner.start(run, ended)
+            self.runners[job.kind].start(run, ended)
         except Exception as e:          # a bug or a surprise: the run still ends, as an error
             log.exception("starting run %s of %s failed", run.run_id, job.key)
             ended(RunResult("error", self.clock(), 0, error=_short_error(e)))
         return run
+
+    def _decide(self, run: Run, result: RunResult) -> dict:
+        """What the policies make of a run's end, before it is recorded."""
+        job, decided = run.job, {}
+        retry_at = None
+        if result.status in FAILED and job.retry is not None and run.trigger in ("cron", "retry") \
+                and run.attempt <= job.retry.count and not run.cancelled and self.scheduler is not None:
+            at = self.clock() + job.retry.backoff(run.attempt)
+            following = self.scheduler.next_at(job.key)
+            if following is None or at < following:     # retries stop when the next slot arrives
+                retry_at = at
+        decided["retry_at"] = retry_at
+        if not run.cancelled:       # a run replaced by the next is neither a failure nor a success
+            decided.update(self.alerts.decide(job, result.status, final=retry_at is None))
+        if job.kind == "script" and self.outputs is not None and (result.stdout or result.stderr):
+            decided["output_kept"] = self.outputs.keep(run.run_id, result.stdout, result.stderr)
+        return decided
+
+    def _after(self, run: Run, record: dict) -> None:
+        retry_at = parse_optional_iso(record.get("retry_at") or record.get("nextAttemptAt"))
+        if retry_at is not None and self.scheduler is not None:
+            self.scheduler.add_once(run.job, retry_at, run.slot, "retry", run.attempt + 1)
+        self.alerts.send(run.job, record)
+
+    def resume_retry(self, job: Job, pending: dict | None, enabled: bool = True) -> None:
+        """At a start: a retry that was waiting when the last process stopped is waited for again, or, when its
+        time has passed beyond the grace (or the schedule is off now), recorded `missed`: never dropped."""
+        if not isinstance(pending, dict) or not isinstance(pending.get("at"), (int, float)):
+            return
+        slot = pending.get("slot") if isinstance(pending.get("slot"), (int, float)) else pending["at"]
+        attempt = pending.get("attempt") if isinstance(pending.get("attempt"), int) else 2
+        if enabled and self.scheduler is not None and self.clock() - pending["at"] <= self.misfire_grace:
+            self.scheduler.add_once(job, pending["at"], slot, "retry", attempt)
+        else:
+            self._quietly(self.recorder.record_missed, job, slot, slot, 1, "retry", attempt)
 
     def run_now(self, job: Job, trigger: str = "manual") -> tuple[Run, dict]:
         """Run `job` once, now, in the caller's thread, to its end: (run, its record). Conflict when a run of it
@@ -3138,6 +3657,18 @@ class Runs:
             raise Unavailable(f"run {run.run_id} was interrupted: the server is stopping")
         return run, record
 
+    def run_later(self, job: Job, trigger: str = "manual") -> Run:
+        """Begin a run of `job` now and let a worker run it; its run at once (Conflict as run_now)."""
+        if self.stopping or self.pool is None:
+            raise Unavailable("the server is stopping")
+        run = self.begin(job, self.clock(), trigger)
+        if run is None:
+            raise Conflict(f"{job.ref} is already running")
+        if not self.pool.submit(self.start, job, run.slot, trigger, 1, None, run):
+            self._quietly(self.recorder.finish, run, RunResult("interrupted", self.clock(), 0,
+                                                               error="interrupted by shutdown"))
+        return run
+
     def stop(self, deadline: float, reason: str = "interrupted by shutdown") -> int:
         """Wait for runs in flight until `deadline` (time.monotonic()), then stop and record the rest."""
         self.stopping = True
@@ -3158,7 +3689,8 @@ class Runs:
 
 EMPTY_BODY: Any = type("EmptyBody", (), {"__repr__": lambda self: "EMPTY_BODY"})()   # a request with no body
 REQUEST_FIELDS = ("url", "method", "headers", "body", "json", "timeout", "follow_redirects")
-CREATE_FIELDS = ("cron", "request", "name", "enabled", "timezone")
+SCHEDULE_FIELDS = ("cron", "request", "name", "enabled", "timezone", "retry", "success", "overlap", "jitter_seconds",
+                   "notify")
 REDACTED = "[redacted]"
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
@@ -3247,41 +3779,165 @@ def _json_depth(value: Any, limit: int = 10_000) -> int:
     return deepest
 
 
-def validate_create(payload: Any, default_timezone: str, policy: EgressPolicy | None = None) -> dict:
-    """A create body checked and normalised: cron, request, name, enabled, timezone."""
+def _number(value: Any, name: str, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise InvalidParameter(f"{name} must be a number from {low:g} to {high:g}")
+    return value
+
+
+def validate_retry(value: Any) -> dict | None:
+    """`retry`: {count 0-5, min_backoff_seconds, max_backoff_seconds, max_doublings}, defaults filled in."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise InvalidParameter("retry must be an object such as {\"count\": 3}")
+    known = ("count", "min_backoff_seconds", "max_backoff_seconds", "max_doublings")
+    for key in value:
+        if key not in known:
+            raise InvalidParameter(f"retry.{_clip(str(key))} is not a known field (known: {', '.join(known)})")
+    count = value.get("count", 0)
+    if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= 5:
+        raise InvalidParameter("retry.count must be a whole number from 0 to 5")
+    least = _number(value.get("min_backoff_seconds", 5), "retry.min_backoff_seconds", 0.1, 3600)
+    most = _number(value.get("max_backoff_seconds", 300), "retry.max_backoff_seconds", 0.1, 86400)
+    if most < least:
+        raise InvalidParameter("retry.max_backoff_seconds must not be below retry.min_backoff_seconds")
+    doublings = value.get("max_doublings", 5)
+    if isinstance(doublings, bool) or not isinstance(doublings, int) or not 0 <= doublings <= 16:
+        raise InvalidParameter("retry.max_doublings must be a whole number from 0 to 16")
+    return {"count": count, "min_backoff_seconds": least, "max_backoff_seconds": most, "max_doublings": doublings}
+
+
+_STATUS_CLASS = re.compile(r"^[1-5]xx$", re.IGNORECASE)
+
+
+def validate_success(value: Any) -> dict | None:
+    """`success`: {"status": ["2xx", 304, ...], "body_contains": "text"}; None is the default rule."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise InvalidParameter("success must be an object such as {\"status\": [\"2xx\", 304]}")
+    for key in value:
+        if key not in ("status", "body_contains"):
+            raise InvalidParameter(f"success.{_clip(str(key))} is not a known field (known: status, body_contains)")
+    rule: dict[str, Any] = {}
+    if "status" in value:
+        codes = value["status"]
+        if not isinstance(codes, list) or not codes or len(codes) > 100 or not all(
+                (isinstance(c, int) and not isinstance(c, bool) and 100 <= c <= 599)
+                or (isinstance(c, str) and _STATUS_CLASS.match(c)) for c in codes):
+            raise InvalidParameter("success.status must be a non-empty list of codes (100-599) and classes such as "
+                                   "\"2xx\"")
+        rule["status"] = [c.lower() if isinstance(c, str) else c for c in codes]
+    if "body_contains" in value:
+        text = value["body_contains"]
+        if not isinstance(text, str) or not text or len(text) > 1024:
+            raise InvalidParameter("success.body_contains must be a string of 1 to 1024 characters")
+        rule["body_contains"] = text
+    return rule or None
+
+
+def validate_overlap(value: Any) -> str:
+    if value not in ("forbid", "allow", "replace"):
+        raise InvalidParameter("overlap must be forbid, allow or replace")
+    return value
+
+
+def validate_jitter(value: Any) -> float:
+    return _number(value, "jitter_seconds", 0, 3600)
+
+
+NOTIFY_EVENTS = ("failure", "recovery", "success")
+
+
+def validate_notify(value: Any, policy: EgressPolicy | None = None, name: str = "notify") -> dict | None:
+    """`notify`: {"url": webhook, "on": [...], "after": N}, defaults filled in."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise InvalidParameter(f"{name} must be an object such as {{\"url\": \"https://hooks.example.com/x\"}}")
+    for key in value:
+        if key not in ("url", "on", "after"):
+            raise InvalidParameter(f"{name}.{_clip(str(key))} is not a known field (known: url, on, after)")
+    url = value.get("url")
+    try:
+        url = validate_request({"url": url})["url"]
+    except InvalidParameter as e:
+        raise InvalidParameter(e.message.replace("request.url", f"{name}.url")) from None
+    host = urllib.parse.urlsplit(url).hostname or ""
+    if policy is not None and policy.refuses_literal(host):
+        raise InvalidParameter(f"{name}.url: address {host} is refused by the egress policy")
+    on = value.get("on", ["failure", "recovery"])
+    if not isinstance(on, list) or not on or not all(isinstance(e, str) and e in NOTIFY_EVENTS for e in on):
+        raise InvalidParameter(f"{name}.on must be a non-empty list of {', '.join(NOTIFY_EVENTS)}")
+    after = value.get("after", 1)
+    if isinstance(after, bool) or not isinstance(after, int) or not 1 <= after <= 1000:
+        raise InvalidParameter(f"{name}.after must be a whole number from 1 to 1000")
+    return {"url": url, "on": list(dict.fromkeys(on)), "after": after}
+
+
+def validate_fields(payload: Any, default_timezone: str, policy: EgressPolicy | None, *, partial: bool) -> dict:
+    """A create body (or, `partial`, an edit's) checked and normalised; only the fields given when partial."""
     if not isinstance(payload, dict):
         raise InvalidParameter("body must be a JSON object")
     for key in payload:
-        if key not in CREATE_FIELDS:
-            raise InvalidParameter(f"{_shown(key)} is not a known field (known: {', '.join(CREATE_FIELDS)})")
-    if "cron" not in payload:
-        raise InvalidParameter("cron is required: a six-field expression such as '0 0 9 * * MON-FRI'")
-    if not isinstance(payload["cron"], str):
-        raise InvalidParameter("cron must be a string such as '0 0 9 * * MON-FRI'")
-    cron = parse_cron(payload["cron"])
-    if "request" not in payload:
-        raise InvalidParameter("request is required: an object with at least a url")
-    request = validate_request(payload["request"])
-    host = urllib.parse.urlsplit(request["url"]).hostname or ""
-    if policy is not None and policy.refuses_literal(host):
-        raise InvalidParameter(f"request.url: address {host} is refused by the egress policy "
-                               "([curl] allow_networks / deny_networks)")
-    name = payload.get("name")
-    if name is not None and (not isinstance(name, str) or len(name) > MAX_NAME_LENGTH):
-        raise InvalidParameter(f"name must be a string of at most {MAX_NAME_LENGTH} characters")
-    enabled = payload.get("enabled", True)
-    if not isinstance(enabled, bool):
-        raise InvalidParameter("enabled must be true or false")
-    tz_name = payload.get("timezone", default_timezone)
-    if tz_name is None:
-        tz_name = default_timezone
-    if not isinstance(tz_name, str):
-        raise InvalidParameter("timezone must be an IANA name such as 'Europe/Berlin'")
-    try:
-        load_timezone(tz_name)
-    except ValueError as e:
-        raise InvalidParameter(f"timezone: {e}") from None
-    return {"cron": cron.expression, "request": request, "name": name, "enabled": enabled, "timezone": tz_name}
+        if key not in SCHEDULE_FIELDS:
+            raise InvalidParameter(f"{_shown(key)} is not a known field (known: {', '.join(SCHEDULE_FIELDS)})")
+    if partial and not payload:
+        raise InvalidParameter(f"body must name at least one field to change ({', '.join(SCHEDULE_FIELDS)})")
+    values: dict[str, Any] = {}
+    if "cron" in payload or not partial:
+        if "cron" not in payload:
+            raise InvalidParameter("cron is required: a six-field expression such as '0 0 9 * * MON-FRI'")
+        if not isinstance(payload["cron"], str):
+            raise InvalidParameter("cron must be a string such as '0 0 9 * * MON-FRI'")
+        values["cron"] = parse_cron(payload["cron"]).expression
+    if "request" in payload or not partial:
+        if "request" not in payload:
+            raise InvalidParameter("request is required: an object with at least a url")
+        request = validate_request(payload["request"])
+        host = urllib.parse.urlsplit(request["url"]).hostname or ""
+        if policy is not None and policy.refuses_literal(host):
+            raise InvalidParameter(f"request.url: address {host} is refused by the egress policy "
+                                   "([curl] allow_networks / deny_networks)")
+        values["request"] = request
+    if "name" in payload or not partial:
+        name = payload.get("name")
+        if name is not None and (not isinstance(name, str) or len(name) > MAX_NAME_LENGTH):
+            raise InvalidParameter(f"name must be a string of at most {MAX_NAME_LENGTH} characters")
+        values["name"] = name
+    if "enabled" in payload or not partial:
+        enabled = payload.get("enabled", True)
+        if not isinstance(enabled, bool):
+            raise InvalidParameter("enabled must be true or false")
+        values["enabled"] = enabled
+    if "timezone" in payload or not partial:
+        tz_name = payload.get("timezone", default_timezone)
+        if tz_name is None:
+            tz_name = default_timezone
+        if not isinstance(tz_name, str):
+            raise InvalidParameter("timezone must be an IANA name such as 'Europe/Berlin'")
+        try:
+            load_timezone(tz_name)
+        except ValueError as e:
+            raise InvalidParameter(f"timezone: {e}") from None
+        values["timezone"] = tz_name
+    if "retry" in payload or not partial:
+        values["retry"] = validate_retry(payload.get("retry"))
+    if "success" in payload or not partial:
+        values["success"] = validate_success(payload.get("success"))
+    if "overlap" in payload or not partial:
+        values["overlap"] = validate_overlap(payload.get("overlap", "forbid"))
+    if "jitter_seconds" in payload or not partial:
+        values["jitter_seconds"] = validate_jitter(payload.get("jitter_seconds", 0))
+    if "notify" in payload or not partial:
+        values["notify"] = validate_notify(payload.get("notify"), policy)
+    return values
+
+
+def validate_create(payload: Any, default_timezone: str, policy: EgressPolicy | None = None) -> dict:
+    """A create body checked and normalised (every field, defaults filled in)."""
+    return validate_fields(payload, default_timezone, policy, partial=False)
 
 
 def _is_uuid(text: str) -> bool:
@@ -3303,28 +3959,58 @@ class HttpSchedule:
     timezone: str
     created_at: float
     enabled_at: float
+    retry: dict | None = None
+    success: dict | None = None
+    overlap: str = "forbid"
+    jitter_seconds: float = 0
+    notify: dict | None = None
     created_iso: str = field(init=False, repr=False, compare=False)
     request_summary: dict = field(init=False, repr=False, compare=False)    # what lists show: url and method
+
+    OPTIONS = ("retry", "success", "overlap", "jitter_seconds", "notify")    # stored only when set
 
     def __post_init__(self) -> None:
         self.created_iso = utc_iso(self.created_at)
         self.request_summary = {"url": self.request["url"], "method": self.request["method"]}
 
     def definition(self) -> dict:
-        return {"id": self.id, "cron": self.cron, "request": self.request, "name": self.name,
-                "enabled": self.enabled, "timezone": self.timezone,
-                "created_at": utc_iso(self.created_at, ms=True), "enabled_at": utc_iso(self.enabled_at, ms=True)}
+        d = {"id": self.id, "cron": self.cron, "request": self.request, "name": self.name,
+             "enabled": self.enabled, "timezone": self.timezone,
+             "created_at": utc_iso(self.created_at, ms=True), "enabled_at": utc_iso(self.enabled_at, ms=True)}
+        defaults = {"overlap": "forbid", "jitter_seconds": 0}
+        for name in self.OPTIONS:
+            value = getattr(self, name)
+            if value is not None and value != defaults.get(name):
+                d[name] = value
+        return d
 
     @classmethod
     def from_definition(cls, d: dict) -> "HttpSchedule":
         return cls(id=d["id"], cron=d["cron"], request=d["request"], name=d.get("name"),
                    enabled=bool(d["enabled"]), timezone=d.get("timezone") or "UTC",
                    created_at=parse_iso(d["created_at"]),
-                   enabled_at=parse_iso(d.get("enabled_at") or d["created_at"]))
+                   enabled_at=parse_iso(d.get("enabled_at") or d["created_at"]),
+                   retry=d.get("retry"), success=d.get("success"), overlap=d.get("overlap") or "forbid",
+                   jitter_seconds=d.get("jitter_seconds") or 0, notify=d.get("notify"))
 
     @property
     def key(self) -> str:
         return job_key("http", self.id)
+
+    def options(self) -> dict:
+        """The operating fields as the API shows them, defaults included."""
+        return {"retry": self.retry or validate_retry({}), "success": self.success, "overlap": self.overlap,
+                "jitter_seconds": self.jitter_seconds, "notify": self.notify}
+
+
+def job_retry(retry: dict | None) -> Retry | None:
+    if not retry or not retry.get("count"):
+        return None
+    return Retry(retry["count"], retry["min_backoff_seconds"], retry["max_backoff_seconds"], retry["max_doublings"])
+
+
+def job_notify(notify: dict | None) -> Notify | None:
+    return Notify(notify["url"], tuple(notify["on"]), notify["after"]) if notify else None
 
 
 def history_entry(record: dict) -> dict:
@@ -3339,13 +4025,71 @@ def history_entry(record: dict) -> dict:
     return entry
 
 
+RUN_FIELDS = ("run_id", "schedule_id", "trigger", "attempt", "scheduled_at", "started_at", "finished_at", "status",
+              "status_code", "duration_ms", "error")
+
+
+def run_object(record: dict) -> dict:
+    """An HTTP runs-log record as the API's run object."""
+    obj = {name: record.get(name) for name in RUN_FIELDS}
+    obj["trigger"] = obj["trigger"] or "cron"
+    obj["attempt"] = obj["attempt"] or 1
+    if record.get("response") is not None:
+        obj["response"] = record["response"]
+    if record.get("status") in ("missed", "skipped") and "count" in record:
+        obj["count"] = record["count"]
+    if record.get("retry_at"):
+        obj["next_attempt_at"] = record["retry_at"]
+    return obj
+
+
+def running_object(run: Run) -> dict:
+    """A run still in flight as the API's run object (status `running`)."""
+    return {"run_id": run.run_id, "schedule_id": run.job.ref, "trigger": run.trigger, "attempt": run.attempt,
+            "scheduled_at": utc_iso(run.slot, ms=True), "started_at": utc_iso(run.started, ms=True),
+            "finished_at": None, "status": "running", "status_code": None, "duration_ms": None, "error": None}
+
+
+def encode_cursor(position: dict) -> str:
+    return base64.urlsafe_b64encode(json.dumps(position, separators=(",", ":")).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> dict:
+    try:
+        position = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if isinstance(position, dict) and isinstance(position.get("offset"), int):
+            return position
+    except (ValueError, TypeError):
+        pass
+    raise InvalidParameter("cursor is not one this server gave (use next_cursor as it came)")
+
+
+class SyncSlots:
+    """How many requests may wait for a run to end at once (a manual trigger holds a request thread)."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._slots = threading.BoundedSemaphore(limit)
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        if not self._slots.acquire(blocking=False):
+            raise Unavailable(f"{self.limit} manual runs are waiting already (the most that may wait at once); "
+                              "try again when one has finished")
+        try:
+            yield
+        finally:
+            self._slots.release()
+
+
 class HttpSchedules:
     """The HTTP request schedule surface: create, list, get, toggle, delete; runs go through Runs."""
 
     def __init__(self, store: JournalStore, scheduler: Scheduler, runs: Runs, state: RunState,
                  runs_log: NdjsonLog, clock: Callable[[], float] = time.time, default_timezone: str = "UTC",
-                 policy: EgressPolicy | None = None):
+                 policy: EgressPolicy | None = None, sync: "SyncSlots | None" = None):
         self.store = store
+        self.sync = sync or SyncSlots(4)
         self.scheduler = scheduler
         self.runs = runs
         self.state = state
@@ -3377,6 +4121,7 @@ class HttpSchedules:
             self._add(schedule)
             if schedule.enabled:
                 self._register(schedule, job=job)
+            self.runs.resume_retry(job, self.state.value(schedule.key, "retry"), schedule.enabled)
 
     # -- the API ---------------------------------------------------------------------------------------------
     def create(self, payload: Any) -> dict:
@@ -3391,6 +4136,7 @@ class HttpSchedules:
                 self._register(schedule)
         result = self._summary(schedule)
         result["request"] = dict(schedule.request)
+        result.update(schedule.options())
         return result
 
     def list(self, page: int = 1, limit: int | None = None) -> dict:
@@ -3412,10 +4158,86 @@ class HttpSchedules:
         schedule = self.find(schedule_id)
         result = self._summary(schedule)
         result["request"] = _redacted(schedule.request) if redact else dict(schedule.request)
+        result.update(schedule.options())
+        if redact and result["notify"]:
+            result["notify"] = {**result["notify"], "url": REDACTED}     # webhook URLs often carry a key
         history = self.history(schedule.id)
         result["last_status"] = history[0]["status"] if history else None
         result["history"] = history
         return result
+
+    def update(self, schedule_id: str, payload: Any) -> dict:
+        """PATCH: change any of the schedule's fields (validated as at create); the id, created_at and runs are
+        kept, the next run is worked out again from now."""
+        self.find(schedule_id)          # 404 before complaining about the body
+        values = validate_fields(payload, self.default_timezone, self.policy, partial=True)
+        with self._write_lock:
+            schedule = self.find(schedule_id)
+            now = self.clock()
+            if values.get("enabled") and not schedule.enabled:
+                values["enabled_at"] = now
+            changed = replace(schedule, **values)
+            job = self._job(changed)
+            self._store(lambda: self.store.put(changed.definition()), "update schedule")
+            with self._lock:
+                self._schedules[schedule.id] = changed
+            if changed.enabled:
+                self.scheduler.add(job, now)
+            else:
+                self.scheduler.remove(changed.key)
+        return self.get(schedule_id)
+
+    def run_now(self, schedule_id: str, wait: bool = True) -> tuple[int, dict]:
+        """Send the request once, now, whatever `enabled` says: (200, the finished run), or with wait=False
+        (202, {"run_id"}) at once. 409 RUN_IN_PROGRESS when a run is in flight and it may not overlap."""
+        job = self._job(self.find(schedule_id))
+        try:
+            if not wait:
+                return 202, {"run_id": self.runs.run_later(job).run_id}
+            with self.sync.hold():
+                _, record = self.runs.run_now(job)
+        except Conflict:
+            raise Conflict(f"a run of {schedule_id} is in progress (overlap: forbid)",
+                           code="RUN_IN_PROGRESS") from None
+        return 200, run_object(record)
+
+    def list_runs(self, schedule_id: str, limit: int = 50, statuses: tuple[str, ...] = (),
+                  since: float | None = None, cursor: str | None = None) -> dict:
+        """A schedule's runs newest first, a page at a time; `next_cursor` continues just before the last one."""
+        schedule = self.find(schedule_id)
+        before = decode_cursor(cursor) if cursor else None
+        items: list[dict] = []
+        last: dict | None = None
+        if not cursor and (not statuses or "running" in statuses):
+            end = self.runs_log.position()      # where a page filled by runs in flight goes on from
+            items = [running_object(run) for run in self.runs.recorder.running(schedule.key)][:limit]
+            if len(items) >= limit and end.get("head"):
+                last = end
+        if self.state.get(schedule.key) and len(items) < limit:
+            for record, position in self.runs_log.read_newest(contains=schedule.id.encode(), before=before):
+                if record.get("schedule_id") != schedule.id:
+                    continue
+                if since is not None and (parse_optional_iso(record.get("finished_at") or record.get("ts"))
+                                          or 0.0) < since:
+                    break       # lines are written as runs end: every earlier one ended earlier still
+                if statuses and record.get("status") not in statuses:
+                    continue
+                items.append(run_object(record))
+                last = position
+                if len(items) >= limit:
+                    break
+        return {"items": items, "next_cursor": encode_cursor(last) if len(items) >= limit and last else None}
+
+    def get_run(self, schedule_id: str, run_id: str) -> dict:
+        schedule = self.find(schedule_id)
+        for run in self.runs.recorder.running(schedule.key):
+            if run.run_id == run_id:
+                return running_object(run)
+        if _is_uuid(run_id) and self.state.get(schedule.key):
+            for record, _ in self.runs_log.read_newest(contains=run_id.encode()):
+                if record.get("run_id") == run_id and record.get("schedule_id") == schedule.id:
+                    return run_object(record)
+        raise NotFound("Run not found", code="RUN_NOT_FOUND")
 
     def history(self, schedule_id: str, limit: int = HISTORY_SIZE) -> list[dict]:
         """The newest runs of a schedule, newest first, from the runs log."""
@@ -3476,6 +4298,10 @@ class HttpSchedules:
         with self._lock:
             return len(self._schedules)
 
+    def count_enabled(self) -> int:
+        with self._lock:
+            return sum(1 for s in self._schedules.values() if s.enabled)
+
     # -- internals -------------------------------------------------------------------------------------------
     def _add(self, schedule: HttpSchedule) -> None:
         """Hold `schedule` in memory and in the listing order (by created_at, then by arrival). Lock held."""
@@ -3504,7 +4330,8 @@ class HttpSchedules:
     @staticmethod
     def _job(s: HttpSchedule) -> Job:
         return Job(key=s.key, kind="http", ref=s.id, cron=parse_cron(s.cron), tz=load_timezone(s.timezone),
-                   target=HttpTarget(s.request))
+                   target=HttpTarget(s.request, s.success), overlap=s.overlap, retry=job_retry(s.retry),
+                   jitter=float(s.jitter_seconds), notify=job_notify(s.notify), name=s.name)
 
     def _register(self, s: HttpSchedule, anchor: float | None = None, job: Job | None = None) -> None:
         if anchor is None:
@@ -3576,6 +4403,21 @@ def parse_timeout(value: str) -> int:
     return ms
 
 
+def parse_retry(value: str) -> Retry | None:
+    """`@retry <count> [min backoff]`: `3`, or `3 10s` (the backoff as @timeout reads a duration)."""
+    words = value.split()
+    if not 1 <= len(words) <= 2 or not re.fullmatch(r"[0-9]{1,2}", words[0]) or int(words[0]) > 5:
+        raise RegistrationError(f"invalid @retry: {_shown(value)} (use a count from 0 to 5, and optionally the "
+                                "first wait: @retry 3 10s)")
+    try:
+        least = parse_timeout(words[1]) / 1000 if len(words) == 2 else 5.0
+    except RegistrationError:
+        raise RegistrationError(f"invalid @retry: {_shown(value)} (the wait is a duration such as 10s or 2m)") \
+            from None
+    count = int(words[0])
+    return Retry(count, least, max(least, 300.0)) if count else None
+
+
 def script_identity(rel: str) -> dict[str, str]:
     """The contract's names for a script: subdomain and execId are its first directory ('default' at top level)."""
     parts = rel.split("/")
@@ -3625,10 +4467,14 @@ class ScriptDefinition:
     argv: tuple[str, ...]
     description: str | None = None
     token: bool = False
+    retry: Retry | None = None
+    overlap: str = "forbid"
+    notify: Notify | None = None
 
     def signature(self) -> tuple:
         """What a reload compares to tell a kept script from a changed one."""
-        return (self.cron.expression, self.timeout_ms, self.argv, self.description, self.token)
+        return (self.cron.expression, self.timeout_ms, self.argv, self.description, self.token, self.retry,
+                self.overlap, self.notify)
 
     @functools.cached_property
     def listed(self) -> dict:
@@ -3636,7 +4482,7 @@ class ScriptDefinition:
         return {"scriptPath": self.path, **script_identity(self.rel), "expression": self.cron.expression,
                 "timeoutMs": self.timeout_ms}
 
-    @property
+    @functools.cached_property
     def key(self) -> str:
         return job_key("script", self.rel)
 
@@ -3715,10 +4561,24 @@ class ScriptCatalog:
             detail = e.message.split(": ", 1)[-1].split("; use 6 fields")[0]
             raise RegistrationError(f"Invalid cron expression: {_shown(expression)} ({detail})") from None
         timeout_ms = parse_timeout(values["timeout"]) if "timeout" in values else self.default_timeout_ms
+        retry = parse_retry(values["retry"]) if "retry" in values else None
+        overlap = values.get("overlap", "forbid")
+        if overlap not in ("forbid", "allow", "replace"):
+            raise RegistrationError(f"invalid @overlap: {_shown(overlap)} (use forbid, allow or replace)")
+        notify = None
+        if "notify" in values or "notify-on" in values:
+            if "notify" not in values:
+                raise RegistrationError("@notify-on needs a @notify <url>")
+            on = [e.strip() for e in values.get("notify-on", "failure,recovery").split(",") if e.strip()]
+            try:
+                notify = job_notify(validate_notify({"url": values["notify"], "on": on}, name="@notify"))
+            except InvalidParameter as e:
+                raise RegistrationError(e.message.replace("@notify.on", "@notify-on")) from None
         argv = self._command_for(path, head)
         self._preflight(path, _interpreter_name(argv, head))
         return ScriptDefinition(rel=rel, path=path, cron=cron, timeout_ms=timeout_ms, argv=argv,
-                                description=values.get("description") or None, token="token" in names)
+                                description=values.get("description") or None, token="token" in names,
+                                retry=retry, overlap=overlap, notify=notify)
 
     def _command_for(self, path: str, head: bytes) -> tuple[str, ...]:
         if head.startswith(b"#!") and os.access(path, os.X_OK):
@@ -3863,7 +4723,8 @@ class ScriptSchedules:
 
     def __init__(self, catalog: ScriptCatalog, scheduler: Scheduler, runs: Runs, state: RunState,
                  fires_log: NdjsonLog, registry_path: str | None = None, clock: Callable[[], float] = time.time,
-                 timezone_name: str = "UTC", notify: Callable[[str], Any] | None = None, sync_limit: int = 4):
+                 timezone_name: str = "UTC", notify: Callable[[str], Any] | None = None,
+                 sync: SyncSlots | None = None, outputs: OutputStore | None = None):
         self.catalog = catalog
         self.scheduler = scheduler
         self.runs = runs
@@ -3874,8 +4735,8 @@ class ScriptSchedules:
         self.clock = clock
         self.tz = load_timezone(timezone_name)
         self.notify = notify or (lambda message: None)      # systemd notifications around reloads
-        self.sync_limit = sync_limit
-        self._sync = threading.BoundedSemaphore(sync_limit)
+        self.sync = sync or SyncSlots(4)
+        self.outputs = outputs
         self._lock = threading.Lock()               # guards the dicts below (memory only)
         self._reload_lock = threading.Lock()        # one reload at a time
         self._registered: dict[str, ScriptDefinition] = {}
@@ -3953,7 +4814,10 @@ class ScriptSchedules:
                 # Fires due while the server was down are counted from the last cron slot handled; only for
                 # scripts that were registered when it went down (not for ones broken back then).
                 anchor = min(now, self.state.get(definition.key).get("slot") or self._registered_at.get(rel, now))
-            self.scheduler.add(self._job(definition), anchor)
+            job = self._job(definition)
+            self.scheduler.add(job, anchor)
+            if reason == "start":
+                self.runs.resume_retry(job, self.state.value(definition.key, "retry"))
         log.info("scripts reloaded (%s): %d added, %d kept, %d changed, %d removed, %d failed; %d registered",
                  reason, len(added), len(found) - len(added) - len(changed), len(changed), len(removed),
                  len(failed), len(registered))
@@ -3977,7 +4841,8 @@ class ScriptSchedules:
 
     def _job(self, d: ScriptDefinition) -> Job:
         return Job(key=d.key, kind="script", ref=d.rel, cron=d.cron, tz=self.tz,
-                   target=ScriptTarget(d.rel, d.path, d.argv, d.timeout_ms, self.catalog.scripts_dir))
+                   target=ScriptTarget(d.rel, d.path, d.argv, d.timeout_ms, self.catalog.scripts_dir),
+                   overlap=d.overlap, retry=d.retry, notify=d.notify, name=d.description)
 
     # -- the API ---------------------------------------------------------------------------------------------
     def list(self) -> dict:
@@ -3989,10 +4854,11 @@ class ScriptSchedules:
         items = []
         value = self.state.value
         for d, next_at in zip(definitions, nexts):
+            key = d.key
             items.append({**d.listed, "registeredAt": utc_iso(registered_at.get(d.rel), ms=True),
-                          "nextFire": utc_iso(next_at, ms=True), "lastFireAt": value(d.key, "at"),
-                          "lastFireStatus": value(d.key, "status"), "lastFireRunId": value(d.key, "run_id"),
-                          "description": d.description, "running": d.key in running})
+                          "nextFire": utc_iso(next_at, ms=True), "lastFireAt": value(key, "at"),
+                          "lastFireStatus": value(key, "status"), "lastFireRunId": value(key, "run_id"),
+                          "description": d.description, "running": key in running})
         return {"total": len(items), "schedules": items}
 
     def relative_path(self, script_path: Any) -> str:
@@ -4058,21 +4924,39 @@ class ScriptSchedules:
         if definition.token and not force:
             raise Forbidden(f"{rel} declares @token; pass \"force\": true to fire it without a token")
         # A manual trigger holds a request thread until the script ends: never all of them.
-        if not self._sync.acquire(blocking=False):
-            raise Unavailable(f"{self.sync_limit} manual triggers are running already (the most that may wait at "
-                              "once); try again when one has finished")
         try:
-            _, record = self.runs.run_now(self._job(definition), "manual")
+            with self.sync.hold():
+                _, record = self.runs.run_now(self._job(definition), "manual")
         except Conflict:
             raise Conflict(f"{rel} is already running") from None
-        finally:
-            self._sync.release()
         result = {"triggered": True, "scriptPath": rel, "runId": record["runId"], "status": record["status"],
                   "durationMs": record["durationMs"]}
-        for key in ("returnPreview", "error", "exitCode", "signal"):
+        for key in ("returnPreview", "error", "exitCode", "signal", "attempt"):
             if key in record:
                 result[key] = record[key]
         return result
+
+    def get_run(self, run_id: str) -> dict:
+        """One run (its fires-log entry) with the output kept of it: `stdout` and `stderr`, or `"output":
+        "expired"` once the output budget has let it go."""
+        for run in self.runs.recorder.running_all():
+            if run.run_id == run_id and run.job.kind == "script":
+                return {"ts": utc_iso(run.slot, ms=True), "scriptPath": run.job.ref, "runId": run.run_id,
+                        "status": "running", "trigger": run.trigger, "attempt": run.attempt,
+                        "startedAt": utc_iso(run.started, ms=True)}
+        if _is_uuid(run_id):
+            for record, _ in self.fires.read_newest(True, run_id.encode()):
+                if record.get("runId") == run_id:
+                    entry = dict(record)
+                    if record.get("outputKept"):
+                        output = self.outputs.get(run_id) if self.outputs is not None else None
+                        if output is None:
+                            entry["output"] = "expired"
+                        else:
+                            entry.update(stdout=output.get("stdout", ""), stderr=output.get("stderr", ""))
+                    entry.pop("outputKept", None)
+                    return entry
+        raise NotFound(f"no run {_shown(run_id)}")
 
     def find(self, rel: str) -> ScriptDefinition:
         with self._lock:
@@ -4189,6 +5073,53 @@ def _query_bool(request: bottle.LocalRequest, name: str) -> bool | None:
     raise InvalidParameter(f"{name} must be true or false (or 1 or 0)")
 
 
+RUN_STATUSES = ("ok", "error", "timeout", "skipped", "missed", "interrupted", "running")
+
+
+def cron_preview_answer(expression: str | None, timezone_name: str, count: int, now: float | None = None) -> dict:
+    """What an expression means: its plain-English description and its next `count` fires."""
+    if expression is None:
+        raise InvalidParameter("expr is required: a cron expression such as '0 0 9 * * MON-FRI'")
+    cron = parse_cron(expression)
+    try:
+        tz = load_timezone(timezone_name)
+    except ValueError as e:
+        raise InvalidParameter(f"timezone: {e}") from None
+    fires, at = [], time.time() if now is None else now
+    for _ in range(count):
+        following = cron.next_after(at, tz)
+        if following is None:
+            break
+        fires.append({"at": utc_iso(following), "local": datetime.fromtimestamp(following, tz).isoformat()})
+        at = following
+    return {"expression": cron.expression, "description": cron.describe(), "timezone": timezone_name,
+            "next": fires}
+
+
+def openapi_document() -> dict:
+    """The OpenAPI 3.1 document of the API."""
+    return {"openapi": "3.1.0", "info": {"title": "schedserver", "version": __version__}, "paths": {}}
+
+
+def _query_text(request: bottle.LocalRequest, name: str) -> str | None:
+    raw = request.query.getall(name)
+    if not raw:
+        return None
+    if len(raw) > 1 or not raw[0] or len(raw[0]) > 1024:
+        raise InvalidParameter(f"{name} must be given once, at most 1024 characters")
+    return raw[0]
+
+
+def _query_since(request: bottle.LocalRequest) -> float | None:
+    text = _query_text(request, "since")
+    if text is None:
+        return None
+    try:
+        return parse_iso(text)
+    except (ValueError, OverflowError):
+        raise InvalidParameter("since must be an ISO 8601 timestamp, e.g. 2026-01-15T00:00:00Z") from None
+
+
 def _check_query(request: bottle.LocalRequest, known: tuple[str, ...]) -> None:
     for name in request.query.keys():
         if name not in known:
@@ -4197,10 +5128,24 @@ def _check_query(request: bottle.LocalRequest, known: tuple[str, ...]) -> None:
 
 
 def make_app(http: HttpSchedules, auth: Auth, scripts: ScriptSchedules | None = None,
-             health: Any = None) -> bottle.Bottle:
-    """The WSGI app: thin routes over the services, every answer JSON."""
+             health: Any = None, metrics: Metrics | None = None, metrics_public: bool = False) -> bottle.Bottle:
+    """The WSGI app: thin routes over the services, every answer JSON (but /metrics)."""
     app = bottle.Bottle(catchall=True)
     request = bottle.request
+
+    if metrics is not None:
+        @app.hook("before_request")
+        def request_began() -> None:
+            request.environ["schedserver.t0"] = time.monotonic()
+
+        @app.hook("after_request")
+        def request_ended() -> None:
+            route = request.environ.get("bottle.route")
+            began = request.environ.get("schedserver.t0")
+            if route is None or began is None:
+                return
+            metrics.requests.labels(route.rule, request.method, str(bottle.response.status_code)).inc()
+            metrics.request_seconds.labels(route.rule, request.method).observe(time.monotonic() - began)
 
     def api(query: tuple[str, ...] = ()) -> Callable[[Callable], Callable]:
         """Route wrapper: auth, known query parameters, then the callback; any error becomes JSON in the
@@ -4229,6 +5174,27 @@ def make_app(http: HttpSchedules, auth: Auth, scripts: ScriptSchedules | None = 
             status, body = health.report()
             return json_response(body, status)
 
+    if metrics is not None:
+        @app.get("/metrics")
+        def metrics_text() -> bottle.HTTPResponse:
+            if not metrics_public:
+                try:
+                    auth.check(request.environ.get("HTTP_AUTHORIZATION"), request.method)
+                except ApiError as e:
+                    return json_response({"error": e.code, "message": e.message}, e.status, e.headers)
+            return bottle.HTTPResponse(metrics.text(), status=200,
+                                       headers={"Content-Type": metrics.prom.CONTENT_TYPE_LATEST})
+
+    @app.get(API_PREFIX + "/openapi.json")
+    def openapi() -> bottle.HTTPResponse:        # no auth: the document describes the API, it holds no data
+        return json_response(openapi_document())
+
+    @app.get(API_PREFIX + "/cron/preview")
+    @api(query=("expr", "timezone", "n"))
+    def cron_preview() -> dict:
+        return cron_preview_answer(_query_text(request, "expr"), _query_text(request, "timezone") or
+                                   http.default_timezone, _query_int(request, "n", 1, 100) or 5, http.clock())
+
     @app.get(CURL_PREFIX)
     @api(query=("page", "limit"))
     def list_http() -> dict:
@@ -4252,8 +5218,41 @@ def make_app(http: HttpSchedules, auth: Auth, scripts: ScriptSchedules | None = 
         http.find(schedule_id)      # 404 before complaining about the body
         return http.toggle(schedule_id, read_json_body(request, empty=EMPTY_BODY))
 
+    @app.route(CURL_PREFIX + "/<schedule_id>", method="PATCH")
+    @api()
+    def update_http(schedule_id: str) -> dict:
+        http.find(schedule_id)
+        return http.update(schedule_id, read_json_body(request))
+
+    @app.post(CURL_PREFIX + "/<schedule_id>/run")
+    @api(query=("wait",))
+    def run_http(schedule_id: str) -> tuple[int, dict]:
+        http.find(schedule_id)
+        if read_json_body(request) is not None:
+            raise InvalidParameter("this route takes no body")
+        wait = _query_bool(request, "wait")
+        return http.run_now(schedule_id, wait=wait is not False)
+
+    @app.get(CURL_PREFIX + "/<schedule_id>/runs")
+    @api(query=("limit", "status", "since", "cursor"))
+    def runs_http(schedule_id: str) -> dict:
+        http.find(schedule_id)
+        limit = _query_int(request, "limit", 1, HISTORY_MAX_LIMIT) or 50
+        statuses: tuple[str, ...] = ()
+        if "status" in request.query:
+            statuses = tuple(v for raw in request.query.getall("status") for v in raw.split(",") if v)
+            if not statuses or any(v not in RUN_STATUSES for v in statuses):
+                raise InvalidParameter(f"status must be one or more of {', '.join(RUN_STATUSES)}")
+        return http.list_runs(schedule_id, limit, statuses, _query_since(request), _query_text(request, "cursor"))
+
+    @app.get(CURL_PREFIX + "/<schedule_id>/runs/<run_id>")
+    @api()
+    def run_of_http(schedule_id: str, run_id: str) -> dict:
+        return http.get_run(schedule_id, run_id)
+
     # An id holding a slash (`..%2Fx` arrives decoded) is a malformed id, not an unknown route.
-    @app.route(CURL_PREFIX + "/<schedule_id:re:(?!.*/toggle$).+/.+>", method=["GET", "DELETE"])
+    @app.route(CURL_PREFIX + "/<schedule_id:re:(?!.*/(toggle|run|runs|runs/[^/]+)$).+/.+>",
+               method=["GET", "DELETE", "PATCH"])
     @app.route(CURL_PREFIX + "/<schedule_id:re:.+/.+>/toggle", method="PATCH")
     @api()
     def malformed_http_id(schedule_id: str) -> dict:
@@ -4310,6 +5309,11 @@ def make_app(http: HttpSchedules, auth: Auth, scripts: ScriptSchedules | None = 
         @api()
         def trigger_script() -> dict:
             return scripts.trigger(read_json_body(request))
+
+        @app.get(EXEC_PREFIX + "/runs/<run_id>")
+        @api()
+        def script_run(run_id: str) -> dict:
+            return scripts.get_run(run_id)
 
     def router_error(status: int, code: str, message: str) -> Callable:
         def handler(error: bottle.HTTPError) -> str:
@@ -4544,7 +5548,9 @@ class Server:
                                          cfg.fires_log_backups)}
         self.state = RunState(os.path.join(cfg.data_dir, "run-state.json"), self.logs)
         self.markers = RunMarkers(os.path.join(cfg.data_dir, "running"))
-        self.recorder = Recorder(self.logs, self.state, self.markers, clock)
+        self.metrics = Metrics(cfg.metrics_per_schedule)
+        self.metrics.gauges(self._gauges)
+        self.recorder = Recorder(self.logs, self.state, self.markers, clock, self.metrics)
         self.policy = EgressPolicy(cfg.allow_networks, cfg.deny_networks)
         self.environment = script_environment(())
         self.runners = runners or {
@@ -4553,10 +5559,22 @@ class Server:
                                    environment=lambda extra: self.environment(extra), adopt_orphans=own_process)}
         self._own_pool = pool is None
         self.pool = pool
-        self.runs = Runs(self.recorder, self.runners, pool, clock, cfg.misfire_grace_seconds)
-        self.scheduler = Scheduler(cfg.misfire_grace_seconds, clock, on_due=self.runs.on_due, on_tick=self._on_tick)
+        self.scheduler = Scheduler(cfg.misfire_grace_seconds, clock, on_tick=self._on_tick)
+        http_runner = self.runners.get("http")
+        self.alert_sender = AlertSender(http_runner, os.path.join(cfg.data_dir, "alerts-outbox.ndjson"), clock) \
+            if isinstance(http_runner, HttpRunner) else None
+        default_notify = Notify(cfg.notify_url, tuple(cfg.notify_on), cfg.notify_after) if cfg.notify_url else None
+        self.alerts = Alerts(self.state, self.alert_sender, default_notify)
+        if self.alert_sender is not None:
+            self.alert_sender.metrics = self.metrics
+        self.outputs = OutputStore(os.path.join(cfg.data_dir, "output"), cfg.output_retention_bytes)
+        self.runs = Runs(self.recorder, self.runners, pool, clock, cfg.misfire_grace_seconds, self.scheduler,
+                         self.alerts, self.outputs, overlap_limit=cfg.overlap_limit)
+        self.scheduler.on_due = self.runs.on_due
+        self.sync = SyncSlots(max(1, cfg.threads // 2))
         self.http = HttpSchedules(JournalStore(os.path.join(cfg.data_dir, "curl-schedules.json")), self.scheduler,
-                                  self.runs, self.state, self.logs["http"], clock, cfg.timezone, self.policy)
+                                  self.runs, self.state, self.logs["http"], clock, cfg.timezone, self.policy,
+                                  self.sync)
         script_runner = self.runners.get("script")
         self._cancelled = threading.Event()
         self.catalog = ScriptCatalog(cfg.scripts_dir, cfg.default_timeout_ms, cfg.interpreters, cfg.preflight,
@@ -4564,7 +5582,7 @@ class Server:
                                      environment=lambda extra: self.environment(extra), cancelled=self._cancelled)
         self.scripts = ScriptSchedules(self.catalog, self.scheduler, self.runs, self.state, self.logs["script"],
                                        os.path.join(cfg.data_dir, "exec-registered.json"), clock, cfg.timezone,
-                                       notify=self._notify, sync_limit=max(1, cfg.threads // 2))
+                                       notify=self._notify, sync=self.sync, outputs=self.outputs)
         self.app: Callable | None = None
         self.listener: Any = None
         self._http_thread: threading.Thread | None = None
@@ -4607,8 +5625,9 @@ class Server:
         self.environment = script_environment(admin_tokens + cfg.read_tokens)
         try:
             self.markers.prepare()
+            self.outputs.load()
         except OSError as e:
-            raise ConfigError(f"data dir {cfg.data_dir}: cannot create running/ ({e.strerror})") from None
+            raise ConfigError(f"data dir {cfg.data_dir}: cannot create running/ or output/ ({e.strerror})") from None
         replayed = self.state.load()
         for marker in self.markers.leftovers():
             # Runs in flight when the last process died hard: what they left running is stopped, and each is
@@ -4625,7 +5644,8 @@ class Server:
         self.http.load()
         self.scripts.load()
         app = make_app(self.http, Auth(admin_tokens, cfg.read_tokens), self.scripts,
-                       Health(self.scheduler, self.http, self.scripts, self.recorder))
+                       Health(self.scheduler, self.http, self.scripts, self.recorder), self.metrics,
+                       cfg.metrics_public)
         self.app = AccessLog(app) if cfg.access_log else app
         log.info("%d http schedules and %d script schedules loaded (%d run records replayed); data dir %s, "
                  "scripts dir %s", self.http.count(), self.scripts.count(), replayed, cfg.data_dir, cfg.scripts_dir)
@@ -4645,6 +5665,8 @@ class Server:
             if self.pool is None:
                 self.pool = WorkerPool(cfg.workers)
                 self.runs.pool = self.pool
+            if self.alert_sender is not None:
+                self.alert_sender.start()
             self.scheduler.start()
             if listen:
                 self._http_thread = threading.Thread(target=self._serve, name="schedserver-http", daemon=True)
@@ -4707,6 +5729,26 @@ class Server:
         if self.own_process:
             sd_notify(message)
 
+    def _gauges(self) -> Iterator[Any]:
+        """The gauges read at each scrape: schedules by kind and state, runs in flight, the ticker's lag."""
+        family = self.metrics.prom.metrics_core.GaugeMetricFamily
+        schedules = family("schedserver_schedules", "Schedules, by kind and state", labels=["kind", "state"])
+        enabled = self.http.count_enabled()
+        schedules.add_metric(["http", "enabled"], enabled)
+        schedules.add_metric(["http", "disabled"], self.http.count() - enabled)
+        schedules.add_metric(["script", "registered"], self.scripts.count())
+        yield schedules
+        running = family("schedserver_runs_in_flight", "Runs in flight, by kind", labels=["kind"])
+        counts = {"http": 0, "script": 0}
+        for run in self.recorder.running_all():
+            counts[run.job.kind] = counts.get(run.job.kind, 0) + 1
+        for kind, count in counts.items():
+            running.add_metric([kind], count)
+        yield running
+        last = self.scheduler.last_tick_monotonic
+        yield family("schedserver_ticker_lag_seconds", "Seconds since the scheduler last ticked",
+                     value=0.0 if last is None else max(0.0, self.scheduler.monotonic() - last))
+
     def _on_tick(self, now: float) -> None:
         """After each tick: the systemd watchdog ping and status line; run state saved when it is due."""
         if self.own_process:
@@ -4765,6 +5807,8 @@ class Server:
         if self._own_pool and self.pool is not None:
             self.pool.shutdown()
             self.pool = self.runs.pool = None
+        if self.alert_sender is not None:
+            self.alert_sender.close()
         for runner in self.runners.values():
             runner.close()
         self.deadlines.close()
@@ -4773,6 +5817,162 @@ class Server:
             self.save_state()
         self.app = None
         self.data_dir.release()
+
+
+###############################################################################
+# Client #######################################################################
+###############################################################################
+
+class ClientError(ApiError):
+    """The server refused a request (a 4xx answer): `status`, `code` and `message` say why."""
+
+
+class ServerError(ApiError):
+    """The server failed (a 5xx answer), or could not be reached (`status` 0)."""
+
+
+class Client:
+    """A client of a schedserver's API, on one requests session (no ~/.netrc, no proxies from the environment)::
+
+        client = schedserver.Client("http://127.0.0.1:8080", token)
+        client.curl.schedules.create(cron="0 */5 * * * *", request={"url": "https://example.com/ping"})
+        client.exec.schedules.trigger_schedule(script_path="ops/hello.sh")
+
+    Every call has a timeout; errors raise ClientError (4xx) or ServerError (5xx, or no answer)."""
+
+    def __init__(self, url: str, token: str | None = None, timeout: float = 30.0):
+        import requests
+        self.url = url.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+        self.session = requests.Session()
+        self.session.trust_env = False
+        self.curl = _Namespace(schedules=HttpSchedulesClient(self))
+        self.exec = _Namespace(schedules=ScriptSchedulesClient(self))
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.session.close()
+
+    def request(self, method: str, path: str, *, params: dict | None = None, body: Any = None,
+                timeout: float | None = None) -> Any:
+        """One API call: the answer's JSON, or ClientError / ServerError."""
+        import requests
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        params = {k: ("true" if v is True else "false" if v is False else v) for k, v in (params or {}).items()
+                  if v is not None}
+        try:
+            response = self.session.request(method, self.url + path, params=params, headers=headers,
+                                            json=body, timeout=timeout or self.timeout)
+        except requests.RequestException as e:
+            raise ServerError(f"cannot reach {self.url}: {_short_error(e)}", code="UNREACHABLE", status=0) from None
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = None
+        if response.status_code < 400:
+            return answer
+        code, message = "ERROR", response.text[:500]
+        if isinstance(answer, dict):
+            code = str(answer.get("code") or answer.get("error") or code)
+            message = str(answer.get("message") or message)
+        error = ClientError if response.status_code < 500 else ServerError
+        raise error(message, code=code, status=response.status_code)
+
+
+@dataclass
+class _Namespace:
+    schedules: Any
+
+
+class HttpSchedulesClient:
+    """`client.curl.schedules`: the HTTP request schedule routes."""
+
+    def __init__(self, client: Client):
+        self.client = client
+
+    def list(self, page: int | None = None, limit: int | None = None) -> dict:
+        return self.client.request("GET", CURL_PREFIX, params={"page": page, "limit": limit})
+
+    def list_iterator(self, limit: int = 100) -> Iterator[dict]:
+        """Every schedule, newest first, a page of `limit` at a time."""
+        page = 1
+        while True:
+            answer = self.list(page=page, limit=limit)
+            yield from answer["items"]
+            if page * limit >= answer["meta"]["total"] or not answer["items"]:
+                return
+            page += 1
+
+    def get(self, schedule_id: str) -> dict:
+        return self.client.request("GET", f"{CURL_PREFIX}/{_quote(schedule_id)}")
+
+    def create(self, cron: str, request: dict, **fields: Any) -> dict:
+        return self.client.request("POST", CURL_PREFIX, body={"cron": cron, "request": request, **fields})
+
+    def update(self, schedule_id: str, **fields: Any) -> dict:
+        return self.client.request("PATCH", f"{CURL_PREFIX}/{_quote(schedule_id)}", body=fields)
+
+    def toggle(self, schedule_id: str, enabled: bool | None = None) -> dict:
+        return self.client.request("PATCH", f"{CURL_PREFIX}/{_quote(schedule_id)}/toggle",
+                                   body=None if enabled is None else {"enabled": enabled})
+
+    def delete(self, schedule_id: str) -> dict:
+        return self.client.request("DELETE", f"{CURL_PREFIX}/{_quote(schedule_id)}")
+
+    def run(self, schedule_id: str, wait: bool = True) -> dict:
+        """Run it now: the finished run, or with wait=False {"run_id"} at once."""
+        return self.client.request("POST", f"{CURL_PREFIX}/{_quote(schedule_id)}/run",
+                                   params=None if wait else {"wait": False}, timeout=MAX_HTTP_TIMEOUT + 30)
+
+    def runs(self, schedule_id: str, limit: int | None = None, status: str | None = None,
+             since: str | None = None) -> Iterator[dict]:
+        """Its runs, newest first: each page ({"items", "next_cursor"}) in turn."""
+        cursor = None
+        while True:
+            page = self.client.request("GET", f"{CURL_PREFIX}/{_quote(schedule_id)}/runs",
+                                       params={"limit": limit, "status": status, "since": since, "cursor": cursor})
+            yield page
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return
+
+    def get_run(self, schedule_id: str, run_id: str) -> dict:
+        return self.client.request("GET", f"{CURL_PREFIX}/{_quote(schedule_id)}/runs/{_quote(run_id)}")
+
+
+class ScriptSchedulesClient:
+    """`client.exec.schedules`: the script schedule routes (named as the contract's SDK names them)."""
+
+    def __init__(self, client: Client):
+        self.client = client
+
+    def list_schedules(self) -> dict:
+        return self.client.request("GET", EXEC_PREFIX + "/list")
+
+    def schedule_history(self, script_path: str | None = None, since: str | None = None, limit: int | None = None,
+                         include_rotated: bool | None = None) -> dict:
+        return self.client.request("GET", EXEC_PREFIX + "/history", params={
+            "scriptPath": script_path, "since": since, "limit": limit, "includeRotated": include_rotated})
+
+    def reload_schedules(self, dry_run: bool = False) -> dict:
+        return self.client.request("POST", EXEC_PREFIX + "/reload", body={"dry_run": dry_run})
+
+    def trigger_schedule(self, script_path: str, force: bool = False) -> dict:
+        return self.client.request("POST", EXEC_PREFIX + "/trigger", body={"scriptPath": script_path, "force": force},
+                                   timeout=MAX_SCRIPT_TIMEOUT_MS / 1000 + 30)
+
+    def run(self, run_id: str) -> dict:
+        return self.client.request("GET", f"{EXEC_PREFIX}/runs/{_quote(run_id)}")
+
+
+def _quote(part: str) -> str:
+    return urllib.parse.quote(part, safe="")
 
 
 ###############################################################################
@@ -4837,36 +6037,102 @@ def raise_open_file_limit(wanted: int = OPEN_FILES_WANTED) -> int:
         return -1
 
 
+COMMANDS = ("serve", "ls", "get", "add", "edit", "enable", "disable", "rm", "run", "runs", "history", "reload",
+            "next", "check")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="schedserver", description="Cron scheduling server (REST).")
-    parser.add_argument("command", nargs="?", default="serve", choices=["serve"], help="what to do (default: serve)")
-    parser.add_argument("--config", help="TOML config file (also SCHEDSERVER_CONFIG)")
-    parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", help="port to listen on; 0 picks a free one (default 8080)")
-    parser.add_argument("--data-dir", dest="data_dir", help="where schedules and logs live (default ./data)")
-    parser.add_argument("--scripts-dir", dest="scripts_dir", help="where scripts live (default ./scripts)")
+    """The command line; `serve` when no command is named (`schedserver --port 0` serves)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not any(arg in COMMANDS for arg in argv if not arg.startswith("-")) and \
+            not any(arg in ("-h", "--help", "--version") for arg in argv):
+        argv.insert(0, "serve")
+    parser = argparse.ArgumentParser(prog="schedserver", description="Cron scheduling server (REST) and its client.")
     parser.add_argument("--version", action="version", version=f"schedserver {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    config_options = argparse.ArgumentParser(add_help=False)
+    config_options.add_argument("--config", help="TOML config file (also SCHEDSERVER_CONFIG)")
+    serve = commands.add_parser("serve", parents=[config_options], help="run the server (the default)")
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", help="port to listen on; 0 picks a free one (default 8080)")
+    serve.add_argument("--data-dir", dest="data_dir", help="where schedules and logs live (default ./data)")
+    serve.add_argument("--scripts-dir", dest="scripts_dir", help="where scripts live (default ./scripts)")
+    auth = argparse.ArgumentParser(add_help=False, parents=[config_options])
+    auth.add_argument("--token", help="a token (default SCHEDSERVER_TOKEN, else the local config's or data dir's)")
+    auth.add_argument("--json", action="store_true", help="print the server's JSON answer")
+    remote = argparse.ArgumentParser(add_help=False, parents=[auth])
+    remote.add_argument("--url", "--server", dest="server",
+                        help="the server (default SCHEDSERVER_URL, else the local config's address)")
+    ls = commands.add_parser("ls", parents=[remote], help="list HTTP and script schedules in one table")
+    ls.add_argument("--kind", choices=("http", "script"))
+    commands.add_parser("get", parents=[remote], help="one HTTP schedule").add_argument("id")
+    for name, what in (("add", "create an HTTP schedule"), ("edit", "edit an HTTP schedule")):
+        sub = commands.add_parser(name, parents=[auth], help=what)
+        sub.add_argument("--server", dest="server", help="the server (default SCHEDSERVER_URL, else the local "
+                                                         "config's address)")
+        if name == "edit":
+            sub.add_argument("id")
+        sub.add_argument("--cron", required=name == "add")
+        sub.add_argument("--url", dest="target", required=name == "add", metavar="URL",
+                         help="the URL the schedule requests")
+        sub.add_argument("--method")
+        sub.add_argument("--header", action="append", default=[], metavar="K:V")
+        sub.add_argument("--json-body", metavar="JSON")
+        sub.add_argument("--body")
+        sub.add_argument("--name")
+        sub.add_argument("--timezone")
+        sub.add_argument("--retry", type=int, metavar="COUNT")
+        sub.add_argument("--disabled", action="store_true")
+    for name in ("enable", "disable", "rm"):
+        commands.add_parser(name, parents=[remote], help=f"{name} an HTTP schedule").add_argument("id")
+    run = commands.add_parser("run", parents=[remote], help="run an HTTP schedule (its id) or a script (its path) now")
+    run.add_argument("target", metavar="ID_OR_SCRIPT")
+    run.add_argument("--force", action="store_true", help="a script with @token: run it all the same")
+    for name in ("runs", "history"):
+        sub = commands.add_parser(name, parents=[remote], help="runs of an HTTP schedule (its id) or of scripts")
+        sub.add_argument("target", nargs="?", metavar="ID_OR_SCRIPT")
+        sub.add_argument("--limit", type=int, default=20)
+    commands.add_parser("reload", parents=[remote], help="rescan the scripts dir").add_argument(
+        "--dry-run", action="store_true")
+    preview = commands.add_parser("next", help="the next fire times of a cron expression (no server needed)")
+    preview.add_argument("expression")
+    preview.add_argument("--tz", default="UTC")
+    preview.add_argument("-n", type=int, default=5)
+    check = commands.add_parser("check", parents=[config_options],
+                                help="check scripts' directives and syntax (no server needed); exit 1 on a failure")
+    check.add_argument("scripts", nargs="*", metavar="SCRIPT")
+    check.add_argument("--scripts-dir", dest="scripts_dir")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point; returns the exit status (2 for problems the user can fix)."""
+    """Console entry point; returns the exit status: 0, 1 for a failure the command reports, 2 for usage and
+    problems the user can fix."""
     args = parse_args(argv)
     try:
-        config = load_config(vars(args))
+        if args.command == "serve":
+            return serve(args)
+        if args.command == "next":
+            return cli_next(args)
+        if args.command == "check":
+            return cli_check(args)
+        return cli_remote(args)
     except ConfigError as e:
         print(f"schedserver: {e}", file=sys.stderr)
         return 2
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Run the server until SIGTERM or SIGINT (SIGHUP reloads the scripts)."""
+    config = load_config(vars(args))
     setup_logging(config.log_level, config.log_format)
     raise_open_file_limit()
     server = Server(config, own_process=True)
     stop = threading.Event()
     reason: list[str] = []
-    second: list[bool] = []
 
     def on_stop(signum: int, frame: Any) -> None:
         if stop.is_set():
-            second.append(True)
             os._exit(1)         # a second signal: stop at once
         reason.append(signal.Signals(signum).name)
         stop.set()
@@ -4892,6 +6158,181 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def cli_next(args: argparse.Namespace) -> int:
+    try:
+        cron = parse_cron(args.expression)
+        tz = load_timezone(args.tz)
+    except (InvalidCron, ValueError) as e:
+        print(f"schedserver: {getattr(e, 'message', e)}", file=sys.stderr)
+        return 2
+    print(cron.describe())
+    at = time.time()
+    for _ in range(max(1, min(args.n, 1000))):
+        following = cron.next_after(at, tz)
+        if following is None:
+            break
+        local = datetime.fromtimestamp(following, tz)
+        print(f"{local.isoformat()}  {utc_iso(following)}")
+        at = following
+    return 0
+
+
+def cli_check(args: argparse.Namespace) -> int:
+    """Each script's directives and syntax check, as the server would see them."""
+    environ = dict(os.environ)
+    config = load_config({"config": args.config, "scripts_dir": args.scripts_dir}, environ)
+    targets = args.scripts or None
+    catalog = ScriptCatalog(config.scripts_dir, config.default_timeout_ms, config.interpreters, config.preflight)
+    failures = 0
+    if targets is None:
+        found, failed = catalog.scan()
+        for rel in sorted(found):
+            print(f"ok      {rel}  {found[rel].cron.expression}  ({found[rel].cron.describe()})")
+        for problem in failed:
+            print(f"FAILED  {problem['path']}: {problem['reason']}")
+        failures = len(failed)
+    else:
+        for path in targets:
+            full = os.path.abspath(path)
+            checker = ScriptCatalog(os.path.dirname(full), config.default_timeout_ms, config.interpreters,
+                                    config.preflight)
+            outcome = checker._outcome(os.path.basename(full)) if os.path.isfile(full) else \
+                {"path": path, "reason": "no such file"}
+            if isinstance(outcome, dict):
+                print(f"FAILED  {path}: {outcome['reason']}")
+                failures += 1
+            elif outcome is None:
+                print(f"skip    {path}: no @schedule")
+            else:
+                print(f"ok      {path}  {outcome.cron.expression}  ({outcome.cron.describe()})")
+    return 1 if failures else 0
+
+
+def cli_connection(args: argparse.Namespace) -> tuple[str, str | None]:
+    """The server's URL and a token: flags, then SCHEDSERVER_URL / SCHEDSERVER_TOKEN, then the local config."""
+    url, token = args.server or os.environ.get("SCHEDSERVER_URL"), args.token or os.environ.get("SCHEDSERVER_TOKEN")
+    if url and token:
+        return url, token.split(",")[0].strip()
+    config = load_config({"config": args.config})
+    if not url:
+        host = "127.0.0.1" if config.host in ("0.0.0.0", "::", "") else config.host
+        url = f"http://{f'[{host}]' if ':' in host else host}:{config.port}"
+    if not token:
+        token = (config.tokens or (None,))[0]
+        if token is None and config.token_file:
+            try:
+                token = open(config.token_file, encoding="utf-8").read().split()[0]
+            except (OSError, IndexError):
+                token = None
+        if token is None:
+            try:
+                token = open(os.path.join(config.data_dir, "api-token"), encoding="utf-8").read().strip() or None
+            except OSError:
+                token = None
+    return url, token
+
+
+def cli_remote(args: argparse.Namespace) -> int:
+    """The commands that ask the server."""
+    url, token = cli_connection(args)
+    with Client(url, token) as client:
+        try:
+            answer = cli_call(client, args)
+        except ApiError as e:
+            print(f"schedserver: {e.status or ''} {e.code}: {e.message}".replace("  ", " "), file=sys.stderr)
+            return 1
+    if answer is not None:
+        print(json.dumps(answer, indent=2) if args.json or not isinstance(answer, str) else answer)
+    return 0
+
+
+def cli_call(client: Client, args: argparse.Namespace) -> Any:
+    http, scripts = client.curl.schedules, client.exec.schedules
+    command = args.command
+    if command == "ls":
+        rows = []
+        if args.kind in (None, "http"):
+            for s in http.list_iterator():
+                rows.append(["http", s["id"], s.get("name") or "", s["cron"], "yes" if s["enabled"] else "no",
+                             s.get("next_run") or "-", "", s["id"]])
+        if args.kind in (None, "script"):
+            for s in scripts.list_schedules()["schedules"]:
+                rows.append(["script", s["scriptRel"], s.get("description") or "", s["expression"], "yes",
+                             s.get("nextFire") or "-", s.get("lastFireStatus") or "-", None])
+        if args.json:
+            return rows
+        for row in rows:
+            if row[0] == "http":
+                runs = next(http.runs(row[7], limit=1), {"items": []})["items"]
+                row[6] = runs[0]["status"] if runs else "-"
+        return _table(["KIND", "ID/SCRIPT", "NAME", "CRON", "ENABLED", "NEXT", "LAST"], [r[:7] for r in rows])
+    if command == "get":
+        return http.get(args.id)
+    if command in ("add", "edit"):
+        fields = cli_fields(args)
+        return http.create(**fields) if command == "add" else http.update(args.id, **fields)
+    if command in ("enable", "disable"):
+        return http.toggle(args.id, enabled=command == "enable")
+    if command == "rm":
+        return http.delete(args.id)
+    if command == "run":
+        if _is_uuid(args.target):
+            return http.run(args.target)
+        return scripts.trigger_schedule(args.target, force=args.force)
+    if command in ("runs", "history"):
+        if args.target and _is_uuid(args.target):
+            return next(http.runs(args.target, limit=args.limit))
+        return scripts.schedule_history(script_path=args.target, limit=args.limit)
+    if command == "reload":
+        return scripts.reload_schedules(dry_run=args.dry_run)
+    raise ConfigError(f"unknown command {command}")
+
+
+def cli_fields(args: argparse.Namespace) -> dict:
+    """An HTTP schedule's fields from `add`/`edit` options."""
+    fields: dict[str, Any] = {}
+    if args.cron:
+        fields["cron"] = args.cron
+    request: dict[str, Any] = {}
+    if args.target:
+        request["url"] = args.target
+    if args.method:
+        request["method"] = args.method
+    if args.header:
+        headers = {}
+        for item in args.header:
+            name, sep, value = item.partition(":")
+            if not sep:
+                raise ConfigError(f"--header {item!r}: use NAME:VALUE")
+            headers[name.strip()] = value.strip()
+        request["headers"] = headers
+    if args.json_body is not None:
+        try:
+            request["json"] = json.loads(args.json_body)
+        except ValueError as e:
+            raise ConfigError(f"--json-body is not JSON ({e})") from None
+    if args.body is not None:
+        request["body"] = args.body
+    if request:
+        if "url" not in request:
+            raise ConfigError("--url is needed with the request options (edit replaces the whole request)")
+        fields["request"] = request
+    for name in ("name", "timezone"):
+        if getattr(args, name):
+            fields[name] = getattr(args, name)
+    if args.retry is not None:
+        fields["retry"] = {"count": args.retry}
+    if args.disabled:
+        fields["enabled"] = False
+    return fields
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
+    return "\n".join("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip()
+                     for row in [header, *rows])
 
 
 if __name__ == "__main__":

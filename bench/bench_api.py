@@ -1,12 +1,14 @@
 """API benchmarks: mutation latency, read throughput, fires-log history queries, start-up with a big data dir,
 and a data dir of 100,000 HTTP schedules.
 
-mutations   create / toggle / delete p50 at 100 and 10,000 stored schedules (<= 10 ms, within 2x)
+mutations   create / toggle / edit / delete p50 at 100 and 10,000 stored schedules (<= 10 ms, within 2x), and an
+            edit (PATCH /{id}) within 1.5x of a toggle at 10,000 stored
 reads       list routes under wrk, against bare Bottle on waitress answering the same bytes (>= 0.5x)
 history     exec history on a 1,000,000-line fires log: named script p50 <= 20 ms, absent <= 1 s, flat memory
 startup     10,000 HTTP schedules, 1,000 scripts, a 1,000,000-line runs log: start after a clean stop and after
             SIGKILL, spawn to 'listening' <= 3 s, RSS <= 150 MB
 scale100k   100,000 HTTP schedules: start <= 5 s, RSS <= 400 MB, mutations p50 <= 10 ms, idle tick < 1 ms
+runs        GET /{id}/runs?limit=50 following next_cursor on a 1,000,000-line curl-runs.log: p50 <= 20 ms a page
 
 BENCHMARKS maps a name to function(quick, reps) -> list[Figure], one value per repetition in each Figure.
 Every server runs in its own process (common.Server, or bench/bare_app.py for the reference), one at a time,
@@ -182,15 +184,24 @@ def _created_payload() -> dict:
                         "headers": {"X-Bench": "1"}, "json": {"n": 1}}}
 
 
-class Mutator:
-    """Rounds of create, toggle (a stored schedule, explicit enabled flip), delete (the one just created) over one
-    keep-alive connection, so the store stays at its size (+1). Client-side latency of each request."""
+def _edit_payload(k: int) -> dict:
+    """An edit (PATCH /{id}) of four fields, different each round: a new cron (so the schedule is scheduled
+    again), name, retry and overlap."""
+    return {"cron": f"{k % 60} {k // 60 % 60} 0 1 {_far_month()} *", "name": f"bench edited {k}",
+            "retry": {"count": k % 4, "min_backoff_seconds": 5}, "overlap": ("forbid", "allow")[k % 2]}
 
-    def __init__(self, client: Client, stored: list[str]):
+
+class Mutator:
+    """Rounds of create, toggle (a stored schedule, explicit enabled flip), with `edit` an edit (another stored
+    schedule, PATCH /{id} of four fields), delete (the one just created) over one keep-alive connection, so the
+    store stays at its size (+1). Client-side latency of each request."""
+
+    def __init__(self, client: Client, stored: list[str], edit: bool = False):
         self.client = client
         self.stored = stored
         self.enabled = {sid: True for sid in stored}
         self.cursor = 0
+        self.edit = edit
         self.payload = _created_payload()
 
     def warm_up(self, rounds: int = 5) -> None:
@@ -202,7 +213,8 @@ class Mutator:
     def rounds(self, ops: int, budget: float) -> dict[str, list[float]]:
         """Up to `ops` rounds, stopping early (after at least 20) once `budget` seconds have passed."""
         client = self.client
-        times: dict[str, list[float]] = {"create": [], "toggle": [], "delete": []}
+        times: dict[str, list[float]] = {"create": [], "toggle": [], **({"edit": []} if self.edit else {}),
+                                         "delete": []}
         deadline = time.monotonic() + budget
         for k in range(ops):
             status, body, dt = client.request("POST", "/api/v1/curl/schedule", self.payload)
@@ -218,6 +230,13 @@ class Mutator:
                 raise RuntimeError(f"toggle: {status} {body[:200]!r}")
             self.enabled[sid] = not self.enabled[sid]
             times["toggle"].append(dt)
+            if self.edit:
+                edited = self.stored[(self.cursor + len(self.stored) // 2) % len(self.stored)]
+                change = _edit_payload(self.cursor)
+                status, body, dt = client.request("PATCH", f"/api/v1/curl/schedule/{edited}", change)
+                if status != 200 or json.loads(body)["name"] != change["name"]:
+                    raise RuntimeError(f"edit: {status} {body[:200]!r}")
+                times["edit"].append(dt)
             status, body, dt = client.request("DELETE", f"/api/v1/curl/schedule/{new_id}")
             if status != 200:
                 raise RuntimeError(f"delete: {status} {body[:200]!r}")
@@ -242,8 +261,9 @@ def bench_mutations(quick: bool, reps: int) -> list[Figure]:
     sizes = (100, big)
     ops = 50 if quick else 200
     budget = 8.0 if quick else 25.0         # seconds per repetition and size, so a slow build cannot run away
+    ops_measured = ("create", "toggle", "edit", "delete")
     figs: dict[tuple[str, int], Figure] = {}
-    for op in ("create", "toggle", "delete"):
+    for op in ops_measured:
         for size in sizes:
             figs[op, size] = Figure(f"{op} p50, {size:,} stored", "ms", "<= 10 ms", _lower(10.0))
     measured: dict[int, list[int]] = {size: [] for size in sizes}
@@ -255,7 +275,7 @@ def bench_mutations(quick: bool, reps: int) -> list[Figure]:
             server = Server(root / "data", root / "scripts", misfire_grace_seconds=30).start()
             client = Client(server.port)
             _check_total(client, size, "after start")
-            mutator = Mutator(client, _stored_ids(root / "data"))
+            mutator = Mutator(client, _stored_ids(root / "data"), edit=True)
             mutator.warm_up()
             for _ in range(reps):
                 times = mutator.rounds(ops, budget)
@@ -269,14 +289,19 @@ def bench_mutations(quick: bool, reps: int) -> list[Figure]:
             _stop_all(client, server)
             shutil.rmtree(root, ignore_errors=True)
     out = []
-    for op in ("create", "toggle", "delete"):
+    for op in ops_measured:
         small, large = figs[op, sizes[0]], figs[op, sizes[1]]
         ratio = Figure(f"{op} p50 ratio {big:,} / 100", "x", "<= 2x", _lower(2.0),
                        values=[b / a for a, b in zip(small.values, large.values)])
         out += [small, large, ratio]
+        if op == "edit":
+            out.append(Figure(f"edit p50 / toggle p50, {big:,} stored", "x", "<= 1.5x", _lower(1.5),
+                              values=[e / t for e, t in zip(large.values, figs["toggle", big].values)]))
     capped = {size: n for size, n in measured.items() if any(v < ops for v in n)}
     out[0].note = (f"one keep-alive client, sequential; each round is create, toggle (a stored schedule, "
-                   f"explicit enabled flip), delete (the one just created), so the store stays at its size; "
+                   f"explicit enabled flip), edit (another stored schedule: PATCH /{{id}} of cron, name, retry "
+                   f"and overlap, answered with the whole schedule), delete (the one just created), so the store "
+                   f"stays at its size; "
                    f"{ops} rounds per repetition (capped at {budget:.0f} s, at least 20)"
                    + (f"; rounds measured where capped: {capped}" if capped else "")
                    + "; latency is client-side (request sent to body read); crons far in the future.")
@@ -634,41 +659,51 @@ STATE_FILES = ("curl-schedules.json", "run-state.json", "exec-registered.json")
 def _runs_log(path: Path, ids: list[str], first: int, last: int, start_ms: int) -> None:
     """Append lines first .. last-1 of a curl-runs.log in the layout HTTP runs are recorded in
     (format_record("http", ...)): run i started at start_ms + 100 * i ms (one every 0.1 s), its slot the whole
-    second before, cycling through `ids` (the schedules that have runs); a few errors and timeouts among the oks."""
+    second before, cycling through `ids` (the schedules that have runs); a few errors and timeouts among the oks;
+    each line with when the run finished and the failure streak the alert policy keeps (no response kept)."""
     iso = _MsIso()
     n = len(ids)
     chunk: list[str] = []
+    # The streak each schedule reached before line `first` (lines are appended in two goes for the same ids).
+    streaks = {sid: 0 for sid in ids}
+    for i in range(first):
+        streaks[ids[i % n]] = streaks[ids[i % n]] + 1 if _startup_status(i)[0] != "ok" else 0
     with open(path, "ab") as f:
         for i in range(first, last):
             started = start_ms + i * 100
             slot = started // 1000 * 1000
             sid = ids[i % n]
             run_id = _run_id(i, 0x9000)
-            duration = 3 + i % 50
-            if i % 50 == 7:
-                status, code, error = "error", None, "connection refused"
-            elif i % 50 == 19:
-                status, code, error = "error", 503, "HTTP 503 Service Unavailable"
-            elif i % 500 == 33:
-                status, code, error, duration = "timeout", None, "timed out after 30 s", 30_000
-            else:
-                status, code, error = "ok", 200, None
+            status, code, error, duration = _startup_status(i)
+            streak = streaks[sid] = streaks[sid] + 1 if status != "ok" else 0
             at = iso(started)
             line = (f'{{"ts":"{at}","schedule_id":"{sid}","run_id":"{run_id}","scheduled_at":"{iso(slot)}",'
                     f'"started_at":"{at}","status":"{status}","status_code":{"null" if code is None else code},'
                     f'"duration_ms":{duration},"error":{"null" if error is None else chr(34) + error + chr(34)},'
-                    f'"trigger":"cron","attempt":1}}\n')
+                    f'"trigger":"cron","attempt":1,"finished_at":"{iso(started + duration)}",'
+                    f'"streak":{streak},"failing":{"true" if streak else "false"}}}\n')
             if _checked(i):
                 _layout_check("http", line, {
                     "started": started / 1000, "now": (started + duration) / 1000, "ref": sid, "run_id": run_id,
                     "slot": slot / 1000, "status": status, "status_code": code, "duration_ms": duration,
-                    "error": error, "trigger": "cron", "attempt": 1})
+                    "error": error, "trigger": "cron", "attempt": 1, "streak": streak, "failing": bool(streak)})
             chunk.append(line)
             if len(chunk) >= 50_000:
                 f.write("".join(chunk).encode())
                 chunk = []
         f.write("".join(chunk).encode())
     os.chmod(path, 0o600)
+
+
+def _startup_status(i: int) -> tuple[str, int | None, str | None, int]:
+    """(status, status_code, error, duration_ms) of line i of the start-up benchmark's runs log."""
+    if i % 50 == 7:
+        return "error", None, "connection refused", 3 + i % 50
+    if i % 50 == 19:
+        return "error", 503, "HTTP 503 Service Unavailable", 3 + i % 50
+    if i % 500 == 33:
+        return "timeout", None, "timed out after 30 s", 30_000
+    return "ok", 200, None, 3 + i % 50
 
 
 def _snapshot(data: Path, into: Path) -> None:
@@ -877,5 +912,152 @@ def bench_scale100k(quick: bool, reps: int) -> list[Figure]:
     return [f_start, f_rss, *f_ops.values(), f_rss_after, f_tick, f_add]
 
 
+# -- 10. runs -------------------------------------------------------------------------------------------------
+RUNS_EVERY = 100            # the paged schedule has every 100th line of the runs log
+RUNS_OTHERS = 99            # the other lines cycle through 99 other schedules
+RUNS_PAGE = 50
+# What is kept of an answer (_answer_preview): a webhook target's headers and its small JSON body.
+_RUNS_ANSWERS = {code: json.dumps({"headers": {"Server": "nginx/1.24.0", "Content-Type": "application/json",
+                                               "Content-Length": str(len(body)), "Connection": "keep-alive"},
+                                   "body_preview": body, "truncated": False}, separators=(",", ":"))
+                 for code, body in ((200, '{"status":"ok"}'), (503, '{"error":"upstream unavailable"}'))}
+
+
+def _runs_status(i: int) -> tuple[str, int | None, str | None, int]:
+    """(status, status_code, error, duration_ms) of line i: about 2% refused, 2% HTTP 503, 0.2% timeouts."""
+    h = i * 7919 % 1000
+    if h < 20:
+        return "error", None, "connection refused", 1 + i % 5
+    if h < 40:
+        return "error", 503, "HTTP 503 Service Unavailable", 5 + i % 20
+    if h < 42:
+        return "timeout", None, "timed out after 30 s", 30_000
+    return "ok", 200, None, 3 + i % 50
+
+
+def _paged_runs_log(path: Path, target: str, others: list[str], lines: int, end_ms: int) -> list[str]:
+    """Write a curl-runs.log of `lines` lines in the layout format_record("http", ...) writes today: one cron run
+    started every 0.1 s up to `end_ms`, its slot the whole second before, with finished_at, the kept answer
+    (`response`) when there was one, and the failure streak; every RUNS_EVERY-th line is `target`'s, the rest
+    cycle through `others`. Answers the target's run ids, oldest first."""
+    iso = _MsIso()
+    start_ms = end_ms - lines * 100
+    streaks = {sid: 0 for sid in [target, *others]}
+    target_runs = []
+    chunk: list[str] = []
+    with open(path, "wb") as f:
+        for i in range(lines):
+            started = start_ms + i * 100
+            slot = started // 1000 * 1000
+            if i % RUNS_EVERY == RUNS_EVERY // 2:
+                sid = target
+                target_runs.append(run_id := _run_id(i, 0xa000))
+            else:
+                sid, run_id = others[i % len(others)], _run_id(i, 0xa000)
+            status, code, error, duration = _runs_status(i)
+            streak = streaks[sid] = streaks[sid] + 1 if status != "ok" else 0
+            at = iso(started)
+            answer = f',"response":{_RUNS_ANSWERS[code]}' if code is not None else ""
+            line = (f'{{"ts":"{at}","schedule_id":"{sid}","run_id":"{run_id}","scheduled_at":"{iso(slot)}",'
+                    f'"started_at":"{at}","status":"{status}","status_code":{"null" if code is None else code},'
+                    f'"duration_ms":{duration},"error":{"null" if error is None else chr(34) + error + chr(34)},'
+                    f'"trigger":"cron","attempt":1,"finished_at":"{iso(started + duration)}"{answer},'
+                    f'"streak":{streak},"failing":{"true" if streak else "false"}}}\n')
+            if _checked(i):
+                _layout_check("http", line, {
+                    "started": started / 1000, "now": (started + duration) / 1000, "ref": sid, "run_id": run_id,
+                    "slot": slot / 1000, "status": status, "status_code": code, "duration_ms": duration,
+                    "error": error, "trigger": "cron", "attempt": 1, "streak": streak, "failing": bool(streak),
+                    "response": json.loads(_RUNS_ANSWERS[code]) if code is not None else None})
+            chunk.append(line)
+            if len(chunk) >= 50_000:
+                f.write("".join(chunk).encode())
+                chunk = []
+        f.write("".join(chunk).encode())
+    os.chmod(path, 0o600)
+    return target_runs
+
+
+def _walk_runs(client: Client, sid: str, expected: list[str]) -> list[float]:
+    """Page through `sid`'s runs (limit=RUNS_PAGE, following next_cursor to the end); the seconds each page took.
+    Checks that the pages hold every expected run once, newest first, each page full but the last."""
+    path = f"/api/v1/curl/schedule/{sid}/runs?limit={RUNS_PAGE}"
+    seen: list[str] = []
+    times = []
+    cursor = None
+    while True:
+        status, body, dt = client.request("GET", path + (f"&cursor={cursor}" if cursor else ""))
+        if status != 200:
+            raise RuntimeError(f"GET {path} (page {len(times) + 1}): {status} {body[:200]!r}")
+        times.append(dt)
+        page = json.loads(body)
+        seen += [item["run_id"] for item in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+        if len(page["items"]) != RUNS_PAGE:
+            raise RuntimeError(f"page {len(times)} holds {len(page['items'])} runs and a next_cursor")
+        if len(times) > len(expected) // RUNS_PAGE + 2:
+            raise RuntimeError("next_cursor does not come to an end")
+    if seen != expected[::-1]:
+        missing = len(set(expected) - set(seen))
+        raise RuntimeError(f"paged through {len(seen)} runs ({len(set(seen))} different, {missing} missing), "
+                           f"expected the {len(expected)} of the log newest first")
+    return times
+
+
+def bench_runs(quick: bool, reps: int) -> list[Figure]:
+    lines = 100_000 if quick else 1_000_000
+    label = f"{lines:,}-line log"
+    f_page = Figure(f"runs page p50, limit={RUNS_PAGE} following next_cursor, {label}", "ms", "<= 20 ms",
+                    _lower(20.0))
+    f_p95 = Figure(f"runs page p95, {label}", "ms", "informative")
+    f_first = Figure(f"runs first page (no cursor), {label}", "ms", "informative")
+    f_walk = Figure(f"runs: every page, first to last, {label}", "s", "informative")
+    f_rss = Figure(f"server RSS after paging, {label}", "MB", "informative")
+    root = workdir("runs")
+    server = client = None
+    try:
+        t0 = time.perf_counter()
+        data = root / "data"
+        end_ms = int((time.time() - 60) * 1000)
+        defs = curl_definitions(1 + RUNS_OTHERS, created_from=(end_ms - lines * 100) / 1000 - 7200)
+        write_store(data, defs)
+        target, others = defs[0]["id"], [d["id"] for d in defs[1:]]
+        expected = _paged_runs_log(data / "curl-runs.log", target, others, lines, end_ms)
+        generated = time.perf_counter() - t0
+        size = (data / "curl-runs.log").stat().st_size
+        # No run-state.json: the start replays the whole log (not measured here; see startup).
+        server = Server(data, root / "scripts", curl_runs_log_max_bytes=BIG_LOG_MAX,
+                        misfire_grace_seconds=30).start(timeout=600)
+        client = Client(server.port)
+        _walk_runs(client, target, expected)        # untimed: connection, code paths, page cache
+        pages = 0
+        for _ in range(reps):
+            t1 = time.perf_counter()
+            times = _walk_runs(client, target, expected)
+            f_walk.add(time.perf_counter() - t1)
+            pages = len(times)
+            f_page.add(_ms(times))
+            f_p95.add(common.percentile(times, 95) * 1000)
+            f_first.add(times[0] * 1000)
+        f_rss.add(server.rss_mb())
+        if (data / "curl-runs.log").stat().st_size != size:
+            raise RuntimeError("the server wrote to curl-runs.log while paging")
+    except Exception as e:
+        raise _with_log(e, server)
+    finally:
+        _stop_all(client, server)
+        shutil.rmtree(root, ignore_errors=True)
+    f_page.note = (f"curl-runs.log of {lines:,} lines ({size / 1e6:.0f} MB, no rotation) in format_record's layout "
+                   f"(finished_at, the kept answer's headers and body preview on runs that had one, the failure "
+                   f"streak); {1 + RUNS_OTHERS} schedules stored, the paged one on every {RUNS_EVERY}th line "
+                   f"({len(expected):,} runs, about 4% failed); one keep-alive client walks from the first page "
+                   f"(runs in flight, then the newest) to the last, {pages} pages of {RUNS_PAGE}, following "
+                   f"next_cursor, checking every run comes once, newest first; a walk per repetition after an "
+                   f"untimed one; log generated in {generated:.1f} s.")
+    return [f_page, f_p95, f_first, f_walk, f_rss]
+
+
 BENCHMARKS = {"mutations": bench_mutations, "reads": bench_reads, "history": bench_history,
-              "startup": bench_startup, "scale100k": bench_scale100k}
+              "startup": bench_startup, "scale100k": bench_scale100k, "runs": bench_runs}

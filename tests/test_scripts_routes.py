@@ -458,7 +458,8 @@ def test_a_trigger_runs_the_script_and_answers_its_result(server):
 
     assert response.status_int == 200
     body = response.json
-    assert set(body) == {"triggered", "scriptPath", "runId", "status", "durationMs", "returnPreview", "exitCode"}
+    assert set(body) == {"triggered", "scriptPath", "runId", "status", "durationMs", "returnPreview", "exitCode",
+                         "attempt"}
     assert (body["triggered"], body["scriptPath"], body["status"]) == (True, "default/cron/cleanup.sh", "ok")
     assert body["returnPreview"] == '{"deleted":12}'
     assert body["exitCode"] == 0

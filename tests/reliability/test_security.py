@@ -176,6 +176,7 @@ class AppUnderTest:
             ("POST", CURL): {"cron": EVERY_SECOND, "request": {"url": "http://127.0.0.1:9/new"}},
             ("POST", EXEC + "/reload"): {},
             ("POST", EXEC + "/trigger"): {"scriptPath": "nightly.sh"},
+            ("PATCH", CURL + "/<schedule_id>"): {"name": "edited"},
         }
 
     @property
@@ -312,6 +313,9 @@ def test_the_admin_token_reaches_every_route_with_the_values_filled_in(app):
         response = app.call(route.method, path, f"Bearer {ADMIN_TOKEN}", route.rule)
         if ":re:" in route.rule:        # the routes for ids holding a slash: always an unknown schedule
             assert response.status_int == 404, (route.rule, response.body)
+        elif "<run_id>" in route.rule:  # filled with a schedule's id: an unknown run, told by the route itself
+            assert response.status_int == 404 and response.json.get("code", response.json["error"]) in (
+                "RUN_NOT_FOUND", "NOT_FOUND"), (route.rule, response.body)
         else:
             assert response.status_int < 300, (route.method, route.rule, response.body)
     assert app.triggered.exists() and app.scripts.count() == 2
