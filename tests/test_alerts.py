@@ -187,10 +187,12 @@ class FakeSender:
 class Alerting:
     """A Stack whose alerts go to a FakeSender; `sent` lives on across reopen() and crash_and_reopen()."""
 
-    def __init__(self, root: Path, clock: FakeClock | None = None, sent: list | None = None, **config: Any):
-        self.root, self.config = root, config
+    def __init__(self, root: Path, opened: list, clock: FakeClock | None = None, sent: list | None = None,
+                 **config: Any):
+        self.root, self.config, self.opened = root, config, opened
         self.sent = [] if sent is None else sent
         self.stack = Stack(root, clock or FakeClock(NOW), **config)
+        opened.append(self.stack)
         self.stack.server.alerts.sender = FakeSender(self.sent)
 
     @property
@@ -224,27 +226,25 @@ class Alerting:
 
     def reopen(self, **config: Any) -> Alerting:
         self.stack.close()
-        return Alerting(self.root, self.stack.clock, self.sent, **{**self.config, **config})
+        return Alerting(self.root, self.opened, self.stack.clock, self.sent, **{**self.config, **config})
 
     def crash_and_reopen(self) -> Alerting:
         self.stack.crash()
-        return Alerting(self.root, self.stack.clock, self.sent, **self.config)
-
-    def close(self) -> None:
-        self.stack.close()
+        return Alerting(self.root, self.opened, self.stack.clock, self.sent, **self.config)
 
 
 @pytest.fixture
 def open_alerting(tmp_path):
-    opened: list[Alerting] = []
+    """Alerting stacks over tmp_path (`open_alerting(**config)`); every one (and every reopened one) is closed at
+    the end of the test."""
+    opened: list[Stack] = []
 
     def open_(**config) -> Alerting:
-        opened.append(Alerting(tmp_path, **config))
-        return opened[-1]
+        return Alerting(tmp_path, opened, **config)
 
     yield open_
-    for alerting in opened:
-        alerting.close()
+    for stack in opened:
+        stack.close()
 
 
 def test_after_n_consecutive_failures_exactly_one_failure_alert_is_sent_and_more_failures_send_nothing(
@@ -354,7 +354,6 @@ def test_the_failure_streak_survives_a_restart_in_the_middle(open_alerting, rest
     assert alerting.events() == ["failure"]
     assert alerting.sent[0][1]["consecutive_failures"] == 3
     assert alerting.sent[0][1]["schedule_id"] == sid
-    alerting.close()
 
 
 @pytest.mark.parametrize("restart", ["clean", "crash"])
@@ -372,7 +371,6 @@ def test_a_failure_already_told_is_not_told_again_after_a_restart_and_its_recove
 
     assert alerting.events() == ["failure", "recovery"]
     assert alerting.sent[1][1]["consecutive_failures"] == 0
-    alerting.close()
 
 
 def test_the_server_wide_notify_default_applies_to_schedules_without_notify(open_alerting):
@@ -500,27 +498,24 @@ def test_the_server_wide_default_applies_to_scripts_without_notify(tmp_path, ope
         (default, "failure", "plain.sh"), (default, "recovery", "plain.sh")]
 
 
-def test_an_alert_decided_just_before_a_crash_is_not_lost(tmp_path, receiver):
+def test_an_alert_decided_just_before_a_crash_is_not_lost(tmp_path, open_alerting, receiver):
     # The failure's record (saying it was told) is written, then the process dies before the alert reaches the
     # outbox. The docs: "a restart neither sends an alert again nor loses one".
-    alerting = Alerting(tmp_path)
+    alerting = open_alerting()
     sid = alerting.create(notify={"url": receiver.url("/hook")})
     alerting.stack.server.alerts.sender = FakeSender([])       # the crash comes before the outbox is written
     alerting.runs(FAIL)
     assert alerting.records()[-1].get("alerts") == ["failure"]
-    alerting.stack.crash()
-
-    stack = Stack(tmp_path, alerting.stack.clock)
+    alerting = alerting.crash_and_reopen()
+    # The restarted server delivers for real (the harness's runners are scripted, so its sender is made here).
     sender = schedserver.AlertSender(schedserver.HttpRunner(), str(tmp_path / "data" / "alerts-outbox.ndjson"))
-    stack.server.alerts.sender = sender
+    alerting.stack.server.alerts.sender = sender
     sender.start()
     try:
-        stack.http_runner.script.append(FAIL)
-        stack.pass_seconds(60)
+        alerting.runs(FAIL)
         arrived = receiver.wait_for(1, timeout=5)
     finally:
         sender.close()
-        stack.close()
 
     assert [a["body"]["event"] for a in arrived] == ["failure"]
     assert arrived[0]["body"]["schedule_id"] == sid
@@ -665,8 +660,8 @@ def test_an_alert_is_posted_as_json_with_the_event_header(tmp_path, receiver):
     assert pending(outbox(tmp_path)) == []
 
 
-def test_delivery_is_tried_3_times_with_growing_waits_when_the_receiver_answers_500_and_the_failure_is_logged_without_the_query(
-        tmp_path, receiver, caplog):
+def test_delivery_is_tried_3_times_with_growing_waits_on_500_and_its_failure_is_logged_without_the_query(tmp_path,
+                                                                                                   receiver, caplog):
     receiver.answers["/hook"] = [500, 500, 500, 500]
     sender = quick_sender(tmp_path)
     sender.start()
@@ -844,9 +839,8 @@ def test_e2e_an_http_schedule_against_a_failing_then_healthy_target_sends_one_fa
         target.status = 200
         assert events_of(receiver.wait_for(2, timeout=20)) == ["failure", "recovery"]
         assert wait_until(lambda: len(http_runs(server, sid, status="ok")) >= 3, 20)
-        time.sleep(0.2)             # an alert is posted just after its run's record: let any stray one land
-        stderr_before_stop = server.stderr_text()
 
+    # The stop sends whatever alert is still queued: every alert of these runs has arrived by now.
     arrivals = receiver.received()
     assert events_of(arrivals) == ["failure", "recovery"]
     failure, recovery = (a["body"] for a in arrivals)
@@ -858,7 +852,7 @@ def test_e2e_an_http_schedule_against_a_failing_then_healthy_target_sends_one_fa
     assert all(a["method"] == "POST" and a["query"] == "key=s3cret-http" for a in arrivals)
     assert [a["headers"]["x-schedserver-event"] for a in arrivals] == ["failure", "recovery"]
     assert f"alert failure for {sid} delivered to http://127.0.0.1:{receiver.port}/hook?<query>" in \
-        stderr_before_stop
+        server.stderr_text()
     assert "s3cret-http" not in server.stderr_text()
 
 
@@ -870,9 +864,9 @@ def test_e2e_a_script_that_fails_twice_then_succeeds_sends_one_failure_then_one_
     with ServerProcess(tmp_path / "data", scripts) as server:
         assert events_of(receiver.wait_for(2, timeout=25)) == ["failure", "recovery"]
         assert wait_until(lambda: len(script_history(server, "alerting/export.sh")) >= 5, 20)
-        time.sleep(0.2)
         history = {e["runId"]: e for e in script_history(server, "alerting/export.sh")}
 
+    # The stop sends whatever alert is still queued: every alert of these runs has arrived by now.
     arrivals = receiver.received()
     assert events_of(arrivals) == ["failure", "recovery"]
     failure, recovery = (a["body"] for a in arrivals)
@@ -896,7 +890,7 @@ def test_e2e_delivery_is_tried_3_times_when_the_receiver_answers_500_and_logged_
     receiver.answers["/gives-up"] = [500, 500, 500, 500]
     receiver.answers["/third-time"] = [500, 500]
     with ServerProcess(tmp_path / "data", scripts) as server:
-        assert wait_until(lambda: "not delivered" in server.stderr_text() and
+        assert wait_until(lambda: "alert failure for ops/gives-up.sh not delivered" in server.stderr_text() and
                           "alert failure for ops/third-time.sh delivered" in server.stderr_text(), 40), \
             server.stderr_text()
         given_up, third_time = receiver.received("/gives-up"), receiver.received("/third-time")

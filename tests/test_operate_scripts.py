@@ -589,6 +589,16 @@ def test_an_unknown_run_id_answers_404_not_found_in_the_exec_shape(api, run_id):
     assert_exec_error(api.run(run_id), 404, "Resource not found", "NOT_FOUND")
 
 
+def test_the_run_id_of_an_http_schedules_run_answers_404_on_the_script_route(api):
+    created = api.app.post_json("/api/v1/curl/schedule", {"cron": "0 * * * * *",
+                                                          "request": {"url": "http://target.example/x"}},
+                                headers=ADMIN)
+    ran = api.app.post(f"/api/v1/curl/schedule/{created.json['id']}/run", headers=ADMIN)
+    assert ran.status_int == 200, ran.body
+
+    assert_exec_error(api.run(ran.json["run_id"]), 404, "Resource not found", "NOT_FOUND")
+
+
 def test_the_run_route_refuses_unknown_query_parameters_and_requests_without_a_token(api):
     api.write("fine.sh", f"# @schedule {NEVER}\necho ok\n")
     api.reload()
@@ -640,3 +650,24 @@ def test_the_output_budget_holds_across_a_reopen_oldest_removed_first(open_scrip
     assert api.run(runs[2]).json["output"] == "expired"
     assert api.run(runs[3]).json["stdout"] == "0" * 999 + "\n"
     assert [api.run(r).json.get("output") for r in runs] == ["expired", "expired", "expired", None]
+
+
+def test_outputs_written_within_one_file_time_tick_are_still_removed_oldest_first_after_a_reopen(open_scripts):
+    # File times are coarse (a few ms on many file systems): two runs ending close together can carry the same
+    # mtime. The order must still be the runs' order, not an accident of their ids.
+    api = open_scripts(output_retention_bytes=2500)
+    api.write("chatty.sh", budget_script("chatty"))
+    api.reload()
+    runs = [api.triggered("chatty.sh")["runId"]]
+    while len(runs) < 40 and not (len(runs) >= 2 and runs[-2] > runs[-1]):
+        runs.append(api.triggered("chatty.sh")["runId"])    # until the older id sorts after the newer one
+    older, newer = runs[-2], runs[-1]
+    assert older > newer and set(api.output_files()) == {older, newer}
+    tick = (api.data / "output" / f"{newer}.json").stat().st_mtime_ns
+    for run_id in (older, newer):
+        os.utime(api.data / "output" / f"{run_id}.json", ns=(tick, tick))
+
+    api = api.reopen(output_retention_bytes=1500)           # room for one: the newer run's output stays
+
+    assert set(api.output_files()) == {newer}
+    assert api.run(older).json["output"] == "expired"

@@ -17,8 +17,10 @@
   systemd-nspawn; anything left in our cgroups is killed, the cgroups and nspawn's run files for this machine
   are removed, and the work dir is deleted. Leftovers of a run that was killed outright are cleaned up by the
   next run (`clean_stale`).
+- **Logs** of the newest 5 runs: /var/tmp/schedserver-deploy-logs/TIME-PID (or `$SCHEDSERVER_DEPLOY_LOGS`):
+  deploy.log, console.log, commands.log (every command with its output), the journals at teardown.
 
-Every wait has a deadline.
+Every wait has a deadline. Other knobs: `$SCHEDSERVER_DEPLOY_MIRROR`, `$SCHEDSERVER_DEPLOY_SECURITY_MIRROR`.
 """
 
 from __future__ import annotations
