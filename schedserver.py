@@ -3332,17 +3332,25 @@ class Alerts:
         events = [e for e in events if notify is not None and e in notify.on]
         return {"streak": streak, "failing": now_failing, "alerts": events or None}
 
-    def send(self, job: Job, record: dict) -> None:
+    def send(self, job: Job, run_id: str, result: RunResult, decided: dict, now: float) -> None:
+        """Queue the alerts a run's end decided."""
         notify = job.notify or self.default
         if self.sender is None or notify is None:
             return
-        for event in record.get("alerts") or ():
+        for event in decided.get("alerts") or ():
             ids = ({"schedule_id": job.ref} if job.kind == "http" else {"scriptPath": job.ref})
             self.sender.send(notify.url, {
-                "event": event, "kind": job.kind, **ids, "name": job.name,
-                "run_id": record.get("run_id") or record.get("runId"), "status": record.get("status"),
-                "error": record.get("error"), "consecutive_failures": record.get("streak"),
-                "at": record.get("finished_at") or record.get("loggedAt")})
+                "event": event, "kind": job.kind, **ids, "name": job.name, "run_id": run_id,
+                "status": result.status, "error": result.error, "consecutive_failures": decided.get("streak"),
+                "at": utc_iso(now, ms=True)})
+
+
+def _shown_url(url: str) -> str:
+    """A URL as logs may show it: without credentials or query string (either may hold a key)."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    netloc = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "<query>" if parts.query else "", ""))
 
 
 class AlertSender:
@@ -3391,8 +3399,9 @@ class AlertSender:
 
     def send(self, url: str, payload: dict) -> None:
         entry = {"id": str(uuid.uuid4()), "queued": utc_iso(self.clock(), ms=True), "url": url, "payload": payload}
-        self._append(entry)
-        self._queue.put(entry)
+        with self._lock:        # in the outbox and in the queue together: see _compact
+            self._append(entry, locked=True)
+            self._queue.put(entry)
 
     def close(self, timeout: float = 5.0) -> None:
         self._closed.set()
@@ -3401,14 +3410,17 @@ class AlertSender:
             self._thread.join(timeout)
             self._thread = None
 
-    def _append(self, entry: dict) -> None:
-        with self._lock:
-            try:
-                with open(self.outbox, "ab") as f:
-                    os.fchmod(f.fileno(), 0o600)
-                    f.write(json.dumps(entry).encode() + b"\n")
-            except OSError as e:
-                log.error("cannot write %s (an alert a crash cuts short is lost): %s", self.outbox, e)
+    def _append(self, entry: dict, locked: bool = False) -> None:
+        if not locked:
+            with self._lock:
+                self._append(entry, locked=True)
+            return
+        try:
+            with open(self.outbox, "ab") as f:
+                os.fchmod(f.fileno(), 0o600)
+                f.write(json.dumps(entry).encode() + b"\n")
+        except OSError as e:
+            log.error("cannot write %s (an alert a crash cuts short is lost): %s", self.outbox, e)
 
     def _loop(self) -> None:
         while True:
@@ -3419,10 +3431,21 @@ class AlertSender:
                 self._deliver(entry)
             except Exception:
                 log.exception("alert delivery failed")
+            if self._queue.empty():
+                self._compact()
+
+    def _compact(self) -> None:
+        """Nothing is waiting: the outbox's delivered lines can go (it would grow for ever with `success`)."""
+        with self._lock:
+            try:
+                if os.path.getsize(self.outbox) > 64 * 1024 and self._queue.empty():
+                    atomic_write(self.outbox, b"")
+            except OSError:
+                pass
 
     def _deliver(self, entry: dict) -> None:
         payload, url = entry["payload"], entry["url"]
-        shown = _URL_QUERY.sub(r"\1?<query>", url)
+        shown = _shown_url(url)
         spec = {"url": url, "method": "POST", "json": payload, "headers": {}, "timeout": ALERT_TIMEOUT,
                 "follow_redirects": False}
         result = None
@@ -3450,45 +3473,55 @@ class AlertSender:
 
 
 class OutputStore:
-    """The output tails of the newest script runs, one file each, within a disk budget (oldest removed first)."""
+    """The output tails of the newest script runs, one file each (`<order>-<run id>.json`, so the oldest is
+    known after a restart too), within a disk budget: the oldest are removed first."""
 
     def __init__(self, directory: str, budget: int):
         self.directory = directory
         self.budget = budget
         self._lock = threading.Lock()
-        self._files: dict[str, int] = {}        # run id -> size, oldest first
+        self._files: dict[str, tuple[str, int]] = {}    # run id -> (file name, size), oldest first
         self._total = 0
+        self._order = 0
 
     def load(self) -> None:
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
         found = []
         for entry in os.scandir(self.directory):
-            if entry.name.endswith(".json") and not entry.name.startswith(TEMP_PREFIX):
-                st = entry.stat()
-                found.append((st.st_mtime_ns, entry.name[:-5], st.st_size))
+            order, _, rest = entry.name.partition("-")
+            if entry.name.endswith(".json") and order.isdigit():
+                found.append((int(order), rest[:-5], entry.name, entry.stat().st_size))
         with self._lock:
-            self._files = {run_id: size for _, run_id, size in sorted(found)}
-            self._total = sum(self._files.values())
+            self._files = {run_id: (name, size) for _, run_id, name, size in sorted(found)}
+            self._total = sum(size for _, size in self._files.values())
+            self._order = max((order for order, *_ in found), default=0)
         self._trim()
 
     def keep(self, run_id: str, stdout: bytes, stderr: bytes) -> bool:
         """Keep a run's output; False when it could not be written."""
         data = json.dumps({"stdout": stdout.decode("utf-8", "replace"),
                            "stderr": stderr.decode("utf-8", "replace")}).encode()
+        with self._lock:
+            self._order += 1
+            name = f"{self._order:012d}-{run_id}.json"
         try:
-            atomic_write(os.path.join(self.directory, run_id + ".json"), data, durable=False)
+            atomic_write(os.path.join(self.directory, name), data, durable=False)
         except OSError as e:
             log.error("cannot keep the output of run %s: %s", run_id, e)
             return False
         with self._lock:
-            self._files[run_id] = len(data)
+            self._files[run_id] = (name, len(data))
             self._total += len(data)
         self._trim()
         return True
 
     def get(self, run_id: str) -> dict | None:
+        with self._lock:
+            kept = self._files.get(run_id)
+        if kept is None:
+            return None
         try:
-            with open(os.path.join(self.directory, os.path.basename(run_id) + ".json"), "rb") as f:
+            with open(os.path.join(self.directory, kept[0]), "rb") as f:
                 return json.loads(f.read())
         except (OSError, ValueError):
             return None
@@ -3499,9 +3532,10 @@ class OutputStore:
                 if self._total <= self.budget or not self._files:
                     return
                 run_id = next(iter(self._files))
-                self._total -= self._files.pop(run_id)
+                name, size = self._files.pop(run_id)
+                self._total -= size
             try:
-                os.unlink(os.path.join(self.directory, run_id + ".json"))
+                os.unlink(os.path.join(self.directory, name))
             except OSError:
                 pass
 
@@ -3583,8 +3617,13 @@ class Runs:
             record, error = None, None
             if run.cancelled:
                 result = replace(result, status="error", error=run.cancelled)
+            decided = self._decide(run, result)
+            if decided.get("alerts") and self.recorder.in_flight(run):
+                # Queued (in the outbox) before the record that says they were sent: a crash in between
+                # sends them at the next start instead of losing them.
+                self.alerts.send(run.job, run.run_id, result, decided, self.clock())
             try:
-                record = self.recorder.finish(run, result, self._decide(run, result))
+                record = self.recorder.finish(run, result, decided)
             except StorageError as e:
                 error = e
             if record is not None:
@@ -3620,7 +3659,6 @@ class Runs:
         retry_at = parse_optional_iso(record.get("retry_at") or record.get("nextAttemptAt"))
         if retry_at is not None and self.scheduler is not None:
             self.scheduler.add_once(run.job, retry_at, run.slot, "retry", run.attempt + 1)
-        self.alerts.send(run.job, record)
 
     def resume_retry(self, job: Job, pending: dict | None, enabled: bool = True) -> None:
         """At a start: a retry that was waiting when the last process stopped is waited for again, or, when its
@@ -4414,6 +4452,8 @@ def parse_retry(value: str) -> Retry | None:
     except RegistrationError:
         raise RegistrationError(f"invalid @retry: {_shown(value)} (the wait is a duration such as 10s or 2m)") \
             from None
+    if not 0.1 <= least <= 3600:
+        raise RegistrationError(f"invalid @retry: {_shown(value)} (the first wait must be from 100ms to 1h)")
     count = int(words[0])
     return Retry(count, least, max(least, 300.0)) if count else None
 
@@ -4707,6 +4747,14 @@ def _printable(text: str) -> str:
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
+_INTERNAL_FIELDS = ("streak", "failing", "alerts", "outputKept")
+
+
+def exec_entry(record: dict) -> dict:
+    """A fires-log record as the script surface shows it: without what the policies keep for themselves."""
+    return {key: value for key, value in record.items() if key not in _INTERNAL_FIELDS}
+
+
 def script_environment(secrets_: tuple[str, ...]) -> Callable[[dict[str, str]], dict[str, str]]:
     """The environment scripts get: the server's, minus API tokens (and any variable holding one), plus extra."""
     def environment(extra: dict[str, str]) -> dict[str, str]:
@@ -4904,7 +4952,7 @@ class ScriptSchedules:
                 heapq.heappush(best, item)
             elif item[:2] > best[0][:2]:
                 heapq.heapreplace(best, item)
-        entries = [record for _, _, record in sorted(best, key=lambda item: item[:2], reverse=True)]
+        entries = [exec_entry(record) for _, _, record in sorted(best, key=lambda item: item[:2], reverse=True)]
         return {"total": len(entries), "limit": limit, "includeRotated": include_rotated, "entries": entries}
 
     def trigger(self, payload: Any) -> dict:
@@ -4947,14 +4995,13 @@ class ScriptSchedules:
         if _is_uuid(run_id):
             for record, _ in self.fires.read_newest(True, run_id.encode()):
                 if record.get("runId") == run_id:
-                    entry = dict(record)
+                    entry = exec_entry(record)
                     if record.get("outputKept"):
                         output = self.outputs.get(run_id) if self.outputs is not None else None
                         if output is None:
                             entry["output"] = "expired"
                         else:
                             entry.update(stdout=output.get("stdout", ""), stderr=output.get("stderr", ""))
-                    entry.pop("outputKept", None)
                     return entry
         raise NotFound(f"no run {_shown(run_id)}")
 

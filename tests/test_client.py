@@ -8,7 +8,6 @@ their own (an empty one, one with two request threads) start one. Every wait is 
 
 from __future__ import annotations
 
-import os
 import socket
 import threading
 import uuid
@@ -16,6 +15,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 import schedserver
 from e2e_helpers import ServerProcess, TargetServer, wait_until
@@ -237,14 +237,25 @@ def test_runs_iterates_over_every_page_newest_first_without_duplicates(env):
     assert pages[-1]["next_cursor"] is None and all(page["next_cursor"] for page in pages[:-1])
 
 
+def runs_requests(env) -> float:
+    """How many GET .../runs requests the server has answered (its own request counter)."""
+    text = env.server.api("GET", "/metrics").text
+    return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples
+               if s.name == "schedserver_http_requests_total"
+               and s.labels.get("route") == "/api/v1/curl/schedule/<schedule_id>/runs")
+
+
 def test_runs_is_lazy_and_fetches_a_page_only_when_asked(env):
     created = env.create()
     for _ in range(3):
         env.http.run(created["id"])
+    before = runs_requests(env)
     pages = env.http.runs(created["id"], limit=1)
+    assert runs_requests(env) == before                 # nothing fetched yet
     first = next(pages)
     assert len(first["items"]) == 1 and first["next_cursor"]
     pages.close()
+    assert runs_requests(env) == before + 1             # one page asked for, one fetched
 
 
 def test_runs_filters_by_status_and_since(env):

@@ -14,7 +14,6 @@ import contextlib
 import ctypes
 import gc
 import io
-import json
 import logging
 import os
 import re
@@ -24,8 +23,8 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import uuid
+import warnings
 import wsgiref.validate
 from pathlib import Path
 
@@ -330,6 +329,57 @@ def test_the_server_is_a_context_manager(tmp_path):
         assert webtest.TestApp(again.wsgi_app).get(f"{CURL}/{created.json['id']}", headers=ADMIN).status_int == 200
 
 
+def still_open(fds: list[int]) -> list[int]:
+    found = []
+    for fd in fds:
+        try:
+            os.fstat(fd)
+            found.append(fd)
+        except OSError:
+            pass
+    return found
+
+
+def test_a_second_close_is_harmless_and_never_closes_the_hosts_files(tmp_path):
+    server = schedserver.Server(make_config(tmp_path))
+    server.start()
+    server.close()
+    host_fds = [fd for pair in (os.pipe() for _ in range(4)) for fd in pair]    # likely the numbers it freed
+    try:
+        server.close()
+        assert still_open(host_fds) == host_fds, "the server's second close() closed the host's descriptors"
+    finally:
+        for fd in still_open(host_fds):
+            os.close(fd)
+
+
+def test_closing_inside_the_with_block_is_fine(tmp_path):
+    with schedserver.Server(make_config(tmp_path)) as server:
+        server.close()                  # the host stops it early; the block's end closes again
+    with schedserver.Server(make_config(tmp_path)):
+        pass
+
+
+def test_start_after_close_runs_the_scheduler_again_or_refuses(tmp_path):
+    """Never the third way: an API that answers with no scheduler behind it."""
+    server = schedserver.Server(make_config(tmp_path))
+    server.start()
+    server.close()
+    try:
+        server.start()
+    except (schedserver.SchedserverError, RuntimeError):
+        return                          # refusing to start again is fine
+    try:
+        running = wait_until(lambda: "schedserver-ticker" in schedserver_threads(), timeout=5)
+        answers = webtest.TestApp(server.wsgi_app).get(CURL, headers=ADMIN, expect_errors=True).status_int
+        assert running or answers == 503, \
+            f"start() after close() returned, the API answers {answers}, and no scheduler runs"
+    finally:
+        with contextlib.suppress(OSError):
+            server.close()
+        server.data_dir.release()       # in case close() failed half way
+
+
 def test_an_exception_in_the_with_block_still_closes(tmp_path):
     with pytest.raises(RuntimeError):
         with schedserver.Server(make_config(tmp_path)):
@@ -387,7 +437,7 @@ def host_state() -> dict:
         "hooks": (sys.excepthook, threading.excepthook, sys.stdout, sys.stderr),
         "open files limit": resource.getrlimit(resource.RLIMIT_NOFILE),
         "subreaper": subreaper(),
-        "warnings filters": __import__("warnings").filters[:],
+        "warnings filters": warnings.filters[:],
     }
 
 
@@ -419,7 +469,6 @@ def test_the_library_logger_has_only_a_null_handler():
 
 
 def test_running_a_server_changes_nothing_in_the_host_process(tmp_path):
-    import warnings  # noqa: F401  (host_state reads its filters)
     schedserver.Server(make_config(tmp_path / "warm")).close()      # imports done before the baseline
     before = host_state()
     with TargetServer() as target:
@@ -503,6 +552,7 @@ def test_fifty_start_close_cycles_leave_threads_and_descriptors_where_they_were(
 
         cycle(0)                                    # warms up imports, pools and caches
         assert wait_until(lambda: not schedserver_threads(), timeout=5)
+        gc.collect()        # what earlier tests left for the collector goes now, not during the measurement
         threads_before, fds_before = count_threads(), count_fds()
         for i in range(1, 51):
             cycle(i)

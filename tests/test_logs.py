@@ -9,6 +9,7 @@ import json
 import logging
 import re
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -120,6 +121,33 @@ def test_a_value_with_a_newline_cannot_split_a_json_line(tmp_path):
         pass
     entries = json_lines(server.stderr_text())
     assert any("evil\nname.sh" in e["message"] for e in entries), entries
+
+
+def test_json_stays_json_at_debug_level_when_requests_queue(tmp_path):
+    """At DEBUG the web server's own messages show too (a request waiting for a free thread): JSON as well."""
+    flag, started = tmp_path / "flag", tmp_path / "started"
+    scripts = tmp_path / "scripts"
+    scripts.mkdir()
+    (scripts / "hold.sh").write_text(f"#!/bin/sh\n# @schedule 0 0 0 1 1 *\ntouch '{started}'\ni=0\n"
+                                     f"while [ ! -e '{flag}' ] && [ $i -lt 200 ]; do sleep 0.1; i=$((i+1)); done\n")
+    server = ServerProcess(tmp_path / "data", scripts, env={"SCHEDSERVER_LOG_FORMAT": "json",
+                                                             "SCHEDSERVER_LOG_LEVEL": "DEBUG",
+                                                             "SCHEDSERVER_THREADS": "1"})
+    with server, schedserver.Client(server.url, server.token) as client:
+        holder = threading.Thread(target=client.exec.schedules.trigger_schedule, args=("hold.sh",))
+        holder.start()                                          # takes the one request thread
+        try:
+            assert wait_until(started.exists, timeout=10)
+            waiting = threading.Thread(target=lambda: schedserver.Client(server.url, server.token)
+                                       .exec.schedules.list_schedules())
+            waiting.start()                                     # queued behind it
+            wait_until(lambda: "queue" in server.stderr_text(), timeout=3)
+        finally:
+            flag.touch()
+            holder.join(timeout=30)
+        waiting.join(timeout=30)
+    for entry in json_lines(server.stderr_text()):
+        assert_shape(entry)
 
 
 def test_text_stays_the_default_format(tmp_path, scripts):

@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import schedserver
 from e2e_helpers import ServerProcess, TargetServer, wait_until
-from fakes import FakeClock, instant
+from fakes import FakeClock
 from harness import ADMIN, READ, READ_TOKEN, Stack
 
 NEVER = "0 0 0 1 1 *"
@@ -144,7 +144,16 @@ def test_cron_runs_of_the_real_server_are_counted_with_their_lateness(tmp_path, 
         created = client.curl.schedules.create(cron="* * * * * *", request={"url": target.url + "/tick"})
         assert len(target.wait_for(2, 15, "/tick")) >= 2
         client.curl.schedules.toggle(created["id"], enabled=False)
-        scrape = scrape_process(server)
+
+        def settled() -> Scrape | None:
+            """A scrape with nothing in flight, and nothing recorded since the one before."""
+            first = scrape_process(server)
+            second = scrape_process(server)
+            quiet = all(s.value("schedserver_runs_in_flight", kind="http") == 0 for s in (first, second))
+            same = first.total("schedserver_runs_total") == second.total("schedserver_runs_total")
+            return second if quiet and same else None
+        scrape = wait_until(settled, timeout=10)
+        assert scrape is not None
     ran = scrape.value("schedserver_runs_total", kind="http", status="ok")
     assert ran is not None and ran >= 2
     assert scrape.value("schedserver_run_start_lateness_seconds_count", kind="http") == ran

@@ -137,10 +137,15 @@ class Scripts:
         return self.fires(rel)
 
     def output_files(self) -> dict[str, int]:
-        """run id -> size of each output file kept on disk."""
+        """run id -> size of each output file kept on disk (named `<order>-<run id>.json`)."""
         directory = self.data / "output"
-        return {entry.name[:-5]: entry.stat().st_size for entry in os.scandir(directory)
+        return {entry.name[:-5].partition("-")[2]: entry.stat().st_size for entry in os.scandir(directory)
                 if entry.name.endswith(".json") and not entry.name.startswith(".")}
+
+    def output_path(self, run_id: str):
+        """The file holding a run's output."""
+        [path] = [p for p in (self.data / "output").iterdir() if p.name.endswith(f"-{run_id}.json")]
+        return path
 
 
 @pytest.fixture
@@ -663,9 +668,9 @@ def test_outputs_written_within_one_file_time_tick_are_still_removed_oldest_firs
         runs.append(api.triggered("chatty.sh")["runId"])    # until the older id sorts after the newer one
     older, newer = runs[-2], runs[-1]
     assert older > newer and set(api.output_files()) == {older, newer}
-    tick = (api.data / "output" / f"{newer}.json").stat().st_mtime_ns
+    tick = api.output_path(newer).stat().st_mtime_ns
     for run_id in (older, newer):
-        os.utime(api.data / "output" / f"{run_id}.json", ns=(tick, tick))
+        os.utime(api.output_path(run_id), ns=(tick, tick))
 
     api = api.reopen(output_retention_bytes=1500)           # room for one: the newer run's output stays
 
