@@ -131,9 +131,9 @@ class ApiError(SchedserverError):
                  headers: dict[str, str] | None = None):
         super().__init__(message)
         self.message = message
-        if code:
+        if code is not None:
             self.code = code
-        if status:
+        if status is not None:
             self.status = status
         self.headers = headers or {}
 
@@ -2373,8 +2373,10 @@ class ScriptRunner:
             return bool(self._new or self._watched)
 
     def close(self) -> None:
-        """Stop the reaper thread (runs still watched are stopped first)."""
+        """Stop the reaper thread (runs still watched are stopped first). Once; later calls do nothing."""
         with self._lock:
+            if self._wake_r < 0:
+                return
             watched = list(self._watched) + [s for s, _ in self._new]
         for spawned in watched:
             self._stop_tree(spawned, signal.SIGKILL)
@@ -2385,10 +2387,14 @@ class ScriptRunner:
         if thread is not None:
             thread.join(timeout=OUTPUT_DRAIN_SECONDS + 2)
         self._selector.close()
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+        with self._lock:
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            self._wake_r = self._wake_w = -1      # never closed again: the numbers may be someone else's by then
 
     def _wake(self) -> None:
+        if self._wake_w < 0:
+            return
         try:
             os.write(self._wake_w, b"x")
         except (BlockingIOError, OSError):
@@ -5189,7 +5195,7 @@ def make_app(http: HttpSchedules, auth: Auth, scripts: ScriptSchedules | None = 
         def request_ended() -> None:
             route = request.environ.get("bottle.route")
             began = request.environ.get("schedserver.t0")
-            if route is None or began is None:
+            if route is None or began is None or route.app is not app:     # a host's route, when mounted
                 return
             metrics.requests.labels(route.rule, request.method, str(bottle.response.status_code)).inc()
             metrics.request_seconds.labels(route.rule, request.method).observe(time.monotonic() - began)
@@ -5561,10 +5567,14 @@ class Health:
         self.recorder = recorder
         self.started = scheduler.monotonic()
 
+    def age(self) -> float:
+        """Seconds since the scheduler last ticked (since this was made, before the first tick)."""
+        last = self.scheduler.last_tick_monotonic
+        return self.scheduler.monotonic() - (last if last is not None else self.started)
+
     def report(self) -> tuple[int, dict]:
         now = self.scheduler.monotonic()
-        last = self.scheduler.last_tick_monotonic
-        age = now - (last if last is not None else self.started)
+        age = self.age()
         stalled = age >= self.STALL_SECONDS
         body = {"status": "stalled" if stalled else "ok", "version": __version__,
                 "uptime_s": round(now - self.started, 3), "last_tick_age_ms": int(age * 1000),
@@ -5635,6 +5645,8 @@ class Server:
         self._http_thread: threading.Thread | None = None
         self._saving = threading.Lock()
         self._started = False
+        self._closed = False
+        self.health: Health | None = None
         self._watchdog = own_process and watchdog_enabled()
         self._limit_filter = OncePerMinute()
 
@@ -5690,16 +5702,19 @@ class Server:
             self.markers.remove(str(marker.get("run_id")))
         self.http.load()
         self.scripts.load()
-        app = make_app(self.http, Auth(admin_tokens, cfg.read_tokens), self.scripts,
-                       Health(self.scheduler, self.http, self.scripts, self.recorder), self.metrics,
+        self.health = Health(self.scheduler, self.http, self.scripts, self.recorder)
+        app = make_app(self.http, Auth(admin_tokens, cfg.read_tokens), self.scripts, self.health, self.metrics,
                        cfg.metrics_public)
         self.app = AccessLog(app) if cfg.access_log else app
         log.info("%d http schedules and %d script schedules loaded (%d run records replayed); data dir %s, "
                  "scripts dir %s", self.http.count(), self.scripts.count(), replayed, cfg.data_dir, cfg.scripts_dir)
 
     def start(self, listen: bool = False) -> None:
-        """load(), then run the scheduler; with `listen`, serve the API on config.host:port too."""
+        """load(), then run the scheduler; with `listen`, serve the API on config.host:port too. Once: a closed
+        Server is not started again (build a new one)."""
         cfg = self.config
+        if self._closed:
+            raise StartupError("this Server was closed; build a new one to start again")
         self._started = True
         try:
             if listen:
@@ -5740,9 +5755,12 @@ class Server:
             raise ConfigError(f"cannot listen on {cfg.host}:{cfg.port}: "
                               f"{getattr(e, 'strerror', None) or e}") from None
         self.listener.channel_class = JsonErrorChannel
-        # Its warnings (the connection limit reached, accept() failing) are ours to log, at most once a minute.
-        self.listener.logger = logging.getLogger("schedserver.http")
-        self.listener.logger.addFilter(self._limit_filter)
+        # Its warnings (the connection limit reached, accept() failing, a queue of requests) are ours to log,
+        # the same one at most once a minute.
+        http_log = logging.getLogger("schedserver.http")
+        self.listener.logger = self.listener.task_dispatcher.logger = http_log
+        self.listener.task_dispatcher.queue_logger = http_log
+        http_log.addFilter(self._limit_filter)
 
     @property
     def serving(self) -> bool:
@@ -5792,9 +5810,8 @@ class Server:
         for kind, count in counts.items():
             running.add_metric([kind], count)
         yield running
-        last = self.scheduler.last_tick_monotonic
-        yield family("schedserver_ticker_lag_seconds", "Seconds since the scheduler last ticked",
-                     value=0.0 if last is None else max(0.0, self.scheduler.monotonic() - last))
+        yield family("schedserver_ticker_lag_seconds", "Seconds since the scheduler last ticked (or started)",
+                     value=max(0.0, self.health.age()) if self.health is not None else 0.0)
 
     def _on_tick(self, now: float) -> None:
         """After each tick: the systemd watchdog ping and status line; run state saved when it is due."""
@@ -5836,6 +5853,9 @@ class Server:
         """Stop firing and serving, give runs in flight `grace` seconds (config.shutdown_grace_seconds by
         default), stop and record the rest as interrupted, save the run state and let go of the data dir."""
         grace = self.config.shutdown_grace_seconds if grace is None else grace
+        if self._closed:
+            return
+        self._closed = True
         if self._started:
             self._notify("STOPPING=1")
         self._started = False
@@ -6066,7 +6086,10 @@ def setup_logging(level: str, fmt_name: str = "text") -> None:
     log.handlers[:] = [handler]
     log.setLevel(level)
     log.propagate = False
-    logging.getLogger("waitress").setLevel(logging.ERROR if level != "DEBUG" else logging.INFO)
+    waitress_log = logging.getLogger("waitress")
+    waitress_log.handlers[:] = [handler]
+    waitress_log.propagate = False
+    waitress_log.setLevel(logging.ERROR if level != "DEBUG" else logging.INFO)
 
 
 def raise_open_file_limit(wanted: int = OPEN_FILES_WANTED) -> int:
@@ -6091,8 +6114,7 @@ COMMANDS = ("serve", "ls", "get", "add", "edit", "enable", "disable", "rm", "run
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line; `serve` when no command is named (`schedserver --port 0` serves)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not any(arg in COMMANDS for arg in argv if not arg.startswith("-")) and \
-            not any(arg in ("-h", "--help", "--version") for arg in argv):
+    if not argv or argv[0] not in (*COMMANDS, "-h", "--help", "--version"):
         argv.insert(0, "serve")
     parser = argparse.ArgumentParser(prog="schedserver", description="Cron scheduling server (REST) and its client.")
     parser.add_argument("--version", action="version", version=f"schedserver {__version__}")
@@ -6234,6 +6256,8 @@ def cli_check(args: argparse.Namespace) -> int:
     catalog = ScriptCatalog(config.scripts_dir, config.default_timeout_ms, config.interpreters, config.preflight)
     failures = 0
     if targets is None:
+        if not os.path.isdir(config.scripts_dir):
+            raise ConfigError(f"scripts dir {config.scripts_dir}: not a directory")
         found, failed = catalog.scan()
         for rel in sorted(found):
             print(f"ok      {rel}  {found[rel].cron.expression}  ({found[rel].cron.describe()})")
@@ -6261,7 +6285,7 @@ def cli_connection(args: argparse.Namespace) -> tuple[str, str | None]:
     """The server's URL and a token: flags, then SCHEDSERVER_URL / SCHEDSERVER_TOKEN, then the local config."""
     url, token = args.server or os.environ.get("SCHEDSERVER_URL"), args.token or os.environ.get("SCHEDSERVER_TOKEN")
     if url and token:
-        return url, token.split(",")[0].strip()
+        return url, _first_token(token)
     config = load_config({"config": args.config})
     if not url:
         host = "127.0.0.1" if config.host in ("0.0.0.0", "::", "") else config.host
@@ -6270,15 +6294,20 @@ def cli_connection(args: argparse.Namespace) -> tuple[str, str | None]:
         token = (config.tokens or (None,))[0]
         if token is None and config.token_file:
             try:
-                token = open(config.token_file, encoding="utf-8").read().split()[0]
-            except (OSError, IndexError):
+                token = open(config.token_file, encoding="utf-8").read()
+            except OSError:
                 token = None
         if token is None:
             try:
                 token = open(os.path.join(config.data_dir, "api-token"), encoding="utf-8").read().strip() or None
             except OSError:
                 token = None
-    return url, token
+    return url, _first_token(token) if token else None
+
+
+def _first_token(tokens: str) -> str | None:
+    """The first of tokens written as the server reads them (comma- or space-separated)."""
+    return next((t for t in re.split(r"[,\s]+", tokens) if t), None)
 
 
 def cli_remote(args: argparse.Namespace) -> int:
@@ -6308,12 +6337,13 @@ def cli_call(client: Client, args: argparse.Namespace) -> Any:
             for s in scripts.list_schedules()["schedules"]:
                 rows.append(["script", s["scriptRel"], s.get("description") or "", s["expression"], "yes",
                              s.get("nextFire") or "-", s.get("lastFireStatus") or "-", None])
-        if args.json:
-            return rows
         for row in rows:
             if row[0] == "http":
                 runs = next(http.runs(row[7], limit=1), {"items": []})["items"]
                 row[6] = runs[0]["status"] if runs else "-"
+        if args.json:
+            return [dict(zip(("kind", "id", "name", "cron", "enabled", "next", "last_status"), row[:7]))
+                    for row in rows]
         return _table(["KIND", "ID/SCRIPT", "NAME", "CRON", "ENABLED", "NEXT", "LAST"], [r[:7] for r in rows])
     if command == "get":
         return http.get(args.id)
