@@ -995,14 +995,14 @@ def _describe_time(second: str, minute: str, hour: str) -> str:
         sec = ""
     else:
         text, plain = _items(second, 0, "second", "seconds", str)
-        sec = f"at second{'s' if len(seconds) > 1 else ''} {text}" if plain else text
+        sec = f"at second{'s' if not seconds or len(seconds) > 1 else ''} {text}" if plain else text
     if _is_all(minute, 1):
         mins = "" if sec else "every minute"
         if sec.startswith("at second") and _is_all(hour, 2):
             mins = "past every minute"
     else:
         text, plain = _items(minute, 1, "minute", "minutes", str)
-        mins = f"at minute{'s' if len(minutes) > 1 else ''} {text}" if plain else text
+        mins = f"at minute{'s' if not minutes or len(minutes) > 1 else ''} {text}" if plain else text
         if sec:
             mins = ("of " if plain else "during ") + mins
     if _is_all(hour, 2):
@@ -3770,7 +3770,7 @@ def validate_request(value: Any) -> dict:
     if not isinstance(headers, dict):
         raise InvalidParameter("request.headers must be an object of string to string")
     for name, header_value in headers.items():
-        if not _HEADER_NAME.match(name):
+        if not _HEADER_NAME.fullmatch(name):
             raise InvalidParameter(f"request.headers: {_shown(name)} is not a valid header name")
         if not isinstance(header_value, str) or any(c in header_value for c in "\r\n\x00"):
             raise InvalidParameter(f"request.headers.{name} must be a string without line breaks")
@@ -3829,6 +3829,13 @@ def _number(value: Any, name: str, low: float, high: float) -> float:
     return value
 
 
+def _whole(value: Any) -> Any:
+    # A JSON number without a fraction as an int (6.0 is 6: JSON does not tell them apart).
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 def validate_retry(value: Any) -> dict | None:
     """`retry`: {count 0-5, min_backoff_seconds, max_backoff_seconds, max_doublings}, defaults filled in."""
     if value is None:
@@ -3839,14 +3846,18 @@ def validate_retry(value: Any) -> dict | None:
     for key in value:
         if key not in known:
             raise InvalidParameter(f"retry.{_clip(str(key))} is not a known field (known: {', '.join(known)})")
-    count = value.get("count", 0)
+    count = _whole(value.get("count", 0))
     if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= 5:
         raise InvalidParameter("retry.count must be a whole number from 0 to 5")
-    least = _number(value.get("min_backoff_seconds", 5), "retry.min_backoff_seconds", 0.1, 3600)
-    most = _number(value.get("max_backoff_seconds", 300), "retry.max_backoff_seconds", 0.1, 86400)
+    # The bound not given follows the one given: {"min_backoff_seconds": 600} waits at most 600 s, not 300.
+    most = value.get("max_backoff_seconds")
+    given = isinstance(most, (int, float)) and not isinstance(most, bool) and most >= 0.1
+    least = _number(value.get("min_backoff_seconds", min(5, most) if given else 5), "retry.min_backoff_seconds",
+                    0.1, 3600)
+    most = _number(value.get("max_backoff_seconds", max(300, least)), "retry.max_backoff_seconds", 0.1, 86400)
     if most < least:
         raise InvalidParameter("retry.max_backoff_seconds must not be below retry.min_backoff_seconds")
-    doublings = value.get("max_doublings", 5)
+    doublings = _whole(value.get("max_doublings", 5))
     if isinstance(doublings, bool) or not isinstance(doublings, int) or not 0 <= doublings <= 16:
         raise InvalidParameter("retry.max_doublings must be a whole number from 0 to 16")
     return {"count": count, "min_backoff_seconds": least, "max_backoff_seconds": most, "max_doublings": doublings}
@@ -3867,9 +3878,10 @@ def validate_success(value: Any) -> dict | None:
     rule: dict[str, Any] = {}
     if "status" in value:
         codes = value["status"]
+        codes = [_whole(c) for c in codes] if isinstance(codes, list) else codes
         if not isinstance(codes, list) or not codes or len(codes) > 100 or not all(
                 (isinstance(c, int) and not isinstance(c, bool) and 100 <= c <= 599)
-                or (isinstance(c, str) and _STATUS_CLASS.match(c)) for c in codes):
+                or (isinstance(c, str) and _STATUS_CLASS.fullmatch(c)) for c in codes):
             raise InvalidParameter("success.status must be a non-empty list of codes (100-599) and classes such as "
                                    "\"2xx\"")
         rule["status"] = [c.lower() if isinstance(c, str) else c for c in codes]
@@ -3914,7 +3926,7 @@ def validate_notify(value: Any, policy: EgressPolicy | None = None, name: str = 
     on = value.get("on", ["failure", "recovery"])
     if not isinstance(on, list) or not on or not all(isinstance(e, str) and e in NOTIFY_EVENTS for e in on):
         raise InvalidParameter(f"{name}.on must be a non-empty list of {', '.join(NOTIFY_EVENTS)}")
-    after = value.get("after", 1)
+    after = _whole(value.get("after", 1))
     if isinstance(after, bool) or not isinstance(after, int) or not 1 <= after <= 1000:
         raise InvalidParameter(f"{name}.after must be a whole number from 1 to 1000")
     return {"url": url, "on": list(dict.fromkeys(on)), "after": after}
@@ -5129,6 +5141,26 @@ def _query_bool(request: bottle.LocalRequest, name: str) -> bool | None:
 RUN_STATUSES = ("ok", "error", "timeout", "skipped", "missed", "interrupted", "running")
 
 
+DASHBOARD_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+                 "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+DASHBOARD_HTML = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>schedserver</title><link rel="stylesheet" href="static/app.css"></head>
+<body><main id="app"><h1>schedserver</h1><p>Loading...</p></main><script src="static/app.js"></script></body></html>
+"""
+DASHBOARD_CSS = "body { font-family: system-ui, sans-serif; margin: 1rem; }\n"
+DASHBOARD_JS = "\"use strict\";\n"
+DASHBOARD_ASSETS = {"app.js": (DASHBOARD_JS, "text/javascript; charset=utf-8"),
+                    "app.css": (DASHBOARD_CSS, "text/css; charset=utf-8")}
+
+
+def _static(text: str, content_type: str) -> bottle.HTTPResponse:
+    """A page or asset of the dashboard: no inline script may run, nothing from another origin."""
+    return bottle.HTTPResponse(text.encode(), status=200, headers={
+        "Content-Type": content_type, "Content-Security-Policy": DASHBOARD_CSP, "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer", "Cache-Control": "no-cache"})
+
+
 def cron_preview_answer(expression: str | None, timezone_name: str, count: int, now: float | None = None) -> dict:
     """What an expression means: its plain-English description and its next `count` fires."""
     if expression is None:
@@ -5149,9 +5181,539 @@ def cron_preview_answer(expression: str | None, timezone_name: str, count: int, 
             "next": fires}
 
 
+@functools.lru_cache(maxsize=1)
 def openapi_document() -> dict:
-    """The OpenAPI 3.1 document of the API."""
-    return {"openapi": "3.1.0", "info": {"title": "schedserver", "version": __version__}, "paths": {}}
+    """The OpenAPI 3.1 document of the API: every route, its parameters, bodies, answers and errors."""
+
+    def ref(name: str) -> dict:
+        """A reference to one of components.schemas."""
+        return {"$ref": f"#/components/schemas/{name}"}
+
+    def doc(description: str | None) -> dict:
+        """A description keyword, when there is one."""
+        return {"description": description} if description else {}
+
+    def obj(required: str, about: str | None = None, /, **properties: dict) -> dict:
+        """A closed object: its required names (space-separated), what it is, then its properties."""
+        return {"type": "object", **doc(about), "required": required.split(),
+                "properties": properties, "additionalProperties": False}
+
+    def nullable(schema: dict) -> dict:
+        """`schema` or null."""
+        if isinstance(schema.get("type"), str):
+            return {**schema, "type": [schema["type"], "null"]}
+        return {"anyOf": [schema, {"type": "null"}]}
+
+    def string(description: str | None = None, **keywords: object) -> dict:
+        """A string."""
+        return {"type": "string", **keywords, **doc(description)}
+
+    def integer(low: int | None = None, high: int | None = None, description: str | None = None,
+                **keywords: object) -> dict:
+        """An integer within [low, high]."""
+        bounds = {k: v for k, v in (("minimum", low), ("maximum", high)) if v is not None}
+        return {"type": "integer", **bounds, **keywords, **doc(description)}
+
+    def number(low: float, high: float | None, description: str | None = None, above: bool = False) -> dict:
+        """A number within [low, high], or (low, high] when `above`."""
+        bounds = {("exclusiveMinimum" if above else "minimum"): low}
+        if high is not None:
+            bounds["maximum"] = high
+        return {"type": "number", **bounds, **doc(description)}
+
+    def boolean(description: str | None = None) -> dict:
+        """A boolean."""
+        return {"type": "boolean", **doc(description)}
+
+    def array(items: dict, description: str | None = None, **keywords: object) -> dict:
+        """An array."""
+        return {"type": "array", "items": items, **keywords, **doc(description)}
+
+    def instant(ms: bool, description: str | None = None) -> dict:
+        """A UTC ISO 8601 instant with Z: whole seconds, or milliseconds when `ms`."""
+        fraction = r"\.[0-9]{3}" if ms else ""
+        return string(description, format="date-time",
+                      pattern=rf"^[0-9]{{4}}-[0-9]{{2}}-[0-9]{{2}}T[0-9]{{2}}:[0-9]{{2}}:[0-9]{{2}}{fraction}Z$")
+
+    def any_case(word: str) -> str:
+        """A regex piece matching `word` in any case."""
+        return "".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else c for c in word)
+
+    # -- schemas: common ---------------------------------------------------------------------------------
+    statuses = list(RUN_STATUSES)
+    recorded = [s for s in statuses if s != "running"]
+    triggers = ["cron", "manual", "retry"]
+    uuid = string(format="uuid")
+    schedule_id = string("A schedule's id (a lower-case UUID)", format="uuid")
+    cron = string(
+        "A cron expression: six fields `second minute hour day month weekday` (`0 0 9 * * MON-FRI`), five "
+        f"fields (minute first, second 0), or one of {', '.join(sorted(CRON_MACROS))} (any case). Fields "
+        "take numbers, names (JAN-DEC, SUN-SAT), `*`, ranges a-b, lists a,b and steps /n; day and weekday "
+        "also `?`; weekday 7 is Sunday. An expression that never fires (30 February) is refused.",
+        format="cron", examples=["0 0 9 * * MON-FRI", "*/15 * * * *", "@daily"])
+    http_url = string(
+        "An http or https URL with a host, at most 8192 characters, without spaces or control characters "
+        "(whitespace around it is trimmed). A literal IP address the egress policy refuses ([curl] "
+        "allow_networks / deny_networks) is refused.",
+        format="http-url", examples=["https://api.example.com/reports/daily"])
+
+    schemas: dict[str, dict] = {}
+    schemas["CurlError"] = obj(
+        "error message", "An error of the HTTP request schedule routes and the routes outside both surfaces",
+        error=string("A machine code such as SCHEDULE_NOT_FOUND"), message=string())
+    schemas["ExecError"] = obj(
+        "error code message timestamp", "An error of the script routes and of any unknown path under "
+                                        "/api/v1/exec/",
+        error=string("The status's title"),
+        code=string("VALIDATION_ERROR, UNAUTHORIZED, FORBIDDEN, NOT_FOUND, METHOD_NOT_ALLOWED, CONFLICT, "
+                    "PAYLOAD_TOO_LARGE, ERROR_500 or ERROR_503"),
+        message=string(), timestamp=instant(True))
+    schemas["TimeZone"] = string("A canonical IANA time zone name", enum=sorted(_zone_names()))
+    schemas["Health"] = obj(
+        "status version uptime_s last_tick_age_ms schedules running",
+        status=string("stalled: the scheduler has not ticked for 5 s", enum=["ok", "stalled"]),
+        version=string(const=__version__), uptime_s=number(0, None, "Seconds since the start"),
+        last_tick_age_ms=integer(0, description="Milliseconds since the scheduler's last tick"),
+        schedules=obj("scripts http", scripts=integer(0), http=integer(0)),
+        running=integer(0, description="Runs in flight"))
+    fire_time = obj("at local", at=instant(False),
+                    local=string("The same instant in the zone", format="date-time"))
+    schemas["CronPreview"] = obj(
+        "expression description timezone next", expression=string("As given"),
+        description=string("What it means, in plain English"), timezone=ref("TimeZone"),
+        next=array(fire_time, "The next fires (fewer when it stops firing)", maxItems=100))
+
+    # -- schemas: HTTP request schedules -----------------------------------------------------------------
+    method = string("An HTTP method, in any case: " + ", ".join(HTTP_METHODS),
+                    pattern="^(" + "|".join(any_case(m) for m in HTTP_METHODS) + ")$", examples=["GET"])
+    headers = {"type": ["object", "null"], "description": "Header name (an HTTP token) to value; null is {}",
+               "propertyNames": {"pattern": r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"},
+               "additionalProperties": string("Latin-1 text without CR, LF or NUL",
+                                              pattern=r"^[\u0001-\u0009\u000b\u000c\u000e-\u00ff]*$")}
+    schemas["RequestInput"] = {
+        **obj("url", "The request a run sends",
+              url=http_url, method=method, headers=headers, body=string("Sent as is (UTF-8); not with json"),
+              json=doc(f"Any JSON value (nested at most {MAX_JSON_DEPTH} deep), sent as JSON with "
+                       "Content-Type application/json unless a header sets one; not with body"),
+              timeout=number(0, MAX_HTTP_TIMEOUT, "Seconds for the whole exchange (default 30)", above=True),
+              follow_redirects=boolean(f"Follow up to {MAX_REDIRECTS} redirects (default false)")),
+        "not": {"required": ["body", "json"]}}
+    schemas["Request"] = obj(
+        "url method headers timeout follow_redirects",
+        f"The request a run sends; a read-only token sees header values, body and json as \"{REDACTED}\"",
+        url=string(), method=string(enum=list(HTTP_METHODS)),
+        headers={"type": "object", "additionalProperties": string()}, body=string(), json={},
+        timeout=number(0, MAX_HTTP_TIMEOUT, above=True), follow_redirects=boolean())
+    schemas["RequestSummary"] = obj("url method", url=string(), method=string(enum=list(HTTP_METHODS)))
+    schemas["Retry"] = obj(
+        "", "After a failed run (error or timeout), up to `count` more attempts: the first after "
+            "min_backoff_seconds, the wait doubled max_doublings times, then growing by the last doubled "
+            "wait, never above max_backoff_seconds. Both given, max_backoff_seconds must not be below "
+            "min_backoff_seconds. Retries stop when the next slot arrives. Manual runs are not retried.",
+        count=integer(0, 5, "Default 0"),
+        min_backoff_seconds=number(0.1, 3600, "Default 5, or max_backoff_seconds when that is smaller"),
+        max_backoff_seconds=number(0.1, 86400, "Default 300, or min_backoff_seconds when that is larger"),
+        max_doublings=integer(0, 16, "Default 5"))
+    schemas["Success"] = obj(
+        "", "The success rule: the answer's status must be listed (a code, or a class such as \"2xx\") "
+            "and, with body_contains, the first 64 KiB of its body must hold the text. null: 2xx, and 3xx "
+            "when not following redirects.",
+        status=array({"anyOf": [integer(100, 599), string(pattern="^[1-5]xx$")]}, minItems=1, maxItems=100),
+        body_contains=string(minLength=1, maxLength=1024))
+    events = array(string(enum=list(NOTIFY_EVENTS)), "Default [\"failure\", \"recovery\"]", minItems=1)
+    schemas["NotifyInput"] = obj(
+        "url", "The schedule's alert webhook", url=http_url, on=events,
+        after=integer(1, 1000, "Consecutive failed runs before `failure` is sent (default 1)"))
+    schemas["Notify"] = obj("url on after", "The schedule's alert webhook",
+                            url=string(f"The webhook; \"{REDACTED}\" for a read-only token"),
+                            on=events, after=integer(1, 1000))
+    overlap = string("When a run is due while the previous one still goes: forbid (recorded skipped), allow, "
+                     "or replace (the running one is stopped)", enum=["forbid", "allow", "replace"])
+    jitter = number(0, 3600, "Each run waits a random delay within this many seconds after its slot")
+    zone = {**ref("TimeZone"), "description": "The zone the expression is read in; null (and by default): "
+                                              "the server's scheduler.timezone"}
+    inputs = dict(
+        cron=cron, request=ref("RequestInput"), name=nullable(string(maxLength=MAX_NAME_LENGTH)),
+        enabled=boolean("Default true"), timezone=nullable(zone), retry=nullable(ref("Retry")),
+        success=nullable(ref("Success")), overlap=overlap, jitter_seconds=jitter,
+        notify=nullable(ref("NotifyInput")))
+    schemas["ScheduleCreate"] = obj("cron request", "A new HTTP request schedule", **inputs)
+    schemas["ScheduleUpdate"] = {
+        **obj("", "The fields to change, checked as at create; `request` replaces the whole one", **inputs),
+        "minProperties": 1}
+    summary = dict(
+        id=schedule_id, cron=string("As written at create or edit"), enabled=boolean(),
+        created_at=instant(False), last_run=nullable(instant(False, "When the newest run started")),
+        name=nullable(string(maxLength=MAX_NAME_LENGTH)), timezone=ref("TimeZone"),
+        next_run=nullable(instant(False, "The next slot; null while disabled")))
+    options = dict(retry=ref("Retry"), success=nullable(ref("Success")), overlap=overlap,
+                   jitter_seconds=jitter, notify=nullable(ref("Notify")))
+    shown = " ".join(summary) + " request"
+    schemas["ScheduleSummary"] = obj(shown, **summary, request=ref("RequestSummary"))
+    schemas["Schedule"] = obj(shown + " " + " ".join(options), **summary, request=ref("Request"), **options)
+    count = integer(1, description="missed and skipped: how many slots")
+    schemas["HistoryEntry"] = obj(
+        "run_id scheduled_at started_at status status_code duration_ms error",
+        run_id=uuid, scheduled_at=nullable(instant(False)), started_at=nullable(instant(False)),
+        status=string(enum=recorded), status_code=nullable(integer(100, 999)),
+        duration_ms=nullable(integer(0)), error=nullable(string()), count=count)
+    schemas["ScheduleDetail"] = obj(
+        shown + " " + " ".join(options) + " last_status history",
+        **summary, request=ref("Request"), **options,
+        last_status=nullable(string("The newest run's status", enum=recorded)),
+        history=array(ref("HistoryEntry"), "The newest runs, newest first", maxItems=HISTORY_SIZE))
+    schemas["Toggled"] = obj("id enabled next_run", id=schedule_id, enabled=boolean(),
+                             next_run=nullable(instant(False)))
+    schemas["Deleted"] = obj("id", id=schedule_id)
+    answer = obj("headers body_preview truncated", "The answer, when there was one",
+                 headers={"type": "object", "additionalProperties": string()},
+                 body_preview=string("The first 4 KiB of the body, as text"), truncated=boolean())
+    schemas["Run"] = obj(
+        "run_id schedule_id trigger attempt scheduled_at started_at finished_at status status_code "
+        "duration_ms error", "One run of an HTTP schedule",
+        run_id=uuid, schedule_id=schedule_id, trigger=string(enum=triggers),
+        attempt=integer(1, description="1 for the first try, then 2, 3... for retries"),
+        scheduled_at=nullable(instant(True, "The slot (a manual run: when it was asked for)")),
+        started_at=nullable(instant(True, "null for missed and skipped")),
+        finished_at=nullable(instant(True, "null while running")), status=string(enum=statuses),
+        status_code=nullable(integer(100, 999)), duration_ms=nullable(integer(0)), error=nullable(string()),
+        response=answer, next_attempt_at=instant(True, "When a retry of it is waiting"), count=count)
+    schemas["RunPage"] = obj(
+        "items next_cursor", items=array(ref("Run"), maxItems=HISTORY_MAX_LIMIT),
+        next_cursor=nullable(string("Pass as `cursor` for the next page; null when this page was not full",
+                                    format="cursor")))
+    schemas["RunStarted"] = obj("run_id", run_id=uuid)
+    schemas["ScheduleList"] = obj(
+        "items meta", items=array(ref("ScheduleSummary")),
+        meta=obj("page limit total", page=integer(1), total=integer(0),
+                 limit=integer(1, description="The limit asked for; without one the number of schedules, at "
+                                              "least 1")))
+
+    # -- schemas: script schedules -----------------------------------------------------------------------
+    script_path = string("A script's path, relative to the scripts dir or absolute inside it",
+                         format="script-path", examples=["default/cron/cleanup.sh"])
+    ms = instant(True)
+    schemas["ScriptSchedule"] = obj(
+        "scriptPath scriptRel subdomain execId vmCacheKey expression timeoutMs registeredAt nextFire "
+        "lastFireAt lastFireStatus lastFireRunId description running",
+        scriptPath=string("Absolute"), scriptRel=string(),
+        subdomain=string("The first directory (default at the top level)"), execId=string(),
+        vmCacheKey=string("execId:scriptRel"), expression=string(), timeoutMs=integer(1),
+        registeredAt=instant(True, "When first registered (kept across restarts)"), nextFire=nullable(ms),
+        lastFireAt=nullable(ms), lastFireStatus=nullable(string(enum=recorded)), lastFireRunId=nullable(uuid),
+        description=nullable(string()), running=boolean())
+    schemas["ScriptList"] = obj("total schedules", total=integer(0), schedules=array(ref("ScriptSchedule")))
+    fire = dict(
+        ts=instant(True, "The slot (a manual run: when it was asked for)"), scriptPath=string("scriptRel"),
+        expression=string(), runId=uuid, status=string(enum=recorded), durationMs=integer(0),
+        returnPreview=nullable(string("On ok: the last non-empty stdout line")),
+        error=nullable(string("Otherwise: why")), trigger=string(enum=triggers), attempt=integer(1),
+        startedAt=nullable(ms), loggedAt=ms, exitCode=integer(), signal=string("Its name, e.g. SIGKILL"),
+        count=count, lastSlot=ms, outputDropped=integer(1, description="Bytes beyond the kept 64 KiB"),
+        nextAttemptAt=instant(True, "When a retry of it is waiting"))
+    fire_required = "ts scriptPath expression runId status durationMs trigger attempt startedAt loggedAt"
+    schemas["Fire"] = obj(fire_required, "One fire of a script", **fire)
+    schemas["History"] = obj(
+        "total limit includeRotated entries", total=integer(0), limit=integer(1, HISTORY_MAX_LIMIT),
+        includeRotated=boolean(),
+        entries=array(ref("Fire"), "Newest first by ts", maxItems=HISTORY_MAX_LIMIT))
+    tail = string("The kept tail of the stream (up to 64 KiB)")
+    schemas["ScriptRun"] = {"oneOf": [
+        obj(fire_required, "A run that ended, with its kept output (`output: expired` once it was let go)",
+            **fire, stdout=tail, stderr=tail, output=string(const="expired")),
+        obj("ts scriptPath runId status trigger attempt startedAt", "A run in flight",
+            ts=ms, scriptPath=string(), runId=uuid, status=string(const="running"),
+            trigger=string(enum=triggers), attempt=integer(1), startedAt=ms)]}
+    names = array(string())
+    schemas["ReloadResult"] = obj(
+        "dry_run added kept changed removed failed", dry_run=boolean(), added=names, kept=names,
+        changed=array(string(), "Kept, with a changed schedule, timeout, command or description"),
+        removed=names, failed=array(obj("path reason", path=string(), reason=string())))
+    schemas["TriggerResult"] = obj(
+        "triggered scriptPath runId status durationMs attempt", triggered=boolean(), scriptPath=string(),
+        runId=uuid, status=string(enum=["ok", "error", "timeout", "interrupted"]), durationMs=integer(0),
+        returnPreview=nullable(string()), error=nullable(string()), exitCode=integer(), signal=string(),
+        attempt=integer(1))
+
+    # -- error answers ----------------------------------------------------------------------------------
+    challenge = {"WWW-Authenticate": {"description": "The scheme to authenticate with", "required": True,
+                                      "schema": string(const="Bearer")}}
+    allow = {"Allow": {"description": "The methods the route takes", "required": True, "schema": string()}}
+
+    def curl_error(status: int, description: str, *codes: str) -> dict:
+        """An error answer of the HTTP request schedule surface, with the codes it may carry."""
+        schema = {"allOf": [ref("CurlError"), {"properties": {"error": string(enum=list(codes))}}]}
+        return {"description": description, **({"headers": challenge} if status == 401 else {}),
+                "content": {"application/json": {"schema": schema}}}
+
+    def exec_error(status: int, code: str, description: str) -> dict:
+        """An error answer of the script schedule surface."""
+        narrowed = {"properties": {"error": string(const=EXEC_TITLES[status]), "code": string(const=code)}}
+        return {"description": description, **({"headers": challenge} if status == 401 else {}),
+                "content": {"application/json": {"schema": {"allOf": [ref("ExecError"), narrowed]}}}}
+
+    too_large = f"A body over {MAX_BODY_BYTES} bytes"
+    curl_common = {
+        "400": curl_error(400, "An unknown query parameter", "INVALID_PARAMETER"),
+        "401": curl_error(401, "No bearer token, or a wrong one", "UNAUTHORIZED"),
+        "500": curl_error(500, "An unexpected failure (never a traceback)", "INTERNAL_ERROR"),
+    }
+    curl_write = {
+        "403": curl_error(403, "A read-only token", "FORBIDDEN"),
+        "500": curl_error(500, "Storage failed: nothing was changed", "STORAGE_ERROR", "INTERNAL_ERROR"),
+    }
+    curl_body = {
+        "400": curl_error(400, "A body that is not JSON, not an object or not sent as application/json; an "
+                               "unknown field; a wrong type or value; an unknown query parameter",
+                          "INVALID_PARAMETER", "INVALID_CRON_EXPRESSION"),
+        "413": curl_error(413, too_large, "PAYLOAD_TOO_LARGE"),
+    }
+    no_schedule = {"404": curl_error(404, "No such schedule (also anything that is not an id of ours)",
+                                     "SCHEDULE_NOT_FOUND")}
+    exec_common = {
+        "400": exec_error(400, "VALIDATION_ERROR", "An unknown query parameter"),
+        "401": exec_error(401, "UNAUTHORIZED", "No bearer token, or a wrong one"),
+        "500": exec_error(500, "ERROR_500", "An unexpected failure (never a traceback)"),
+    }
+    exec_body = {
+        "400": exec_error(400, "VALIDATION_ERROR",
+                          "A body that is not JSON, not an object or not sent as application/json; an "
+                          "unknown field; a wrong type or value; any query parameter"),
+        "403": exec_error(403, "FORBIDDEN", "A read-only token"),
+        "413": exec_error(413, "PAYLOAD_TOO_LARGE", too_large),
+    }
+
+    # -- operations -------------------------------------------------------------------------------------
+    def json_answer(description: str, schema: dict, **extra: object) -> dict:
+        """A JSON answer."""
+        return {"description": description, "content": {"application/json": {"schema": schema}}, **extra}
+
+    def json_body(schema: dict, example: dict, required: bool = True) -> dict:
+        """A JSON request body."""
+        return {"required": required, "content": {"application/json": {"schema": schema, "example": example}}}
+
+    def query(name: str, schema: dict, description: str, required: bool = False) -> dict:
+        """A query parameter."""
+        return {"name": name, "in": "query", "required": required, "schema": schema,
+                "description": description}
+
+    def path(name: str, schema: dict, description: str) -> dict:
+        """A path parameter."""
+        return {"name": name, "in": "path", "required": True, "schema": schema, "description": description}
+
+    def operation(op_id: str, tag: str, summary: str, answers: dict, *errors: dict, **fields: object) -> dict:
+        """An operation: its answers, then groups of error answers (a later group wins for a status)."""
+        merged = dict(answers)
+        for group in errors:
+            merged.update(group)
+        return {"operationId": op_id, "tags": [tag], "summary": summary, **fields,
+                "responses": dict(sorted(merged.items()))}
+
+    def links(**targets: dict) -> dict:
+        """Links from an answer to the operations (by operationId) it leads to."""
+        return {name: {"operationId": name, "parameters": parameters} for name, parameters in targets.items()}
+
+    id_param = path("id", schedule_id, "The schedule's id")
+    by_id = {"id": "$response.body#/id"}
+    created = links(getHttpSchedule=by_id, updateHttpSchedule=by_id, toggleHttpSchedule=by_id,
+                    runHttpSchedule=by_id, listHttpRuns=by_id, deleteHttpSchedule=by_id)
+    to_run = links(getHttpRun={"id": "$request.path.id", "run_id": "$response.body#/run_id"})
+    since = string("An ISO 8601 timestamp (without a zone: UTC)", format="date-time", maxLength=64)
+    bad_query = "An unknown query parameter, or a bad "
+
+    paths: dict[str, dict] = {}
+    paths["/healthz"] = {"get": operation(
+        "health", "health", "Health, for load balancers and monitors (no token)",
+        {"200": json_answer("The scheduler ticks", ref("Health")),
+         "503": json_answer("Stalled: the scheduler has not ticked for 5 s", ref("Health"))},
+        security=[])}
+    paths["/metrics"] = {"get": operation(
+        "metrics", "health", "Prometheus metrics (a token, unless [metrics] public = true)",
+        {"200": {"description": "Prometheus' text format", "content": {"text/plain": {"schema": string()}}},
+         "401": curl_error(401, "No bearer token, or a wrong one", "UNAUTHORIZED"),
+         "500": curl_error(500, "An unexpected failure", "INTERNAL_ERROR")})}
+    page_headers = {name: {"description": about, "required": True, "schema": string()} for name, about in (
+        ("Content-Security-Policy", "Nothing runs but the dashboard's own script"),
+        ("X-Content-Type-Options", "nosniff"))}
+
+    def page(description: str, media_types: list[str]) -> dict:
+        """A dashboard page or asset (not JSON)."""
+        return {"description": description, "headers": page_headers,
+                "content": {media: {"schema": string()} for media in media_types}}
+
+    paths["/"] = {"get": operation(
+        "dashboard", "dashboard", "The dashboard page (no token: it asks for one and keeps it in the tab)",
+        {"200": page("The page", ["text/html"]),
+         "500": curl_error(500, "An unexpected failure", "INTERNAL_ERROR")}, security=[])}
+    paths["/static/{name}"] = {"get": operation(
+        "dashboardAsset", "dashboard", "The dashboard's script and style sheet (no token)",
+        {"200": page("The file", sorted({kind.split(";")[0] for _, kind in DASHBOARD_ASSETS.values()})),
+         "404": curl_error(404, "No such file", "NOT_FOUND"),
+         "500": curl_error(500, "An unexpected failure", "INTERNAL_ERROR")},
+        parameters=[path("name", string(enum=sorted(DASHBOARD_ASSETS)), "The file's name")], security=[])}
+    paths[API_PREFIX + "/openapi.json"] = {"get": operation(
+        "openapiDocument", "tools", "This document (no token)",
+        {"200": json_answer("The OpenAPI 3.1 document",
+                            {"type": "object", "required": ["openapi", "info", "paths"]}),
+         "500": curl_error(500, "An unexpected failure", "INTERNAL_ERROR")}, security=[])}
+    paths[API_PREFIX + "/cron/preview"] = {"get": operation(
+        "previewCron", "tools", "What a cron expression means and when it fires next",
+        {"200": json_answer("Its description and next fires", ref("CronPreview"))}, curl_common,
+        {"400": curl_error(400, bad_query + "or no expr, a bad timezone or n", "INVALID_PARAMETER",
+                           "INVALID_CRON_EXPRESSION")},
+        parameters=[query("expr", {**cron, "maxLength": 1024}, "The expression", required=True),
+                    query("timezone", ref("TimeZone"), "The zone (default the server's scheduler.timezone)"),
+                    query("n", integer(1, 100, default=5), "How many fires")])}
+
+    paths[CURL_PREFIX] = {
+        "get": operation(
+            "listHttpSchedules", "http schedules", "HTTP request schedules, newest first",
+            {"200": json_answer("A page of schedules", ref("ScheduleList"))}, curl_common,
+            {"400": curl_error(400, bad_query + "page or limit", "INVALID_PARAMETER")},
+            parameters=[query("page", integer(1, 999_999_999_999, default=1), "The page, from 1"),
+                        query("limit", integer(1, 1000), "Per page; without it, every schedule on page 1")]),
+        "post": operation(
+            "createHttpSchedule", "http schedules", "Create an HTTP request schedule",
+            {"201": json_answer("Created: the schedule, with its whole request", ref("Schedule"),
+                                links=created)},
+            curl_common, curl_write, curl_body,
+            {"500": curl_error(500, "Storage failed: nothing was stored", "SCHEDULE_CREATION_FAILED",
+                               "INTERNAL_ERROR")},
+            requestBody=json_body(ref("ScheduleCreate"), {
+                "cron": "0 0 9 * * MON-FRI", "name": "report",
+                "request": {"url": "https://api.example.com/reports/daily", "method": "GET"}}))}
+    paths[CURL_PREFIX + "/{id}"] = {
+        "parameters": [id_param],
+        "get": operation(
+            "getHttpSchedule", "http schedules", "One schedule, with its newest runs",
+            {"200": json_answer("The schedule", ref("ScheduleDetail"))}, curl_common, no_schedule),
+        "patch": operation(
+            "updateHttpSchedule", "http schedules", "Edit a schedule (next_run is worked out again from now)",
+            {"200": json_answer("The whole schedule, as GET answers it", ref("ScheduleDetail"))},
+            curl_common, curl_write, curl_body, no_schedule,
+            requestBody=json_body(ref("ScheduleUpdate"), {"cron": "0 30 9 * * MON-FRI"})),
+        "delete": operation(
+            "deleteHttpSchedule", "http schedules", "Delete a schedule (it stops at once)",
+            {"200": json_answer("Deleted", ref("Deleted"))}, curl_common, curl_write, no_schedule)}
+    paths[CURL_PREFIX + "/{id}/toggle"] = {
+        "parameters": [id_param],
+        "patch": operation(
+            "toggleHttpSchedule", "http schedules", "Enable or disable a schedule; an empty body flips it",
+            {"200": json_answer("Its new state", ref("Toggled"))}, curl_common, curl_write, curl_body,
+            no_schedule,
+            {"400": curl_error(400, 'A body other than {"enabled": true} or {"enabled": false}; an unknown '
+                                    "query parameter", "INVALID_PARAMETER")},
+            requestBody=json_body(obj("enabled", enabled=boolean()), {"enabled": False}, required=False))}
+    paths[CURL_PREFIX + "/{id}/run"] = {
+        "parameters": [id_param],
+        "post": operation(
+            "runHttpSchedule", "http schedules", "Run a schedule now, whatever `enabled` says (no body)",
+            {"200": json_answer("The run, ended", ref("Run"), links=to_run),
+             "202": json_answer("wait=false: the run, begun", ref("RunStarted"), links=to_run)},
+            curl_common, curl_write, curl_body, no_schedule,
+            {"400": curl_error(400, "A body; " + bad_query + "wait", "INVALID_PARAMETER"),
+             "409": curl_error(409, "A run of it is in flight and its overlap is forbid", "RUN_IN_PROGRESS"),
+             "500": curl_error(500, "The run ended but its record could not be written", "INTERNAL_ERROR"),
+             "503": curl_error(503, "As many manual runs as may wait at once (half of server.threads) wait "
+                                    "already, or the server is stopping", "SERVICE_UNAVAILABLE")},
+            parameters=[query("wait", boolean(), "false (or 0): answer 202 at once; default true")])}
+    paths[CURL_PREFIX + "/{id}/runs"] = {
+        "parameters": [id_param],
+        "get": operation(
+            "listHttpRuns", "http schedules", "A schedule's runs, newest first (runs in flight first)",
+            {"200": json_answer("A page of runs", ref("RunPage"))}, curl_common, no_schedule,
+            {"400": curl_error(400, bad_query + "limit, status, since or cursor", "INVALID_PARAMETER")},
+            parameters=[
+                query("limit", integer(1, HISTORY_MAX_LIMIT, default=50), "Runs per page"),
+                query("status", array(string(enum=statuses), minItems=1),
+                      "Only runs with one of these statuses (repeated, or comma-separated)"),
+                query("since", since, "Only runs that ended at or after it"),
+                query("cursor", string(format="cursor", maxLength=1024),
+                      "The next_cursor of the page before")])}
+    paths[CURL_PREFIX + "/{id}/runs/{run_id}"] = {
+        "parameters": [id_param, path("run_id", uuid, "The run's id")],
+        "get": operation(
+            "getHttpRun", "http schedules", "One run of a schedule",
+            {"200": json_answer("The run", ref("Run"))}, curl_common,
+            {"404": curl_error(404, "No such schedule, or no such run of it", "SCHEDULE_NOT_FOUND",
+                               "RUN_NOT_FOUND")})}
+
+    paths[EXEC_PREFIX + "/list"] = {"get": operation(
+        "listScripts", "script schedules", "Every registered script, sorted by scriptRel",
+        {"200": json_answer("The registered scripts", ref("ScriptList"))}, exec_common)}
+    paths[EXEC_PREFIX + "/history"] = {"get": operation(
+        "scriptHistory", "script schedules", "Fires, newest first by ts",
+        {"200": json_answer("The fires", ref("History"))}, exec_common,
+        {"400": exec_error(400, "VALIDATION_ERROR",
+                           bad_query + "since or limit, a path outside the scripts dir")},
+        parameters=[
+            query("scriptPath", script_path, "Only this script's fires"),
+            query("since", since, "A lower bound on ts"),
+            query("limit", integer(1, 999_999_999_999, default=100),
+                  f"How many (above {HISTORY_MAX_LIMIT} counts as {HISTORY_MAX_LIMIT})"),
+            query("includeRotated", boolean(), "Read the rotated fires.log.* files too (also 1 or 0)")])}
+    paths[EXEC_PREFIX + "/reload"] = {"post": operation(
+        "reloadScripts", "script schedules", "Rescan the scripts dir and reconcile",
+        {"200": json_answer("What changed (with dry_run: what would)", ref("ReloadResult"))},
+        exec_common, exec_body,
+        requestBody=json_body(obj("", dry_run=boolean("true: nothing is applied")), {"dry_run": True},
+                              required=False))}
+    paths[EXEC_PREFIX + "/trigger"] = {"post": operation(
+        "triggerScript", "script schedules", "Run a registered script now; answers when it has ended",
+        {"200": json_answer("The run, ended", ref("TriggerResult"),
+                            links=links(getScriptRun={"runId": "$response.body#/runId"}))},
+        exec_common, exec_body,
+        {"403": exec_error(403, "FORBIDDEN", "A read-only token, or a script with @token without force"),
+         "404": exec_error(404, "NOT_FOUND", "No such registered script"),
+         "409": exec_error(409, "CONFLICT", "A run of it is in progress"),
+         "500": exec_error(500, "ERROR_500", "The run ended but its record could not be written"),
+         "503": exec_error(503, "ERROR_503", "As many triggers as may wait at once (half of server.threads) "
+                                             "wait already, or the server is stopping")},
+        requestBody=json_body(obj("scriptPath", scriptPath=script_path,
+                                  force=boolean("Run a script with @token all the same")),
+                              {"scriptPath": "default/cron/cleanup.sh"}))}
+    paths[EXEC_PREFIX + "/runs/{runId}"] = {
+        "parameters": [path("runId", string(), "The run's id")],
+        "get": operation(
+            "getScriptRun", "script schedules", "One run of a script, with its kept output",
+            {"200": json_answer("The run", ref("ScriptRun"))}, exec_common,
+            {"404": exec_error(404, "NOT_FOUND", "No such run")})}
+
+    responses = {
+        "CurlNotFound": curl_error(404, "An unknown route (SCHEDULE_NOT_FOUND for a schedule's path)",
+                                   "NOT_FOUND", "SCHEDULE_NOT_FOUND"),
+        "CurlMethodNotAllowed": {**curl_error(405, "A method the route does not take", "METHOD_NOT_ALLOWED"),
+                                 "headers": allow},
+        "ExecNotFound": exec_error(404, "NOT_FOUND", "An unknown route under /api/v1/exec/"),
+        "ExecMethodNotAllowed": {**exec_error(405, "METHOD_NOT_ALLOWED", "A method the route does not take"),
+                                 "headers": allow},
+    }
+    description = " ".join((
+        f"Two surfaces share one server: HTTP request schedules under {CURL_PREFIX} and script",
+        f"schedules under {EXEC_PREFIX}. Every route but /healthz, the dashboard (/ and /static/) and",
+        f"{API_PREFIX}/openapi.json needs `Authorization: Bearer <token>` (/metrics too, unless",
+        "[metrics] public = true); a read-only token may call GET routes only. Errors come in the",
+        "surface's shape: CurlError {error, message} on the HTTP request schedule routes and the routes",
+        "outside both surfaces, ExecError {error, code, message, timestamp} on the script routes and any",
+        "unknown path under /api/v1/exec/. Every route of both surfaces refuses an unknown query parameter",
+        "(400). An unknown route answers 404 (components.responses CurlNotFound or ExecNotFound), a method",
+        "a route does not take 405 with Allow (CurlMethodNotAllowed or ExecMethodNotAllowed). Instants are",
+        "UTC ISO 8601 with Z: whole seconds on the HTTP request schedule surface, milliseconds in run",
+        "objects and on the script surface. Formats of our own: `cron` (see its description), `http-url`,",
+        "`script-path` and `cursor` (a next_cursor as it came)."))
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "schedserver", "version": __version__, "description": description,
+                 "license": {"name": "MIT", "identifier": "MIT"}},
+        "tags": [{"name": "health"}, {"name": "dashboard"}, {"name": "tools"}, {"name": "http schedules"},
+                 {"name": "script schedules"}],
+        "security": [{"bearer": []}],
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                           "description": "An admin token, or a read-only token (GET only)"}},
+            "schemas": schemas, "responses": responses},
+    }
 
 
 def _query_text(request: bottle.LocalRequest, name: str) -> str | None:
@@ -5237,6 +5799,17 @@ def make_app(http: HttpSchedules, auth: Auth, scripts: ScriptSchedules | None = 
                     return json_response({"error": e.code, "message": e.message}, e.status, e.headers)
             return bottle.HTTPResponse(metrics.text(), status=200,
                                        headers={"Content-Type": metrics.prom.CONTENT_TYPE_LATEST})
+
+    @app.get("/")
+    def dashboard() -> bottle.HTTPResponse:      # no auth: the page asks for a token and keeps it in the tab
+        return _static(DASHBOARD_HTML, "text/html; charset=utf-8")
+
+    @app.get("/static/<name>")
+    def dashboard_asset(name: str) -> bottle.HTTPResponse:
+        asset = DASHBOARD_ASSETS.get(name)
+        if asset is None:
+            return json_response({"error": "NOT_FOUND", "message": "No such file"}, 404)
+        return _static(*asset)
 
     @app.get(API_PREFIX + "/openapi.json")
     def openapi() -> bottle.HTTPResponse:        # no auth: the document describes the API, it holds no data
@@ -5345,8 +5918,8 @@ def make_app(http: HttpSchedules, auth: Auth, scripts: ScriptSchedules | None = 
         @app.post(EXEC_PREFIX + "/reload")
         @api()
         def reload_scripts() -> dict:
-            body = read_json_body(request)
-            if body is None:
+            body = read_json_body(request, empty=EMPTY_BODY)
+            if body is EMPTY_BODY:
                 body = {}
             if not isinstance(body, dict):
                 raise InvalidParameter('body must be a JSON object such as {"dry_run": true}')

@@ -80,8 +80,10 @@ SUCCESS = {
     ("GET", "/api/v1/openapi.json"): {200: {"openapi", "info", "paths"}},
     ("GET", "/api/v1/cron/preview"): {200: {"expression", "description", "timezone", "next"}},
     ("GET", "/metrics"): {200: set()},          # Prometheus' text format, not JSON
+    ("GET", "/"): {200: set()},                 # the dashboard: HTML, its script and style sheet
+    ("GET", "/static/<name>"): {200: set()},
 }
-TEXT_ROUTES = {("GET", "/metrics")}
+TEXT_ROUTES = {("GET", "/metrics"), ("GET", "/"), ("GET", "/static/<name>")}
 # The script surface's contract: the title and code of each documented error status.
 EXEC_CONTRACT = {400: ("Invalid parameter format", "VALIDATION_ERROR"), 403: ("Access denied", "FORBIDDEN"),
                  404: ("Resource not found", "NOT_FOUND")}
@@ -254,7 +256,7 @@ def check_answer(app, case: Case, status: int, content_type: str, body: bytes) -
     if 200 <= status < 300:
         route = route_for(app, case.method, path_info)
         if route is not None and (route.method, route.rule) in TEXT_ROUTES:
-            assert content_type.startswith("text/plain"), f"{where} answered {status} as {content_type!r}"
+            assert content_type.startswith("text/"), f"{where} answered {status} as {content_type!r}"
             return None
     assert content_type == "application/json", f"{where} answered {status} as {content_type!r}: {body[:300]!r}"
     if case.method == "HEAD":
