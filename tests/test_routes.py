@@ -1039,7 +1039,7 @@ class TestAuth:
 ###############################################################################
 
 class TestRouterErrors:
-    @pytest.mark.parametrize("path", ["/", "/api/v1/nope", "/api/v1", "/api/v1/curl", "/api/v1/curl/schedules",
+    @pytest.mark.parametrize("path", ["/nope", "/api/v1/nope", "/api/v1", "/api/v1/curl", "/api/v1/curl/schedules",
                                       "/favicon.ico"])
     def test_an_unknown_route_answers_404_in_json(self, server, path):
         assert_error(server.app.get(path, headers=ADMIN, expect_errors=True), 404, "NOT_FOUND")
