@@ -30,6 +30,7 @@ import ipaddress
 import itertools
 import json
 import logging
+import math
 import os
 import queue
 import re
@@ -2793,11 +2794,15 @@ class Scheduler:
                 if due.slot is not None or due.missed:
                     found.append(due)
                 self._push(key)
+            due_now = {due.job.key for due in found if due.slot is not None}
             while self._once and self._once[0][0] <= now:
                 _, _, key, due = heapq.heappop(self._once)
                 job = self._jobs.get(key)
-                if job is not None:         # removed meanwhile: nothing to run
-                    found.append(replace(due, job=job))
+                if job is None:             # removed meanwhile: nothing to run
+                    continue
+                if due.trigger == "retry" and key in due_now:
+                    continue                # the next slot has come: it runs, and the retries stop
+                found.append(replace(due, job=job))
         return found
 
     def _due(self, job: Job, slot: float, now: float) -> tuple[Due, float | None]:
@@ -2827,8 +2832,12 @@ class Scheduler:
     def _loop(self) -> None:
         while not self._stop.is_set():
             now = self.clock()
-            # Every slot is a whole second: wake just after the next one.
-            if self._stop.wait(max(0.0, (now // 1.0 + 1.0) - now) + 0.0005):
+            # Every slot is a whole second: wake just after the next one, or at a one-off run due sooner.
+            wake = now // 1.0 + 1.0
+            with self._lock:
+                if self._once:
+                    wake = min(wake, self._once[0][0])
+            if self._stop.wait(max(0.0, wake - now) + 0.0005):
                 break
             now = self.clock()
             try:
@@ -3652,7 +3661,8 @@ class Runs:
                 and run.attempt <= job.retry.count and not run.cancelled and self.scheduler is not None:
             at = self.clock() + job.retry.backoff(run.attempt)
             following = self.scheduler.next_at(job.key)
-            if following is None or at < following:     # retries stop when the next slot arrives
+            # Retries stop when the next slot arrives: one that would start in its second would only be skipped.
+            if following is None or math.ceil(at) < following:
                 retry_at = at
         decided["retry_at"] = retry_at
         if not run.cancelled:       # a run replaced by the next is neither a failure nor a success
@@ -5144,12 +5154,1844 @@ RUN_STATUSES = ("ok", "error", "timeout", "skipped", "missed", "interrupted", "r
 DASHBOARD_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
                  "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 DASHBOARD_HTML = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>schedserver</title><link rel="stylesheet" href="static/app.css"></head>
-<body><main id="app"><h1>schedserver</h1><p>Loading...</p></main><script src="static/app.js"></script></body></html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="referrer" content="no-referrer">
+<title>schedserver</title>
+<link rel="icon" href="data:,">
+<link rel="stylesheet" href="static/app.css">
+<script src="static/app.js" defer></script>
+</head>
+<body>
+<header class="top">
+<a class="brand" href="#/">schedserver</a>
+<nav id="session" class="session" aria-label="Session"></nav>
+</header>
+<div id="notices" class="notices" aria-live="polite"></div>
+<main id="app" class="app" tabindex="-1">
+<h1>schedserver</h1>
+<p>Loading the dashboard&hellip;</p>
+<noscript><p>The dashboard needs JavaScript; the API works without it (see docs/api.md).</p></noscript>
+</main>
+</body>
+</html>
 """
-DASHBOARD_CSS = "body { font-family: system-ui, sans-serif; margin: 1rem; }\n"
-DASHBOARD_JS = "\"use strict\";\n"
+
+DASHBOARD_CSS = r"""/* schedserver dashboard: one style sheet, no web fonts, light and dark. */
+:root {
+  color-scheme: light dark;
+  --bg: #ffffff; --fg: #1b1f24; --muted: #59636e; --line: #d0d7de; --panel: #f6f8fa;
+  --accent: #0a58ca; --accent-fg: #ffffff; --focus: #1f6feb;
+  --ok: #1a7f37; --error: #cf222e; --timeout: #bc4c00; --skipped: #6e7781; --missed: #8250df;
+  --interrupted: #9a6700; --running: #0969da; --unknown: #6e7781;
+}
+@media (prefers-color-scheme: dark) {
+  :root {
+    --bg: #0d1117; --fg: #e6edf3; --muted: #9198a1; --line: #30363d; --panel: #161b22;
+    --accent: #4493f8; --accent-fg: #0d1117; --focus: #f0b72f;
+    --ok: #3fb950; --error: #f85149; --timeout: #db6d28; --skipped: #8b949e; --missed: #a371f7;
+    --interrupted: #d29922; --running: #58a6ff; --unknown: #8b949e;
+  }
+}
+* { box-sizing: border-box; }
+html { -webkit-text-size-adjust: 100%; text-size-adjust: 100%; }
+body {
+  margin: 0; background: var(--bg); color: var(--fg);
+  font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "Noto Sans", "Liberation Sans", sans-serif;
+}
+a { color: var(--accent); }
+code, pre, .mono {
+  font-family: ui-monospace, "SFMono-Regular", "DejaVu Sans Mono", Menlo, Consolas, monospace;
+}
+code { font-size: .92em; overflow-wrap: anywhere; }
+pre {
+  margin: .25rem 0 .75rem; padding: .6rem .75rem; background: var(--panel); border: 1px solid var(--line);
+  border-radius: 6px; white-space: pre-wrap; overflow-wrap: anywhere; max-height: 24rem; overflow: auto;
+  font-size: .88em;
+}
+h1 { font-size: 1.45rem; margin: .25rem 0 .75rem; overflow-wrap: anywhere; }
+h2 { font-size: 1.1rem; margin: 1.5rem 0 .5rem; }
+h3 { font-size: 1rem; margin: 1rem 0 .35rem; }
+h1:focus { outline: none; }
+:focus-visible { outline: 3px solid var(--focus); outline-offset: 2px; }
+.vh {
+  position: absolute !important; width: 1px; height: 1px; padding: 0; margin: -1px; overflow: hidden;
+  clip: rect(0 0 0 0); white-space: nowrap; border: 0;
+}
+[hidden] { display: none !important; }
+
+/* frame */
+.top {
+  display: flex; flex-wrap: wrap; align-items: center; justify-content: space-between; gap: .5rem 1rem;
+  padding: .6rem 1rem; border-bottom: 1px solid var(--line); background: var(--panel);
+}
+.brand { font-weight: 700; font-size: 1.1rem; color: var(--fg); text-decoration: none; }
+.session { display: flex; align-items: center; gap: .75rem; }
+.role {
+  font-size: .8rem; font-weight: 600; text-transform: uppercase; letter-spacing: .04em; padding: .1rem .5rem;
+  border-radius: 999px; border: 1px solid var(--line);
+}
+.role.read { color: var(--timeout); border-color: var(--timeout); }
+.app { padding: 1rem; max-width: 90rem; margin: 0 auto; }
+.app:focus { outline: none; }
+.notices { position: sticky; top: 0; z-index: 5; max-width: 90rem; margin: 0 auto; padding: 0 1rem; }
+.notice {
+  display: flex; align-items: flex-start; justify-content: space-between; gap: .75rem; margin: .5rem 0 0;
+  padding: .5rem .75rem; border-radius: 6px; border: 1px solid var(--line); background: var(--panel);
+  overflow-wrap: anywhere;
+}
+.notice.ok { border-color: var(--ok); }
+.notice.error { border-color: var(--error); }
+.crumbs { margin: 0 0 .25rem; }
+.muted, .sub { color: var(--muted); }
+.sub { font-size: .88em; overflow-wrap: anywhere; }
+.problem { color: var(--error); overflow-wrap: anywhere; }
+.problem:empty { display: none; }
+.count { color: var(--muted); margin: .5rem 0; }
+.empty { padding: 1rem; border: 1px dashed var(--line); border-radius: 6px; color: var(--muted); }
+
+/* controls */
+button, .button {
+  display: inline-flex; align-items: center; justify-content: center; gap: .35rem; min-height: 2.25rem;
+  padding: .35rem .85rem; border-radius: 6px; border: 1px solid var(--line); background: var(--panel);
+  color: var(--fg); font: inherit; font-weight: 600; text-decoration: none; cursor: pointer;
+}
+button:hover, .button:hover { border-color: var(--muted); }
+button:disabled { opacity: .6; cursor: progress; }
+.primary { background: var(--accent); border-color: var(--accent); color: var(--accent-fg); }
+.danger { color: var(--error); border-color: var(--error); }
+.small { min-height: 1.9rem; padding: .15rem .6rem; font-size: .88em; }
+.link {
+  background: none; border: none; padding: .2rem .3rem; min-height: 0; color: var(--accent); font-weight: 600;
+}
+.actions { display: flex; flex-wrap: wrap; gap: .5rem; margin: .5rem 0 1rem; }
+input, select, textarea {
+  font: inherit; color: var(--fg); background: var(--bg); border: 1px solid var(--muted); border-radius: 6px;
+  padding: .4rem .55rem; max-width: 100%;
+}
+input[type="checkbox"] { width: 1.1rem; height: 1.1rem; margin: 0; }
+textarea { width: 100%; resize: vertical; }
+[aria-invalid="true"] { border-color: var(--error); box-shadow: 0 0 0 1px var(--error); }
+.toolbar { display: flex; flex-wrap: wrap; gap: .75rem; align-items: flex-end; margin: .5rem 0; }
+.toolbar .field { margin: 0; }
+.toolbar input[type="search"] { width: 18rem; }
+.field { display: flex; flex-direction: column; gap: .25rem; margin: 0 0 .9rem; min-width: 0; }
+.field label, .field .label { font-weight: 600; }
+.field.check { flex-direction: row; align-items: center; gap: .5rem; }
+.field .hint { margin: 0; color: var(--muted); font-size: .88em; }
+.field-error { margin: 0; color: var(--error); font-weight: 600; overflow-wrap: anywhere; }
+.form { max-width: 44rem; }
+.form input[type="text"], .form input[type="url"], .form input[type="number"], .form select { width: 100%; }
+fieldset {
+  border: 1px solid var(--line); border-radius: 8px; margin: 0 0 1rem; padding: .75rem 1rem .25rem;
+  min-width: 0;
+}
+legend { font-weight: 700; padding: 0 .35rem; }
+.preview {
+  margin: -.4rem 0 .9rem; padding: .5rem .75rem; border-left: 3px solid var(--accent);
+  background: var(--panel);
+}
+.preview p { margin: 0 0 .25rem; }
+.preview ol { margin: 0; padding-left: 1.4rem; }
+.signin { max-width: 30rem; }
+.signin input { width: 100%; margin: .25rem 0 .5rem; }
+
+/* tables: rows become cards on narrow screens */
+.grid { width: 100%; border-collapse: collapse; }
+.grid th, .grid td {
+  text-align: left; vertical-align: top; padding: .45rem .5rem; border-bottom: 1px solid var(--line);
+}
+.grid th { font-size: .85em; color: var(--muted); font-weight: 600; white-space: nowrap; }
+.cell { min-width: 0; overflow-wrap: break-word; }
+.cell .sub, .cell code { overflow-wrap: anywhere; }
+.schedules td:nth-child(2) { min-width: 12rem; }
+.schedules td:last-child { min-width: 10.5rem; }
+/* Below 1100 px the tables do not fit: each row becomes a card, cards side by side while there is room. */
+@media (max-width: 1100px) {
+  .grid thead { display: none; }        /* each cell names itself (data-label) */
+  .grid, .grid tr, .grid td { display: block; width: 100%; }
+  .grid tbody {
+    display: grid; grid-template-columns: repeat(auto-fill, minmax(min(100%, 22rem), 1fr)); gap: .75rem;
+  }
+  .grid tr { border: 1px solid var(--line); border-radius: 8px; padding: .35rem .6rem; min-width: 0; }
+  .grid td {
+    border: 0; padding: .2rem 0; display: grid; grid-template-columns: 6.5rem minmax(0, 1fr); gap: .5rem;
+  }
+  .grid td::before { content: attr(data-label); color: var(--muted); font-size: .85em; font-weight: 600; }
+  .schedules td:nth-child(2), .schedules td:last-child { min-width: 0; }
+  .grid .cell { overflow-wrap: anywhere; }
+  .grid .when .abs { white-space: normal; }
+}
+@media (max-width: 400px) {
+  .grid td { grid-template-columns: 5.25rem minmax(0, 1fr); }
+  .app { padding: .75rem; }
+}
+@media (max-width: 640px) {
+  .toolbar input[type="search"] { width: 100%; }
+  .toolbar .field { flex: 1 1 100%; }
+}
+.table-wrap { overflow-x: auto; }
+
+/* statuses */
+.st-ok { --c: var(--ok); } .st-error { --c: var(--error); } .st-timeout { --c: var(--timeout); }
+.st-skipped { --c: var(--skipped); } .st-missed { --c: var(--missed); }
+.st-interrupted { --c: var(--interrupted); } .st-running { --c: var(--running); }
+.st-unknown, .st-none { --c: var(--unknown); }
+.badge {
+  display: inline-block; padding: 0 .5em; border-radius: 999px; border: 1px solid var(--c); color: var(--c);
+  font-size: .85em; font-weight: 700; white-space: nowrap;
+}
+.badge.st-none { font-weight: 400; border-style: dashed; }
+.strip {
+  display: flex; flex-wrap: wrap; gap: 2px; list-style: none; margin: 0; padding: 0; align-items: center;
+  min-width: 160px;    /* 20 marks on one line */
+}
+.mark { width: 6px; height: 18px; border-radius: 2px; background: var(--c); flex: none; }
+.mark.st-skipped { background: transparent; border: 2px solid var(--c); }
+.mark.st-missed { background: transparent; border: 2px dashed var(--c); }
+.mark.st-interrupted { background: repeating-linear-gradient(180deg, var(--c) 0 3px, transparent 3px 5px); }
+.strip .none { color: var(--muted); font-size: .88em; }
+.legend {
+  display: flex; flex-wrap: wrap; gap: .25rem 1rem; color: var(--muted); font-size: .85em; margin-top: 1rem;
+}
+.legend span { display: inline-flex; align-items: center; gap: .35rem; }
+.kind {
+  font-size: .8rem; font-weight: 700; text-transform: uppercase; letter-spacing: .03em; color: var(--muted);
+  white-space: nowrap;
+}
+.when { display: flex; flex-direction: column; }
+.when .abs { font-size: .85em; color: var(--muted); white-space: nowrap; }
+.error-text { color: var(--error); }
+
+/* settings and dialogs */
+.settings {
+  display: grid; grid-template-columns: minmax(8rem, 14rem) minmax(0, 1fr); gap: .35rem 1rem; margin: 0;
+}
+.settings > div { display: contents; }
+.settings dt { font-weight: 600; color: var(--muted); }
+.settings dd { margin: 0; min-width: 0; overflow-wrap: anywhere; }
+@media (max-width: 560px) {
+  .settings { grid-template-columns: minmax(0, 1fr); gap: 0; }
+  .settings dd { margin-bottom: .5rem; }
+}
+.result:empty { display: none; }
+.result {
+  margin: 0 0 1rem; padding: .75rem; border: 1px solid var(--line); border-radius: 8px;
+  background: var(--panel);
+}
+.result h2 { margin-top: 0; }
+dialog.modal {
+  width: min(46rem, calc(100vw - 1.5rem)); max-height: calc(100vh - 2rem); overflow: auto;
+  border: 1px solid var(--line); border-radius: 10px; padding: 1rem 1.1rem;
+  background: var(--bg); color: var(--fg);
+}
+dialog.modal::backdrop { background: rgba(0, 0, 0, .45); }
+.modal .buttons { display: flex; flex-wrap: wrap; justify-content: flex-end; gap: .5rem; margin-top: 1rem; }
+.diff ul { margin: .25rem 0; padding-left: 1.25rem; }
+.more { margin: .75rem 0; }
+"""
+
+DASHBOARD_JS = r"""// The dashboard: plain JavaScript, no build step, nothing from another origin.
+// Safe by construction: every value from the API goes into the page as text (el(), textContent,
+// setAttribute), never as HTML; no inline handlers or styles (the page's Content-Security-Policy
+// forbids both): listeners through addEventListener, looks through classes.
+"use strict";
+(() => {
+
+// -- settings -------------------------------------------------------------------------------------------
+const TOKEN_KEY = "schedserver.token";      // sessionStorage: this tab only, gone when it closes
+const REFRESH_MS = Number(window.SCHEDSERVER_REFRESH_MS) > 0 ? Number(window.SCHEDSERVER_REFRESH_MS) : 5000;
+const STRIP_SIZE = 20;                      // runs in a schedule's strip of marks
+const STRIP_MAX_AGE_MS = 30000;             // a strip is read again at least this often
+const RUNS_PAGE = 20;                       // runs per page on a schedule's page
+const PARALLEL = 4;                         // API calls at once while filling the strips
+const RUN_STATUSES = ["ok", "error", "timeout", "skipped", "missed", "interrupted"];
+const KNOWN_STATUSES = new Set([...RUN_STATUSES, "running"]);
+const METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+const CURL = "api/v1/curl/schedule";
+const EXEC = "api/v1/exec/schedules";
+const PREVIEW = "api/v1/cron/preview";
+// The API lives where the page is mounted: the folder above static/app.js (relative, so a prefix works).
+const BASE = document.currentScript ? new URL("..", document.currentScript.src) : new URL(".", location.href);
+const BROWSER_ZONE = Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC";
+
+const session = {token: null, role: null};  // role: "admin" or "read"
+let serverZone = null;                      // the server's scheduler.timezone, learnt from a cron preview
+let current = null;                         // the view on screen: {node, refresh, alive, ...}
+let timer = null;
+let firstRoute = true;
+
+// -- building the page: text only -------------------------------------------------------------------------
+const PROPERTIES = new Set(["value", "checked", "disabled", "hidden", "selected"]);
+
+// el("a", {href: "#/", class: "x", onclick: fn}, "text", child, [more]): a node; strings become text nodes.
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  append(node, children);
+  for (const [name, value] of Object.entries(attrs || {})) {
+    if (value === undefined || value === null || value === false) continue;
+    if (name.startsWith("on")) {
+      if (typeof value !== "function") throw new TypeError(`${name}: a listener must be a function`);
+      node.addEventListener(name.slice(2), value);
+    } else if (name === "style" || name === "innerHTML" || name === "srcdoc") {
+      throw new TypeError(`${name}: use classes and text`);
+    } else if (PROPERTIES.has(name)) {
+      node[name] = value;
+    } else {
+      node.setAttribute(name, value === true ? "" : String(value));
+    }
+  }
+  return node;
+}
+
+function append(node, children) {
+  for (const child of children) {
+    if (child === null || child === undefined || child === false) continue;
+    if (Array.isArray(child)) append(node, child);
+    else node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+function cell(label, ...content) {
+  return el("td", {"data-label": label}, el("div", {class: "cell"}, ...content));
+}
+
+function heading(text) {
+  return el("h1", {tabindex: "-1"}, text);
+}
+
+function shown(value) {
+  return value === null || value === undefined || value === "" ? "—" : String(value);
+}
+
+function statusClass(status) {
+  if (status === null || status === undefined) return "st-none";
+  return KNOWN_STATUSES.has(status) ? `st-${status}` : "st-unknown";
+}
+
+function badge(status) {
+  return el("span", {class: `badge ${statusClass(status)}`}, status == null ? "never run" : String(status));
+}
+
+// The strip of marks: runs come newest first (as the API gives them) and are shown oldest first.
+function marks(runs) {
+  const list = el("ol", {class: "strip", "aria-label": `last ${runs.length} runs, oldest first`});
+  for (const run of runs.slice().reverse()) {
+    const at = parseTime(run.at);
+    const count = run.count > 1 ? ` ×${run.count}` : "";
+    const label = `${run.status}${count}${at === null ? "" : `, ${formatIn(at)}`}`;
+    list.append(el("li", {class: `mark ${statusClass(run.status)}`, title: label},
+                   el("span", {class: "vh"}, label)));
+  }
+  if (!runs.length) list.append(el("li", {class: "none"}, "no runs yet"));
+  return list;
+}
+
+function legend() {
+  return RUN_STATUSES.map((s) => el("span", {},
+    el("span", {class: `mark ${statusClass(s)}`, "aria-hidden": "true"}), s));
+}
+
+// Replace `old` by `fresh`, keeping keyboard focus on the same control (same data-fk) if it was inside.
+function swap(old, fresh) {
+  const active = document.activeElement;
+  const inside = active && active !== document.body && old.contains(active);
+  const key = inside ? active.getAttribute("data-fk") : null;
+  old.replaceWith(fresh);
+  if (key) {
+    const again = [...fresh.querySelectorAll("[data-fk]")].find((n) => n.getAttribute("data-fk") === key);
+    if (again) again.focus();
+  }
+}
+
+// Keyed rows: a row is rebuilt only when what it shows changed, so refreshes keep focus and scroll.
+const signatures = new WeakMap();
+
+function syncChildren(parent, items, keyOf, signatureOf, render) {
+  const old = new Map();
+  for (const child of [...parent.children]) {
+    if (child.dataset.key === undefined) child.remove();
+    else old.set(child.dataset.key, child);
+  }
+  let previous = null;
+  for (const item of items) {
+    const key = keyOf(item);
+    const signature = signatureOf(item);
+    let node = old.get(key);
+    old.delete(key);
+    if (!node || signatures.get(node) !== signature) {
+      const fresh = render(item);
+      fresh.dataset.key = key;
+      signatures.set(fresh, signature);
+      if (node) swap(node, fresh);
+      node = fresh;
+    }
+    const wanted = previous ? previous.nextElementSibling : parent.firstElementChild;
+    if (wanted !== node) parent.insertBefore(node, wanted);
+    previous = node;
+  }
+  for (const node of old.values()) node.remove();
+}
+
+// -- time -------------------------------------------------------------------------------------------------
+const formatters = new Map();
+const RELATIVE = new Intl.RelativeTimeFormat(undefined, {numeric: "auto"});
+
+function parseTime(iso) {
+  if (typeof iso !== "string") return null;
+  const ms = Date.parse(iso);
+  return Number.isNaN(ms) ? null : ms;
+}
+
+function formatIn(ms, zone) {
+  const key = zone || "";
+  if (!formatters.has(key)) {
+    const options = {year: "numeric", month: "short", day: "numeric", hour: "2-digit", minute: "2-digit",
+                     second: "2-digit", hourCycle: "h23", timeZoneName: "short"};
+    try {
+      formatters.set(key, new Intl.DateTimeFormat(undefined, zone ? {...options, timeZone: zone} : options));
+    } catch (e) {
+      formatters.set(key, null);        // a zone this browser does not know: UTC ISO instead
+    }
+  }
+  const format = formatters.get(key);
+  return format ? format.format(ms) : new Date(ms).toISOString();
+}
+
+function relative(ms, now, upcoming) {
+  const seconds = Math.round((ms - now) / 1000);
+  if (upcoming && seconds <= 0) return "due now";      // a next run whose time came since the last refresh
+  const size = Math.abs(seconds);
+  if (size < 60) return RELATIVE.format(seconds, "second");
+  if (size < 3600) return RELATIVE.format(Math.round(seconds / 60), "minute");
+  if (size < 86400) return RELATIVE.format(Math.round(seconds / 3600), "hour");
+  if (size < 86400 * 45) return RELATIVE.format(Math.round(seconds / 86400), "day");
+  return RELATIVE.format(Math.round(seconds / (86400 * 30)), "month");
+}
+
+// An instant: relative ("in 3 minutes"), then absolute in the browser's zone and, if another, `zone`.
+// `upcoming`: a next run (shown as due, not as past, once its time has come).
+function when(iso, zone, upcoming) {
+  const ms = parseTime(iso);
+  if (ms === null) return el("span", {class: "muted"}, shown(iso));
+  const utc = new Date(ms).toISOString();
+  const box = el("span", {class: "when", title: utc},
+    el("time", {class: "rel", datetime: utc, "data-at": String(ms), "data-upcoming": upcoming ? "1" : null},
+       relative(ms, Date.now(), upcoming)),
+    el("span", {class: "abs"}, formatIn(ms)));
+  if (zone && zone !== BROWSER_ZONE) box.append(el("span", {class: "abs"}, formatIn(ms, zone)));
+  return box;
+}
+
+function duration(ms) {
+  if (typeof ms !== "number") return "—";
+  if (ms < 1000) return `${Math.round(ms)} ms`;
+  if (ms < 60000) return `${Number((ms / 1000).toFixed(ms < 10000 ? 2 : 1))} s`;
+  const seconds = Math.round(ms / 1000);
+  return `${Math.floor(seconds / 60)} min ${seconds % 60} s`;
+}
+
+function tickRelative() {
+  if (document.visibilityState === "hidden") return;
+  const now = Date.now();
+  for (const node of document.querySelectorAll("time.rel[data-at]")) {
+    node.textContent = relative(Number(node.dataset.at), now, node.dataset.upcoming === "1");
+  }
+}
+
+function sleep(ms) {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+// -- the API ----------------------------------------------------------------------------------------------
+class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;               // 0: no answer at all
+    this.code = code;
+  }
+}
+
+function q(path, params) {
+  const search = new URLSearchParams();
+  for (const [name, value] of Object.entries(params || {})) {
+    if (value !== undefined && value !== null && value !== "") search.append(name, String(value));
+  }
+  const text = search.toString();
+  return text ? `${path}?${text}` : path;
+}
+
+function enc(part) {
+  return encodeURIComponent(part);
+}
+
+// One API call with the bearer token; the JSON answer, or ApiError with the server's own message.
+async function api(method, path, body) {
+  const headers = {Accept: "application/json"};
+  if (session.token) headers.Authorization = `Bearer ${session.token}`;
+  const init = {method, headers, cache: "no-store", redirect: "error"};
+  if (body !== undefined) {
+    headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  let response;
+  try {
+    response = await fetch(new URL(path, BASE), init);
+  } catch (e) {
+    throw new ApiError(0, "NO_ANSWER", `no answer from the server (${e.message})`);
+  }
+  const raw = await response.text().catch(() => "");
+  let data;
+  try {
+    data = raw ? JSON.parse(raw) : null;
+  } catch (e) {
+    data = undefined;
+  }
+  if (!response.ok) throw apiError(response.status, data);
+  if (data === undefined) throw new ApiError(response.status, "NOT_JSON", "the server's answer is not JSON");
+  return data;
+}
+
+// Both error shapes: {error: CODE, message} (HTTP schedules) and {error: title, code: CODE, message,
+// timestamp} (scripts).
+function apiError(status, data) {
+  const body = data && typeof data === "object" ? data : {};
+  const code = typeof body.code === "string" ? body.code
+    : typeof body.error === "string" ? body.error : `HTTP_${status}`;
+  const message = typeof body.message === "string" && body.message ? body.message
+    : `the server answered ${status}`;
+  return new ApiError(status, code, message);
+}
+
+function errorText(e) {
+  if (!(e instanceof ApiError)) return String((e && e.message) || e);
+  return e.status ? `${e.message} (${e.status} ${e.code})` : e.message;
+}
+
+// A change: as api(), but a 403 means this token is read-only after all (the buttons go).
+async function write(method, path, body) {
+  try {
+    return await api(method, path, body);
+  } catch (e) {
+    if (e instanceof ApiError && e.status === 403 && session.role === "admin") {
+      session.role = "read";
+      renderSession();
+      setTimeout(route, 0);
+      throw new ApiError(403, e.code, `this token is read-only: ${e.message}`);
+    }
+    throw e;
+  }
+}
+
+// True when `e` was dealt with here: a 401 means the token is no longer accepted.
+function signedOutBy(e) {
+  if (e instanceof ApiError && e.status === 401 && session.token) {
+    signOut("The server no longer accepts this token; sign in again.");
+    return true;
+  }
+  return false;
+}
+
+// -- plain-English cron descriptions, cached per expression and zone --------------------------------------
+const descriptions = new Map();         // "expr\u0000zone" -> {text, error, waiting: Set}
+
+// The description if known (null: none to be had); undefined while it is fetched, `ready` is called then.
+function cronText(expr, zone, ready) {
+  const key = `${expr}\u0000${zone || ""}`;
+  let entry = descriptions.get(key);
+  if (entry && "text" in entry) return entry.text;
+  if (entry) {
+    if (ready) entry.waiting.add(ready);
+    return undefined;
+  }
+  entry = {waiting: new Set(ready ? [ready] : [])};
+  descriptions.set(key, entry);
+  api("GET", q(PREVIEW, {expr, timezone: zone, n: 1})).then((answer) => {
+    entry.text = String(answer.description);
+    if (!zone && answer.timezone) serverZone = String(answer.timezone);
+  }, (e) => {
+    if (e.status === 0 || e.status === 401 || e.status >= 500) descriptions.delete(key);   // try again later
+    entry.text = null;
+    entry.error = errorText(e);
+  }).then(() => {
+    for (const callback of entry.waiting) callback();
+    entry.waiting.clear();
+  });
+  return undefined;
+}
+
+// -- session ----------------------------------------------------------------------------------------------
+function storedToken() {
+  try {
+    return sessionStorage.getItem(TOKEN_KEY);
+  } catch (e) {
+    return null;
+  }
+}
+
+function storeToken(token) {
+  try {
+    if (token) sessionStorage.setItem(TOKEN_KEY, token);
+    else sessionStorage.removeItem(TOKEN_KEY);
+  } catch (e) {
+    // storage refused (a private mode): the token lives as long as the page
+  }
+}
+
+// Read-only tokens may call GET routes only. The probe is a change that changes nothing: a dry-run reload of
+// the scripts (admin: 200, read-only: 403). Without the script surface (404), toggling an id no schedule can
+// have: the token is checked before the id, so read-only answers 403 and admin 404.
+async function detectRole() {
+  try {
+    await api("POST", `${EXEC}/reload`, {dry_run: true});
+    return "admin";
+  } catch (e) {
+    if (e.status === 403) return "read";
+    if (e.status !== 404) throw e;
+  }
+  try {
+    await api("PATCH", `${CURL}/role-probe/toggle`);
+    return "admin";
+  } catch (e) {
+    if (e.status === 403) return "read";
+    if (e.status === 404) return "admin";
+    throw e;
+  }
+}
+
+async function signIn(token) {
+  session.token = token;
+  try {
+    await api("GET", q(CURL, {page: 1, limit: 1}));
+    session.role = await detectRole();
+  } catch (e) {
+    session.token = null;
+    session.role = null;
+    throw e;
+  }
+  storeToken(token);
+  renderSession();
+}
+
+function signOut(message) {
+  storeToken(null);
+  session.token = null;
+  session.role = null;
+  strips.clear();
+  renderSession();
+  mount(signInView(message), true);
+}
+
+function admin() {
+  return session.role === "admin";
+}
+
+function renderSession() {
+  const nav = document.getElementById("session");
+  if (!session.token) {
+    nav.replaceChildren();
+    return;
+  }
+  nav.replaceChildren(
+    el("span", {class: `role ${session.role}`,
+                title: admin() ? "may change schedules" : "may look, not change"},
+       admin() ? "admin" : "read-only"),
+    el("button", {type: "button", class: "link", onclick: () => signOut("Signed out.")}, "Sign out"));
+}
+
+// -- notices and dialogs ----------------------------------------------------------------------------------
+function notice(message, kind) {
+  const box = document.getElementById("notices");
+  const item = el("div", {class: `notice ${kind || "info"}`, role: kind === "error" ? "alert" : "status"},
+    el("span", {}, message),
+    el("button", {type: "button", class: "link", "aria-label": "Dismiss",
+                  onclick: () => item.remove()}, "×"));
+  box.append(item);
+  while (box.children.length > 3) box.firstElementChild.remove();
+  if (kind !== "error") setTimeout(() => item.remove(), 8000);
+}
+
+let dialogs = 0;
+
+// A modal <dialog> (Esc closes it; focus stays inside, then goes back): the value of the button pressed,
+// or null.
+function modal(title, content, buttons) {
+  return new Promise((resolve) => {
+    const opener = document.activeElement;
+    const id = `dialog-title-${++dialogs}`;
+    const row = el("div", {class: "buttons"});
+    const dialog = el("dialog", {class: "modal", "aria-labelledby": id}, el("h2", {id}, title), content, row);
+    let value = null;
+    for (const b of buttons) {
+      row.append(el("button", {type: "button", class: b.class, autofocus: b.focus,
+                               onclick: () => { value = b.value; dialog.close(); }}, b.label));
+    }
+    dialog.addEventListener("close", () => {
+      dialog.remove();
+      if (opener && opener.isConnected && typeof opener.focus === "function") opener.focus();
+      resolve(value);
+    });
+    document.body.append(dialog);
+    dialog.showModal();
+  });
+}
+
+function settingsList(pairs) {
+  return el("dl", {class: "settings"},
+    pairs.filter(Boolean).map(([name, ...value]) => el("div", {},
+      el("dt", {}, name), el("dd", {}, ...value))));
+}
+
+// -- routing and refreshing -------------------------------------------------------------------------------
+function makeView(title) {
+  return {title, alive: true, busy: false, again: false, refresh: null, node: null,
+          problem: el("p", {class: "problem", role: "alert"})};
+}
+
+function route() {
+  if (!session.token) {
+    mount(signInView(), false);
+    return;
+  }
+  const hash = location.hash || "#/";
+  let match;
+  let view;
+  if (hash === "#/" || hash === "#") view = overviewView();
+  else if (hash === "#/new") view = admin() ? formView(null) : readOnlyView();
+  else if ((match = /^#\/http\/([^/]+)\/edit$/.exec(hash))) {
+    view = admin() ? formView(decoded(match[1])) : readOnlyView();
+  }
+  else if ((match = /^#\/http\/([^/]+)$/.exec(hash))) view = httpView(decoded(match[1]));
+  else if ((match = /^#\/script\/(.+)$/.exec(hash))) view = scriptView(decoded(match[1]));
+  else view = notFoundView();
+  mount(view, !firstRoute);
+  firstRoute = false;
+}
+
+function decoded(part) {
+  try {
+    return decodeURIComponent(part);
+  } catch (e) {
+    return "";
+  }
+}
+
+function mount(view, focus) {
+  if (current) current.alive = false;
+  current = view;
+  clearTimeout(timer);
+  const main = document.getElementById("app");
+  main.replaceChildren(view.node);
+  document.title = view.title ? `${view.title} · schedserver` : "schedserver";
+  if (focus) {
+    const title = main.querySelector("h1");
+    if (title) title.focus();
+  }
+  refreshNow();
+}
+
+// Refresh the view on screen now, then every REFRESH_MS while the tab is visible (none while hidden).
+function refreshNow() {
+  clearTimeout(timer);
+  timer = null;
+  const view = current;
+  if (!view || !view.alive || !view.refresh || document.visibilityState === "hidden") return;
+  if (view.busy) {
+    view.again = true;
+    return;
+  }
+  view.busy = true;
+  view.again = false;
+  view.refresh().then(() => {
+    view.problem.textContent = "";
+  }, (e) => {
+    if (!signedOutBy(e) && view.alive) view.problem.textContent = `Could not refresh: ${errorText(e)}`;
+  }).finally(() => {
+    view.busy = false;
+    if (view === current && view.alive) timer = setTimeout(refreshNow, view.again ? 0 : REFRESH_MS);
+  });
+}
+
+function readOnlyView() {
+  const view = makeView("Read-only");
+  view.node = el("section", {}, heading("Read-only token"),
+    el("p", {}, "This token may look at schedules but not change them."),
+    el("a", {href: "#/"}, "All schedules"));
+  return view;
+}
+
+function notFoundView() {
+  const view = makeView("Not found");
+  view.node = el("section", {}, heading("Nothing here"), el("p", {}, el("a", {href: "#/"}, "All schedules")));
+  return view;
+}
+
+// -- sign in ----------------------------------------------------------------------------------------------
+function signInView(message) {
+  const view = makeView("Sign in");
+  const input = el("input", {id: "token", name: "token", type: "password", autocomplete: "off",
+                             spellcheck: "false", required: true,
+                             "aria-describedby": "token-hint token-error"});
+  const error = el("p", {id: "token-error", class: "problem", role: "alert"}, message || "");
+  const button = el("button", {type: "submit", class: "primary"}, "Sign in");
+  async function submit(event) {
+    event.preventDefault();
+    const token = input.value.trim();
+    error.textContent = "";
+    if (!token) {
+      error.textContent = "Enter a token.";
+      input.focus();
+      return;
+    }
+    if (!/^[\x21-\x7e]+$/.test(token)) {
+      error.textContent = "A token is printable ASCII, without spaces.";
+      input.focus();
+      return;
+    }
+    button.disabled = true;
+    try {
+      await signIn(token);
+      input.value = "";
+      firstRoute = false;
+      route();
+    } catch (e) {
+      error.textContent = e.status === 401 ? `That token was refused: ${e.message}` : errorText(e);
+      input.focus();
+      input.select();
+    } finally {
+      button.disabled = false;
+    }
+  }
+  view.node = el("form", {class: "signin", method: "post", onsubmit: submit},
+    heading("Sign in"),
+    el("p", {id: "token-hint"}, "An admin or read-only API token. It is kept in this browser tab only ",
+       "(sessionStorage) and sent to this server only. With no token configured, the server wrote one to ",
+       el("code", {}, "<data dir>/api-token"), "."),
+    el("div", {class: "field"}, el("label", {for: "token"}, "API token"), input),
+    error, button);
+  return view;
+}
+
+// -- overview ---------------------------------------------------------------------------------------------
+const strips = new Map();               // row key -> {sig, at, runs, lastStatus}
+
+const STATUS_FILTERS = [["any", "Any"], ...RUN_STATUSES.map((s) => [s, s]), ["running", "running"],
+                        ["never", "never run"], ["disabled", "disabled"]];
+
+function options(pairs, selected) {
+  return pairs.map(([value, label]) => el("option", {value, selected: value === selected}, label));
+}
+
+function httpRow(s) {
+  const request = s.request || {};
+  return {key: `http:${s.id}`, kind: "http", ref: s.id, href: `#/http/${enc(s.id)}`,
+          title: s.name || request.url || s.id, sub: `${request.method || ""} ${request.url || ""}`.trim(),
+          cron: s.cron, zone: s.timezone, zoneParam: s.timezone, enabled: s.enabled, next: s.next_run,
+          running: false, stripSig: `${s.last_run}|${s.enabled}`,
+          search: [s.name, request.url, request.method, s.id, s.cron, s.timezone].join("\n").toLowerCase()};
+}
+
+function scriptRow(s) {
+  return {key: `script:${s.scriptRel}`, kind: "script", ref: s.scriptRel,
+          href: `#/script/${enc(s.scriptRel)}`,
+          title: s.scriptRel, sub: s.description || "", cron: s.expression, zone: serverZone, zoneParam: null,
+          enabled: true, next: s.nextFire, status: s.lastFireStatus, running: Boolean(s.running),
+          stripSig: `${s.lastFireRunId}|${s.lastFireStatus}|${s.running}`,
+          search: [s.scriptRel, s.description, s.expression].join("\n").toLowerCase()};
+}
+
+function lastStatusOf(row) {
+  if (row.running) return "running";
+  if (row.kind === "script") return row.status ?? null;
+  const strip = strips.get(row.key);
+  return strip ? strip.lastStatus : undefined;
+}
+
+async function readStrip(row) {
+  if (row.kind === "http") {
+    const s = await api("GET", `${CURL}/${enc(row.ref)}`);
+    return {lastStatus: s.last_status ?? null,
+            runs: (s.history || []).map((h) => ({status: h.status, at: h.started_at || h.scheduled_at,
+                                                 count: h.count}))};
+  }
+  const h = await api("GET", q(`${EXEC}/history`, {scriptPath: row.ref, limit: STRIP_SIZE}));
+  return {lastStatus: h.entries.length ? h.entries[0].status : null,
+          runs: h.entries.map((e) => ({status: e.status, at: e.startedAt || e.ts, count: e.count}))};
+}
+
+async function eachLimited(items, limit, work) {
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) await work(items[next++]);
+  };
+  await Promise.all(Array.from({length: Math.min(limit, items.length)}, worker));
+}
+
+function overviewView() {
+  const view = makeView("Schedules");
+  const filters = {text: "", kind: "all", status: "any"};
+  let rows = [];
+  let loaded = false;
+  let updated = null;
+  let drawing = false;
+
+  const search = el("input", {id: "search", type: "search", autocomplete: "off", spellcheck: "false",
+                              placeholder: "name, URL, script or cron",
+                              oninput: () => { filters.text = search.value.trim().toLowerCase(); draw(); }});
+  const kind = el("select", {id: "kind", onchange: () => { filters.kind = kind.value; draw(); }},
+    options([["all", "All"], ["http", "HTTP requests"], ["script", "Scripts"]], "all"));
+  const status = el("select", {id: "status-filter",
+                               onchange: () => { filters.status = status.value; draw(); }},
+    options(STATUS_FILTERS, "any"));
+  const tbody = el("tbody");
+  const count = el("p", {class: "count"});
+  const empty = el("p", {class: "empty", hidden: true});
+  const scriptsProblem = el("p", {class: "problem"});     // the scripts list failed; HTTP schedules shown
+  const columns = ["Kind", "Schedule", "Cron", "Time zone", "Enabled", "Next run", "Last status",
+                   "Last 20 runs"];
+  const table = el("table", {class: "grid schedules"},
+    el("caption", {class: "vh"}, "HTTP request and script schedules"),
+    el("thead", {}, el("tr", {}, columns.map((c) => el("th", {scope: "col"}, c)))), tbody);
+  const buttons = admin() ? el("div", {class: "actions"},
+    el("a", {class: "button primary", href: "#/new"}, "New HTTP schedule"),
+    el("button", {type: "button", id: "reload-scripts",
+                  onclick: (event) => reloadScripts(event.currentTarget)}, "Reload scripts…")) : null;
+  view.node = el("section", {class: "overview"}, heading("Schedules"), buttons, view.problem, scriptsProblem,
+    el("div", {class: "toolbar", role: "search"},
+      el("div", {class: "field"}, el("label", {for: "search"}, "Search"), search),
+      el("div", {class: "field"}, el("label", {for: "kind"}, "Kind"), kind),
+      el("div", {class: "field"}, el("label", {for: "status-filter"}, "Last status"), status)),
+    count, el("div", {class: "table-wrap"}, table), empty,
+    el("p", {class: "legend", "aria-hidden": "true"}, legend()));
+
+  function matches(row) {
+    if (filters.kind !== "all" && row.kind !== filters.kind) return false;
+    if (filters.text && !row.search.includes(filters.text)
+        && !(cronText(row.cron, row.zoneParam) || "").toLowerCase().includes(filters.text)) return false;
+    const last = lastStatusOf(row);
+    switch (filters.status) {
+      case "any": return true;
+      case "disabled": return !row.enabled;
+      case "never": return last === null;
+      default: return last === filters.status;
+    }
+  }
+
+  function signature(row) {
+    const strip = strips.get(row.key);
+    return JSON.stringify([row.title, row.sub, row.cron, row.zone, serverZone, row.enabled, row.next,
+                           lastStatusOf(row), cronText(row.cron, row.zoneParam) ?? "…",
+                           strip ? strip.runs : null]);
+  }
+
+  function renderRow(row) {
+    const strip = strips.get(row.key);
+    const description = cronText(row.cron, row.zoneParam, drawSoon);
+    const last = lastStatusOf(row);
+    const zone = row.kind === "script" ? serverZone : row.zone;
+    return el("tr", {},
+      cell("Kind", el("span", {class: "kind"}, row.kind === "http" ? "HTTP" : "Script")),
+      cell("Schedule", el("a", {href: row.href, "data-fk": "open"}, row.title),
+           row.sub ? el("div", {class: "sub"}, row.sub) : null),
+      cell("Cron", el("code", {}, row.cron),
+           el("div", {class: "sub"}, description === undefined ? "…" : shown(description))),
+      cell("Time zone", zone || "server's"),
+      cell("Enabled", row.enabled ? "yes" : "no"),
+      cell("Next run", row.next ? when(row.next, zone, true)
+                                : el("span", {class: "muted"}, row.enabled ? "—" : "off")),
+      cell("Last status", last === undefined ? el("span", {class: "muted"}, "…") : badge(last)),
+      cell("Last 20 runs", strip ? marks(strip.runs) : el("span", {class: "muted"}, "…")));
+  }
+
+  function draw() {
+    if (!view.alive) return;
+    const visible = rows.filter(matches);
+    syncChildren(tbody, visible, (row) => row.key, signature, renderRow);
+    table.hidden = visible.length === 0;
+    empty.hidden = !loaded || visible.length > 0;
+    empty.textContent = rows.length ? "No schedule matches the search and filters." : "No schedules yet.";
+    count.textContent = loaded ? `${visible.length} of ${rows.length} schedules`
+      + (updated ? `, updated ${new Date(updated).toLocaleTimeString()}` : "") : "Loading…";
+  }
+
+  function drawSoon() {
+    if (drawing) return;
+    drawing = true;
+    setTimeout(() => { drawing = false; draw(); }, 0);
+  }
+
+  async function fillStrips() {
+    const now = Date.now();
+    const stale = rows.filter((row) => {
+      const strip = strips.get(row.key);
+      return !strip || strip.sig !== row.stripSig || now - strip.at > STRIP_MAX_AGE_MS;
+    });
+    await eachLimited(stale, PARALLEL, async (row) => {
+      if (!view.alive) return;
+      try {
+        strips.set(row.key, {sig: row.stripSig, at: Date.now(), ...(await readStrip(row))});
+        drawSoon();
+      } catch (e) {
+        if (e.status === 401) throw e;      // else: deleted meanwhile; the next list drops it
+      }
+    });
+  }
+
+  view.refresh = async () => {
+    const [http, scripts] = await Promise.allSettled([api("GET", CURL), api("GET", `${EXEC}/list`)]);
+    if (http.status === "rejected") throw http.reason;
+    if (scripts.status === "rejected" && scripts.reason.status === 401) throw scripts.reason;
+    if (!view.alive) return;
+    const scriptItems = scripts.status === "fulfilled" ? scripts.value.schedules : [];
+    rows = [...http.value.items.map(httpRow), ...scriptItems.map(scriptRow)];
+    const keys = new Set(rows.map((row) => row.key));
+    for (const key of [...strips.keys()]) if (!keys.has(key)) strips.delete(key);
+    loaded = true;
+    updated = Date.now();
+    draw();
+    scriptsProblem.textContent = scripts.status === "rejected" ? `Scripts: ${errorText(scripts.reason)}` : "";
+    await fillStrips();
+  };
+  draw();
+  return view;
+}
+
+async function reloadScripts(button) {
+  button.disabled = true;
+  try {
+    const diff = await write("POST", `${EXEC}/reload`, {dry_run: true});
+    const choice = await modal("Reload scripts", diffView(diff), [
+      {label: "Apply", value: "apply", class: "primary"},
+      {label: "Cancel", value: null, focus: true}]);
+    if (choice !== "apply") return;
+    const done = await write("POST", `${EXEC}/reload`, {dry_run: false});
+    notice(`Scripts reloaded: ${done.added.length} added, ${done.changed.length} changed, `
+           + `${done.removed.length} removed, ${done.failed.length} failed.`,
+           done.failed.length ? "error" : "ok");
+    refreshNow();
+  } catch (e) {
+    if (!signedOutBy(e)) notice(`Reload failed: ${errorText(e)}`, "error");
+  } finally {
+    button.disabled = false;
+  }
+}
+
+function diffView(diff) {
+  const part = (title, items, render) => el("section", {class: `diff diff-${title.toLowerCase()}`},
+    el("h3", {}, `${title} (${items.length})`),
+    items.length ? el("ul", {}, items.map(render)) : el("p", {class: "muted"}, "none"));
+  const path = (p) => el("li", {}, el("code", {}, p));
+  const unchanged = diff.kept.length - diff.changed.length;
+  return el("div", {},
+    el("p", {}, "What a reload would do now. Nothing has changed yet: apply it, or cancel."),
+    part("Added", diff.added, path), part("Changed", diff.changed, path), part("Removed", diff.removed, path),
+    part("Failed", diff.failed, (f) => el("li", {}, el("code", {}, f.path), ": ", f.reason)),
+    el("p", {class: "muted"}, `${unchanged} kept as they are.`));
+}
+
+// -- an HTTP schedule -------------------------------------------------------------------------------------
+function httpView(id) {
+  const view = makeView("HTTP schedule");
+  const path = `${CURL}/${enc(id)}`;
+  const title = heading("HTTP schedule");
+  const actions = el("div", {class: "actions"});
+  const result = el("div", {class: "result", "aria-live": "polite"});
+  const settings = el("div");
+  const strip = el("div");
+  const runs = httpRuns(id, view);
+  let schedule = null;
+  view.node = el("section", {class: "schedule"},
+    el("p", {class: "crumbs"}, el("a", {href: "#/"}, "← All schedules")), title, view.problem, actions,
+    result, el("h2", {}, "Settings"), settings, el("h2", {}, "Last 20 runs"), strip, runs.node);
+
+  function drawActions() {
+    if (!admin()) {
+      actions.replaceChildren();
+      return;
+    }
+    actions.replaceChildren(
+      el("a", {class: "button", href: `#/http/${enc(id)}/edit`}, "Edit"),
+      el("button", {type: "button", "data-action": "toggle", onclick: (ev) => toggle(ev.currentTarget)},
+         schedule.enabled ? "Disable" : "Enable"),
+      el("button", {type: "button", "data-action": "run",
+                    onclick: (ev) => runNow(ev.currentTarget)}, "Run now"),
+      el("button", {type: "button", class: "danger", "data-action": "delete",
+                    onclick: (ev) => remove(ev.currentTarget)}, "Delete…"));
+  }
+
+  function draw() {
+    title.textContent = schedule.name || schedule.request.url;
+    view.title = title.textContent;
+    document.title = `${view.title} · schedserver`;
+    const fresh = el("div", {}, httpSettings(schedule, () => { if (view.alive) draw(); }));
+    swap(settings.firstChild || settings.appendChild(el("div")), fresh);
+    strip.replaceChildren(marks((schedule.history || []).map((h) => ({status: h.status,
+                                                                      at: h.started_at || h.scheduled_at,
+                                                                      count: h.count}))));
+  }
+
+  let drawnSig = null;
+  view.refresh = async () => {
+    let fresh;
+    try {
+      fresh = await api("GET", path);
+    } catch (e) {
+      if (e.status === 404) return gone();
+      throw e;
+    }
+    if (!view.alive) return;
+    const sig = JSON.stringify(fresh);
+    const enabledBefore = schedule && schedule.enabled;
+    schedule = fresh;
+    if (sig !== drawnSig) {
+      drawnSig = sig;
+      draw();
+    }
+    if (!actions.firstChild || enabledBefore !== schedule.enabled) {
+      const focused = actions.contains(document.activeElement) ? document.activeElement.dataset.action : null;
+      drawActions();
+      const again = focused && [...actions.children].find((b) => b.dataset.action === focused);
+      if (again) again.focus();
+    }
+    await runs.refresh();
+  };
+
+  function gone() {
+    view.refresh = null;
+    view.node.replaceChildren(el("p", {class: "crumbs"}, el("a", {href: "#/"}, "← All schedules")),
+      heading("Schedule not found"), el("p", {}, "No HTTP schedule has this id (it may have been deleted)."));
+  }
+
+  async function toggle(button) {
+    button.disabled = true;
+    try {
+      const answer = await write("PATCH", `${path}/toggle`, {enabled: !schedule.enabled});
+      notice(answer.enabled ? "Enabled." : "Disabled.", "ok");
+      refreshNow();
+    } catch (e) {
+      if (!signedOutBy(e)) notice(`Could not change it: ${errorText(e)}`, "error");
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  async function runNow(button) {
+    button.disabled = true;
+    result.replaceChildren(el("p", {}, "Running…"));
+    try {
+      const started = await write("POST", q(`${path}/run`, {wait: "false"}));
+      refreshNow();
+      const run = await waitForRun(id, started.run_id, ((schedule.request.timeout || 30) + 15) * 1000);
+      if (!view.alive) return;
+      if (run === null) {
+        result.replaceChildren(el("p", {}, "Still running; its run appears below when it ends."));
+      } else {
+        result.replaceChildren(el("h2", {}, "Run now: ", badge(run.status)), httpRunDetails(run));
+      }
+      refreshNow();
+    } catch (e) {
+      if (!signedOutBy(e)) {
+        result.replaceChildren(el("p", {class: "problem"}, `Run failed to start: ${errorText(e)}`));
+      }
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  async function remove(button) {
+    const label = schedule.name || schedule.request.url;
+    const choice = await modal("Delete this schedule?", el("p", {}, "Delete ", el("strong", {}, label),
+      "? It stops at once; this cannot be undone. Its past runs stay in the runs log."),
+      [{label: "Delete", value: "delete", class: "danger"}, {label: "Cancel", value: null, focus: true}]);
+    if (choice !== "delete") return;
+    button.disabled = true;
+    try {
+      await write("DELETE", path);
+      notice(`Deleted “${label}”.`, "ok");
+      location.hash = "#/";
+    } catch (e) {
+      if (!signedOutBy(e)) notice(`Could not delete it: ${errorText(e)}`, "error");
+      button.disabled = false;
+    }
+  }
+
+  return view;
+}
+
+// A schedule's settings; `ready` is called when the plain-English cron, not known yet, comes in.
+function httpSettings(s, ready) {
+  const request = s.request || {};
+  const headers = Object.entries(request.headers || {});
+  const retry = s.retry || {};
+  const description = cronText(s.cron, s.timezone, ready);
+  return settingsList([
+    ["Name", shown(s.name)],
+    ["Id", el("code", {}, s.id)],
+    ["Cron", el("code", {}, s.cron), description ? el("div", {class: "sub"}, description) : null],
+    ["Time zone", s.timezone],
+    ["Enabled", s.enabled ? "yes" : "no"],
+    ["Next run", s.next_run ? when(s.next_run, s.timezone, true) : "—"],
+    ["Last run", s.last_run ? when(s.last_run, s.timezone) : "never"],
+    ["Last status", badge(s.last_status ?? null)],
+    ["Created", when(s.created_at, s.timezone)],
+    ["Request", el("code", {}, `${request.method} ${request.url}`)],
+    ["Headers", headers.length ? el("pre", {}, headers.map(([k, v]) => `${k}: ${v}`).join("\n")) : "none"],
+    "json" in request ? ["JSON body", el("pre", {}, JSON.stringify(request.json, null, 2))] : null,
+    "body" in request ? ["Body", el("pre", {}, request.body)] : null,
+    ["Timeout", `${shown(request.timeout)} s`],
+    ["Follow redirects", request.follow_redirects ? "yes" : "no"],
+    ["Retries", retry.count ? `${retry.count}, first after ${retry.min_backoff_seconds} s, at most `
+                              + `${retry.max_backoff_seconds} s apart` : "none"],
+    ["Success", s.success ? el("code", {}, JSON.stringify(s.success)) : "2xx (and 3xx when not following)"],
+    ["Overlap", shown(s.overlap)],
+    ["Jitter", `${shown(s.jitter_seconds)} s`],
+    ["Alerts", s.notify ? el("code", {}, `${s.notify.url} on ${(s.notify.on || []).join(", ")}`
+                                         + ` after ${s.notify.after}`) : "none"],
+  ]);
+}
+
+async function waitForRun(id, runId, limitMs) {
+  const until = Date.now() + limitMs;
+  let misses = 0;
+  for (;;) {
+    try {
+      const run = await api("GET", `${CURL}/${enc(id)}/runs/${enc(runId)}`);
+      if (run.status !== "running") return run;
+    } catch (e) {
+      if (!(e.status === 404 && e.code === "RUN_NOT_FOUND" && ++misses < 5)) throw e;
+    }
+    if (Date.now() > until) return null;
+    await sleep(300);
+  }
+}
+
+function httpRunDetails(run) {
+  const response = run.response;
+  const headers = response ? Object.entries(response.headers || {}) : [];
+  return el("div", {},
+    settingsList([
+      ["Run", el("code", {}, run.run_id)],
+      ["Status", badge(run.status), run.count > 1 ? ` (${run.count} slots)` : null],
+      ["Trigger", shown(run.trigger)],
+      ["Attempt", shown(run.attempt)],
+      ["Scheduled", when(run.scheduled_at)],
+      ["Started", run.started_at ? when(run.started_at) : "—"],
+      ["HTTP status", shown(run.status_code)],
+      ["Duration", duration(run.duration_ms)],
+      ["Error", run.error ? el("span", {class: "error-text"}, run.error) : "—"],
+      run.next_attempt_at ? ["Next attempt", when(run.next_attempt_at)] : null,
+    ]),
+    response ? [
+      el("h3", {}, "Response headers"),
+      el("pre", {class: "response-headers"}, headers.map(([k, v]) => `${k}: ${v}`).join("\n") || "(none)"),
+      el("h3", {}, response.truncated ? "Response body (the first 4 KiB)" : "Response body"),
+      el("pre", {class: "response-body"}, response.body_preview || "(empty)"),
+    ] : el("p", {class: "muted"}, "No response was received."));
+}
+
+// The runs of an HTTP schedule, newest first, paged with next_cursor; refreshes merge the newest page in.
+function httpRuns(id, view) {
+  const base = `${CURL}/${enc(id)}/runs`;
+  let items = [];
+  let cursor = null;
+  let filter = "";
+  const tbody = el("tbody");
+  const empty = el("p", {class: "empty", hidden: true}, "No runs yet.");
+  const more = el("button", {type: "button", class: "more", hidden: true, onclick: () => older()},
+    "Older runs");
+  const status = el("select", {id: "runs-status", onchange: () => { filter = status.value; reset(); }},
+    options([["", "Any"], ...[...RUN_STATUSES, "running"].map((s) => [s, s])], ""));
+  const columns = ["Scheduled", "Trigger", "Attempt", "Status", "HTTP status", "Duration", "Error", "Run"];
+  const table = el("table", {class: "grid runs"}, el("caption", {class: "vh"}, "Runs, newest first"),
+    el("thead", {}, el("tr", {}, columns.map((c) => el("th", {scope: "col"}, c)))), tbody);
+  const node = el("section", {},
+    el("h2", {}, "Runs"),
+    el("div", {class: "toolbar"},
+      el("div", {class: "field"}, el("label", {for: "runs-status"}, "Status"), status)),
+    el("div", {class: "table-wrap"}, table), empty, more);
+
+  function row(run) {
+    return el("tr", {},
+      cell("Scheduled", when(run.scheduled_at)),
+      cell("Trigger", shown(run.trigger)),
+      cell("Attempt", shown(run.attempt)),
+      cell("Status", badge(run.status), run.count > 1 ? ` ×${run.count}` : null),
+      cell("HTTP status", shown(run.status_code)),
+      cell("Duration", duration(run.duration_ms)),
+      cell("Error", run.error ? el("span", {class: "error-text"}, run.error) : "—"),
+      cell("Run", el("button", {type: "button", class: "small", "data-fk": "details",
+                                "aria-label": `Details of the run scheduled at ${run.scheduled_at}`,
+                                onclick: () => open(run.run_id)}, "Details")));
+  }
+
+  function draw() {
+    syncChildren(tbody, items, (run) => run.run_id, (run) => JSON.stringify(run), row);
+    empty.hidden = items.length > 0;
+    table.hidden = items.length === 0;
+    more.hidden = !cursor;
+  }
+
+  async function page(after) {
+    return api("GET", q(base, {limit: RUNS_PAGE, status: filter, cursor: after}));
+  }
+
+  async function refresh() {
+    const answer = await page(null);
+    if (!view.alive) return;
+    const known = new Map(items.map((run, i) => [run.run_id, i]));
+    const overlap = answer.items.some((run) => known.has(run.run_id));
+    if (!items.length || !overlap) {
+      items = answer.items;             // the first page, or so many new runs that they do not meet
+      cursor = answer.next_cursor;
+    } else {
+      const fresh = [];
+      for (const run of answer.items) {
+        if (known.has(run.run_id)) items[known.get(run.run_id)] = run;
+        else fresh.push(run);
+      }
+      items = [...fresh, ...items];
+    }
+    draw();
+  }
+
+  async function older() {
+    more.disabled = true;
+    try {
+      const answer = await page(cursor);
+      const known = new Set(items.map((run) => run.run_id));
+      items = [...items, ...answer.items.filter((run) => !known.has(run.run_id))];
+      cursor = answer.next_cursor;
+      draw();
+      if (cursor) more.focus();
+    } catch (e) {
+      if (!signedOutBy(e)) notice(`Could not read older runs: ${errorText(e)}`, "error");
+    } finally {
+      more.disabled = false;
+    }
+  }
+
+  function reset() {
+    items = [];
+    cursor = null;
+    draw();
+    refresh().catch((e) => { if (!signedOutBy(e)) view.problem.textContent = errorText(e); });
+  }
+
+  async function open(runId) {
+    try {
+      const run = await api("GET", `${base}/${enc(runId)}`);
+      await modal("Run", httpRunDetails(run), [{label: "Close", value: null, focus: true}]);
+    } catch (e) {
+      if (!signedOutBy(e)) notice(`Could not read the run: ${errorText(e)}`, "error");
+    }
+  }
+
+  return {node, refresh};
+}
+
+// -- a script ---------------------------------------------------------------------------------------------
+function scriptView(rel) {
+  const view = makeView(rel);
+  const actions = el("div", {class: "actions"});
+  const result = el("div", {class: "result", "aria-live": "polite"});
+  const settings = el("div");
+  const strip = el("div");
+  const runs = scriptRuns(rel, view);
+  let drawnSig = null;
+  view.node = el("section", {class: "script"},
+    el("p", {class: "crumbs"}, el("a", {href: "#/"}, "← All schedules")), heading(rel), view.problem,
+    actions, result, el("h2", {}, "Settings"), settings, el("h2", {}, "Last 20 runs"), strip, runs.node);
+  if (admin()) {
+    actions.append(el("button", {type: "button", "data-action": "trigger",
+                                 onclick: (ev) => trigger(ev.currentTarget, false)}, "Run now"));
+  }
+
+  view.refresh = async () => {
+    const list = await api("GET", `${EXEC}/list`);
+    if (!view.alive) return;
+    const entry = list.schedules.find((s) => s.scriptRel === rel);
+    if (!entry) {
+      view.refresh = null;
+      view.node.replaceChildren(el("p", {class: "crumbs"}, el("a", {href: "#/"}, "← All schedules")),
+        heading(rel), el("p", {}, "No registered script has this path (it may have been removed or failed ",
+                              "its checks at the last reload)."));
+      return;
+    }
+    const sig = JSON.stringify([entry, serverZone]);
+    if (sig !== drawnSig) {
+      drawnSig = sig;
+      swap(settings.firstChild || settings.appendChild(el("div")), el("div", {}, scriptSettings(entry, () => {
+        drawnSig = null;
+      })));
+    }
+    const entries = await runs.refresh();
+    strip.replaceChildren(marks(entries.slice(0, STRIP_SIZE).map((e) => ({status: e.status,
+                                                                          at: e.startedAt || e.ts,
+                                                                          count: e.count}))));
+  };
+
+  async function trigger(button, force) {
+    button.disabled = true;
+    result.replaceChildren(el("p", {}, "Running…"));
+    try {
+      // api(), not write(): a 403 here is a script declaring @token (the button is for admins only).
+      const answer = await api("POST", `${EXEC}/trigger`, force ? {scriptPath: rel, force: true}
+                                                                : {scriptPath: rel});
+      let run = null;
+      try {
+        run = await api("GET", `${EXEC}/runs/${enc(answer.runId)}`);
+      } catch (e) {
+        run = null;                     // the answer alone says enough
+      }
+      if (!view.alive) return;
+      result.replaceChildren(el("h2", {}, "Run now: ", badge(answer.status)),
+                             scriptRunDetails(run || answer));
+      refreshNow();
+    } catch (e) {
+      if (signedOutBy(e)) return;
+      const parts = [el("p", {class: "problem"}, `Not run: ${errorText(e)}`)];
+      if (e.status === 403 && admin() && !force) {
+        parts.push(el("button", {type: "button", onclick: (ev) => trigger(ev.currentTarget, true)},
+                      "Run it anyway (force)"));
+      }
+      result.replaceChildren(...parts);
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  return view;
+}
+
+function scriptSettings(s, redraw) {
+  const description = cronText(s.expression, null, redraw && (() => { redraw(); refreshNow(); }));
+  return settingsList([
+    ["Script", el("code", {}, s.scriptRel)],
+    ["Path", el("code", {}, s.scriptPath)],
+    ["Description", shown(s.description)],
+    ["Cron", el("code", {}, s.expression), description ? el("div", {class: "sub"}, description) : null],
+    ["Time zone", serverZone || "the server's"],
+    ["Time limit", duration(s.timeoutMs)],
+    ["Next run", s.nextFire ? when(s.nextFire, serverZone, true) : "—"],
+    ["Last run", s.lastFireAt ? when(s.lastFireAt, serverZone) : "never"],
+    ["Last status", badge(s.running ? "running" : s.lastFireStatus ?? null)],
+    ["Registered", when(s.registeredAt, serverZone)],
+    ["Group", `${shown(s.subdomain)} (exec id ${shown(s.execId)})`],
+  ]);
+}
+
+function scriptRunDetails(run) {
+  const parts = [settingsList([
+    ["Run", el("code", {}, run.runId)],
+    ["Status", badge(run.status), run.count > 1 ? ` (${run.count} slots)` : null],
+    run.trigger ? ["Trigger", run.trigger] : null,
+    run.attempt ? ["Attempt", String(run.attempt)] : null,
+    run.ts ? ["Scheduled", when(run.ts)] : null,
+    ["Duration", duration(run.durationMs)],
+    ["Exit", run.signal ? `signal ${run.signal}` : shown(run.exitCode)],
+    run.returnPreview !== undefined ? ["Returned", el("code", {}, run.returnPreview)] : null,
+    run.error ? ["Error", el("span", {class: "error-text"}, run.error)] : null,
+    run.outputDropped ? ["Output dropped", `${run.outputDropped} bytes beyond the kept 64 KiB`] : null,
+  ])];
+  if (run.output === "expired") {
+    parts.push(el("p", {class: "muted"}, "The output of this run is no longer kept."));
+  } else if ("stdout" in run || "stderr" in run) {
+    parts.push(el("h3", {}, "stdout"), el("pre", {class: "stdout"}, run.stdout || "(empty)"),
+               el("h3", {}, "stderr"), el("pre", {class: "stderr"}, run.stderr || "(empty)"));
+  } else {
+    parts.push(el("p", {class: "muted"}, "No output."));
+  }
+  return el("div", {}, parts);
+}
+
+// A script's runs, newest first by slot; "Older runs" asks for more (the history has no cursor).
+function scriptRuns(rel, view) {
+  let limit = RUNS_PAGE;
+  let entries = [];
+  let rotated = false;
+  const tbody = el("tbody");
+  const empty = el("p", {class: "empty", hidden: true}, "No runs yet.");
+  const more = el("button", {type: "button", class: "more", hidden: true, onclick: () => older()},
+    "Older runs");
+  const rotatedBox = el("input", {type: "checkbox", id: "runs-rotated",
+                                  onchange: () => { rotated = rotatedBox.checked; refreshNow(); }});
+  const columns = ["Scheduled", "Trigger", "Attempt", "Status", "Exit", "Duration", "Error or result", "Run"];
+  const table = el("table", {class: "grid runs"}, el("caption", {class: "vh"}, "Runs, newest first"),
+    el("thead", {}, el("tr", {}, columns.map((c) => el("th", {scope: "col"}, c)))), tbody);
+  const node = el("section", {}, el("h2", {}, "Runs"),
+    el("div", {class: "field check"}, rotatedBox, el("label", {for: "runs-rotated"}, "Include rotated logs")),
+    el("div", {class: "table-wrap"}, table), empty, more);
+
+  function key(entry) {
+    return entry.runId || `${entry.ts}|${entry.status}`;
+  }
+
+  function row(entry) {
+    const outcome = entry.error ? el("span", {class: "error-text"}, entry.error)
+      : entry.returnPreview !== undefined ? el("code", {}, entry.returnPreview) : "—";
+    return el("tr", {},
+      cell("Scheduled", when(entry.ts)),
+      cell("Trigger", shown(entry.trigger)),
+      cell("Attempt", shown(entry.attempt)),
+      cell("Status", badge(entry.status), entry.count > 1 ? ` ×${entry.count}` : null),
+      cell("Exit", entry.signal ? `signal ${entry.signal}` : shown(entry.exitCode)),
+      cell("Duration", duration(entry.durationMs)),
+      cell("Error or result", outcome),
+      cell("Run", entry.runId ? el("button", {type: "button", class: "small", "data-fk": "output",
+                                              "aria-label": `Output of the run scheduled at ${entry.ts}`,
+                                              onclick: () => open(entry.runId)}, "Output") : "—"));
+  }
+
+  async function refresh() {
+    const answer = await api("GET", q(`${EXEC}/history`, {scriptPath: rel, limit, includeRotated: rotated}));
+    if (!view.alive) return answer.entries;
+    entries = answer.entries;
+    syncChildren(tbody, entries, key, (entry) => JSON.stringify(entry), row);
+    empty.hidden = entries.length > 0;
+    table.hidden = entries.length === 0;
+    more.hidden = entries.length < limit || limit >= 1000;
+    return entries;
+  }
+
+  async function older() {
+    limit = Math.min(1000, limit + RUNS_PAGE);
+    more.disabled = true;
+    try {
+      await refresh();
+      if (!more.hidden) more.focus();
+    } catch (e) {
+      if (!signedOutBy(e)) notice(`Could not read older runs: ${errorText(e)}`, "error");
+    } finally {
+      more.disabled = false;
+    }
+  }
+
+  async function open(runId) {
+    try {
+      const run = await api("GET", `${EXEC}/runs/${enc(runId)}`);
+      await modal("Script run", scriptRunDetails(run), [{label: "Close", value: null, focus: true}]);
+    } catch (e) {
+      if (!signedOutBy(e)) notice(`Could not read the run: ${errorText(e)}`, "error");
+    }
+  }
+
+  return {node, refresh};
+}
+
+// -- creating and editing an HTTP schedule ----------------------------------------------------------------
+class FieldError extends Error {
+  constructor(field, message) {
+    super(message);
+    this.field = field;
+  }
+}
+
+// Which form field an API message is about ("request.url ...", "timezone: ...", an invalid cron).
+const FIELD_OF_MESSAGE = [["request.url", "f-url"], ["request.method", "f-method"],
+  ["request.headers", "f-headers"], ["request.body", "f-body"], ["request.json", "f-body"],
+  ["request.timeout", "f-timeout"],
+  ["request.follow_redirects", "f-follow"], ["retry", "f-retry"], ["overlap", "f-overlap"],
+  ["jitter_seconds", "f-jitter"], ["timezone", "f-zone"], ["name", "f-name"], ["cron", "f-cron"],
+  ["enabled", "f-enabled"]];
+
+function fieldOf(e) {
+  if (!(e instanceof ApiError)) return null;
+  if (e.code === "INVALID_CRON_EXPRESSION") return "f-cron";
+  const found = FIELD_OF_MESSAGE.find(([prefix]) => e.message.startsWith(prefix));
+  return found ? found[1] : null;
+}
+
+function zoneList() {
+  let list = document.getElementById("zones");
+  if (!list) {
+    const names = typeof Intl.supportedValuesOf === "function" ? Intl.supportedValuesOf("timeZone") : [];
+    list = el("datalist", {id: "zones"}, ["UTC", ...names].map((name) => el("option", {value: name})));
+    document.body.append(list);
+  }
+  return list;
+}
+
+function field(id, label, control, hint) {
+  control.id = id;
+  control.setAttribute("aria-describedby", hint ? `${id}-hint ${id}-error` : `${id}-error`);
+  const check = control.type === "checkbox";
+  const labelNode = el("label", {for: id}, label);
+  return el("div", {class: check ? "field check" : "field"},
+    check ? [control, labelNode] : [labelNode, control],
+    hint ? el("p", {class: "hint", id: `${id}-hint`}, hint) : null,
+    el("p", {class: "field-error", id: `${id}-error`, hidden: true}));
+}
+
+function stable(value) {
+  if (Array.isArray(value)) return `[${value.map(stable).join(",")}]`;
+  if (value && typeof value === "object") {
+    return `{${Object.keys(value).sort().map((k) => `${JSON.stringify(k)}:${stable(value[k])}`).join(",")}}`;
+  }
+  return JSON.stringify(value === undefined ? null : value);
+}
+
+// One of the next fires: in the schedule's zone, and in the browser's when that is another.
+function fireItem(fire, zone) {
+  const ms = parseTime(fire.at);
+  return el("li", {}, el("time", {datetime: fire.at}, formatIn(ms, zone)),
+            zone !== BROWSER_ZONE ? el("span", {class: "muted"}, ` · ${formatIn(ms)}`) : null);
+}
+
+function formView(id) {
+  const editing = id !== null;
+  const view = makeView(editing ? "Edit schedule" : "New HTTP schedule");
+  let original = null;
+  const f = {
+    name: el("input", {type: "text", maxlength: "200", autocomplete: "off"}),
+    cron: el("input", {type: "text", autocomplete: "off", spellcheck: "false", required: true,
+                       placeholder: "0 */5 * * * *"}),
+    zone: el("input", {type: "text", autocomplete: "off", spellcheck: "false", list: "zones",
+                       placeholder: "the server's zone"}),
+    enabled: el("input", {type: "checkbox", checked: true}),
+    method: el("select", {}, options(METHODS.map((m) => [m, m]), "GET")),
+    url: el("input", {type: "url", autocomplete: "off", spellcheck: "false", required: true,
+                      placeholder: "https://example.com/hook"}),
+    headers: el("textarea", {rows: "3", spellcheck: "false", placeholder: "X-Team: ops"}),
+    body: el("textarea", {rows: "4", spellcheck: "false"}),
+    json: el("input", {type: "checkbox"}),
+    timeout: el("input", {type: "number", min: "0", max: "300", step: "any", inputmode: "decimal",
+                          placeholder: "30"}),
+    follow: el("input", {type: "checkbox"}),
+    retry: el("input", {type: "number", min: "0", max: "5", step: "1", inputmode: "numeric",
+                        placeholder: "0"}),
+    overlap: el("select", {}, options([["forbid", "forbid: skip a run due while one goes"],
+                                       ["allow", "allow: run it too"],
+                                       ["replace", "replace: stop the running one"]], "forbid")),
+    jitter: el("input", {type: "number", min: "0", max: "3600", step: "any", inputmode: "decimal",
+                         placeholder: "0"}),
+  };
+  zoneList();
+  const preview = el("div", {class: "preview", id: "cron-preview", "aria-live": "polite"});
+  const summary = el("p", {class: "problem", role: "alert", id: "form-error"});
+  const save = el("button", {type: "submit", class: "primary"}, editing ? "Save changes" : "Create schedule");
+  const cancel = el("a", {class: "button", href: editing ? `#/http/${enc(id)}` : "#/"}, "Cancel");
+  const form = el("form", {class: "form", novalidate: true, method: "post", onsubmit: submit},
+    summary,
+    el("fieldset", {}, el("legend", {}, "When"),
+      field("f-name", "Name", f.name, "Optional, at most 200 characters."),
+      field("f-cron", "Cron expression", f.cron,
+            "Six fields, seconds first (second minute hour day month weekday); five fields or @hourly too."),
+      preview,
+      field("f-zone", "Time zone", f.zone, "An IANA name such as Europe/Berlin; empty: the server's."),
+      field("f-enabled", "Enabled", f.enabled)),
+    el("fieldset", {}, el("legend", {}, "Request"),
+      field("f-method", "Method", f.method),
+      field("f-url", "URL", f.url),
+      field("f-headers", "Headers", f.headers, "One per line: Name: value"),
+      field("f-body", "Body", f.body, "Sent as is; empty: no body."),
+      field("f-json", "The body is JSON (sent as request.json)", f.json),
+      field("f-timeout", "Timeout (seconds)", f.timeout, "More than 0, at most 300; empty: 30."),
+      field("f-follow", "Follow redirects", f.follow)),
+    el("fieldset", {}, el("legend", {}, "Operating"),
+      field("f-retry", "Retries after a failed run", f.retry, "0 to 5."),
+      field("f-overlap", "When a run is due while the last still goes", f.overlap),
+      field("f-jitter", "Jitter (seconds)", f.jitter, "Each run waits a random 0 to N seconds.")),
+    el("div", {class: "actions"}, save, cancel));
+  view.node = el("section", {},
+    el("p", {class: "crumbs"}, el("a", {href: editing ? `#/http/${enc(id)}` : "#/"}, "← Back")),
+    heading(view.title), view.problem, form);
+
+  // -- the live preview of the next five fires --
+  let previewSeq = 0;
+  let previewTimer = null;
+  function previewSoon() {
+    clearTimeout(previewTimer);
+    previewTimer = setTimeout(showPreview, 250);
+  }
+  async function showPreview() {
+    const seq = ++previewSeq;
+    const expr = f.cron.value.trim();
+    const zone = f.zone.value.trim();
+    if (!expr) {
+      preview.replaceChildren(el("p", {class: "muted"},
+                                 "Type an expression to see its next five fire times."));
+      return;
+    }
+    try {
+      const answer = await api("GET", q(PREVIEW, {expr, timezone: zone, n: 5}));
+      if (seq !== previewSeq || !view.alive) return;
+      if (!zone) serverZone = answer.timezone;
+      preview.replaceChildren(
+        el("p", {}, el("strong", {}, answer.description), ` (${answer.timezone})`),
+        answer.next.length
+          ? el("ol", {class: "fires", "aria-label": "next fire times"},
+               answer.next.map((fire) => fireItem(fire, answer.timezone)))
+          : el("p", {class: "muted"}, "It never fires."));
+    } catch (e) {
+      if (seq !== previewSeq || !view.alive || signedOutBy(e)) return;
+      preview.replaceChildren(el("p", {class: "problem"}, e.message));
+    }
+  }
+  f.cron.addEventListener("input", previewSoon);
+  f.zone.addEventListener("input", previewSoon);
+  f.zone.addEventListener("change", previewSoon);
+
+  // -- errors --
+  function clearErrors() {
+    summary.textContent = "";
+    for (const node of form.querySelectorAll(".field-error")) {
+      node.textContent = "";
+      node.hidden = true;
+    }
+    for (const node of form.querySelectorAll("[aria-invalid]")) node.removeAttribute("aria-invalid");
+  }
+  function showError(fieldId, message) {
+    summary.textContent = message;
+    const control = fieldId && document.getElementById(fieldId);
+    if (control) {
+      const box = document.getElementById(`${fieldId}-error`);
+      box.textContent = message;
+      box.hidden = false;
+      control.setAttribute("aria-invalid", "true");
+      control.focus();
+    } else {
+      summary.setAttribute("tabindex", "-1");
+      summary.focus();
+    }
+  }
+
+  // -- the body the form says --
+  function number(input, fieldId, what) {
+    if (input.validity.badInput) throw new FieldError(fieldId, `${what} must be a number.`);
+    return input.value.trim() === "" ? null : Number(input.value);
+  }
+  function headers() {
+    const result = {};
+    f.headers.value.split("\n").forEach((line, i) => {
+      if (!line.trim()) return;
+      const colon = line.indexOf(":");
+      if (colon < 1) throw new FieldError("f-headers", `Header line ${i + 1} is not "Name: value".`);
+      result[line.slice(0, colon).trim()] = line.slice(colon + 1).trim();
+    });
+    return result;
+  }
+  function collect() {
+    const request = {url: f.url.value.trim(), method: f.method.value, headers: headers()};
+    if (f.body.value !== "") {
+      if (!f.json.checked) request.body = f.body.value;
+      else {
+        try {
+          request.json = JSON.parse(f.body.value);
+        } catch (e) {
+          throw new FieldError("f-body", `The body is not valid JSON (${e.message}).`);
+        }
+      }
+    }
+    const timeout = number(f.timeout, "f-timeout", "The timeout");
+    if (timeout !== null) request.timeout = timeout;
+    request.follow_redirects = f.follow.checked;
+    const payload = {cron: f.cron.value.trim(), request, name: f.name.value.trim() || null,
+                     enabled: f.enabled.checked, overlap: f.overlap.value};
+    const zone = f.zone.value.trim();
+    if (zone) payload.timezone = zone;
+    else if (editing) payload.timezone = null;
+    const retries = number(f.retry, "f-retry", "Retries");
+    if (retries !== null && (retries !== 0 || (original && original.retry && original.retry.count))) {
+      payload.retry = {...((original && original.retry) || {}), count: retries};
+    }
+    const jitter = number(f.jitter, "f-jitter", "Jitter");
+    if (jitter !== null) payload.jitter_seconds = jitter;
+    return payload;
+  }
+  function changes(payload) {
+    const before = {...original, name: original.name || null};
+    const changed = {};
+    for (const [name, value] of Object.entries(payload)) {
+      if (stable(value) !== stable(before[name])) changed[name] = value;
+    }
+    return changed;
+  }
+
+  async function submit(event) {
+    event.preventDefault();
+    clearErrors();
+    let payload;
+    try {
+      payload = collect();
+    } catch (e) {
+      if (e instanceof FieldError) return showError(e.field, e.message);
+      throw e;
+    }
+    if (editing) {
+      payload = changes(payload);
+      if (!Object.keys(payload).length) return showError(null, "Nothing was changed.");
+    }
+    save.disabled = true;
+    try {
+      const answer = await write(editing ? "PATCH" : "POST", editing ? `${CURL}/${enc(id)}` : CURL, payload);
+      notice(editing ? "Saved." : `Created “${answer.name || answer.request.url}”.`, "ok");
+      location.hash = `#/http/${enc(answer.id)}`;
+    } catch (e) {
+      if (!signedOutBy(e)) showError(fieldOf(e), errorText(e));
+    } finally {
+      save.disabled = false;
+    }
+  }
+
+  function fill(s) {
+    const request = s.request || {};
+    f.name.value = s.name || "";
+    f.cron.value = s.cron;
+    f.zone.value = s.timezone || "";
+    f.enabled.checked = Boolean(s.enabled);
+    f.method.value = request.method || "GET";
+    f.url.value = request.url || "";
+    f.headers.value = Object.entries(request.headers || {}).map(([k, v]) => `${k}: ${v}`).join("\n");
+    f.json.checked = "json" in request;
+    f.body.value = "json" in request ? JSON.stringify(request.json, null, 2) : request.body || "";
+    f.timeout.value = request.timeout ?? "";
+    f.follow.checked = Boolean(request.follow_redirects);
+    f.retry.value = s.retry ? s.retry.count : "";
+    f.overlap.value = s.overlap || "forbid";
+    f.jitter.value = s.jitter_seconds ?? "";
+  }
+
+  if (editing) {
+    form.hidden = true;
+    api("GET", `${CURL}/${enc(id)}`).then((s) => {
+      if (!view.alive) return;
+      original = s;
+      fill(s);
+      form.hidden = false;
+      showPreview();
+    }, (e) => {
+      if (!signedOutBy(e)) view.problem.textContent = `Could not read the schedule: ${errorText(e)}`;
+    });
+  } else {
+    showPreview();
+  }
+  return view;
+}
+
+// -- start ------------------------------------------------------------------------------------------------
+function start() {
+  window.addEventListener("hashchange", route);
+  document.addEventListener("visibilitychange", () => {
+    if (document.visibilityState === "visible") refreshNow();
+  });
+  setInterval(tickRelative, 1000);
+  const token = storedToken();
+  if (!token) {
+    route();
+    return;
+  }
+  signIn(token).then(route, (e) => {
+    if (e.status === 401) signOut("The stored token was refused; sign in again.");
+    else mount(signInView(`Could not reach the server: ${errorText(e)}`), false);
+  });
+}
+
+start();
+})();
+"""
 DASHBOARD_ASSETS = {"app.js": (DASHBOARD_JS, "text/javascript; charset=utf-8"),
                     "app.css": (DASHBOARD_CSS, "text/css; charset=utf-8")}
 

@@ -8,26 +8,25 @@ dry run first), safety (HTML in data is text, nothing the Content-Security-Polic
 small screens. One server, target and browser are shared by the module; every test has a browser context of its
 own and saves a screenshot of where it ended in its tmp_path. Every wait is bounded; all traffic stays on
 127.0.0.1; no browser is downloaded (Playwright drives /usr/bin/chromium).
-
-Until the dashboard's constants are pasted into schedserver.py, the server runs through the launcher next to
-them (SCHEDSERVER_DASHBOARD_DIR, default /work/wip/dashboard), which sets them in the module and calls
-schedserver.main(). SCHEDSERVER_TEST_PASTED=1 runs plain `python -m schedserver serve` (=0 forces the launcher);
-unset, the module is used once it holds the dashboard.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import socketserver
 import stat
-import sys
+import threading
 import time
 import uuid
+import wsgiref.simple_server
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
-from e2e_helpers import CURL_PATH, ServerProcess, TargetServer, wait_until
+from e2e_helpers import CURL_PATH, DEFAULT_TOKEN, ServerProcess, TargetServer, wait_until
 
 pytestmark = pytest.mark.browser
 
@@ -44,28 +43,14 @@ except ImportError:
     pytest.skip("the playwright package is missing (pip install playwright; no browser download needed)",
                 allow_module_level=True)
 
-import schedserver      # noqa: E402  (after the skips: only to tell whether the dashboard is pasted)
+import schedserver  # after the skips
 
 EXEC = "/api/v1/exec/schedules"
 READ_TOKEN = "e2e-read-token-2b7d90e4"
 NEVER = "0 0 0 1 1 *"                   # does not fire while the tests run (unless at New Year's midnight)
 XSS = "<img src=x onerror=alert(1)>"
-DASHBOARD_DIR = Path(os.environ.get("SCHEDSERVER_DASHBOARD_DIR", "/work/wip/dashboard"))
-LAUNCHER = DASHBOARD_DIR / "launch.py"
 WAIT_MS = 10_000                        # Playwright's bound on each wait and action
 TOKEN_KEY = "schedserver.token"
-
-
-def launcher_argv() -> list[str] | None:
-    """The command prefix that serves the dashboard under test; None: the module's own (pasted)."""
-    wanted = os.environ.get("SCHEDSERVER_TEST_PASTED")
-    pasted = "function el(" in schedserver.DASHBOARD_JS
-    if wanted == "1" or (wanted is None and pasted):
-        return None
-    if not LAUNCHER.exists():
-        pytest.skip(f"the dashboard is not in schedserver.py yet and {LAUNCHER} is missing "
-                    "(set SCHEDSERVER_DASHBOARD_DIR, or SCHEDSERVER_TEST_PASTED=1 once pasted)")
-    return [sys.executable, str(LAUNCHER)]
 
 
 ###############################################################################
@@ -96,6 +81,12 @@ def scripts_dir(tmp_path_factory) -> Path:
 echo "hello from the dashboard test"
 echo "a note on stderr" >&2
 """)
+    write_script(root, "ops/guarded.sh", f"""
+#!/bin/sh
+# @schedule {NEVER}
+# @token
+echo "guarded ran"
+""")
     write_script(root, "ops/tick.sh", """
 #!/bin/sh
 # @schedule */2 * * * * *
@@ -109,10 +100,6 @@ echo tick
 def server(tmp_path_factory, scripts_dir, target):
     data = tmp_path_factory.mktemp("data")
     process = ServerProcess(data, scripts_dir, env={"SCHEDSERVER_READ_TOKEN": READ_TOKEN})
-    prefix = launcher_argv()
-    if prefix is not None:
-        assert process.argv[1:3] == ["-m", "schedserver"], process.argv
-        process.argv = prefix + process.argv[3:]
     with process:
         process.seeded = {
             "ping": create(process, "*/2 * * * * *", target.url + "/ping", name="ping"),
@@ -393,9 +380,8 @@ def test_the_overview_refreshes_itself_and_pauses_while_the_tab_is_hidden(tab, s
     quiet_since = len(lists)
     page.wait_for_timeout(1500)                     # more than three refresh intervals (400 ms here)
     assert len(lists) == quiet_since, "the page must not refresh while hidden"
-    page.evaluate("window.__setHidden(false)")
-    wait_until(lambda: len(lists) > quiet_since, timeout=5)
-    assert len(lists) > quiet_since, "the page must refresh again once visible"
+    with page.expect_request(lambda r: r.url.endswith(CURL_PATH), timeout=5000):
+        page.evaluate("window.__setHidden(false)")      # visible again: a refresh at once
 
 
 ###############################################################################
@@ -591,6 +577,20 @@ def test_a_script_triggered_from_its_page_shows_its_output(tab, server):
     expect(page.locator("dialog.modal pre.stdout")).to_have_text("hello from the dashboard test\n")
 
 
+def test_a_script_that_declares_token_runs_only_when_forced_and_the_role_stays_admin(tab, server):
+    tab.open("#/script/" + "ops%2Fguarded.sh", token=server.token)
+    page = tab.page
+    page.get_by_role("button", name="Run now").click()
+    result = page.locator(".result")
+    expect(result.locator(".problem")).to_contain_text("@token")
+    expect(result.locator(".problem")).to_contain_text("403 FORBIDDEN")
+    expect(page.locator(".role")).to_have_text("admin")
+    assert ok(server.api("GET", EXEC + "/history", params={"scriptPath": "ops/guarded.sh"}))["entries"] == []
+    result.get_by_role("button", name="Run it anyway (force)").click()
+    expect(result.locator("pre.stdout")).to_have_text("guarded ran\n")
+    expect(page.get_by_role("button", name="Run now")).to_be_visible()
+
+
 def test_reload_shows_the_dry_run_diff_and_applies_only_when_asked(tab, server, scripts_dir):
     write_script(scripts_dir, "ops/added.sh", "#!/bin/sh\n# @schedule 0 0 0 1 1 *\necho added\n")
     write_script(scripts_dir, "ops/broken.sh", "#!/bin/sh\n# @schedule every blue moon\necho broken\n")
@@ -668,7 +668,7 @@ def test_a_read_only_token_sees_everything_but_no_buttons_that_change_state(tab,
     expect(page.locator("form.form")).to_have_count(0)
 
 
-def test_every_page_fits_a_375_px_wide_screen(phone, server):
+def test_every_page_fits_a_375_px_wide_screen_and_a_tablet(phone, server):
     phone.open(token=server.token)
     overview_ready(phone)
     page = phone.page
@@ -681,3 +681,176 @@ def test_every_page_fits_a_375_px_wide_screen(phone, server):
         phone.go(route)
         expect(page.locator(ready).first).to_be_visible()
         assert phone.scroll_fits(), f"{route} scrolls sideways at 375 px"
+    page.set_viewport_size({"width": 900, "height": 800})      # a tablet: the tables are cards there too
+    for route in ("#/", f"#/http/{server.seeded['ping']['id']}"):
+        phone.go(route)
+        expect(page.locator("table.grid tbody tr").first).to_be_visible()
+        assert phone.scroll_fits(), f"{route} scrolls sideways at 900 px"
+
+
+###############################################################################
+# Mounted under a prefix ######################################################
+###############################################################################
+
+class ThreadingWSGIServer(socketserver.ThreadingMixIn, wsgiref.simple_server.WSGIServer):
+    daemon_threads = True
+
+
+class QuietHandler(wsgiref.simple_server.WSGIRequestHandler):
+    def log_message(self, format, *args):
+        pass
+
+
+def test_the_dashboard_works_mounted_under_a_prefix(browser, tmp_path):
+    import bottle
+
+    (tmp_path / "scripts").mkdir()
+    config = schedserver.Config(data_dir=str(tmp_path / "data"), scripts_dir=str(tmp_path / "scripts"),
+                                tokens=(DEFAULT_TOKEN,), port=0, shutdown_grace_seconds=2)
+    with schedserver.Server(config) as embedded:
+        host = bottle.Bottle()
+        host.mount("/scheduler", embedded.wsgi_app)
+        httpd = wsgiref.simple_server.make_server("127.0.0.1", 0, host, server_class=ThreadingWSGIServer,
+                                                  handler_class=QuietHandler)
+        thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        thread.start()
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        context.set_default_timeout(WAIT_MS)
+        try:
+            base = f"http://127.0.0.1:{httpd.server_address[1]}/scheduler/"
+            made = embedded.http.create({"cron": NEVER, "name": "mounted",
+                                         "request": {"url": "http://127.0.0.1:9/"}})
+            page = context.new_page()
+            requested: list[str] = []
+            page.on("request", lambda r: requested.append(r.url))
+            page.goto(base)
+            page.get_by_label("API token").fill(DEFAULT_TOKEN)
+            page.get_by_role("button", name="Sign in").click()
+            link = page.locator(f'tr[data-key="http:{made["id"]}"]').get_by_role("link")
+            expect(link).to_have_text("mounted")
+            link.click()
+            expect(page.get_by_role("heading", name="mounted", level=1)).to_be_visible()
+            page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
+            assert requested and all(url.startswith(base) or url.startswith("data:") for url in requested), \
+                [url for url in requested if not url.startswith(base)]
+        finally:
+            context.close()
+            httpd.shutdown()
+            httpd.server_close()
+            thread.join(timeout=5)
+
+
+###############################################################################
+# The README's screenshots ####################################################
+###############################################################################
+
+class VariedTarget(BaseHTTPRequestHandler):
+    """/ok answers 200 with JSON, /fail 500, /slow after 2.5 s (so runs due meanwhile are skipped), /flaky 503 to
+    every other request (so a run fails and its retry succeeds)."""
+
+    protocol_version = "HTTP/1.0"
+    flaky = 0
+
+    def do_GET(self) -> None:
+        if self.path.startswith("/slow"):
+            time.sleep(2.5)
+        status = 500 if self.path.startswith("/fail") else 200
+        if self.path.startswith("/flaky"):
+            VariedTarget.flaky += 1
+            status = 503 if VariedTarget.flaky % 2 else 200
+        body = b'{"status": "ok", "queued": 0}\n' if status == 200 else b'{"error": "upstream unavailable"}\n'
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_POST = do_GET
+
+    def log_message(self, format, *args):
+        pass
+
+
+def test_the_readme_screenshots_from_a_busy_server(browser, tmp_path):
+    """Takes the README's two pictures (the overview; a schedule's strip and runs) from a server whose schedules
+    have run for a while, and checks what they show. SCHEDSERVER_DOCS_SCREENSHOTS=1 also writes them to docs/."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), VariedTarget)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    base = f"http://127.0.0.1:{httpd.server_address[1]}"
+    scripts = tmp_path / "scripts"
+    write_script(scripts, "ops/backup.sh", """
+#!/bin/sh
+# @schedule */2 * * * * *
+# @description copies the data dir to the backup host
+echo "backed up 3 files"
+""")
+    write_script(scripts, "ops/cleanup.sh", """
+#!/bin/sh
+# @schedule */3 * * * * *
+# @description removes old exports
+[ $(( $(date +%s) % 4 )) -eq 0 ] && { echo "disk busy, try later" >&2; exit 1; }
+echo "removed 2 exports"
+""")
+    write_script(scripts, "reports/weekly.sh", """
+#!/bin/sh
+# @schedule 0 0 7 * * MON
+# @description mails the weekly report
+echo sent
+""")
+    try:
+        with ServerProcess(tmp_path / "data", scripts) as server:
+            def add(cron: str, path: str, name: str, request: dict | None = None, **fields) -> dict:
+                body = {"cron": cron, "name": name, "request": {"url": base + path, **(request or {})}, **fields}
+                return ok(server.api("POST", CURL_PATH, json=body), 201)
+
+            add("0 30 2 * * *", "/report", "nightly report", timezone="Europe/Berlin")
+            add("*/2 * * * * *", "/slow/export", "export to warehouse", {"timeout": 10})
+            add("*/3 * * * * *", "/fail/billing", "billing webhook", {"method": "POST"})
+            flaky = add("*/4 * * * * *", "/flaky/orders", "sync orders", {"headers": {"X-Team": "shop"}},
+                        retry={"count": 1, "min_backoff_seconds": 1})
+            health = add("* * * * * *", "/ok/health", "health check", timezone="America/New_York")
+            add("0 0 9 * * MON-FRI", "/ok/standup", "stand-up reminder", enabled=False)
+
+            context = browser.new_context(viewport={"width": 1280, "height": 760}, timezone_id="Europe/Berlin",
+                                          locale="en-GB")
+            context.set_default_timeout(WAIT_MS)
+            context.add_init_script(f"sessionStorage.setItem('{TOKEN_KEY}', '{server.token}')")
+            try:
+                page = context.new_page()
+                page.goto(server.url + "/#/")
+                page.wait_for_function("(selector) => document.querySelectorAll(selector).length >= 12",
+                                       arg=f'tr[data-key="http:{health["id"]}"] ol.strip li.mark',
+                                       timeout=30_000)         # a dozen seconds of runs
+                assert wait_until(lambda: {r["trigger"] for r in ok(server.api(
+                    "GET", f"{CURL_PATH}/{flaky['id']}/runs?limit=50"))["items"]} >= {"cron", "retry"}, timeout=15)
+                before = page.locator("p.count").text_content()
+                page.wait_for_function("(text) => document.querySelector('p.count').textContent !== text",
+                                       arg=before)              # just refreshed: every next run is ahead
+                expect(page.locator("table.schedules tbody tr")).to_have_count(9)
+                shown = set(page.locator("ol.strip li.mark").evaluate_all(
+                    "(marks) => marks.map((m) => m.dataset.status || m.className)"))
+                assert any("ok" in s for s in shown) and any("error" in s for s in shown), shown
+                overview = tmp_path / "dashboard-overview.png"
+                page.screenshot(path=str(overview), full_page=True)
+
+                page.goto(server.url + f"/#/http/{flaky['id']}")
+                expect(page.get_by_role("heading", name="sync orders", level=1)).to_be_visible()
+                expect(page.locator("table.runs tbody tr").first).to_be_visible()
+                expect(page.locator("table.runs tbody").get_by_text("retry").first).to_be_visible()
+                top = page.evaluate("""[...document.querySelectorAll('h2')]
+                    .find((h) => h.textContent === 'Last 20 runs').getBoundingClientRect().top + window.scrollY""")
+                height = page.evaluate("document.documentElement.scrollHeight")
+                runs = tmp_path / "dashboard-runs.png"
+                page.screenshot(path=str(runs), full_page=True,
+                                clip={"x": 0, "y": top - 16, "width": 1280, "height": min(700, height - top + 16)})
+            finally:
+                context.close()
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert overview.stat().st_size > 10_000 and runs.stat().st_size > 10_000
+    if os.environ.get("SCHEDSERVER_DOCS_SCREENSHOTS") == "1":
+        docs = Path(__file__).resolve().parent.parent / "docs"
+        shutil.copyfile(overview, docs / "dashboard-overview.png")
+        shutil.copyfile(runs, docs / "dashboard-runs.png")
