@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCHMARKS = ("idle_tick", "mutations", "runs", "startup", "scale100k")
+BENCHMARKS = ("idle_tick", "cron", "mutations", "runs", "startup", "scale100k")
 
 
 def test_bench_quick_runs_and_writes_its_table(tmp_path):

@@ -57,8 +57,21 @@ def with_script(root: Path) -> Path:
     return root
 
 
+BEFORE: set[threading.Thread] = set()
+
+
+@pytest.fixture(autouse=True)
+def _baseline_threads():
+    """The threads alive when the test began: what other tests in this process left (a runner a unit test never
+    closed, say) is not this test's to account for."""
+    BEFORE.clear()
+    BEFORE.update(threading.enumerate())
+    yield
+
+
 def schedserver_threads() -> list[str]:
-    return sorted(t.name for t in threading.enumerate() if t.name.startswith("schedserver"))
+    """Our threads started since the test began."""
+    return sorted(t.name for t in threading.enumerate() if t.name.startswith("schedserver") and t not in BEFORE)
 
 
 def listening_sockets() -> set[int]:
