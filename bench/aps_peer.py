@@ -7,8 +7,9 @@ CONFIG: {"url": target URL, "workers": 8, "jobs": [{"id", "second", "minute", "h
 
 A BackgroundScheduler (UTC, MemoryJobStore, ThreadPoolExecutor(workers), coalesce=True, misfire_grace_time=30)
 runs one job per entry with a CronTrigger of the same fields. Each job sends a GET to the target with a
-per-thread requests.Session (trust_env=False), the way schedserver's HttpRunner does (same two
-X-Schedserver-* headers, streamed, at most 64 KiB read), and records time.time() just before the request.
+per-thread requests.Session (trust_env=False) as schedserver's HttpRunner sends its runs (through urllib3, the
+same transport): the same two X-Schedserver-* headers, streamed, at most 64 KiB read; it records time.time() just
+before the request.
 
 APScheduler 3 does not hand the scheduled time to the job, so the executor below is ThreadPoolExecutor with one
 change: it passes the run time APScheduler computed (`run_times[-1]`, the only one with coalesce=True) to the

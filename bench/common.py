@@ -1,5 +1,6 @@
 """Shared pieces of the benchmarks: the real server in a subprocess, a loopback target in its own process,
-percentiles, and the Figure record that run.py aggregates into bench/RESULTS.md.
+stored HTTP schedules in the server's own format, percentiles, and the Figure record that run.py aggregates into
+bench/RESULTS.md.
 
 Everything listens on 127.0.0.1 only. Data directories live on the real disk (under bench/.work, not a tmpfs),
 so fsync costs are the real ones.
@@ -20,6 +21,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -31,6 +33,8 @@ BENCH = REPO / "bench"
 WORK = BENCH / ".work" / f"run-{os.getpid()}"     # one directory per run: concurrent runs never collide
 TOKEN = "bench-admin-token-5d0c2e"
 LISTENING = re.compile(r"schedserver listening on http://\S+:(\d+)")
+# The start-up summary line: "N http schedules and M script schedules loaded (K run records replayed); ..."
+LOADED = re.compile(r"(\d+) http schedules and (\d+) script schedules loaded \((\d+) run records replayed\)")
 
 
 # -- figures -------------------------------------------------------------------------------------------------
@@ -165,7 +169,16 @@ class Server:
     def cpu_seconds(self) -> float:
         return proc_cpu_seconds(self.proc.pid)
 
+    def loaded(self) -> dict[str, int]:
+        """What the start-up summary line said: {"http", "scripts", "replayed"} (empty if it was not logged)."""
+        for line in self.stderr_lines:
+            m = LOADED.search(line)
+            if m:
+                return {"http": int(m.group(1)), "scripts": int(m.group(2)), "replayed": int(m.group(3))}
+        return {}
+
     def stop(self) -> None:
+        """A clean stop (SIGTERM): the server finishes its runs, saves its run state and exits."""
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -175,11 +188,41 @@ class Server:
                 self.proc.wait()
         self.session.close()
 
+    def kill(self) -> None:
+        """SIGKILL: nothing is saved, as after a crash or an OOM kill."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(30)
+        self.session.close()
+
     def __enter__(self) -> "Server":
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+# -- stored HTTP schedules ------------------------------------------------------------------------------------
+def http_definition(payload: dict, created: float, enabled_at: float | None = None,
+                    schedule_id: str | None = None) -> dict:
+    """One stored HTTP schedule exactly as the server stores it: the create body checked by
+    schedserver.validate_create, then HttpSchedule(...).definition()."""
+    import schedserver
+    values = schedserver.validate_create(payload, "UTC")
+    return schedserver.HttpSchedule(id=schedule_id or str(uuid.uuid4()), created_at=created,
+                                    enabled_at=created if enabled_at is None else enabled_at,
+                                    **values).definition()
+
+
+def write_store(data_dir: Path, definitions: list[dict]) -> None:
+    """data_dir/curl-schedules.json as the server's JournalStore writes its snapshot (no journal: nothing changed
+    since), in a private data dir as the server wants it."""
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(data_dir, 0o700)
+    path = data_dir / "curl-schedules.json"
+    path.write_bytes(json.dumps({"version": 1, "seq": 0, "schedules": definitions}, indent=1,
+                                sort_keys=True).encode() + b"\n")
+    os.chmod(path, 0o600)
 
 
 def read_ndjson(path: Path) -> list[dict]:

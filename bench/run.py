@@ -21,6 +21,9 @@ import common  # noqa: E402
 from common import Figure, median  # noqa: E402
 
 
+KEEP_MARKER = "<!-- hand-written below: kept by run.py -->"
+
+
 def registry() -> dict:
     import bench_api
     import bench_sched
@@ -89,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(lines))
     notes = [f"- **{bench} / {f.name}**: {f.note}" for bench, f in figures if f.note]
     out = Path(args.out) if args.out else common.BENCH / ("RESULTS-quick.md" if args.quick else "RESULTS.md")
+    # A hand-written part (what the figures mean, what changed) follows the marker line and is kept.
+    kept = ""
+    if out.exists() and KEEP_MARKER in out.read_text():
+        kept = out.read_text()[out.read_text().index(KEEP_MARKER):]
     out.write_text("\n".join([
         "# schedserver benchmark results", "",
         f"Written by `python bench/run.py{' --quick' if args.quick else ''}` on "
@@ -97,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Each figure is the median over {reps} repetition(s), with the spread (min-max) beside it.", "",
         *lines, "", *(["## Notes", "", *notes, ""] if notes else []),
         *([f"Failed to run: {', '.join(failed)}", ""] if failed else []),
-    ]))
+    ]) + ("\n" + kept if kept else ""))
     print(f"wrote {out}")
     return 1 if failed else 0
 

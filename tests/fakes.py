@@ -41,6 +41,13 @@ class RecordingSubmit:
     def __call__(self, fn, *args) -> None:
         self.pending.append((fn, *args))
 
+    def submit(self, fn, *args) -> bool:
+        self.pending.append((fn, *args))
+        return True
+
+    def shutdown(self, timeout: float = 0) -> None:
+        pass
+
     def run_all(self, until: Callable[[], bool] | None = None, timeout: float = 30.0) -> int:
         """Run what was handed over (and what that hands over in turn); how many calls ran. With `until`, also
         wait (at most `timeout` s) for work handed over from other threads (a script's end, from the reaper)

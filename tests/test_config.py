@@ -1,4 +1,5 @@
-"""Config (flags > environment > TOML > defaults), the CLI's exit status for bad config, auth and the admin token.
+"""Config (flags > environment > TOML > defaults, and Config built in Python), the CLI's exit status for bad
+config, auth and the admin token.
 
 load_config always gets an explicit environment here, never the real os.environ.
 """
@@ -49,8 +50,13 @@ def test_with_nothing_configured_it_uses_the_embedded_defaults(workdir):
     assert config.data_dir == str(workdir / "data")
     assert config.scripts_dir == str(workdir / "scripts")
     assert (config.workers, config.misfire_grace_seconds) == (8, 30)
+    assert (config.connection_limit, config.idle_timeout_seconds, config.log_format) == (1000, 20, "text")
     assert (config.tokens, config.read_tokens, config.token_file) == ((), (), None)
     assert config.config_file is None
+
+
+def test_the_defaults_are_the_same_from_load_config_and_from_config_built_in_python(workdir):
+    assert load_config({}, environ={}) == Config()
 
 
 def test_flags_beat_the_environment_which_beats_the_file_which_beats_the_defaults(tmp_path, workdir):
@@ -115,20 +121,66 @@ def test_every_documented_section_and_key_is_accepted_from_the_file(tmp_path, wo
         [server]
         host = "::1"
         port = 0
+        data_dir = "d"
+        scripts_dir = "s"
         threads = 4
+        connection_limit = 50
+        idle_timeout_seconds = 5
         log_level = "debug"
+        log_format = "JSON"
+        access_log = true
+        shutdown_grace_seconds = 3
         [scheduler]
         timezone = "Europe/Berlin"
         workers = 2
         misfire_grace_seconds = 1
+        [auth]
+        tokens = ["t"]
+        read_tokens = ["r"]
+        token_file = "tokens"
         [curl]
         runs_log_max_bytes = 4096
         runs_log_backups = 0
+        allow_networks = ["10.0.0.0/8"]
+        deny_networks = ["10.1.0.0/16", "::1"]
+        [exec]
+        default_timeout_ms = 1500
+        fires_log_max_bytes = 8192
+        fires_log_backups = 2
+        return_preview_chars = 50
+        [exec.interpreters]
+        ".rb" = "ruby -W0"
+        [exec.preflight]
+        ".rb" = ["ruby", "-c"]
     """.replace("\n        ", "\n"))
     config = load_config({"config": toml}, environ={})
+    etc = tmp_path / "etc"
     assert (config.host, config.port, config.threads, config.log_level) == ("::1", 0, 4, "DEBUG")
+    assert (config.data_dir, config.scripts_dir, config.token_file) == (str(etc / "d"), str(etc / "s"),
+                                                                       str(etc / "tokens"))
+    assert (config.connection_limit, config.idle_timeout_seconds, config.log_format) == (50, 5, "json")
+    assert (config.access_log, config.shutdown_grace_seconds) == (True, 3)
     assert (config.timezone, config.workers, config.misfire_grace_seconds) == ("Europe/Berlin", 2, 1)
+    assert (config.tokens, config.read_tokens) == (("t",), ("r",))
     assert (config.runs_log_max_bytes, config.runs_log_backups) == (4096, 0)
+    assert (config.allow_networks, config.deny_networks) == (("10.0.0.0/8",), ("10.1.0.0/16", "::1"))
+    assert (config.default_timeout_ms, config.fires_log_max_bytes, config.fires_log_backups,
+            config.return_preview_chars) == (1500, 8192, 2, 50)
+    assert config.interpreters == {".rb": ("ruby", "-W0")}
+    assert config.preflight == {".rb": ("ruby", "-c")}
+
+
+@pytest.mark.parametrize("name, raw, key, value", [
+    ("SCHEDSERVER_CONNECTION_LIMIT", "20", "connection_limit", 20),
+    ("SCHEDSERVER_IDLE_TIMEOUT_SECONDS", "60", "idle_timeout_seconds", 60),
+    ("SCHEDSERVER_LOG_FORMAT", "json", "log_format", "json"),
+    ("SCHEDSERVER_ACCESS_LOG", "yes", "access_log", True),
+    ("SCHEDSERVER_CURL_DENY_NETWORKS", "10.0.0.0/8,192.168.0.0/16", "deny_networks",
+     ("10.0.0.0/8", "192.168.0.0/16")),
+    ("SCHEDSERVER_EXEC_RETURN_PREVIEW_CHARS", "80", "return_preview_chars", 80),
+])
+def test_the_newer_keys_come_from_the_environment_too(workdir, name, raw, key, value):
+    assert getattr(load_config({}, environ={name: raw}), key) == value
 
 
 ###############################################################################
@@ -146,6 +198,11 @@ def test_every_documented_section_and_key_is_accepted_from_the_file(tmp_path, wo
     ("[scheduler]\ntimezone = \"Mars/Olympus\"\n", "scheduler.timezone", "unknown timezone 'Mars/Olympus'"),
     ("[auth]\ntokens = [1, 2]\n", "auth.tokens", "expected a list of strings"),
     ("[server]\nlog_level = \"LOUD\"\n", "server.log_level", "expected one of DEBUG, INFO, WARNING, ERROR"),
+    ("[server]\nlog_format = \"xml\"\n", "server.log_format", "expected text or json"),
+    ("[server]\nconnection_limit = 5\n", "server.connection_limit", "expected an integer from 10 to 100000"),
+    ("[server]\nidle_timeout_seconds = 0\n", "server.idle_timeout_seconds", "expected an integer from 1 to 3600"),
+    ("[curl]\nallow_networks = [\"intranet\"]\n", "curl.allow_networks", "is not a network"),
+    ("[exec.interpreters]\nrb = \"ruby\"\n", "exec.interpreters", "must be a file extension"),
     ("server = 1\n", "[server]", "must be a table"),
 ])
 def test_a_bad_value_in_the_file_is_a_config_error_naming_the_file_and_the_key(tmp_path, workdir, text, key,
@@ -182,6 +239,172 @@ def test_a_bad_environment_variable_or_flag_is_named_in_the_error(workdir):
         load_config({"port": "eighty"}, environ={})
     assert str(caught.value).startswith("--port: expected an integer")
     assert isinstance(caught.value, ValueError)
+
+
+HUGE = "9" * 5000                   # int() refuses strings of over 4,300 digits
+
+
+@pytest.mark.parametrize("flags, environ, where", [
+    ({}, {"SCHEDSERVER_PORT": HUGE}, "environment SCHEDSERVER_PORT"),
+    ({}, {"SCHEDSERVER_PORT": "-" + HUGE}, "environment SCHEDSERVER_PORT"),
+    ({}, {"SCHEDSERVER_WORKERS": HUGE}, "environment SCHEDSERVER_WORKERS"),
+    ({"port": HUGE}, {}, "--port"),
+])
+def test_a_5000_digit_number_from_the_environment_or_a_flag_is_a_config_error(workdir, flags, environ, where):
+    with pytest.raises(ConfigError) as caught:
+        load_config(flags, environ=environ)
+    message = str(caught.value)
+    assert message.startswith(f"{where}: expected an integer")
+    assert "\n" not in message
+    assert len(message) < 300               # the value is shown cut short, not all 5,000 digits
+
+
+def test_a_5000_digit_number_in_the_file_is_a_config_error_naming_the_file(tmp_path, workdir):
+    toml = write_toml(tmp_path / "etc", f"[server]\nport = {HUGE}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config({"config": toml}, environ={})
+    message = str(caught.value)
+    assert message.startswith(toml)
+    assert "\n" not in message
+    assert len(message) < 500
+
+
+###############################################################################
+# Time zones: canonical IANA names only
+###############################################################################
+
+NOT_ZONES = ["right/Europe/Berlin", "posix/Europe/Berlin", "localtime", "posixrules", "Factory"]
+
+
+@pytest.mark.parametrize("name", NOT_ZONES)
+def test_a_time_zone_that_is_not_a_canonical_iana_name_is_refused_from_the_environment(workdir, name):
+    with pytest.raises(ConfigError) as caught:
+        load_config({}, environ={"SCHEDSERVER_TIMEZONE": name})
+    assert str(caught.value).startswith(f"environment SCHEDSERVER_TIMEZONE: unknown timezone {name!r}")
+
+
+@pytest.mark.parametrize("name", NOT_ZONES)
+def test_a_time_zone_that_is_not_a_canonical_iana_name_is_refused_from_the_file(tmp_path, workdir, name):
+    toml = write_toml(tmp_path / "etc", f'[scheduler]\ntimezone = "{name}"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_config({"config": toml}, environ={})
+    assert str(caught.value).startswith(f"{toml}: scheduler.timezone: unknown timezone {name!r}")
+
+
+@pytest.mark.parametrize("name", NOT_ZONES)
+def test_a_time_zone_that_is_not_a_canonical_iana_name_is_refused_by_config_built_in_python(name):
+    with pytest.raises(ConfigError) as caught:
+        Config(timezone=name)
+    assert str(caught.value).startswith(f"scheduler.timezone: unknown timezone {name!r}")
+
+
+@pytest.mark.parametrize("name", ["UTC", "Europe/Berlin", "America/Argentina/Buenos_Aires", "Asia/Kolkata"])
+def test_canonical_iana_names_are_accepted(workdir, name):
+    assert load_config({}, environ={"SCHEDSERVER_TIMEZONE": name}).timezone == name
+    assert Config(timezone=name).timezone == name
+
+
+###############################################################################
+# Tokens: printable ASCII only (a client sends the header as Latin-1 at best)
+###############################################################################
+
+@pytest.mark.parametrize("name", ["SCHEDSERVER_TOKEN", "SCHEDSERVER_READ_TOKEN"])
+@pytest.mark.parametrize("token", ["tök-xyzzy", "token-\u20ac-xyzzy", "emoji-\U0001f511-xyzzy"])
+def test_a_non_ascii_token_in_the_environment_is_refused_in_one_line_without_showing_it(workdir, name, token):
+    with pytest.raises(ConfigError) as caught:
+        load_config({}, environ={name: f"fine-token,{token}"})
+    message = str(caught.value)
+    assert message.startswith(f"environment {name}: tokens must be printable ASCII")
+    assert "\n" not in message
+    assert "xyzzy" not in message and "fine-token" not in message
+
+
+@pytest.mark.parametrize("key", ["tokens", "read_tokens"])
+@pytest.mark.parametrize("token", ["tök-xyzzy", "tab\\txyzzy"])
+def test_a_token_that_is_not_printable_ascii_in_the_file_is_refused_without_showing_it(tmp_path, workdir, key,
+                                                                                         token):
+    toml = write_toml(tmp_path / "etc", f'[auth]\n{key} = ["{token}"]\n')
+    with pytest.raises(ConfigError) as caught:
+        load_config({"config": toml}, environ={})
+    message = str(caught.value)
+    assert message.startswith(f"{toml}: auth.{key}: tokens must be printable ASCII")
+    assert "xyzzy" not in message
+
+
+@pytest.mark.parametrize("key", ["tokens", "read_tokens"])
+def test_a_non_ascii_token_in_config_built_in_python_is_refused_without_showing_it(key):
+    with pytest.raises(ConfigError) as caught:
+        Config(**{key: ("tök-xyzzy",)})
+    assert str(caught.value).startswith(f"auth.{key}: tokens must be printable ASCII")
+    assert "xyzzy" not in str(caught.value)
+
+
+def test_a_non_ascii_token_in_the_token_file_is_refused_without_showing_it(tmp_path):
+    token_file = tmp_path / "tokens"
+    token_file.write_text("fine-token\ntök-xyzzy\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        resolve_admin_tokens(Config(data_dir=str(tmp_path), token_file=str(token_file)))
+    message = str(caught.value)
+    assert message.startswith(f"auth.token_file {token_file}: tokens must be printable ASCII")
+    assert "xyzzy" not in message and "\n" not in message
+
+
+###############################################################################
+# Config built directly in Python: the same rules as load_config
+###############################################################################
+
+@pytest.mark.parametrize("fields, problem", [
+    ({"port": 70000}, "server.port: expected an integer from 0 to 65535, got 70000"),
+    ({"port": "8080"}, "server.port: expected an integer from 0 to 65535, got '8080'"),
+    ({"port": True}, "server.port: expected an integer"),
+    ({"port": 2 ** 80}, "server.port: expected an integer"),
+    ({"host": ""}, "server.host: expected a non-empty string"),
+    ({"data_dir": None}, "server.data_dir: expected a non-empty string"),
+    ({"threads": 0}, "server.threads: expected an integer from 1 to 256"),
+    ({"connection_limit": 9}, "server.connection_limit: expected an integer from 10 to 100000"),
+    ({"log_level": "LOUD"}, "server.log_level: expected one of DEBUG, INFO, WARNING, ERROR"),
+    ({"log_format": "xml"}, "server.log_format: expected text or json"),
+    ({"access_log": "yes"}, "server.access_log: expected true or false"),
+    ({"timezone": "Mars/Olympus"}, "scheduler.timezone: unknown timezone 'Mars/Olympus'"),
+    ({"workers": 0}, "scheduler.workers: expected an integer from 1 to 1024"),
+    ({"tokens": "one-token"}, "auth.tokens: expected a list of strings"),
+    ({"allow_networks": ("intranet",)}, "curl.allow_networks: 'intranet' is not a network"),
+    ({"default_timeout_ms": 0}, "exec.default_timeout_ms: expected an integer"),
+    ({"interpreters": {"rb": "ruby"}}, "exec.interpreters: key 'rb' must be a file extension"),
+])
+def test_config_built_in_python_is_validated_with_a_config_error_naming_the_key(fields, problem):
+    with pytest.raises(ConfigError) as caught:
+        Config(**fields)
+    assert str(caught.value).startswith(problem)
+    assert "\n" not in str(caught.value)
+    assert isinstance(caught.value, ValueError)
+
+
+def test_config_built_in_python_never_shows_an_auth_value_in_its_error():
+    with pytest.raises(ConfigError) as caught:
+        Config(tokens=["ok", 5, "s3cret"])
+    assert str(caught.value).startswith("auth.tokens: expected a list of strings")
+    assert "s3cret" not in str(caught.value)
+
+
+def test_config_built_in_python_makes_paths_absolute(tmp_path, workdir, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+
+    config = Config(data_dir="state/../data", scripts_dir="~/jobs", token_file="secret/token")
+
+    assert config.data_dir == str(workdir / "data")
+    assert config.scripts_dir == str(tmp_path / "home" / "jobs")
+    assert config.token_file == str(workdir / "secret" / "token")
+    assert Config(data_dir=str(tmp_path / "abs")).data_dir == str(tmp_path / "abs")
+
+
+def test_config_built_in_python_is_normalised_like_one_read_from_a_file(workdir):
+    config = Config(log_level="debug", log_format="JSON", tokens=[" a ", "", "b"], read_tokens=["r"],
+                    interpreters={".RB": "ruby -W0"})
+
+    assert (config.log_level, config.log_format) == ("DEBUG", "json")
+    assert (config.tokens, config.read_tokens) == (("a", "b"), ("r",))
+    assert config.interpreters == {".rb": ("ruby", "-W0")}
 
 
 ###############################################################################
@@ -225,12 +448,93 @@ def test_main_exits_2_with_one_line_for_a_bad_flag_value(clean_env, capsys):
 def test_main_exits_2_with_one_line_for_a_data_dir_it_cannot_create(tmp_path, clean_env, capsys):
     (tmp_path / "afile").write_text("a regular file, so nothing can be created under it\n")
     data_dir = tmp_path / "afile" / "data"
-    assert main(["--data-dir", str(data_dir), "--scripts-dir", str(tmp_path / "scripts")]) == 2
+    assert main(["--data-dir", str(data_dir), "--scripts-dir", str(tmp_path / "scripts"), "--port", "0"]) == 2
     out, err = capsys.readouterr()
     assert out == ""
     assert len(err.splitlines()) == 1
     assert err.startswith(f"schedserver: data dir {data_dir}: cannot create")
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv, environ, start", [
+    ([], {"SCHEDSERVER_PORT": HUGE}, "schedserver: environment SCHEDSERVER_PORT: expected an integer"),
+    (["--port", HUGE], {}, "schedserver: --port: expected an integer"),
+])
+def test_main_exits_2_with_one_line_for_a_5000_digit_port(clean_env, monkeypatch, capsys, argv, environ, start):
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert len(err.splitlines()) == 1
+    assert err.startswith(start)
+    assert "Traceback" not in err
+    assert len(err) < 300
+
+
+def test_main_exits_2_with_one_line_for_a_5000_digit_number_in_the_config_file(tmp_path, clean_env, capsys):
+    toml = write_toml(tmp_path / "etc", f"[server]\nport = {HUGE}\n")
+    assert main(["--config", toml]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1
+    assert err.startswith(f"schedserver: {toml}: ")
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("name", ["SCHEDSERVER_TOKEN", "SCHEDSERVER_READ_TOKEN"])
+def test_main_exits_2_with_one_line_for_a_non_ascii_token_without_showing_it(clean_env, monkeypatch, capsys,
+                                                                              name):
+    monkeypatch.setenv(name, "tök-xyzzy")
+    assert main(["--port", "0"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert len(err.splitlines()) == 1
+    assert err.startswith(f"schedserver: environment {name}: tokens must be printable ASCII")
+    assert "xyzzy" not in err
+
+
+def test_main_exits_2_with_one_line_for_a_non_ascii_token_in_the_config_file(tmp_path, clean_env, capsys):
+    toml = write_toml(tmp_path / "etc", '[auth]\ntokens = ["tök-xyzzy"]\n')
+    assert main(["--config", toml]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1
+    assert err.startswith(f"schedserver: {toml}: auth.tokens: tokens must be printable ASCII")
+    assert "xyzzy" not in err
+
+
+@pytest.mark.parametrize("name", ["right/Europe/Berlin", "localtime"])
+def test_main_exits_2_with_one_line_for_a_time_zone_that_is_not_canonical(clean_env, monkeypatch, capsys, name):
+    monkeypatch.setenv("SCHEDSERVER_TIMEZONE", name)
+    assert main(["--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"schedserver: environment SCHEDSERVER_TIMEZONE: unknown timezone {name!r} (use an IANA name "
+                   f"such as 'UTC' or 'Europe/Berlin'), got {name!r}\n")
+
+
+def test_main_exits_2_with_one_line_for_a_data_dir_every_user_may_write(tmp_path, clean_env, capsys):
+    data_dir = tmp_path / "shared"
+    data_dir.mkdir()
+    data_dir.chmod(0o777)
+    assert main(["--data-dir", str(data_dir), "--scripts-dir", str(tmp_path / "scripts"), "--port", "0"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert len(err.splitlines()) == 1
+    assert err.startswith(f"schedserver: data dir {data_dir}: writable by every user")
+    assert stat.S_IMODE(os.stat(data_dir).st_mode) == 0o777         # left as it was
+    assert os.listdir(data_dir) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give a directory to another user")
+def test_main_exits_2_with_one_line_for_a_data_dir_owned_by_another_user(tmp_path, clean_env, capsys):
+    data_dir = tmp_path / "theirs"
+    data_dir.mkdir(mode=0o700)
+    os.chown(data_dir, 65534, 65534)
+    assert main(["--data-dir", str(data_dir), "--scripts-dir", str(tmp_path / "scripts"), "--port", "0"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert len(err.splitlines()) == 1
+    assert err.startswith(f"schedserver: data dir {data_dir}: owned by uid 65534, not by this user")
+    assert os.listdir(data_dir) == []
 
 
 ###############################################################################

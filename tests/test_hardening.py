@@ -2,9 +2,9 @@
 must be refused, a private data dir, late fires, script preflight, fires-log rotation, secrets in the script
 environment and a damaged schedules file.
 
-Grouped by concern. The API is driven through webtest over an app built as the server builds it (fake clock,
-recording submit); the raw-socket tests talk to the real server in a subprocess. Every wait has a deadline and
-all traffic stays on 127.0.0.1.
+Grouped by concern. The API and the services are driven through the harness's Stack (the real server loaded
+over a tmp dir, fake clock, a pool that runs only when told); the raw-socket tests talk to the real server in a
+subprocess. Every wait has a deadline and all traffic stays on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -19,15 +19,14 @@ import uuid
 from datetime import datetime
 
 import pytest
-import webtest
 
 import schedserver
-from e2e_helpers import DEFAULT_TOKEN, ServerProcess, wait_until
-from fakes import FakeClock, RecordingSubmit
+from e2e_helpers import ServerProcess
+from fakes import FakeClock
+from harness import ADMIN, Stack
 
 CURL = "/api/v1/curl/schedule"
 EXEC = "/api/v1/exec/schedules"
-ADMIN = {"Authorization": "Bearer admin-token"}
 MS_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 HOURLY = "# @schedule 0 * * * *\necho hourly\n"
 
@@ -40,29 +39,16 @@ NOW = at("2026-01-15T11:59:30.250Z")
 
 
 ###############################################################################
-# Fakes and the harness ########################################################
+# The harness ##################################################################
 ###############################################################################
 
-class Harness:
-    """Both services over one tmp dir and the app over them, as Server.start() wires them."""
+class Api:
+    """A loaded Stack (the server as it starts, fake clock, no threads) and raw requests to its app."""
 
-    def __init__(self, tmp_path):
-        self.root = tmp_path / "scripts"
-        self.data = tmp_path / "data"
-        self.root.mkdir()
-        self.data.mkdir()
-        self.clock = FakeClock(NOW)
-        self.submit = RecordingSubmit()
-        self.scheduler = schedserver.Scheduler(submit=self.submit, clock=self.clock)
-        self.curl = schedserver.CurlSchedules(
-            schedserver.JournalStore(str(self.data / "curl-schedules.json")),
-            schedserver.NdjsonLog(str(self.data / "curl-runs.log"), 1 << 20, 3),
-            self.scheduler, schedserver.HttpRunner(clock=self.clock), clock=self.clock)
-        self.curl.load()
-        self.scripts = schedserver.ScriptSchedules(
-            str(self.root), schedserver.NdjsonLog(str(self.data / "fires.log"), 1 << 20, 3), self.scheduler,
-            schedserver.ScriptRunner(clock=self.clock, kill_grace=0.2), clock=self.clock)
-        self.app = webtest.TestApp(schedserver.make_app(self.curl, schedserver.Auth(("admin-token",)), self.scripts))
+    def __init__(self, stack: Stack):
+        self.stack = stack
+        self.http = stack.http
+        self.app = stack.app
 
     def post_raw(self, path: str, raw: str | bytes, content_type: str = "application/json", headers=ADMIN):
         return self.app.post(path, raw, headers=headers, content_type=content_type, expect_errors=True)
@@ -75,8 +61,9 @@ class Harness:
 
 
 @pytest.fixture
-def api(tmp_path) -> Harness:
-    return Harness(tmp_path)
+def api(tmp_path):
+    with Stack(tmp_path, FakeClock(NOW)) as stack:
+        yield Api(stack)
 
 
 def curl_error(response, status: int, code: str, *mentions: str) -> dict:
@@ -118,25 +105,25 @@ class TestHostileInput:
     def test_a_header_value_that_is_not_latin_1_answers_400_naming_the_header(self, api):
         response = api.create_raw(create_body(headers={"X-Price": "10 €"}))
         curl_error(response, 400, "INVALID_PARAMETER", "X-Price")
-        assert api.curl.count() == 0
+        assert api.http.count() == 0
 
     def test_a_string_body_with_a_lone_surrogate_answers_400(self, api):
         raw = '{"cron": "0 * * * *", "request": {"url": "http://127.0.0.1:9/hook", "body": "half \\ud800 pair"}}'
         curl_error(api.create_raw(raw), 400, "INVALID_PARAMETER", "request.body")
-        assert api.curl.count() == 0
+        assert api.http.count() == 0
 
     def test_a_json_body_with_a_lone_surrogate_answers_400(self, api):
         # validate_request promises "a JSON value of valid Unicode text"; a lone surrogate is not.
         raw = '{"cron": "0 * * * *", "request": {"url": "http://127.0.0.1:9/hook", "json": {"k": "\\ud800"}}}'
         curl_error(api.create_raw(raw), 400, "INVALID_PARAMETER", "request.json")
-        assert api.curl.count() == 0
+        assert api.http.count() == 0
 
     @pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
     @pytest.mark.parametrize("where", ["json", "timeout"])
     def test_nan_or_infinity_written_literally_answers_400_invalid_parameter(self, api, constant, where):
         raw = '{"cron": "0 * * * *", "request": {"url": "http://127.0.0.1:9/hook", "%s": %s}}' % (where, constant)
         curl_error(api.create_raw(raw), 400, "INVALID_PARAMETER")
-        assert api.curl.count() == 0
+        assert api.http.count() == 0
 
     @pytest.mark.parametrize("opening, closing", [("[", "]"), ('{"a":', "}")], ids=["arrays", "objects"])
     def test_json_nested_100000_deep_answers_400_not_500(self, api, opening, closing):
@@ -172,7 +159,7 @@ class TestHostileInput:
 
     def test_a_json_body_declared_as_text_plain_answers_400_invalid_parameter(self, api):
         curl_error(api.create_raw(create_body(), content_type="text/plain"), 400, "INVALID_PARAMETER", "text/plain")
-        assert api.curl.count() == 0
+        assert api.http.count() == 0
 
     def test_a_json_body_declared_as_text_plain_to_the_script_surface_answers_400_in_its_shape(self, api):
         response = api.post_raw(EXEC + "/trigger", '{"scriptPath": "a.sh"}', content_type="text/plain")
@@ -313,40 +300,54 @@ class TestRefusedConfig:
 # A private data dir ###########################################################
 ###############################################################################
 
-def test_a_pre_existing_data_dir_open_to_others_is_made_private_at_start(tmp_path, monkeypatch):
-    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+def test_a_pre_existing_data_dir_open_to_others_is_made_private_at_start(tmp_path):
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     data_dir.chmod(0o755)
-    config = schedserver.load_config(
-        {"host": "127.0.0.1", "port": "0", "data_dir": str(data_dir), "scripts_dir": str(tmp_path / "scripts")},
-        environ={"SCHEDSERVER_TOKEN": DEFAULT_TOKEN})
-    server = schedserver.Server(config)
-    try:
-        server.start()
+    with Stack(tmp_path):
         mode = stat.S_IMODE(os.stat(data_dir).st_mode)
-    finally:
-        server.stop()
     assert mode == 0o700, oct(mode)
 
 
-def test_temp_files_left_by_a_write_that_was_killed_are_removed_at_start(tmp_path, monkeypatch):
-    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
-    data_dir = tmp_path / "data"
+def test_a_data_dir_writable_by_every_user_is_refused_with_exit_2_and_left_as_it_is(clean_env, capsys):
+    data_dir = clean_env / "data"
     data_dir.mkdir()
-    stale = data_dir / "curl-schedules.json.tmp-4242-139900"
+    data_dir.chmod(0o777)
+    code = schedserver.main(["--port", "0", *dirs(clean_env)])
+    out, err = capsys.readouterr()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and "writable by every user" in err, err
+    assert "Traceback" not in err + out
+    assert stat.S_IMODE(os.stat(data_dir).st_mode) == 0o777
+    assert list(data_dir.iterdir()) == []
+
+
+def test_a_data_dir_owned_by_another_user_is_refused(tmp_path, monkeypatch):
+    (tmp_path / "data").mkdir(mode=0o700)
+    stack = Stack(tmp_path, load=False)
+    try:
+        someone_else = os.geteuid() + 1
+        monkeypatch.setattr(schedserver.os, "geteuid", lambda: someone_else)
+        with pytest.raises(schedserver.ConfigError, match="owned by uid"):
+            stack.server.load()
+    finally:
+        monkeypatch.undo()
+        stack.close()
+
+
+def test_temp_files_left_by_a_write_that_was_killed_are_removed_at_start_and_nothing_else(tmp_path):
+    data_dir = tmp_path / "data"
+    (data_dir / "running").mkdir(parents=True, mode=0o700)
+    data_dir.chmod(0o700)
+    stale = data_dir / ".schedserver-tmp-curl-schedules.json-4242-139900"
     stale.write_text('{"schedules": [{"request": {"headers": {"Authorization": "Bearer secret"}}}]}')
+    stale_marker = data_dir / "running" / ".schedserver-tmp-0f8c1b9e.json-4242-139901"
+    stale_marker.write_text('{"run_id": "0f8c1b9e"}')
     kept = data_dir / "notes.txt"
     kept.write_text("not ours to remove")
-    config = schedserver.load_config(
-        {"host": "127.0.0.1", "port": "0", "data_dir": str(data_dir), "scripts_dir": str(tmp_path / "scripts")},
-        environ={"SCHEDSERVER_TOKEN": DEFAULT_TOKEN})
-    server = schedserver.Server(config)
-    try:
-        server.start()
-    finally:
-        server.stop()
-    assert not stale.exists()
+    with Stack(tmp_path) as stack:
+        assert stack.http.count() == 0
+    assert not stale.exists() and not stale_marker.exists()
     assert kept.read_text() == "not ours to remove"
 
 
@@ -354,49 +355,52 @@ def test_temp_files_left_by_a_write_that_was_killed_are_removed_at_start(tmp_pat
 # Late fires ###################################################################
 ###############################################################################
 
-class RecordingJob:
-    """A job that records its fires and its missed/skipped records."""
-
-    def __init__(self, expression: str = "* * * * * *"):
-        self.fired: list[float] = []
-        self.records: list[tuple] = []
-        self.job = schedserver.Job(key="job", spec=schedserver.parse_cron(expression),
-                                   tz=schedserver.load_timezone("UTC"), fire=self.fired.append,
-                                   record=lambda *args: self.records.append(args))
+EVERY_SECOND = "* * * * * *"
 
 
-def test_a_fire_that_waited_in_the_queue_past_the_misfire_grace_is_recorded_missed_instead_of_running():
-    clock = FakeClock(at("2026-01-15T12:00:00Z"))
-    submit = RecordingSubmit()
-    scheduler = schedserver.Scheduler(misfire_grace=30, clock=clock, submit=submit)
-    recording = RecordingJob()
-    scheduler.add(recording.job, anchor=clock())
-    clock.advance(1)
-    slot = clock()
-    scheduler.tick(clock())
-    assert len(submit.pending) == 1, "the due slot was handed to the pool"
-
-    clock.advance(31)           # every worker was busy beyond the grace before this one got to it
-    submit.run_all()
-
-    assert recording.fired == []
-    assert recording.records == [("missed", slot, 1, slot)]
-    assert not scheduler.is_running("job")
+def read_log(path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def test_a_fire_that_waited_in_the_queue_within_the_grace_still_runs():
-    clock = FakeClock(at("2026-01-15T12:00:00Z"))
-    submit = RecordingSubmit()
-    scheduler = schedserver.Scheduler(misfire_grace=30, clock=clock, submit=submit)
-    recording = RecordingJob()
-    scheduler.add(recording.job, anchor=clock())
-    clock.advance(1)
-    slot = clock()
-    scheduler.tick(clock())
-    clock.advance(29)
-    submit.run_all()
-    assert recording.fired == [slot]
-    assert recording.records == []
+def queued_fire(tmp_path) -> tuple[Stack, str, float]:
+    """A Stack with an every-second HTTP schedule whose first slot is due and handed to the (idle) pool."""
+    stack = Stack(tmp_path, FakeClock("2026-01-15T12:00:00Z"))
+    created = stack.app.post_json(CURL, {"cron": EVERY_SECOND, "request": {"url": "http://127.0.0.1:9/"}},
+                                  headers=ADMIN).json
+    stack.clock.advance(1)
+    slot = stack.clock()
+    stack.tick()
+    assert len(stack.pool.pending) == 1, "the due slot was handed to the pool"
+    return stack, created["id"], slot
+
+
+def test_a_fire_that_waited_in_the_queue_past_the_misfire_grace_is_recorded_missed_instead_of_running(tmp_path):
+    stack, schedule_id, slot = queued_fire(tmp_path)
+    with stack:
+        stack.clock.advance(31)     # every worker was busy beyond the grace before this one got to it
+        stack.pool.run_all()
+
+        assert stack.http_runner.runs == []
+        [record] = read_log(stack.data_dir / "curl-runs.log")
+        assert (record["status"], record["scheduled_at"], record["count"], record["last_scheduled_at"]) == (
+            "missed", schedserver.utc_iso(slot, ms=True), 1, schedserver.utc_iso(slot, ms=True))
+        shown = stack.app.get(f"{CURL}/{schedule_id}", headers=ADMIN).json
+        assert [(h["status"], h["scheduled_at"], h.get("count")) for h in shown["history"]] == [
+            ("missed", schedserver.utc_iso(slot), 1)]
+        assert stack.recorder.running(f"http:{schedule_id}") == []
+        assert list((stack.data_dir / "running").iterdir()) == []
+
+
+def test_a_fire_that_waited_in_the_queue_within_the_grace_still_runs(tmp_path):
+    stack, schedule_id, slot = queued_fire(tmp_path)
+    with stack:
+        stack.clock.advance(29)
+        stack.pool.run_all()
+        assert [run.slot for run in stack.http_runner.runs] == [slot]
+        [record] = read_log(stack.data_dir / "curl-runs.log")
+        assert (record["status"], record["scheduled_at"]) == ("ok", schedserver.utc_iso(slot, ms=True))
 
 
 ###############################################################################
@@ -414,12 +418,12 @@ def write_script(root, rel: str, text: str, executable: bool = False):
     return path
 
 
-def dry_run(scripts_dir, data_dir) -> dict:
-    data_dir.mkdir(exist_ok=True)
-    scripts = schedserver.ScriptSchedules(
-        str(scripts_dir), schedserver.NdjsonLog(str(data_dir / "fires.log"), 1 << 20, 3),
-        schedserver.Scheduler(submit=lambda *a: None), schedserver.ScriptRunner())
-    return scripts.reload(dry_run=True)
+def dry_run(tmp_path, scripts: dict[str, tuple[str, bool]]) -> dict:
+    """A running server's dry-run reload after `scripts` (rel -> (text, executable)) were put in its dir."""
+    with Stack(tmp_path) as stack:
+        for rel, (text, executable) in scripts.items():
+            write_script(stack.scripts_dir, rel, text, executable)
+        return stack.scripts.reload(dry_run=True)
 
 
 def failure_reason(answer: dict, rel: str) -> str | None:
@@ -428,30 +432,25 @@ def failure_reason(answer: dict, rel: str) -> str | None:
 
 class TestPreflight:
     def test_an_executable_bash_script_named_sh_is_checked_by_bash_and_registers(self, tmp_path):
-        write_script(tmp_path / "scripts", "x.sh", "#!/bin/bash\n" + BASH_ARRAY_SCRIPT, executable=True)
-        answer = dry_run(tmp_path / "scripts", tmp_path / "data")
+        answer = dry_run(tmp_path, {"x.sh": ("#!/bin/bash\n" + BASH_ARRAY_SCRIPT, True)})
         assert answer["failed"] == []
         assert answer["added"] == ["x.sh"]
 
     def test_the_same_script_without_shebang_or_exec_bit_fails_preflight_under_bin_sh(self, tmp_path):
-        write_script(tmp_path / "scripts", "x.sh", BASH_ARRAY_SCRIPT)
-        answer = dry_run(tmp_path / "scripts", tmp_path / "data")
+        answer = dry_run(tmp_path, {"x.sh": (BASH_ARRAY_SCRIPT, False)})
         assert answer["added"] == []
         reason = failure_reason(answer, "x.sh")
         assert reason is not None and reason.startswith("preflight failed:"), answer
 
     def test_an_extensionless_python_script_run_through_env_is_compiled_and_a_syntax_error_fails(self, tmp_path):
-        write_script(tmp_path / "scripts", "report",
-                     "#!/usr/bin/env python3\n# @schedule 0 * * * *\ndef broken(:\n    pass\n", executable=True)
-        answer = dry_run(tmp_path / "scripts", tmp_path / "data")
+        answer = dry_run(tmp_path, {"report": (
+            "#!/usr/bin/env python3\n# @schedule 0 * * * *\ndef broken(:\n    pass\n", True)})
         assert answer["added"] == []
         reason = failure_reason(answer, "report")
         assert reason is not None and reason.startswith("preflight failed: SyntaxError"), answer
 
     def test_an_extensionless_python_script_run_through_env_that_compiles_registers(self, tmp_path):
-        write_script(tmp_path / "scripts", "report",
-                     "#!/usr/bin/env python3\n# @schedule 0 * * * *\nprint('ok')\n", executable=True)
-        answer = dry_run(tmp_path / "scripts", tmp_path / "data")
+        answer = dry_run(tmp_path, {"report": ("#!/usr/bin/env python3\n# @schedule 0 * * * *\nprint('ok')\n", True)})
         assert (answer["added"], answer["failed"]) == (["report"], [])
 
 
@@ -461,53 +460,93 @@ class TestPreflight:
 
 def fire_record(rel: str, ts: str, run_id: str) -> dict:
     return {"ts": ts, "scriptPath": rel, "expression": "0 * * * *", "runId": run_id, "status": "ok",
-            "durationMs": 7, "trigger": "cron", "startedAt": ts, "loggedAt": ts, "returnPreview": "done"}
+            "durationMs": 7, "trigger": "cron", "attempt": 1, "startedAt": ts, "loggedAt": ts,
+            "returnPreview": "done"}
+
+
+def rotating_fires(data) -> schedserver.NdjsonLog:
+    return schedserver.NdjsonLog(str(data / "fires.log"), max_bytes=4096, backups=3)
+
+
+def fill_until_rotated(fires: schedserver.NdjsonLog) -> int:
+    """After an a.sh fire, b.sh fires until the log has rotated once; how many b.sh fires."""
+    fires.append(fire_record("a.sh", "2026-01-15T09:00:00.000Z", "run-a"))
+    written = 0
+    while not os.path.exists(f"{fires.path}.1"):
+        fires.append(fire_record("b.sh", "2026-01-15T10:00:00.000Z", f"run-b-{written}"))
+        written += 1
+        assert written < 1000, "the log never rotated"
+    return written
+
+
+def last_fires(stack: Stack) -> dict[str, tuple]:
+    return {item["scriptRel"]: (item["lastFireAt"], item["lastFireStatus"], item["lastFireRunId"])
+            for item in stack.scripts.list()["schedules"]}
 
 
 def test_last_fire_survives_a_restart_when_it_has_rotated_into_the_first_backup(tmp_path):
     root, data = tmp_path / "scripts", tmp_path / "data"
     write_script(root, "a.sh", HOURLY)
     write_script(root, "b.sh", HOURLY)
-    data.mkdir()
-    fires_path = data / "fires.log"
-    fires = schedserver.NdjsonLog(str(fires_path), max_bytes=4096, backups=3)
-    fires.append(fire_record("a.sh", "2026-01-15T09:00:00.000Z", "run-a"))
-    written = 0
-    while not os.path.exists(f"{fires_path}.1"):
-        fires.append(fire_record("b.sh", "2026-01-15T10:00:00.000Z", f"run-b-{written}"))
-        written += 1
-        assert written < 1000, "the log never rotated"
-    assert b"run-a" not in fires_path.read_bytes()
+    data.mkdir(mode=0o700)
+    written = fill_until_rotated(rotating_fires(data))
+    assert b"run-a" not in (data / "fires.log").read_bytes()
     assert b"run-a" in (data / "fires.log.1").read_bytes()
 
-    restarted = schedserver.ScriptSchedules(
-        str(root), schedserver.NdjsonLog(str(fires_path), max_bytes=4096, backups=3),
-        schedserver.Scheduler(submit=lambda *a: None), schedserver.ScriptRunner(), clock=FakeClock(NOW))
-    restarted.load()
+    with Stack(tmp_path, FakeClock(NOW), fires_log_max_bytes=4096, fires_log_backups=3) as restarted:
+        listed = last_fires(restarted)
+    assert listed["a.sh"] == ("2026-01-15T09:00:00.000Z", "ok", "run-a")
+    assert listed["b.sh"][2] == f"run-b-{written - 1}"
 
-    listed = {item["scriptRel"]: item for item in restarted.list()["schedules"]}
-    assert (listed["a.sh"]["lastFireAt"], listed["a.sh"]["lastFireStatus"], listed["a.sh"]["lastFireRunId"]) == \
-        ("2026-01-15T09:00:00.000Z", "ok", "run-a")
-    assert listed["b.sh"]["lastFireRunId"] == f"run-b-{written - 1}"
+
+def test_a_restart_replays_from_the_saved_run_state_even_when_that_log_file_has_rotated_into_a_backup(
+        tmp_path, caplog):
+    root, data = tmp_path / "scripts", tmp_path / "data"
+    write_script(root, "a.sh", HOURLY)
+    write_script(root, "b.sh", HOURLY)
+    data.mkdir(mode=0o700)
+    fires = rotating_fires(data)
+    fires.append(fire_record("b.sh", "2026-01-15T08:00:00.000Z", "run-b-early"))
+    config = {"fires_log_max_bytes": 4096, "fires_log_backups": 3}
+    Stack(tmp_path, FakeClock(NOW), **config).close()       # a clean stop saves the run state after that line
+    assert (data / "run-state.json").exists()
+    inode = (data / "fires.log").stat().st_ino
+
+    # Written after the save, by a process that died before saving again; the saved file rotates into .1.
+    written = fill_until_rotated(fires)
+    assert (data / "fires.log.1").stat().st_ino == inode
+
+    with caplog.at_level(logging.INFO, logger="schedserver"):
+        with Stack(tmp_path, FakeClock(NOW), **config) as restarted:
+            listed = last_fires(restarted)
+    assert f"({1 + written} run records replayed)" in caplog.text, caplog.text
+    assert listed["a.sh"] == ("2026-01-15T09:00:00.000Z", "ok", "run-a")
+    assert listed["b.sh"][2] == f"run-b-{written - 1}"
 
 
 ###############################################################################
 # Secrets in the script environment ############################################
 ###############################################################################
 
+@pytest.mark.parametrize("kind", ["tokens", "read_tokens"])
 @pytest.mark.parametrize("value", ["tok-123", "Bearer tok-123", "user=me;token=tok-123;x=1"])
-def test_the_script_environment_drops_a_variable_whose_value_contains_a_token(tmp_path, monkeypatch, value):
+def test_the_script_environment_drops_a_variable_whose_value_contains_a_token(tmp_path, monkeypatch, kind, value):
     monkeypatch.setenv("UPSTREAM_AUTH", value)
     monkeypatch.setenv("HARMLESS_SETTING", "kept")
-    root, data = tmp_path / "scripts", tmp_path / "data"
-    write_script(root, "env.sh", '# @schedule 0 * * * *\necho "${UPSTREAM_AUTH:-absent} ${HARMLESS_SETTING:-missing}"\n')
-    data.mkdir()
-    scripts = schedserver.ScriptSchedules(
-        str(root), schedserver.NdjsonLog(str(data / "fires.log"), 1 << 20, 3),
-        schedserver.Scheduler(submit=lambda *a: None), schedserver.ScriptRunner(kill_grace=0.2),
-        secret_values=("tok-123",), clock=FakeClock(NOW))
-    scripts.load()
-    answer = scripts.trigger({"scriptPath": "env.sh"})
+    write_script(tmp_path / "scripts", "env.sh",
+                 '# @schedule 0 * * * *\necho "${UPSTREAM_AUTH:-absent} ${HARMLESS_SETTING:-missing}"\n')
+    tokens = {"tokens": ("admin-token",), "read_tokens": ("read-token",)}
+    tokens[kind] += ("tok-123",)
+    # The script runner as the server wires it: scripts get the server's environment for them.
+    servers: list[schedserver.Server] = []
+    deadlines = schedserver.DeadlineWatcher()
+    runner = schedserver.ScriptRunner(deadlines, environment=lambda extra: servers[0].environment(extra))
+    try:
+        with Stack(tmp_path, FakeClock(NOW), script_runner=runner, **tokens) as stack:
+            servers.append(stack.server)
+            answer = stack.app.post_json(EXEC + "/trigger", {"scriptPath": "env.sh"}, headers=ADMIN).json
+    finally:
+        deadlines.close()
     assert answer["status"] == "ok", answer
     assert answer["returnPreview"] == "absent kept"
 
@@ -517,15 +556,18 @@ def test_the_script_environment_drops_a_variable_whose_value_contains_a_token(tm
 ###############################################################################
 
 def test_a_stored_schedule_with_an_empty_request_stops_the_start_with_a_startup_error(tmp_path):
-    path = tmp_path / "curl-schedules.json"
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    path = data / "curl-schedules.json"
     document = {"version": 1, "schedules": [{
         "id": str(uuid.uuid4()), "cron": "0 * * * *", "request": {}, "name": None, "enabled": True,
         "timezone": "UTC", "created_at": "2026-01-15T10:00:00.000Z", "enabled_at": "2026-01-15T10:00:00.000Z"}]}
     path.write_text(json.dumps(document))
     before = path.read_bytes()
-    curl = schedserver.CurlSchedules(
-        schedserver.JournalStore(str(path)), schedserver.NdjsonLog(str(tmp_path / "curl-runs.log"), 1 << 20, 3),
-        schedserver.Scheduler(submit=lambda *a: None), schedserver.HttpRunner())
-    with pytest.raises(schedserver.StartupError, match="not a valid schedules file"):
-        curl.load()
+    stack = Stack(tmp_path, FakeClock(NOW), load=False)
+    try:
+        with pytest.raises(schedserver.StartupError, match="not a valid schedules file"):
+            stack.server.load()
+    finally:
+        stack.close()
     assert path.read_bytes() == before

@@ -2,8 +2,10 @@
 
 Well-behaved targets are http.server in a thread; misbehaving ones (silent, dribbling, endless) are raw sockets.
 Grouped by concern: status codes and redirects, peers that cannot be reached, time limits, memory limits,
-what is sent, what is ignored (proxies, netrc), what an error may say, and that run() never raises.
-Every wait has a deadline; nothing leaves the loopback interface.
+what is sent, what is ignored (proxies, netrc), what an error may say, that run() never raises, starting and
+cancelling runs, pooled connections, and the egress policy (at create and at connect, redirects included).
+Every wait has a deadline; nothing leaves this host (the egress tests also listen on one of its own
+non-loopback addresses, when it has one).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 import socket
 import threading
 import time
+import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 
@@ -27,9 +30,9 @@ from peers import PEER_STOP_TIMEOUT, RawPeer, read_request_head
 ###############################################################################
 
 class RouteServer:
-    """http.server on 127.0.0.1:<free port> answering each path with a fixed (status, headers); 200 otherwise."""
+    """http.server on `host`:<free port> answering each path with a fixed (status, headers); 200 otherwise."""
 
-    def __init__(self, routes: dict[str, tuple[int, dict[str, str]]]):
+    def __init__(self, routes: dict[str, tuple[int, dict[str, str]]], host: str = "127.0.0.1"):
         server = self
         self.hits: list[str] = []
         self._lock = threading.Lock()
@@ -50,9 +53,9 @@ class RouteServer:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd = ThreadingHTTPServer((host, 0), Handler)
         self._httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        self.url = f"http://{host}:{self._httpd.server_address[1]}"
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
                                         name="test-route-server", daemon=True)
 
@@ -384,169 +387,276 @@ class TestRunNeverRaises:
         assert (first.status, second.status, second.status_code) == ("timeout", "ok", 200)
 
 
-###############################################################################
-# Runs the ticker starts on kept connections ###################################
-###############################################################################
-
-def kept_runner(url: str, count: int = 1, **kwargs: Any) -> tuple[schedserver.HttpRunner, tuple]:
-    """A runner holding `count` open connections to `url`'s origin, as prepare_upcoming gets them ready."""
-    runner = schedserver.HttpRunner(**kwargs)
-    origin = runner.origin(spec(url))
-    assert runner.to_open(origin, count) == count
-    for _ in range(count):
-        runner.open_kept(origin, url)
-    return runner, origin
-
-
-class TestStartedByTheTicker:
-    def test_with_no_kept_connection_there_is_nothing_to_start_on(self):
-        assert schedserver.HttpRunner().checkout(spec("http://127.0.0.1:9/x")) is None
-
-    def test_a_run_started_on_a_kept_connection_sends_everything_and_reads_its_answer(self):
-        with TargetServer(keep_alive=True) as target:
-            runner, origin = kept_runner(target.url + "/hooks/nightly")
-            assert runner.kept(origin) == 1
-            request = spec(target.url + "/hooks/nightly?x=1", method="POST", json={"n": 1},
-                           headers={"X-Custom": "v"})
-            conn = runner.checkout(request)
-            assert conn is not None and runner.kept(origin) == 0
-            pending = runner.send(conn, request, {"X-Schedserver-Schedule-Id": "abc"})
-            result = runner.finish(pending)
-            assert (result.status, result.status_code, result.error) == ("ok", 200, None)
-            (arrival,) = target.wait_for(1, 5.0)
-        assert (arrival.method, arrival.path, arrival.body) == ("POST", "/hooks/nightly?x=1", b'{"n": 1}')
-        assert arrival.headers["X-Custom"] == "v" and arrival.headers["X-Schedserver-Schedule-Id"] == "abc"
-        assert arrival.headers["Content-Type"] == "application/json"
-        assert runner.kept(origin) == 1         # read to its end on a keep-alive connection: kept again
-
-    def test_a_connection_the_answer_closes_is_not_kept(self):
-        with TargetServer() as target:          # HTTP/1.0: one request per connection
-            runner, origin = kept_runner(target.url + "/x")
-            result = runner.finish(runner.send(runner.checkout(spec(target.url + "/x")), spec(target.url + "/x"), {}))
-        assert (result.status, result.status_code) == ("ok", 200)
-        assert runner.kept(origin) == 0
-
-    def test_a_kept_connection_the_other_end_closed_is_never_used(self):
-        peer = RawPeer(lambda conn, stopping: None)         # accepts, then hangs up
-        with peer:
-            runner, origin = kept_runner(peer.url)
-            assert wait_until(peer.finished.is_set, 5.0)
-            assert wait_until(lambda: runner.checkout(spec(peer.url)) is None, 5.0)
-        assert runner.kept(origin) == 0
-
-    def test_runs_the_ticker_cannot_begin_safely_are_left_whole_to_a_worker(self):
-        runner = schedserver.HttpRunner()
-        assert runner.origin(spec("http://127.0.0.1:9/x")) == ("http", "127.0.0.1", 9)
-        assert runner.origin(spec("http://127.0.0.1:9/x", follow_redirects=True)) is None
-        assert runner.origin(spec("http://127.0.0.1:9/x", body="x" * 20_000)) is None
-        assert runner.origin(spec("http://127.0.0.1:9/x", body="é" * 9_000)) is None        # 18,000 bytes
-        assert runner.origin(spec("http://127.0.0.1:9/x", json={"x": "y" * 20_000})) is None
-        assert runner.origin(spec("http://127.0.0.1:9/x", headers={"X-Big": "h" * 20_000})) is None
-        assert runner.origin(spec("http://127.0.0.1:9/x", headers={"Transfer-Encoding": "chunked"})) is None
-        assert runner.origin(spec("https://127.0.0.1:9/x")) is None
+    def test_a_url_urllib3_cannot_take_apart_is_an_error_result(self):
         for url in ("http://a%zz/", "http://[v1.fe]/"):     # urlsplit takes them, urllib3 does not
-            assert runner.origin(spec(url)) is None
-            assert runner.run(spec(url), {}).status == "error"
+            result, _ = timed_run(spec(url))
+            assert result.status == "error", url
+            assert result.error
 
-    def test_the_time_limit_of_a_begun_run_counts_from_when_a_worker_reads_its_answer(self):
-        with TargetServer(keep_alive=True) as target:
-            runner, origin = kept_runner(target.url + "/x")
-            request = spec(target.url + "/x", timeout=0.5)
-            pending = runner.send(runner.checkout(request), request, {})
-            time.sleep(0.8)                 # every worker busy for longer than the run's time limit
-            result = runner.finish(pending)
-        assert (result.status, result.status_code) == ("ok", 200)
-        assert runner.kept(origin) == 1
 
-    def test_a_started_run_without_an_answer_times_out_at_its_deadline_and_its_connection_is_dropped(self):
-        with RawPeer(never_answer) as peer:
-            runner, origin = kept_runner(peer.url)
-            request = spec(peer.url, timeout=1)
-            t0 = time.monotonic()
-            result = runner.finish(runner.send(runner.checkout(request), request, {}))
-            took = time.monotonic() - t0
-        assert result.status == "timeout" and 0.9 <= took < 5.0
-        assert runner.kept(origin) == 0
+###############################################################################
+# What goes on the wire ########################################################
+###############################################################################
 
-    def test_connections_being_opened_count_and_the_budget_caps_them(self):
-        runner = schedserver.HttpRunner()
-        origin = ("http", "127.0.0.1", 9)
-        assert runner.to_open(origin, 5) == 5
-        assert runner.to_open(origin, 5) == 0       # five are on their way
-        assert runner.to_open(origin, 7) == 2
-        runner.kept_budget = 3
-        assert runner.to_open(("http", "127.0.0.1", 10), 5) == 3
-
-    def test_a_connection_that_cannot_be_opened_is_not_kept_and_not_tried_again_for_a_while(self, monkeypatch):
-        runner, origin = kept_runner(f"http://127.0.0.1:{closed_port()}/x")
-        assert runner.kept(origin) == 0
-        assert runner.to_open(origin, 1) == 0           # the runs connect themselves for KEPT_RETRY_SECONDS
-        monkeypatch.setattr(schedserver, "KEPT_RETRY_SECONDS", 0.0)
-        assert runner.to_open(origin, 1) == 1           # no longer counted as opening, either
-
-    def test_the_egress_policy_applies_to_kept_connections(self):
-        with TargetServer(keep_alive=True) as target:
-            policy = schedserver.EgressPolicy(deny=("127.0.0.0/8",))
-            runner, origin = kept_runner(target.url + "/x", policy=policy)
-            assert runner.kept(origin) == 0 and target.received() == []
-
-    def test_prune_closes_connections_left_unused(self):
-        with TargetServer(keep_alive=True) as target:
-            runner, origin = kept_runner(target.url + "/x", count=2)
-            runner.prune(idle_for=60)
-            assert runner.kept(origin) == 2
-            runner.prune(idle_for=0)
-            assert runner.kept(origin) == 0
-
-    @pytest.mark.parametrize("request_fields", [
-        {"method": "GET"},
-        {"method": "HEAD"},
-        {"method": "POST"},                                         # no body: Content-Length: 0
-        {"method": "PUT", "body": "plain ünïcode", "headers": {"X-A": "1", "Content-Type": "text/plain"}},
-        {"method": "PATCH", "json": {"k": [1, 2]}},
-        {"method": "DELETE", "headers": {"Host": "example.test", "Accept-Encoding": "gzip"}},
-    ])
-    def test_the_ticker_writes_the_very_request_a_worker_would(self, request_fields):
-        heads: list[tuple] = []
-
-        def record_and_answer(conn: socket.socket, stopping: threading.Event) -> None:
-            conn.settimeout(0.05)
-            while not stopping.is_set():
-                head = b""
-                while b"\r\n\r\n" not in head and not stopping.is_set():
-                    try:
-                        chunk = conn.recv(4096)
-                    except TimeoutError:
-                        continue
-                    if not chunk:
-                        return
-                    head += chunk
-                if not head:
+def record_and_answer_204(heads: list) -> Callable[[socket.socket, threading.Event], None]:
+    """A peer behaviour that appends (request line, header lines, body) of each request to `heads`, answers 204."""
+    def behave(conn: socket.socket, stopping: threading.Event) -> None:
+        conn.settimeout(0.05)
+        while not stopping.is_set():
+            head = b""
+            while b"\r\n\r\n" not in head and not stopping.is_set():
+                try:
+                    chunk = conn.recv(4096)
+                except TimeoutError:
+                    continue
+                if not chunk:
                     return
-                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                               if line.lower().startswith(b"content-length:")), 0)
-                body = head.split(b"\r\n\r\n", 1)[1]
-                while len(body) < length:
-                    body += conn.recv(4096)
-                lines = head.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
-                heads.append((lines[0], sorted(lines[1:]), body))
-                conn.sendall(b"HTTP/1.1 204 No Content\r\n\r\n")
+                head += chunk
+            if not head:
+                return
+            length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                           if line.lower().startswith(b"content-length:")), 0)
+            body = head.split(b"\r\n\r\n", 1)[1]
+            while len(body) < length:
+                body += conn.recv(4096)
+            lines = head.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+            heads.append((lines[0], lines[1:], body))
+            conn.sendall(b"HTTP/1.1 204 No Content\r\n\r\n")
+    return behave
 
-        with RawPeer(record_and_answer) as peer:
+
+class TestTheRequestOnTheWire:
+    @pytest.mark.parametrize("request_fields, body", [
+        ({"method": "GET"}, b""),
+        ({"method": "HEAD"}, b""),
+        ({"method": "POST"}, b""),
+        ({"method": "PUT", "body": "plain ünïcode", "headers": {"X-A": "1", "Content-Type": "text/plain"}},
+         "plain ünïcode".encode()),
+        ({"method": "PATCH", "json": {"k": [1, 2]}}, b'{"k": [1, 2]}'),
+        ({"method": "DELETE", "headers": {"Host": "example.test", "Accept-Encoding": "gzip"}}, b""),
+    ], ids=["GET", "HEAD", "POST-empty", "PUT-body", "PATCH-json", "DELETE-own-host"])
+    def test_each_method_sends_its_request_line_headers_and_body_exactly(self, request_fields, body):
+        heads: list[tuple] = []
+        with RawPeer(record_and_answer_204(heads)) as peer:
             request = spec(peer.url + "path/x?q=1", **request_fields)
-            extra = {"X-Schedserver-Schedule-Id": "abc"}
-            by_worker = schedserver.HttpRunner().run(request, extra)
-            runner, _ = kept_runner(peer.url)
-            by_ticker = runner.finish(runner.send(runner.checkout(request), request, extra))
-        assert (by_worker.status, by_worker.status_code) == (by_ticker.status, by_ticker.status_code) == ("ok", 204)
-        by_worker_sent, by_ticker_sent = heads          # (request line, header lines sorted, body)
-        assert by_ticker_sent == by_worker_sent
+            result = schedserver.HttpRunner().run(request, {"X-Schedserver-Schedule-Id": "abc"})
+        assert (result.status, result.status_code) == ("ok", 204), result
+        [(request_line, header_lines, sent_body)] = heads
+        method = request_fields["method"].encode()
+        assert request_line == method + b" /path/x?q=1 HTTP/1.1"
+        headers = {}
+        for line in header_lines:
+            name, _, value = line.decode("latin-1").partition(":")
+            assert name.lower() not in headers, f"header {name} sent twice: {header_lines}"
+            headers[name.lower()] = value.strip()
+        assert headers["x-schedserver-schedule-id"] == "abc"
+        assert headers["user-agent"].startswith("schedserver/")
+        for name, value in request_fields.get("headers", {}).items():
+            assert headers[name.lower()] == value
+        if "Host" not in request_fields.get("headers", {}):
+            assert headers["host"] == f"127.0.0.1:{peer.port}"
+        if "json" in request_fields:
+            assert headers["content-type"] == "application/json"
+        assert sent_body == body
+        if body:
+            assert int(headers["content-length"]) == len(body)
 
-    @pytest.mark.parametrize("behave", [answer_garbage, hang_up_at_once])
-    def test_a_started_run_whose_peer_misbehaves_is_an_error_like_a_workers_run(self, behave):
-        with RawPeer(behave) as peer:
-            by_worker = schedserver.HttpRunner().run(spec(peer.url), {})
-            runner, origin = kept_runner(peer.url)
-            by_ticker = runner.finish(runner.send(runner.checkout(spec(peer.url)), spec(peer.url), {}))
-        assert by_ticker.status == by_worker.status == "error"
-        assert runner.kept(origin) == 0
+
+###############################################################################
+# Starting and cancelling runs #################################################
+###############################################################################
+
+def http_run(request: dict, ref: str = "6f1c1b1e-0000-4000-8000-000000000001",
+             slot: float = 1_736_942_400.0) -> schedserver.Run:
+    """A Run of an HTTP job as the recorder begins it (slot 2025-01-15T12:00:00Z by default)."""
+    job = schedserver.Job(key=f"http:{ref}", kind="http", ref=ref, cron=schedserver.parse_cron("0 0 12 * * *"),
+                          tz=schedserver.load_timezone("UTC"),
+                          target=schedserver.HttpTarget(schedserver.validate_request(request)))
+    return schedserver.Run(str(uuid.uuid4()), job, slot, "cron", 1, slot)
+
+
+def head_read(event: threading.Event) -> Callable[[socket.socket, threading.Event], None]:
+    """A peer behaviour that reads the request, says so through `event`, and never answers."""
+    def behave(conn: socket.socket, stopping: threading.Event) -> None:
+        read_request_head(conn)
+        event.set()
+        stopping.wait(30)
+    return behave
+
+
+class TestStartAndCancel:
+    def test_start_sends_the_schedule_id_and_its_slot_and_hands_the_result_to_on_end(self, target):
+        run = http_run({"url": target.url + "/hook", "method": "POST", "json": {"n": 1}})
+        ended: list[schedserver.RunResult] = []
+        schedserver.HttpRunner().start(run, ended.append)       # runs to its end in the caller's thread
+        [result] = ended
+        assert (result.status, result.status_code) == ("ok", 200), result
+        [arrival] = target.wait_for(1, timeout=5)
+        assert (arrival.method, arrival.path, json.loads(arrival.body)) == ("POST", "/hook", {"n": 1})
+        assert arrival.headers["X-Schedserver-Schedule-Id"] == "6f1c1b1e-0000-4000-8000-000000000001"
+        assert arrival.headers["X-Schedserver-Scheduled-At"] == "2025-01-15T12:00:00Z"
+
+    def test_cancel_cuts_a_run_in_flight_and_it_ends_as_an_error_long_before_its_timeout(self):
+        asked = threading.Event()
+        runner = schedserver.HttpRunner()
+        ended: list[schedserver.RunResult] = []
+        with RawPeer(head_read(asked)) as peer:
+            run = http_run({"url": peer.url, "timeout": 60})
+            worker = threading.Thread(target=runner.start, args=(run, ended.append), daemon=True)
+            worker.start()
+            assert asked.wait(5), "the run never reached the peer"
+            runner.cancel(run)
+            worker.join(timeout=10)
+            assert not worker.is_alive(), "cancel() did not stop the run"
+        [result] = ended
+        assert result.status == "error" and result.error
+
+    def test_cancelling_a_run_that_is_not_in_flight_does_nothing(self):
+        runner = schedserver.HttpRunner()
+        runner.cancel(http_run({"url": "http://127.0.0.1:9/"}))
+        with RouteServer({}) as target:
+            result = runner.run(spec(target.url + "/"), {})
+        assert (result.status, result.status_code) == ("ok", 200)
+
+
+###############################################################################
+# Pooled connections ###########################################################
+###############################################################################
+
+def answer_once_then_hang_up(conn: socket.socket, stopping: threading.Event) -> None:
+    """Answers one request as if the connection could be kept, then closes it."""
+    read_request_head(conn)
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok")
+
+
+class TestPooledConnections:
+    def test_runs_to_the_same_target_one_after_another_all_arrive(self):
+        with TargetServer(keep_alive=True) as target:
+            runner = schedserver.HttpRunner()
+            results = [runner.run(spec(target.url + f"/n{n}"), {}) for n in range(3)]
+            arrivals = target.wait_for(3, timeout=5)
+        assert [(r.status, r.status_code) for r in results] == [("ok", 200)] * 3
+        assert [a.path for a in arrivals] == ["/n0", "/n1", "/n2"]
+
+    def test_a_connection_the_target_closed_after_its_answer_is_never_used_for_the_next_run(self):
+        runner = schedserver.HttpRunner()
+        with RawPeer(answer_once_then_hang_up) as peer:
+            first = runner.run(spec(peer.url), {})
+            assert wait_until(peer.finished.is_set, 5.0)        # the peer has hung up
+            second = runner.run(spec(peer.url), {})
+        assert [(r.status, r.status_code) for r in (first, second)] == [("ok", 200), ("ok", 200)]
+
+
+###############################################################################
+# The egress policy ############################################################
+###############################################################################
+
+DENY = ("169.254.0.0/16", "10.0.0.0/8", "127.0.0.0/8", "::1/128")
+# Every spelling of "this host, any address" a URL can carry: each reaches the loopback listener when allowed.
+UNSPECIFIED_HOSTS = ["0.0.0.0", "0", "[::]", "[::ffff:0.0.0.0]", "[::ffff:0:0]"]
+
+
+class LoopbackListener:
+    """Listens on 127.0.0.1:P and [::1]:P (one port P for both) and counts the connections it accepts."""
+
+    def __init__(self):
+        for _ in range(50):
+            v4 = socket.create_server(("127.0.0.1", 0))
+            self.port = v4.getsockname()[1]
+            v6 = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+            v6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                v6.bind(("::1", self.port))
+            except OSError:         # P is taken on ::1: try another
+                v6.close()
+                v4.close()
+                continue
+            v6.listen()
+            self._sockets = [v4, v6]
+            break
+        else:
+            raise AssertionError("no port free on both 127.0.0.1 and ::1")
+        self.accepted: list[tuple] = []
+        self._threads = [threading.Thread(target=self._accept, args=(s,), daemon=True) for s in self._sockets]
+
+    def _accept(self, sock: socket.socket) -> None:
+        sock.settimeout(0.05)
+        while True:
+            try:
+                conn, address = sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.accepted.append(address)
+            conn.close()
+
+    def __enter__(self) -> "LoopbackListener":
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        for sock in self._sockets:
+            sock.close()
+        for thread in self._threads:
+            thread.join(timeout=PEER_STOP_TIMEOUT)
+
+
+def local_address_outside(deny: tuple[str, ...]) -> str | None:
+    """One of this host's own non-loopback IPv4 addresses the policy allows (None if it has none): an
+    "allowed host" that is still this machine. Found by routing a UDP socket (nothing is sent)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("198.51.100.1", 9))
+        except OSError:
+            return None
+        address = probe.getsockname()[0]
+    policy = schedserver.EgressPolicy(deny=deny)
+    return address if address != "0.0.0.0" and policy.permits(address) else None
+
+
+class TestEgressPolicy:
+    @pytest.mark.parametrize("host", UNSPECIFIED_HOSTS)
+    def test_an_unspecified_address_is_refused_at_create_as_loopback(self, host):
+        policy = schedserver.EgressPolicy(deny=DENY)
+        with pytest.raises(schedserver.InvalidParameter) as caught:
+            schedserver.validate_create({"cron": "0 * * * *", "request": {"url": f"http://{host}:8080/"}}, "UTC",
+                                        policy)
+        assert "egress policy" in caught.value.message
+
+    @pytest.mark.parametrize("host", UNSPECIFIED_HOSTS)
+    def test_an_unspecified_address_never_reaches_a_loopback_listener_and_the_error_names_the_policy(self, host):
+        with LoopbackListener() as listener:
+            url = f"http://{host}:{listener.port}/"
+            # Without a policy the URL does reach the listener: the refusal below is the policy's doing.
+            unpoliced = schedserver.HttpRunner().run(spec(url, timeout=3), {})
+            assert wait_until(lambda: len(listener.accepted) == 1, 5.0), (unpoliced, listener.accepted)
+
+            result = schedserver.HttpRunner(schedserver.EgressPolicy(deny=DENY)).run(spec(url, timeout=3), {})
+
+            assert listener.accepted == [listener.accepted[0]], "the policed run reached the listener"
+        assert result.status == "error", result
+        assert "egress policy" in result.error
+
+    @pytest.mark.parametrize("host", UNSPECIFIED_HOSTS)
+    def test_a_redirect_from_an_allowed_host_to_an_unspecified_address_is_refused(self, host):
+        allowed = local_address_outside(DENY)
+        if allowed is None:
+            pytest.skip("this host has no non-loopback address outside the deny list to redirect from")
+        with LoopbackListener() as listener:
+            routes = {"/hop": (302, {"Location": f"http://{host}:{listener.port}/"})}
+            with RouteServer(routes, host=allowed) as redirector:
+                policy = schedserver.EgressPolicy(deny=DENY)
+                result = schedserver.HttpRunner(policy).run(spec(redirector.url + "/hop", follow_redirects=True,
+                                                                 timeout=3), {})
+                assert redirector.hits == ["/hop"]          # the allowed host was reached
+            assert listener.accepted == []
+        assert result.status == "error", result
+        assert "egress policy" in result.error
+
+    def test_a_denied_loopback_target_receives_nothing(self, target):
+        policy = schedserver.EgressPolicy(deny=("127.0.0.0/8",))
+        result = schedserver.HttpRunner(policy).run(spec(target.url + "/x"), {})
+        assert result.status == "error" and "egress policy" in result.error, result
+        assert target.received() == []

@@ -5,7 +5,8 @@ What it promises: a change costs one fsync'd journal line, whatever the number o
 is the snapshot with every later journal line replayed; a line torn by a crash is cut off, a corrupt complete one
 stops the start and is left for inspection; a failed append raises and changes nothing, on disk or in memory; a
 compaction (in the background once the journal is long) loses no change, even one made while it runs, and a
-crash half-way through it replays nothing twice; both files are private.
+crash half-way through it replays nothing twice; both files are private. There is no file lock: one server
+process owns the data dir (DataDir), so nothing beside the two files is created.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from pathlib import Path
 import pytest
 
 import schedserver
-from fakes import FakeClock
-from schedserver import CurlSchedules, JournalStore, JsonStore, NdjsonLog, Scheduler, StartupError
+from harness import Stack
+from schedserver import TEMP_PREFIX, JournalStore, JsonFile, StartupError
 
 THREAD_TIMEOUT = 20.0
 
@@ -82,6 +83,11 @@ def mode_of(path: str) -> int:
     return stat.S_IMODE(os.stat(path).st_mode)
 
 
+def temp_files(directory: Path) -> list[str]:
+    """Temp files atomic_write left behind (named `.schedserver-tmp-<name>-<pid>-<tid>`)."""
+    return [name for name in os.listdir(directory) if name.startswith(TEMP_PREFIX)]
+
+
 ###############################################################################
 # Loading: snapshot plus replay
 ###############################################################################
@@ -114,7 +120,7 @@ def test_load_replays_puts_and_deletes_after_the_snapshots_seq_and_ignores_the_l
 
 def test_a_snapshot_written_by_the_previous_version_without_seq_loads_and_takes_new_changes(tmp_path):
     path = tmp_path / "curl-schedules.json"
-    JsonStore(str(path)).save({"version": 1, "schedules": [item(1), item(2)]})      # how it used to be saved
+    JsonFile(str(path)).save({"version": 1, "schedules": [item(1), item(2)]})       # how it used to be saved
     before = path.read_bytes()
     store = JournalStore(str(path))
     assert store.load() == [item(1), item(2)]
@@ -186,8 +192,7 @@ def test_a_corrupt_complete_line_is_a_startup_error_naming_the_journal_and_line_
     assert store.journal_path in str(caught.value)
     assert f"line {number}" in str(caught.value)
     assert {path: stamp(path) for path in before} == before
-    assert sorted(os.listdir(tmp_path)) == ["curl-schedules.journal", "curl-schedules.json",
-                                            "curl-schedules.json.lock"]
+    assert sorted(os.listdir(tmp_path)) == ["curl-schedules.journal", "curl-schedules.json"]
 
 
 def test_a_corrupt_complete_line_followed_by_a_torn_one_leaves_the_journal_as_it_was(tmp_path):
@@ -249,24 +254,22 @@ def test_a_put_appends_exactly_one_line_and_does_not_rewrite_the_snapshot(tmp_pa
 
 
 def test_create_toggle_and_delete_each_append_one_journal_line_and_leave_the_snapshot_alone(tmp_path):
-    clock = FakeClock("2025-01-10T12:00:00Z")
-    store = new_store(tmp_path)
-    curl = CurlSchedules(store, NdjsonLog(str(tmp_path / "curl-runs.log"), 1 << 20, 2),
-                         Scheduler(submit=lambda fn, *args: None, clock=clock), runner=None, clock=clock)
-    curl.load()
-    ids = [curl.create({"cron": "0 0 0 1 1 *", "request": {"url": "http://127.0.0.1:9/"}})["id"] for _ in range(20)]
-    store.compact()
-    snapshot = stamp(store.path)
+    with Stack(tmp_path) as stack:
+        store = stack.http.store
+        ids = [stack.http.create({"cron": "0 0 0 1 1 *", "request": {"url": "http://127.0.0.1:9/"}})["id"]
+               for _ in range(20)]
+        store.compact()
+        snapshot = stamp(store.path)
 
-    curl.create({"cron": "0 0 0 1 1 *", "request": {"url": "http://127.0.0.1:9/new"}})
-    curl.toggle(ids[3], {"enabled": False})
-    curl.toggle(ids[3], {"enabled": False})          # no change: nothing written
-    curl.delete(ids[5])
+        stack.http.create({"cron": "0 0 0 1 1 *", "request": {"url": "http://127.0.0.1:9/new"}})
+        stack.http.toggle(ids[3], {"enabled": False})
+        stack.http.toggle(ids[3], {"enabled": False})       # no change: nothing written
+        stack.http.delete(ids[5])
 
-    assert [sorted(set(entry) - {"seq"}) for entry in journal_entries(store)] == [["put"], ["put"], ["delete"]]
-    assert stamp(store.path) == snapshot
-    stored = {d["id"]: d for d in fresh_load(store)}
-    assert len(stored) == 20 and ids[5] not in stored and stored[ids[3]]["enabled"] is False
+        assert [sorted(set(entry) - {"seq"}) for entry in journal_entries(store)] == [["put"], ["put"], ["delete"]]
+        assert stamp(store.path) == snapshot
+        stored = {d["id"]: d for d in fresh_load(store)}
+        assert len(stored) == 20 and ids[5] not in stored and stored[ids[3]]["enabled"] is False
 
 
 def test_after_a_compaction_and_a_restart_new_changes_are_numbered_above_the_snapshot_and_survive(tmp_path):
@@ -380,7 +383,7 @@ def test_a_failing_append_raises_and_leaves_the_journal_bytes_memory_and_load_un
 @pytest.mark.parametrize("start", ["no-journal", "empty-journal"])
 def test_a_failing_directory_fsync_for_a_new_journal_raises_and_keeps_no_change(tmp_path, monkeypatch, start):
     path = tmp_path / "curl-schedules.json"
-    JsonStore(str(path)).save({"version": 1, "schedules": [item(1)]})
+    JsonFile(str(path)).save({"version": 1, "schedules": [item(1)]})
     if start == "empty-journal":
         (tmp_path / "curl-schedules.journal").write_bytes(b"")
     store = JournalStore(str(path))
@@ -397,20 +400,6 @@ def test_a_failing_directory_fsync_for_a_new_journal_raises_and_keeps_no_change(
     fault.active = False
     store.put(item(2))
     assert fresh_load(store) == [item(1), item(2)]
-
-
-def test_a_file_lock_timeout_raises_and_keeps_no_change(tmp_path, monkeypatch):
-    store = new_store(tmp_path)
-    store.put(item(1))
-    before = journal_bytes(store)
-
-    def timeout(*args, **kwargs):
-        raise schedserver.filelock.Timeout(store.path + ".lock")
-    monkeypatch.setattr(store._file_lock, "acquire", timeout)
-
-    with pytest.raises(schedserver.filelock.Timeout):
-        store.put(item(2))
-    assert journal_bytes(store) == before and store.items() == [item(1)] == fresh_load(store)
 
 
 def _fail_ftruncate(monkeypatch, store: JournalStore):
@@ -472,7 +461,7 @@ def test_compact_writes_a_snapshot_that_loads_as_the_state_and_leaves_only_later
     assert snapshot_document(store) == {"version": 1, "seq": 8, "schedules": state}
     assert journal_bytes(store) == b""
     assert fresh_load(store) == state
-    assert not [name for name in os.listdir(tmp_path) if ".tmp-" in name]
+    assert not temp_files(tmp_path)
 
     store.put(item(6))
     store.delete(item(0)["id"])
@@ -503,7 +492,7 @@ def test_reaching_the_threshold_compacts_in_the_background(tmp_path, monkeypatch
 def test_the_threshold_grows_with_the_number_of_definitions(tmp_path, monkeypatch):
     monkeypatch.setattr(JournalStore, "COMPACT_MIN_LINES", 4)
     path = tmp_path / "curl-schedules.json"
-    JsonStore(str(path)).save({"version": 1, "seq": 0, "schedules": [item(n) for n in range(10)]})
+    JsonFile(str(path)).save({"version": 1, "seq": 0, "schedules": [item(n) for n in range(10)]})
     store = JournalStore(str(path))
     store.load()
     snapshot = stamp(store.path)
@@ -538,7 +527,7 @@ def test_a_compaction_that_fails_in_the_background_keeps_every_change_and_writes
 
     assert "compaction failed" in caplog.text
     assert not os.path.exists(store.path)
-    assert not [name for name in os.listdir(tmp_path) if ".tmp-" in name]
+    assert not temp_files(tmp_path)
     assert fresh_load(store) == [item(n) for n in range(8)]
 
     monkeypatch.setattr(os, "replace", real_replace)

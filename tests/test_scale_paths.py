@@ -1,10 +1,14 @@
-"""The code paths added for scale (issue 6), held to the behaviour of the simple versions they replace:
-block-wise backwards reading, the start-up scan of the runs log, history kept as trimmed lines, the shared
-deadline watcher of HTTP runs, address literals resolved without a thread, the persisted preflight cache,
-and listing from a maintained order."""
+"""Behaviour that has to hold at scale (issue 6): reading a big runs log newest first in blocks, history over a
+big log, start-up that replays only what changed since the saved run state (and stays right after a crash or
+when the saved state no longer fits the log), the shared deadline watcher of HTTP runs, address literals
+resolved without a thread, the remembered preflight checks, and listing many schedules.
+
+Schedules and logs are written straight to a data dir and served by the in-process harness (tests/harness.py).
+"""
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import threading
@@ -17,212 +21,263 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import schedserver
-from schedserver import (HISTORY_SIZE, CurlSchedule, CurlSchedules, DeadlineWatcher, JournalStore, NdjsonLog,
-                         Scheduler, _chunks_backwards, _history_entry, _history_line, _lines_backwards,
-                         _slot_and_start, parse_iso, utc_iso)
+from schedserver import (HISTORY_SIZE, DeadlineWatcher, HttpSchedule, NdjsonLog, RunState, _lines_backwards,
+                         utc_iso, validate_create)
+from fakes import FakeClock
+from harness import ADMIN, Stack
 
 DAY = 86400.0
-T0 = 1_760_000_000.0
+T0 = 1_760_000_000.0            # 2025-10-09T08:53:20Z
 
 
 # -- reading backwards -----------------------------------------------------------------------------------------
 @settings(max_examples=150, deadline=None)
 @given(lines=st.lists(st.binary(min_size=0, max_size=40).map(lambda b: b.replace(b"\n", b"")), max_size=60),
        torn=st.binary(max_size=30).map(lambda b: b.replace(b"\n", b"")), block=st.integers(1, 64),
-       needle=st.sampled_from([None, b"a", b"ab", b"\x00"]))
-def test_block_wise_backwards_reading_equals_reading_the_whole_file(tmp_path_factory, lines, torn, block, needle):
+       needle=st.sampled_from([None, b"a", b"ab", b"\x00"]), cut=st.integers(0, 60))
+def test_block_wise_backwards_reading_equals_reading_the_whole_file(tmp_path_factory, lines, torn, block, needle,
+                                                                    cut):
     path = tmp_path_factory.mktemp("log") / "f.log"
-    path.write_bytes(b"".join(line + b"\n" for line in lines) + torn)
+    data = b"".join(line + b"\n" for line in lines) + torn
+    path.write_bytes(data)
     expected = [line for line in reversed(lines) if line.strip() and (needle is None or needle in line)]
 
-    assert list(_lines_backwards(str(path), block=block, contains=needle)) == expected
-    joined = [line for chunk in reversed(list(_chunks_backwards(str(path), block=block)))
-              for line in chunk.split(b"\n")]
-    assert [line for line in joined if line.strip()] == [line for line in lines if line.strip()]
+    with open(path, "rb") as f:
+        found = list(_lines_backwards(f, block=block, contains=needle))
+    assert [line for _, line in found] == expected
+    for offset, line in found:          # each line's offset is where it starts in the file
+        assert data[offset:offset + len(line) + 1] == line + b"\n" and (offset == 0 or data[offset - 1:offset] == b"\n")
+    if found:                           # reading from a line's offset on gives exactly the lines before it
+        offset = found[min(cut, len(found) - 1)][0]
+        with open(path, "rb") as f:
+            assert list(_lines_backwards(f, end=offset, block=block, contains=needle)) == \
+                [item for item in found if item[0] < offset]
 
 
 def test_a_missing_file_reads_as_empty(tmp_path):
-    assert list(_lines_backwards(str(tmp_path / "absent.log"))) == []
-    assert list(_chunks_backwards(str(tmp_path / "absent.log"))) == []
+    runs_log = NdjsonLog(str(tmp_path / "absent.log"), 1 << 20, 3)
+    assert list(runs_log.read_newest()) == [] and list(runs_log.read_after(None)) == []
 
 
-# -- history lines -------------------------------------------------------------------------------------------
-RECORDS = [
-    {"ts": "2025-01-10T12:00:00.004Z", "schedule_id": str(uuid.UUID(int=1)), "run_id": "r1",
-     "scheduled_at": "2025-01-10T12:00:00.000Z", "started_at": "2025-01-10T12:00:00.004Z", "status": "ok",
-     "status_code": 200, "duration_ms": 12, "error": None, "trigger": "cron"},
-    {"ts": "2025-01-10T12:00:01.000Z", "schedule_id": str(uuid.UUID(int=2)), "run_id": "r2",
-     "scheduled_at": "2025-01-10T12:00:00.000Z", "started_at": None, "status": "missed", "status_code": None,
-     "duration_ms": 0, "error": 'missed 3 runs "ts":"x", from here', "trigger": "cron", "count": 3,
-     "last_scheduled_at": "2025-01-10T12:00:02.000Z"},
-    {"ts": "2025-01-10T12:00:01.000Z", "schedule_id": str(uuid.UUID(int=3)), "run_id": "r3",
-     "scheduled_at": "2025-01-10T12:00:00.000Z", "started_at": "2025-01-10T12:00:00.100Z", "status": "error",
-     "status_code": None, "duration_ms": 30000, "error": "timed out after 30 s ,\"trigger\":\"cron\"}",
-     "trigger": "cron"},
-]
-
-
-@pytest.mark.parametrize("record", RECORDS, ids=["ok", "missed", "tricky-error"])
-def test_a_trimmed_history_line_shows_exactly_what_the_whole_record_shows(record):
-    line = json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode()
-    trimmed = _history_line(line)
-
-    assert _history_entry(trimmed) == _history_entry(record)
-    assert b"schedule_id" not in trimmed and len(trimmed) < len(line)
-
-
-LAYOUT_RECORD = dict(RECORDS[0], run_id=str(uuid.UUID(int=7)))     # the layout _record_result writes
-
-
-@pytest.mark.parametrize("record", RECORDS + [LAYOUT_RECORD], ids=["ok", "missed", "tricky-error", "layout"])
-def test_the_slot_and_start_cut_from_a_line_are_what_its_record_holds(record):
-    line = json.dumps(record, separators=(",", ":")).encode()
-    slot = record.get("last_scheduled_at") or record["scheduled_at"]
-
-    assert _slot_and_start(line) == (parse_iso(slot), parse_iso(record["started_at"]) if record["started_at"] else None)
-    assert _slot_and_start(b'{"ts":"torn') is None
-    if record is LAYOUT_RECORD:                 # torn in the middle of a file, past the fields cut by position
-        assert _slot_and_start(line[:230]) is None
-
-
-def test_a_malformed_history_line_is_left_out_not_an_error():
-    assert _history_entry(b'{"run_id":"x",') is None
-    assert _history_entry(b"[1, 2]") is None
-
-
-# -- the start-up scan -----------------------------------------------------------------------------------------
-def make_service(tmp_path: Path, now: float) -> CurlSchedules:
-    scheduler = Scheduler(misfire_grace=30, clock=lambda: now, submit=lambda fn, *args: None)
-    return CurlSchedules(JournalStore(str(tmp_path / "curl-schedules.json")),
-                         NdjsonLog(str(tmp_path / "curl-runs.log"), 1 << 30, 3), scheduler, None,
-                         clock=lambda: now)
-
-
-def write_store(tmp_path: Path, created: list[float]) -> list[str]:
+# -- a big runs log on disk ------------------------------------------------------------------------------------
+def write_store(data_dir: Path, created: list[float]) -> list[str]:
+    """HTTP schedule definitions (yearly, so none is due) as a schedules snapshot; their ids."""
+    data_dir.mkdir(parents=True, exist_ok=True)
     definitions = []
     for n, at in enumerate(created):
-        values = schedserver.validate_create({"cron": "0 0 0 1 1 *", "request": {"url": f"http://127.0.0.1:9/{n}"}},
-                                             "UTC")
-        definitions.append(CurlSchedule(id=str(uuid.UUID(int=n + 1)), created_at=at, enabled_at=at,
+        values = validate_create({"cron": "0 0 0 1 1 *", "request": {"url": f"http://127.0.0.1:9/{n}"}}, "UTC")
+        definitions.append(HttpSchedule(id=str(uuid.UUID(int=n + 1)), created_at=at, enabled_at=at,
                                         **values).definition())
-    (tmp_path / "curl-schedules.json").write_text(json.dumps({"version": 1, "schedules": definitions}))
+    (data_dir / "curl-schedules.json").write_text(json.dumps({"version": 1, "schedules": definitions}))
     return [d["id"] for d in definitions]
 
 
 def run_line(schedule_id: str, at: float, n: int, status: str = "ok") -> bytes:
+    """One record as the recorder writes it."""
     record = {"ts": utc_iso(at, ms=True), "schedule_id": schedule_id, "run_id": f"run-{n}",
               "scheduled_at": utc_iso(at, ms=True), "started_at": utc_iso(at, ms=True) if status == "ok" else None,
               "status": status, "status_code": 200 if status == "ok" else None, "duration_ms": 3, "error": None,
-              "trigger": "cron"}
+              "trigger": "cron", "attempt": 1}
     return json.dumps(record, separators=(",", ":")).encode() + b"\n"
 
 
+def runs_log(root: Path) -> Path:
+    return root / "data" / "curl-runs.log"
+
+
+def append(path: Path, lines: list[bytes]) -> None:
+    with open(path, "ab") as f:
+        f.write(b"".join(lines))
+
+
+class Spy:
+    """How many run records each start replayed (RunState.load's answer), and the bytes read from files."""
+
+    def __init__(self, monkeypatch):
+        self.replayed: list[int] = []
+        self.bytes_read = 0
+        original_load = RunState.load
+        spy = self
+
+        def load(state):
+            count = original_load(state)
+            spy.replayed.append(count)
+            return count
+        monkeypatch.setattr(RunState, "load", load)
+
+        class Counting:
+            def __init__(self, f):
+                self._f = f
+
+            def read(self, *args):
+                data = self._f.read(*args)
+                spy.bytes_read += len(data)
+                return data
+
+            def __iter__(self):
+                for line in self._f:
+                    spy.bytes_read += len(line)
+                    yield line
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc_info):
+                self._f.close()
+
+            def __getattr__(self, name):
+                return getattr(self._f, name)
+
+        def counting_open(*args, **kwargs):
+            f = builtins.open(*args, **kwargs)
+            return Counting(f) if "b" in (args[1] if len(args) > 1 else kwargs.get("mode", "r")) else f
+        monkeypatch.setattr(schedserver, "open", counting_open, raising=False)
+
+        real_pread = os.pread
+
+        def counting_pread(fd, n, offset):
+            data = real_pread(fd, n, offset)
+            if n > NdjsonLog.HEAD_BYTES:     # a block, not a file's first bytes taken to name a position
+                spy.bytes_read += len(data)
+            return data
+        monkeypatch.setattr(schedserver.os, "pread", counting_pread)
+
+
+def shown(stack: Stack, ids: list[str]) -> dict:
+    """What the API shows of each schedule."""
+    return {sid: stack.http.get(sid) for sid in ids}
+
+
 def test_start_up_rebuilds_the_newest_history_and_last_run_of_every_schedule_from_a_big_log(tmp_path):
-    ids = write_store(tmp_path, [T0 - 10 * DAY] * 3)
+    ids = write_store(tmp_path / "data", [T0 - 10 * DAY] * 3)
     lines = [run_line(ids[n % 2], T0 - 5 * DAY + n, n) for n in range(30_000)]     # ids[2] never ran
     lines.append(run_line(ids[0], T0 - 1, 99_999, status="skipped"))
-    (tmp_path / "curl-runs.log").write_bytes(b"".join(lines) + b'{"ts":"torn')
-    service = make_service(tmp_path, T0)
-    service.load()
+    runs_log(tmp_path).write_bytes(b"".join(lines) + b'{"ts":"torn')
+    with Stack(tmp_path, FakeClock(T0)) as stack:                   # no saved run state: the whole log replayed
+        first = stack.http.get(ids[0])
+        assert [h["run_id"] for h in first["history"]] == ["run-99999"] + [f"run-{n}" for n in
+                                                                            range(29_998, 29_998 - 2 * 19, -2)]
+        assert first["last_run"] == utc_iso(T0 - 5 * DAY + 29_998)        # the newest run that started
+        assert first["last_status"] == "skipped"
+        assert len(stack.http.get(ids[1])["history"]) == HISTORY_SIZE
+        assert stack.http.get(ids[2])["history"] == [] and stack.http.get(ids[2])["last_run"] is None
+        assert len(stack.http.history(ids[1], limit=1000)) == 1000        # a longer history, as asked
 
-    first = service.get(ids[0])
-    assert [h["run_id"] for h in first["history"]] == ["run-99999"] + [f"run-{n}" for n in
-                                                                        range(29_998, 29_998 - 2 * 19, -2)]
-    assert first["last_run"] == utc_iso(T0 - 5 * DAY + 29_998)        # the newest run that started
-    assert len(service.get(ids[1])["history"]) == HISTORY_SIZE
-    assert service.get(ids[2])["history"] == [] and service.get(ids[2])["last_run"] is None
 
-
-def test_the_start_up_scan_stops_at_blocks_older_than_every_schedule_still_wanted(tmp_path, monkeypatch):
-    ids = write_store(tmp_path, [T0 - 10 * DAY, T0 - DAY])
-    old = [run_line(ids[0], T0 - 9 * DAY + n, n) for n in range(20_000)]          # 9 days ago: before ids[1]
+def test_history_reads_only_the_newest_part_of_a_big_log_and_nothing_for_a_schedule_that_never_ran(
+        tmp_path, monkeypatch):
+    ids = write_store(tmp_path / "data", [T0 - 10 * DAY] * 2)
+    old = [run_line(ids[0], T0 - 9 * DAY + n, n) for n in range(40_000)]
     new = [run_line(ids[0], T0 - 3600 + n, 50_000 + n) for n in range(100)]
-    (tmp_path / "curl-runs.log").write_bytes(b"".join(old + new))
-    read = counting_chunks(monkeypatch)          # in small blocks, so the count tells
-    service = make_service(tmp_path, T0)
-    service.load()
-
-    assert service.get(ids[1])["history"] == []
-    assert len(service.get(ids[0])["history"]) == HISTORY_SIZE
-    assert 0 < sum(read) < len(b"".join(old)) / 4       # it did not read the whole old part for ids[1]
-
-
-def child_scan_answer(monkeypatch, paths: list[Path], child: str | None = None) -> tuple[int, set | None]:
-    """LogIdScan's child run to its end on `paths` (with `child` as its code, if given): (exit status, result())."""
-    monkeypatch.setattr(schedserver.LogIdScan, "MIN_BYTES", 0)
-    if child is not None:
-        monkeypatch.setattr(schedserver.LogIdScan, "CHILD", child)
-    scan = schedserver.LogIdScan.start([str(path) for path in paths])
-    try:
-        scan._proc.wait(timeout=30)
-        return scan._proc.returncode, scan.result()
-    finally:
-        scan.close()
+    runs_log(tmp_path).write_bytes(b"".join(old + new))
+    with Stack(tmp_path, FakeClock(T0)) as stack:
+        spy = Spy(monkeypatch)                                      # from here on: what the API calls read
+        assert stack.http.get(ids[1])["history"] == []
+        assert spy.bytes_read == 0                                  # never ran: the log is not read at all
+        history = stack.http.get(ids[0])["history"]
+        assert [h["run_id"] for h in history] == [f"run-{50_000 + n}" for n in range(99, 99 - HISTORY_SIZE, -1)]
+        assert 0 < spy.bytes_read < len(b"".join(old)) / 4          # the newest blocks only
 
 
-def test_the_child_scan_finds_every_id_the_log_files_hold(tmp_path, monkeypatch):
-    ids = [str(uuid.UUID(int=n)) for n in range(1, 6)]
-    (tmp_path / "runs.log").write_bytes(b"".join(run_line(ids[n % 2], T0 + n, n) for n in range(3000))
-                                        + run_line(ids[4], T0, 9).rstrip(b"\n"))      # torn, still counted
-    (tmp_path / "runs.log.1").write_bytes(run_line(ids[2], T0, 1) + b'{"schedule_id": "' + ids[3].encode() + b'"}\n')
-    paths = [tmp_path / name for name in ("runs.log", "runs.log.1", "runs.log.2")]
-    assert child_scan_answer(monkeypatch, paths) == (0, {i.encode() for i in ids})
+def test_history_spans_the_rotated_files_of_a_runs_log(tmp_path):
+    ids = write_store(tmp_path / "data", [T0 - 10 * DAY])
+    lines = [run_line(ids[0], T0 - DAY + n, n) for n in range(3_000)]
+    with Stack(tmp_path, FakeClock(T0), runs_log_max_bytes=64 * 1024, runs_log_backups=20) as stack:
+        for line in lines:                          # as the recorder appends: rotated by size as it goes
+            record = json.loads(line)
+            stack.server.logs["http"].append(record, then=lambda r=record: stack.state.apply("http", r))
+        assert (tmp_path / "data" / "curl-runs.log.3").exists()
+        assert [h["run_id"] for h in stack.http.history(ids[0], limit=2_000)] == \
+            [f"run-{n}" for n in range(2_999, 999, -1)]
 
 
-def test_a_child_that_ends_well_without_the_whole_answer_counts_as_no_answer(tmp_path, monkeypatch):
-    assert child_scan_answer(monkeypatch, [tmp_path / "absent.log"], "print('not python, or cut short')") == (0, None)
+def test_a_malformed_line_in_the_runs_log_is_left_out_of_history_and_run_state_not_an_error(tmp_path):
+    ids = write_store(tmp_path / "data", [T0 - DAY])
+    sid = ids[0].encode()
+    runs_log(tmp_path).write_bytes(run_line(ids[0], T0 - 30, 1) + b'{"schedule_id":"' + sid + b'","run_id":\n'
+                                   + b'["' + sid + b'"]\n' + b"\x00\xff" + sid + b"\n" + run_line(ids[0], T0 - 20, 2))
+    with Stack(tmp_path, FakeClock(T0)) as stack:
+        shown_ = stack.http.get(ids[0])
+        assert [h["run_id"] for h in shown_["history"]] == ["run-2", "run-1"]
+        assert shown_["last_run"] == utc_iso(T0 - 20)
 
 
-def test_closing_a_child_scan_still_running_stops_it(tmp_path, monkeypatch):
-    monkeypatch.setattr(schedserver.LogIdScan, "MIN_BYTES", 0)
-    monkeypatch.setattr(schedserver.LogIdScan, "CHILD", "import time; time.sleep(60)")
-    scan = schedserver.LogIdScan.start([str(tmp_path / "absent.log")])
-    assert scan.result() is None
-    scan.close()
-    assert scan._proc.returncode is not None
+# -- start-up replays only what changed since the saved run state ------------------------------------------------
+def big_log_stack(tmp_path: Path, monkeypatch, lines: int = 20_000) -> tuple[list[str], Spy]:
+    """Three yearly schedules created long ago (ids[1] and ids[2] never ran) and a big log of ids[0]'s runs."""
+    ids = write_store(tmp_path / "data", [T0 - 30 * DAY] * 3)
+    runs_log(tmp_path).write_bytes(b"".join(run_line(ids[0], T0 - 20 * DAY + n, n) for n in range(lines)))
+    return ids, Spy(monkeypatch)
 
 
-def test_a_log_below_the_threshold_or_a_child_that_cannot_start_gets_no_child_scan(tmp_path, monkeypatch):
-    (tmp_path / "runs.log").write_bytes(run_line(str(uuid.UUID(int=1)), T0, 1))
-    assert schedserver.LogIdScan.start([str(tmp_path / "runs.log")]) is None
-    monkeypatch.setattr(schedserver.LogIdScan, "MIN_BYTES", 0)
-    monkeypatch.setattr(schedserver.sys, "executable", str(tmp_path / "no-such-python"))
-    assert schedserver.LogIdScan.start([str(tmp_path / "runs.log")]) is None
-    monkeypatch.undo()
-    monkeypatch.setattr(schedserver.LogIdScan, "MIN_BYTES", 0)
-    monkeypatch.setattr(schedserver.tempfile, "TemporaryFile", lambda: (_ for _ in ()).throw(OSError(28, "No space")))
-    assert schedserver.LogIdScan.start([str(tmp_path / "runs.log")]) is None
+def test_a_start_after_a_clean_stop_replays_none_of_a_big_log_and_shows_the_same(tmp_path, monkeypatch):
+    ids, spy = big_log_stack(tmp_path, monkeypatch)
+    size = runs_log(tmp_path).stat().st_size
+    with Stack(tmp_path, FakeClock(T0)) as first:
+        before = shown(first, ids)
+    assert spy.replayed == [20_000]                                 # the first start: no saved state yet
+    assert spy.bytes_read >= size                                   # ...so it read the whole log
+    assert (tmp_path / "data" / "run-state.json").exists()          # saved by the clean stop
+
+    spy.bytes_read = 0
+    with Stack(tmp_path, FakeClock(T0)) as second:
+        assert spy.replayed[1:] == [0]
+        assert spy.bytes_read < size / 4                            # the log was not read through at start-up
+        assert shown(second, ids) == before
 
 
-def start_up_reads(tmp_path: Path, monkeypatch, child: str) -> tuple[CurlSchedules, list[str], int]:
-    """A start with no checkpoint on a log where ids[1] never ran; `child` is how the id scan goes: "done"
-    (answered before the scan needs it), "failed", or "none" (no child at all). Answers the bytes read."""
-    ids = write_store(tmp_path, [T0 - 10 * DAY] * 2)
-    (tmp_path / "curl-runs.log").write_bytes(b"".join(run_line(ids[0], T0 - 5 * DAY + n, n) for n in range(20_000)))
-    monkeypatch.setattr(schedserver.LogIdScan, "MIN_BYTES", 0 if child != "none" else 1 << 60)
-    if child == "failed":
-        monkeypatch.setattr(schedserver.LogIdScan, "CHILD", "import sys; sys.exit(3)")
-    original_result = schedserver.LogIdScan.result
-    monkeypatch.setattr(schedserver.LogIdScan, "result", lambda self: self._proc.wait(timeout=30) is None
-                        or original_result(self))
-    read = counting_chunks(monkeypatch)
-    service = make_service(tmp_path, T0)
-    service.load()
-    return service, ids, sum(read)
+def test_after_a_crash_a_start_replays_only_the_lines_logged_since_the_last_save_and_loses_no_run(
+        tmp_path, monkeypatch):
+    ids, spy = big_log_stack(tmp_path, monkeypatch)
+    first = Stack(tmp_path, FakeClock(T0))
+    before = shown(first, ids)
+    busy = first.http.create({"cron": "* * * * * *", "request": {"url": "http://127.0.0.1:9/busy"}})["id"]
+    first.pass_seconds(3)
+    first.server.save_state()                                       # the periodic save
+    first.pass_seconds(5)                                           # five more runs, then the process dies:
+    first.server.data_dir.release()                                 # nothing stopped, saved or recorded
+    first.script_runner.close()                                     # (idle: only its descriptors go)
+    first.deadlines.close()
+    first._closed = True
+
+    with Stack(tmp_path, FakeClock(T0 + 8.5)) as second:
+        assert spy.replayed == [20_000, 5]
+        got = second.http.get(busy)
+        assert [h["scheduled_at"] for h in got["history"]] == [utc_iso(T0 + n) for n in range(8, 0, -1)]
+        assert got["last_run"] == utc_iso(T0 + 8) and got["next_run"] == utc_iso(T0 + 9)
+        assert shown(second, ids) == before
+        second.clock.set(T0 + 9)
+        second.run_due()                                            # on from the next slot: none again, none missed
+        assert [h["status"] for h in second.http.history(busy)] == ["ok"] * 9
 
 
-@pytest.mark.parametrize("child", ["done", "failed", "none"])
-def test_with_the_child_scans_answer_start_up_stops_reading_once_only_never_ran_schedules_are_left(
-        tmp_path, monkeypatch, child):
-    service, ids, read = start_up_reads(tmp_path, monkeypatch, child)
-    size = (tmp_path / "curl-runs.log").stat().st_size
-
-    assert [h["run_id"] for h in service.get(ids[0])["history"]] == [f"run-{n}" for n in range(19_999, 19_979, -1)]
-    assert service.get(ids[1])["history"] == [] and service.get(ids[1])["last_run"] is None
-    if child == "done":
-        assert 0 < read < size / 10
-    else:
-        assert read >= size - 1024         # every line read here
+@pytest.mark.parametrize("change", ["rotated", "truncated", "garbage"])
+def test_a_saved_run_state_that_no_longer_fits_the_log_still_gives_every_run(tmp_path, monkeypatch, change):
+    ids, spy = big_log_stack(tmp_path, monkeypatch, lines=5_000)
+    with Stack(tmp_path, FakeClock(T0)) as first:
+        before = shown(first, ids)
+    log_path, state_path = runs_log(tmp_path), tmp_path / "data" / "run-state.json"
+    later = [run_line(ids[1], T0 - 3 * DAY, 42), run_line(ids[0], T0 - 2 * DAY, 43)]
+    newest = [run_line(ids[2], T0 - DAY, 77)]
+    if change == "rotated":             # runs after the save, then the log moved to .1 and a new one began
+        append(log_path, later)
+        os.replace(log_path, tmp_path / "data" / "curl-runs.log.1")
+        log_path.write_bytes(b"".join(newest))
+        expected = len(later) + len(newest)
+    elif change == "truncated":         # cut short below the saved position (by hand), then written on
+        log_path.write_bytes(b"".join(later + newest))
+        expected = len(later) + len(newest)
+    else:                               # the saved state is unreadable: rebuilt from the logs
+        append(log_path, later + newest)
+        state_path.write_text("{not json")
+        expected = 5_000 + len(later) + len(newest)
+    with Stack(tmp_path, FakeClock(T0)) as second:
+        assert spy.replayed[1:] == [expected]
+        assert [h["run_id"] for h in second.http.get(ids[1])["history"]] == ["run-42"]
+        assert second.http.get(ids[1])["last_run"] == utc_iso(T0 - 3 * DAY)
+        assert [h["run_id"] for h in second.http.get(ids[2])["history"]] == ["run-77"]
+        assert second.http.get(ids[0])["last_run"] == utc_iso(T0 - 2 * DAY)
+        assert second.http.get(ids[0])["last_run"] != before[ids[0]]["last_run"]
 
 
 # -- HTTP runs -------------------------------------------------------------------------------------------------
@@ -230,15 +285,18 @@ def test_the_deadline_watcher_runs_actions_in_deadline_order_and_never_a_cancell
     watcher = DeadlineWatcher()
     done: list[str] = []
     finished = threading.Event()
-    now = time.monotonic()
-    watcher.add(now + 0.20, lambda: (done.append("late"), finished.set()))
-    cancelled = watcher.add(now + 0.05, lambda: done.append("cancelled"))
-    watcher.add(now + 0.10, lambda: done.append("early"))
-    watcher.add(now + 0.01, lambda: 1 / 0)             # a failing action is logged; the watcher goes on
-    watcher.cancel(cancelled)
+    try:
+        now = time.monotonic()
+        watcher.add(now + 0.20, lambda: (done.append("late"), finished.set()))
+        cancelled = watcher.add(now + 0.05, lambda: done.append("cancelled"))
+        watcher.add(now + 0.10, lambda: done.append("early"))
+        watcher.add(now + 0.01, lambda: 1 / 0)             # a failing action is logged; the watcher goes on
+        watcher.cancel(cancelled)
 
-    assert finished.wait(5)
-    assert done == ["early", "late"]
+        assert finished.wait(5)
+        assert done == ["early", "late"]
+    finally:
+        watcher.close()
 
 
 def test_an_address_literal_resolves_without_a_lookup_thread(monkeypatch):
@@ -249,11 +307,10 @@ def test_an_address_literal_resolves_without_a_lookup_thread(monkeypatch):
     assert started == []
 
 
-# -- scripts: the preflight cache survives a restart -----------------------------------------------------------
+# -- scripts: the preflight checks survive a restart -----------------------------------------------------------
 def test_a_restart_does_not_rerun_the_syntax_check_of_unchanged_scripts(tmp_path, monkeypatch):
-    scripts_dir, data_dir = tmp_path / "scripts", tmp_path / "data"
+    scripts_dir = tmp_path / "scripts"
     scripts_dir.mkdir()
-    data_dir.mkdir()
     for n in range(3):
         path = scripts_dir / f"job{n}.sh"
         path.write_text(f"#!/bin/sh\n# @schedule 0 0 0 1 1 *\necho {n}\n")
@@ -261,116 +318,63 @@ def test_a_restart_does_not_rerun_the_syntax_check_of_unchanged_scripts(tmp_path
     (scripts_dir / "broken.sh").write_text("#!/bin/sh\n# @schedule 0 0 0 1 1 *\nif then fi (\n")
     (scripts_dir / "broken.sh").chmod(0o755)
     checked: list[str] = []
-    original = schedserver.ScriptSchedules._run_preflight
-    monkeypatch.setattr(schedserver.ScriptSchedules, "_run_preflight",
-                        lambda self, path, interpreter=None: checked.append(os.path.basename(path))
-                        or original(self, path, interpreter))
+    original = schedserver.ScriptRunner.check
+    monkeypatch.setattr(schedserver.ScriptRunner, "check",
+                        lambda self, argv, cwd, env, timeout: checked.append(os.path.basename(argv[-1]))
+                        or original(self, argv, cwd, env, timeout))
 
-    def start() -> schedserver.ScriptSchedules:
-        scripts = schedserver.ScriptSchedules(
-            str(scripts_dir), NdjsonLog(str(data_dir / "fires.log"), 1 << 20, 3),
-            Scheduler(submit=lambda *a: None), schedserver.ScriptRunner())
-        scripts.load()
-        return scripts
-
-    first = start()
-    assert sorted(checked) == ["broken.sh", "job0.sh", "job1.sh", "job2.sh"]
-    assert first.count() == 3
-    checked.clear()
-    second = start()                                  # a restart: nothing changed, nothing checked again
-    assert checked == [] and second.count() == 3
-    assert os.stat(data_dir / "exec-registered.json").st_mode & 0o077 == 0
-    path = scripts_dir / "job1.sh"
-    path.write_text("#!/bin/sh\n# @schedule 0 0 0 1 1 *\nif then fi (\n")     # changed, and now broken
-    os.utime(path, ns=(time.time_ns(), time.time_ns() + 5_000_000_000))
-    checked.clear()
-    third = start()
-    assert checked == ["job1.sh"] and third.count() == 2
+    stack = Stack(tmp_path)
+    try:
+        assert sorted(checked) == ["broken.sh", "job0.sh", "job1.sh", "job2.sh"]
+        assert stack.scripts.count() == 3
+        checked.clear()
+        stack = stack.reopen()                        # a restart: nothing changed, nothing checked again
+        assert checked == [] and stack.scripts.count() == 3
+        assert os.stat(tmp_path / "data" / "exec-registered.json").st_mode & 0o077 == 0
+        path = scripts_dir / "job1.sh"
+        path.write_text("#!/bin/sh\n# @schedule 0 0 0 1 1 *\nif then fi (\n")     # changed, and now broken
+        os.utime(path, ns=(time.time_ns(), time.time_ns() + 5_000_000_000))
+        stack = stack.reopen()
+        assert checked == ["job1.sh"] and stack.scripts.count() == 2
+    finally:
+        stack.close()
 
 
-# -- listing from cached items -------------------------------------------------------------------------------
+# -- listing ---------------------------------------------------------------------------------------------------
 def test_a_listed_item_follows_its_schedule_through_runs_and_toggles(tmp_path):
-    clock = {"now": T0}
-    scheduler = Scheduler(misfire_grace=30, clock=lambda: clock["now"], submit=lambda fn, *args: fn(*args))
+    with Stack(tmp_path, FakeClock(T0)) as stack:
+        sid = stack.http.create({"cron": "* * * * * *", "request": {"url": "http://127.0.0.1:9/x"}})["id"]
 
-    class Runner:
-        def run(self, spec, headers):
-            return schedserver.RunResult("ok", clock["now"], 5, 200, None)
-    service = CurlSchedules(JournalStore(str(tmp_path / "curl-schedules.json")),
-                            NdjsonLog(str(tmp_path / "curl-runs.log"), 1 << 20, 3), scheduler, Runner(),
-                            clock=lambda: clock["now"])
-    sid = service.create({"cron": "* * * * * *", "request": {"url": "http://127.0.0.1:9/x"}})["id"]
-
-    def item() -> dict:
-        listed = json.loads(service.list_json(1, 20))
-        assert listed == service.list(1, 20)
-        return listed["items"][0]
-    before = item()
-    assert (before["last_run"], before["next_run"]) == (None, utc_iso(T0 + 1))
-    clock["now"] = T0 + 1
-    scheduler.tick(T0 + 1)
-    after = item()
-    assert (after["last_run"], after["next_run"]) == (utc_iso(T0 + 1), utc_iso(T0 + 2))
-    service.toggle(sid, {"enabled": False})
-    assert (item()["enabled"], item()["next_run"]) == (False, None)
-    assert item() is not item()         # every caller gets its own copy
+        def item() -> dict:
+            listed = stack.http.list(1, 20)
+            assert stack.app.get("/api/v1/curl/schedule?page=1&limit=20", headers=ADMIN).json == listed
+            return listed["items"][0]
+        before = item()
+        assert (before["last_run"], before["next_run"]) == (None, utc_iso(T0 + 1))
+        stack.pass_seconds(1)
+        after = item()
+        assert (after["last_run"], after["next_run"]) == (utc_iso(T0 + 1), utc_iso(T0 + 2))
+        stack.http.toggle(sid, {"enabled": False})
+        assert (item()["enabled"], item()["next_run"]) == (False, None)
+        mine = item()
+        mine["request"]["url"] = "changed by a caller"
+        assert item()["request"]["url"] == "http://127.0.0.1:9/x"     # every caller gets its own copy
 
 
-# -- the run-state checkpoint ----------------------------------------------------------------------------------
-def counting_chunks(monkeypatch) -> list[int]:
-    read: list[int] = []
-    original = schedserver._chunks_backwards_at
-
-    def counting(path, block=64 * 1024):
-        for offset, chunk in original(path, block=64 * 1024):
-            read.append(len(chunk))
-            yield offset, chunk
-    monkeypatch.setattr(schedserver, "_chunks_backwards_at", counting)
-    return read
-
-
-def test_a_checkpoint_from_a_clean_stop_spares_the_next_start_the_whole_log_and_changes_nothing(tmp_path,
-                                                                                               monkeypatch):
-    ids = write_store(tmp_path, [T0 - 30 * DAY] * 3)         # old: the creation cut-off does not help
-    old = [run_line(ids[0], T0 - 20 * DAY + n, n) for n in range(20_000)]
-    (tmp_path / "curl-runs.log").write_bytes(b"".join(old))
-    first = make_service(tmp_path, T0)
-    first.load()
-    expected = {sid: first.get(sid) for sid in ids}
-    first.write_checkpoint()                                  # ids[1] and ids[2] never ran
-    with open(tmp_path / "curl-runs.log", "ab") as f:        # after the stop: ids[2] runs once
-        f.write(run_line(ids[2], T0 - 10, 77_777))
-    read = counting_chunks(monkeypatch)
-    second = make_service(tmp_path, T0)
-    second.load()
-
-    assert sum(read) < len(b"".join(old)) / 4                 # the old part was not read for ids[1], ids[2]
-    assert second.get(ids[0]) == expected[ids[0]]
-    assert second.get(ids[1])["history"] == [] and second.get(ids[1])["last_run"] is None
-    assert [h["run_id"] for h in second.get(ids[2])["history"]] == ["run-77777"]
-    assert not (tmp_path / "curl-runs.checkpoint.json").exists()      # consumed: a crash later reads it all
-
-
-@pytest.mark.parametrize("change", ["rotated", "truncated", "garbage"])
-def test_a_checkpoint_that_does_not_fit_the_log_is_ignored_and_the_whole_log_is_read(tmp_path, monkeypatch, change):
-    ids = write_store(tmp_path, [T0 - 30 * DAY] * 2)
-    lines = [run_line(ids[0], T0 - 20 * DAY + n, n) for n in range(5_000)]
-    (tmp_path / "curl-runs.log").write_bytes(b"".join(lines))
-    first = make_service(tmp_path, T0)
-    first.load()
-    first.write_checkpoint()                                  # says: ids[1] never ran
-    log_path, checkpoint = tmp_path / "curl-runs.log", tmp_path / "curl-runs.checkpoint.json"
-    if change == "rotated":             # the log moved to .1 and was replaced, by one that says ids[1] did run
-        os.replace(log_path, tmp_path / "curl-runs.log.1")
-        (tmp_path / "curl-runs.log.1").write_bytes(run_line(ids[1], T0 - 20 * DAY - 1, 42) + b"".join(lines))
-        log_path.write_bytes(b"".join(lines[:3000]))
-    elif change == "truncated":
-        log_path.write_bytes(b"".join(lines[:10]))
-    else:
-        checkpoint.write_text("{not json")
-    second = make_service(tmp_path, T0)
-    second.load()
-
-    if change == "rotated":                                   # the checkpoint would have hidden this run
-        assert [h["run_id"] for h in second.get(ids[1])["history"]] == ["run-42"]
-    assert not checkpoint.exists()
+def test_listing_many_schedules_pages_through_each_one_once_newest_first(tmp_path):
+    with Stack(tmp_path, FakeClock(T0)) as stack:
+        created = []
+        for n in range(1_500):
+            if n % 100 == 0:
+                stack.clock.advance(1)                  # some share a creation second: then by arrival
+            created.append(stack.http.create({"cron": "0 0 0 1 1 *", "request": {"url": f"http://127.0.0.1:9/{n}"},
+                                              "enabled": n % 7 != 0})["id"])
+        newest_first = list(reversed(created))
+        pages = [stack.http.list(page, 100) for page in range(1, 17)]
+        assert [item["id"] for page in pages for item in page["items"]] == newest_first
+        assert pages[-1]["items"] == [] and all(page["meta"]["total"] == 1_500 for page in pages)
+        everything = stack.app.get("/api/v1/curl/schedule", headers=ADMIN).json
+        assert [item["id"] for item in everything["items"]] == newest_first
+        assert everything["meta"] == {"page": 1, "limit": 1_500, "total": 1_500}
+        assert [item["next_run"] is None for item in everything["items"]] == \
+            [n % 7 == 0 for n in range(1_499, -1, -1)]

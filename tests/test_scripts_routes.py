@@ -1,30 +1,32 @@
 """Route tests for the script schedule API (/api/v1/exec/schedules) with webtest.
 
-The app is built as the server builds it, minus the HTTP server and threads: both services share one
-scheduler whose worker pool is a recording `submit` and whose clock is fake. Scripts are real files in a
-temporary scripts tree and triggers run them for real (they are tiny shell scripts).
+Each test drives the real server (tests/harness.py's Stack) over a temporary data dir and scripts tree, with a fake
+clock and a worker pool that runs only when told. Scripts are real files and really run (tiny shell scripts):
+triggers run them in the request's thread, cron fires in the reaper's.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import threading
+import time
 import uuid
 from datetime import datetime
 
 import pytest
-import webtest
 
 import schedserver
-from fakes import FakeClock, RecordingSubmit
+from fakes import FakeClock
+from harness import ADMIN, READ, Stack
 
 BASE = "/api/v1/exec/schedules"
-ADMIN = {"Authorization": "Bearer admin"}
-READER = {"Authorization": "Bearer reader"}
+READER = READ
 MS_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 LIST_FIELDS = {"scriptPath", "scriptRel", "subdomain", "execId", "vmCacheKey", "expression", "timeoutMs",
                "registeredAt", "nextFire", "lastFireAt", "lastFireStatus", "lastFireRunId"}
 HOURLY = "# @schedule 0 * * * *\necho hourly\n"
+HUGE = "9" * 5000                   # int() refuses strings of over 4,300 digits
 
 
 def at(text: str) -> float:
@@ -34,32 +36,54 @@ def at(text: str) -> float:
 NOW = at("2026-01-15T11:59:30.250Z")
 
 
+def waiting_script(release, cron: str = "0 * * * *") -> str:
+    """A script that runs until the file `release` exists (at most about 10 s), then prints `released`."""
+    return (f"# @schedule {cron}\ni=0\nwhile [ ! -e '{release}' ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); "
+            "done\necho released\n")
+
+
+def wait_for(condition, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 ###############################################################################
-# Fakes and the harness ########################################################
+# The harness ##################################################################
 ###############################################################################
 
-class Harness:
-    """Both services over one tmp dir, the app over them, and helpers that read like the API."""
+class Api:
+    """One server (a Stack) with helpers that read like the script API."""
 
-    def __init__(self, tmp_path):
-        self.root = tmp_path / "scripts"
-        self.data = tmp_path / "data"
-        self.root.mkdir()
-        self.data.mkdir()
-        self.clock = FakeClock(NOW)
-        self.submit = RecordingSubmit()
-        self.scheduler = schedserver.Scheduler(submit=self.submit, clock=self.clock)
-        self.curl = schedserver.CurlSchedules(
-            schedserver.JournalStore(str(self.data / "curl-schedules.json")),
-            schedserver.NdjsonLog(str(self.data / "curl-runs.log"), 1 << 20, 3),
-            self.scheduler, schedserver.HttpRunner(clock=self.clock), clock=self.clock)
-        self.curl.load()
-        self.fires = schedserver.NdjsonLog(str(self.data / "fires.log"), 1 << 20, 3)
-        self.scripts = schedserver.ScriptSchedules(
-            str(self.root), self.fires, self.scheduler, schedserver.ScriptRunner(clock=self.clock, kill_grace=0.2),
-            clock=self.clock)
-        self.app = webtest.TestApp(schedserver.make_app(self.curl, schedserver.Auth(("admin",), ("reader",)),
-                                                        self.scripts))
+    def __init__(self, stack: Stack, opened: list[Stack]):
+        self.stack = stack
+        self._opened = opened
+        opened.append(stack)
+        self.root = stack.scripts_dir
+        self.data = stack.data_dir
+
+    @property
+    def app(self):
+        return self.stack.app
+
+    @property
+    def clock(self) -> FakeClock:
+        return self.stack.clock
+
+    @property
+    def scripts(self) -> schedserver.ScriptSchedules:
+        return self.stack.scripts
+
+    @property
+    def fires(self) -> schedserver.NdjsonLog:
+        return self.stack.server.logs["script"]
+
+    def reopen(self) -> Api:
+        """A fresh server on the same files, as after a clean restart."""
+        return Api(self.stack.reopen(), self._opened)
 
     def write(self, rel: str, text: str) -> str:
         path = self.root / rel
@@ -94,10 +118,26 @@ class Harness:
         path = self.data / "fires.log"
         return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
+    def running(self, rel: str) -> bool:
+        return bool(self.stack.recorder.running(schedserver.job_key("script", rel)))
+
 
 @pytest.fixture
-def server(tmp_path) -> Harness:
-    return Harness(tmp_path)
+def open_api(tmp_path):
+    """Servers over tmp_path (`open_api(**config)`), each closed at the end of the test."""
+    opened: list[Stack] = []
+
+    def open_(**config) -> Api:
+        return Api(Stack(tmp_path, FakeClock(NOW), **config), opened)
+
+    yield open_
+    for stack in opened:
+        stack.close()
+
+
+@pytest.fixture
+def server(open_api) -> Api:
+    return open_api()
 
 
 def assert_exec_error(response, status: int, title: str, code: str, *mentions: str) -> dict:
@@ -169,11 +209,35 @@ def test_the_list_shows_the_last_fire_after_a_trigger(server):
         ("2026-01-15T11:59:30.250Z", "ok", run_id)
 
 
-def test_the_list_shows_a_script_as_running_while_it_runs(server):
+def test_the_list_shows_a_script_as_running_while_it_runs(server, tmp_path):
+    release = tmp_path / "release"
+    server.write("job.sh", waiting_script(release, cron="* * * * * *"))
+    server.reload()
+
+    server.stack.pass_seconds(1)                    # the 11:59:31 fire starts and waits for `release`
+    assert server.running("job.sh")
+    [while_running] = server.get("/list").json["schedules"]
+    release.touch()
+    assert server.stack.wait_idle()
+    [after] = server.get("/list").json["schedules"]
+
+    assert while_running["running"] is True
+    assert after["running"] is False
+    assert (after["lastFireAt"], after["lastFireStatus"]) == ("2026-01-15T11:59:31.000Z", "ok")
+
+
+def test_registered_at_is_when_a_script_was_first_registered_and_survives_a_restart(server):
     server.write("job.sh", HOURLY)
     server.reload()
-    assert server.scheduler.claim(schedserver._exec_key("job.sh"))
-    assert server.get("/list").json["schedules"][0]["running"] is True
+    server.clock.advance(3600)
+    server.reload()                                 # kept, not registered again
+
+    restarted = server.reopen()
+    restarted.write("later.sh", HOURLY)
+    restarted.reload()
+    listed = {item["scriptRel"]: item["registeredAt"] for item in restarted.get("/list").json["schedules"]}
+
+    assert listed == {"job.sh": "2026-01-15T11:59:30.250Z", "later.sh": "2026-01-15T12:59:30.250Z"}
 
 
 def test_a_read_only_token_may_list(server):
@@ -184,7 +248,7 @@ def test_a_read_only_token_may_list(server):
 # GET /history #################################################################
 ###############################################################################
 
-def log_fires(server: Harness, rel: str, count: int) -> list[dict]:
+def log_fires(server: Api, rel: str, count: int) -> list[dict]:
     """`count` fires of `rel`, one a minute from 10:00, appended to the fires log; oldest first."""
     records = []
     for n in range(count):
@@ -201,6 +265,25 @@ def test_history_answers_newest_first_with_100_entries_by_default(server):
     body = server.history().json
     assert (body["total"], body["limit"], body["includeRotated"]) == (100, 100, False)
     assert body["entries"] == list(reversed(records))[:100]
+
+
+def test_history_is_newest_first_by_ts_not_by_when_each_line_was_logged(server):
+    """A long run ends (and is logged) after a shorter, later one."""
+    def fire(slot: str, logged: str) -> dict:
+        record = {"ts": slot, "scriptPath": "a.sh", "expression": "* * * * *", "runId": str(uuid.uuid4()),
+                  "status": "ok", "durationMs": 1, "returnPreview": slot, "trigger": "cron", "attempt": 1,
+                  "loggedAt": logged}
+        server.fires.append(record)
+        return record
+
+    oldest = fire("2026-01-15T10:00:00.000Z", "2026-01-15T10:00:01.000Z")
+    newest = fire("2026-01-15T10:02:00.000Z", "2026-01-15T10:02:01.000Z")
+    middle = fire("2026-01-15T10:01:00.000Z", "2026-01-15T10:03:00.000Z")     # the long one
+
+    assert server.history().json["entries"] == [newest, middle, oldest]
+    assert server.history(limit="2").json["entries"] == [newest, middle]
+    assert server.history(since="2026-01-15T10:01:00Z").json["entries"] == [newest, middle]
+    assert server.history(scriptPath="a.sh", limit="1").json["entries"] == [newest]
 
 
 def test_history_clamps_a_limit_above_1000(server):
@@ -233,15 +316,15 @@ def test_history_refuses_any_other_include_rotated(server, raw):
     invalid(server.history(includeRotated=raw), "includeRotated")
 
 
-def test_history_reads_rotated_files_when_asked(server):
-    server.scripts.fires = server.fires = schedserver.NdjsonLog(str(server.data / "fires.log"), 1500, 10)
-    records = log_fires(server, "a.sh", 20)
+def test_history_reads_rotated_files_when_asked(open_api):
+    server = open_api(fires_log_max_bytes=4096, fires_log_backups=10)
+    records = log_fires(server, "a.sh", 40)
     assert (server.data / "fires.log.1").exists()
     current = server.history().json
     everything = server.history(includeRotated="true").json
-    assert current["total"] < 20
+    assert current["total"] < 40
     assert everything["entries"] == list(reversed(records))
-    assert (everything["total"], everything["includeRotated"]) == (20, True)
+    assert (everything["total"], everything["includeRotated"]) == (40, True)
 
 
 @pytest.mark.parametrize("since", ["yesterday", "2026-13-01T00:00:00Z", "", "15/01/2026"])
@@ -335,6 +418,20 @@ def test_a_reload_answers_changed_and_removed_lists(server):
     assert (body["added"], body["kept"], body["changed"], body["removed"]) == ([], ["a.sh"], ["a.sh"], ["b.sh"])
 
 
+@pytest.mark.parametrize("field", [f"{HUGE} * * * * *", f"0 0 1-{HUGE} * * *", f"*/{HUGE} * * * * *"],
+                         ids=["value", "range-end", "step"])
+def test_a_schedule_with_a_5000_digit_number_is_reported_as_an_invalid_cron_expression(server, field):
+    server.write("huge.sh", f"# @schedule {field}\necho hi\n")
+    server.write("a.sh", HOURLY)
+
+    body = server.reload()
+
+    assert body["added"] == ["a.sh"]
+    [failure] = body["failed"]
+    assert failure["path"] == "huge.sh"
+    assert failure["reason"].startswith("Invalid cron expression"), failure["reason"][:200]
+
+
 @pytest.mark.parametrize("body", [{"dry_run": "yes"}, {"dry_run": 1}, {"dry_run": None}, [], "dry_run",
                                   {"dryRun": True}])
 def test_a_reload_refuses_a_body_that_is_not_an_object_with_a_boolean_dry_run(server, body):
@@ -361,9 +458,11 @@ def test_a_trigger_runs_the_script_and_answers_its_result(server):
 
     assert response.status_int == 200
     body = response.json
-    assert set(body) == {"triggered", "scriptPath", "runId", "status", "durationMs", "returnPreview"}
+    assert set(body) == {"triggered", "scriptPath", "runId", "status", "durationMs", "returnPreview", "exitCode",
+                         "attempt"}
     assert (body["triggered"], body["scriptPath"], body["status"]) == (True, "default/cron/cleanup.sh", "ok")
     assert body["returnPreview"] == '{"deleted":12}'
+    assert body["exitCode"] == 0
     assert uuid.UUID(body["runId"])
     assert isinstance(body["durationMs"], int) and body["durationMs"] >= 0
 
@@ -380,6 +479,9 @@ def test_a_triggered_fire_is_logged_as_manual_at_the_request_time(server):
     assert (record["runId"], record["scriptPath"], record["status"], record["returnPreview"]) == \
         (body["runId"], "job.sh", "ok", "hourly")
     assert record["expression"] == "0 * * * *"
+    assert (record["attempt"], record["exitCode"]) == (1, 0)
+    assert record["startedAt"] == record["loggedAt"] == "2026-01-15T11:59:30.250Z"
+    assert "signal" not in record
 
 
 def test_a_trigger_accepts_an_absolute_path_inside_the_scripts_dir(server):
@@ -390,12 +492,23 @@ def test_a_trigger_accepts_an_absolute_path_inside_the_scripts_dir(server):
     assert response.json["scriptPath"] == "billing/job.sh"
 
 
-def test_a_failing_triggered_script_answers_its_error(server):
-    server.write("fails.sh", "# @schedule 0 * * * *\necho 'TypeError: cannot read property' >&2\nexit 1\n")
+def test_a_failing_triggered_script_answers_its_error_and_exit_code(server):
+    server.write("fails.sh", "# @schedule 0 * * * *\necho 'TypeError: cannot read property' >&2\nexit 3\n")
     server.reload()
     body = server.trigger({"scriptPath": "fails.sh"}).json
-    assert (body["status"], body["error"]) == ("error", "TypeError: cannot read property")
+    assert (body["status"], body["error"], body["exitCode"]) == ("error", "TypeError: cannot read property", 3)
     assert "returnPreview" not in body
+    assert "signal" not in body
+
+
+def test_a_triggered_script_killed_by_a_signal_answers_the_signal(server):
+    server.write("killed.sh", "# @schedule 0 * * * *\nkill -KILL $$\n")
+    server.reload()
+    body = server.trigger({"scriptPath": "killed.sh"}).json
+    assert body["status"] == "error"
+    assert body["signal"] == "SIGKILL"
+    [record] = server.fires_logged()
+    assert record["signal"] == "SIGKILL"
 
 
 def test_a_trigger_without_a_script_path_is_refused(server):
@@ -444,15 +557,55 @@ def test_a_token_script_runs_when_forced(server):
     assert (response.json["status"], response.json["returnPreview"]) == ("ok", "secured")
 
 
-def test_a_trigger_of_a_running_script_is_a_conflict(server):
+def test_a_trigger_of_a_running_script_is_a_conflict(server, tmp_path):
+    release = tmp_path / "release"
+    server.write("job.sh", waiting_script(release, cron="* * * * * *"))
+    server.reload()
+    server.stack.pass_seconds(1)                    # a cron fire starts and waits for `release`
+    assert server.running("job.sh")
+
+    response = server.trigger({"scriptPath": "job.sh"})
+    logged_meanwhile = server.fires_logged()
+    release.touch()
+    assert server.stack.wait_idle()
+
+    body = assert_exec_error(response, 409, "Conflict", "CONFLICT")
+    assert "running" in body["message"]
+    assert logged_meanwhile == []
+    assert [record["trigger"] for record in server.fires_logged()] == ["cron"]
+
+
+@pytest.mark.parametrize("threads, limit", [(1, 1), (2, 1), (4, 2)])
+def test_a_trigger_beyond_the_manual_triggers_that_may_wait_at_once_answers_503_at_once(open_api, tmp_path,
+                                                                                         threads, limit):
+    """A trigger holds a request thread until its script ends: at most max(1, threads // 2) of them at once."""
+    server = open_api(threads=threads)
+    release = tmp_path / "release"
+    for n in range(limit):
+        server.write(f"slow{n}.sh", waiting_script(release))
     server.write("job.sh", HOURLY)
     server.reload()
-    assert server.scheduler.claim(schedserver._exec_key("job.sh"))
+    answers: dict[int, object] = {}
 
-    body = assert_exec_error(server.trigger({"scriptPath": "job.sh"}), 409, "Conflict", "CONFLICT")
+    def trigger(n: int) -> None:
+        answers[n] = server.trigger({"scriptPath": f"slow{n}.sh"})
 
-    assert "running" in body["message"]
-    assert server.fires_logged() == []
+    waiting = [threading.Thread(target=trigger, args=(n,), daemon=True) for n in range(limit)]
+    try:
+        for thread in waiting:
+            thread.start()
+        assert wait_for(lambda: all(server.running(f"slow{n}.sh") for n in range(limit)))
+
+        refused = server.trigger({"scriptPath": "job.sh"})
+    finally:
+        release.touch()
+        for thread in waiting:
+            thread.join(15)
+
+    assert_exec_error(refused, 503, "Service unavailable", "ERROR_503")
+    assert [answers[n].json["status"] for n in range(limit)] == ["ok"] * limit
+    assert server.trigger({"scriptPath": "job.sh"}).json["status"] == "ok"       # free again
+    assert "job.sh" not in [record["scriptPath"] for record in server.fires_logged()[:-1]]
 
 
 def test_a_read_only_token_may_not_trigger(server):
@@ -483,6 +636,46 @@ def test_a_script_whose_name_is_not_utf8_does_not_break_reload_or_list(server):
 
 
 ###############################################################################
+# Unknown query parameters #####################################################
+###############################################################################
+
+def test_the_list_refuses_an_unknown_query_parameter(server):
+    invalid(server.get("/list", verbose="1"), "verbose")
+    invalid(server.get("/list", headers=READER, limit="5"), "limit")
+
+
+def test_a_reload_with_dry_run_in_the_query_is_refused_and_applies_nothing(server):
+    server.write("a.sh", HOURLY)
+
+    response = server.app.post(BASE + "/reload?dry_run=true", headers=ADMIN, expect_errors=True)
+
+    invalid(response, "dry_run")
+    assert server.get("/list").json == {"total": 0, "schedules": []}
+    assert server.stack.scheduler.get(schedserver.job_key("script", "a.sh")) is None
+
+
+def test_a_reload_refuses_an_unknown_query_parameter_even_with_a_valid_body(server):
+    server.write("a.sh", HOURLY)
+
+    response = server.app.post_json(BASE + "/reload?verbose=1", {"dry_run": False}, headers=ADMIN,
+                                    expect_errors=True)
+
+    invalid(response, "verbose")
+    assert server.get("/list").json["total"] == 0
+
+
+def test_a_trigger_refuses_an_unknown_query_parameter_and_runs_nothing(server):
+    server.write("secure.sh", "# @schedule 0 * * * *\n# @token\necho secured\n")
+    server.reload()
+
+    response = server.app.post_json(BASE + "/trigger?force=true", {"scriptPath": "secure.sh"}, headers=ADMIN,
+                                    expect_errors=True)
+
+    invalid(response, "force")
+    assert server.fires_logged() == []
+
+
+###############################################################################
 # Errors, auth and routing #####################################################
 ###############################################################################
 
@@ -502,6 +695,23 @@ def test_every_route_requires_a_token(server):
 def test_an_unknown_route_under_the_surface_is_not_found_in_its_shape(server):
     for route in ("/nope", "/list/extra", "/"):
         assert_exec_error(server.get(route), 404, "Resource not found", "NOT_FOUND")
+
+
+@pytest.mark.parametrize("path", ["/api/v1/exec", "/api/v1/exec/", "/api/v1/exec/nope", "/api/v1/exec/schedule",
+                                  "/api/v1/exec/schedule/list", "/api/v1/exec/schedules",
+                                  "/api/v1/exec/schedules/trigger/extra", "/api/v1/exec/v2/schedules/list"])
+@pytest.mark.parametrize("method", ["GET", "POST", "DELETE"])
+def test_an_unknown_route_under_api_v1_exec_is_not_found_in_the_exec_shape(server, method, path):
+    response = server.app.request(path, method=method, headers=ADMIN, expect_errors=True)
+
+    assert_exec_error(response, 404, "Resource not found", "NOT_FOUND")
+
+
+def test_a_path_that_only_starts_like_the_exec_surface_keeps_the_plain_shape(server):
+    response = server.app.get("/api/v1/executor", headers=ADMIN, expect_errors=True)
+
+    assert response.status_int == 404
+    assert response.json == {"error": "NOT_FOUND", "message": "No such route"}
 
 
 @pytest.mark.parametrize("method, route", [("GET", "/trigger"), ("GET", "/reload"), ("POST", "/list"),
@@ -535,7 +745,7 @@ def test_an_unexpected_failure_is_a_500_in_the_surface_shape_without_details(ser
     def explode():
         raise RuntimeError("secret-internal-detail")
 
-    monkeypatch.setattr(server.scripts, "list_json", explode)
+    monkeypatch.setattr(server.scripts, "list", explode)
     response = server.get("/list")
     body = assert_exec_error(response, 500, "Internal server error", "ERROR_500")
     assert "secret-internal-detail" not in response.text

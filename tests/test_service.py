@@ -1,20 +1,24 @@
 """Running schedserver as a service: systemd notifications, signals and graceful shutdown, runs cut short by a
-crash, /healthz, the access log.
+crash, what a stop saves for the next start, /healthz, the access log, and the run markers.
 
 Grouped by concern: what systemd is told (a test-owned NOTIFY_SOCKET and sd_notify itself), shutting down on
-a signal (scripts and HTTP runs in flight, the grace, a second SIGINT), recovering runs a SIGKILL cut short,
-health (the real server, then webtest with a fake monotonic clock), the ticker's hook, the access log, and
-the in-flight run markers. The end-to-end tests start their own real server on 127.0.0.1; every wait has a
-deadline, and every `sleep` a script starts carries MARK so that it can be found in /proc and cleaned up.
+a signal (scripts and HTTP runs in flight, the grace, a second SIGINT, a signal while starting), recovering runs
+a SIGKILL cut short, what a clean stop leaves for the next start, health (the real server, then the harness with
+a fake monotonic clock), the ticker's hook, the access log, and the run markers with the recorder that writes
+them (the harness's Stack: the real server over a tmp dir, fake clock, no threads). The end-to-end tests start
+their own real server on 127.0.0.1; every wait has a deadline, and every `sleep` a script starts carries MARK
+so that it can be found in /proc and cleaned up.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
 import socket
+import stat
 import subprocess
 import threading
 import time
@@ -26,11 +30,12 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import requests
-import webtest
 
 import schedserver
-from e2e_helpers import CURL_PATH, DEFAULT_TOKEN, ServerProcess, wait_until
+from e2e_helpers import (CURL_PATH, DEFAULT_TOKEN, REPO_ROOT, ServerProcess, TargetServer, schedserver_argv,
+                         schedserver_env, wait_until)
 from fakes import FakeClock
+from harness import ADMIN, ScriptedHttpRunner, Stack
 
 EXEC = "/api/v1/exec/schedules"
 EVERY_SECOND = "* * * * * *"
@@ -38,6 +43,8 @@ NEVER = "0 0 1 1 *"                 # a schedule that does not fire while the te
 MARK = uuid.uuid4().int % 10**9     # in the argv of every `sleep` these tests start, e.g. `sleep 30.<MARK>`
 NOW = 1_736_937_000.0               # 2025-01-15T10:30:00Z, for the fake wall clock
 HEALTH_KEYS = {"status", "version", "uptime_s", "last_tick_age_ms", "schedules", "running"}
+INTERRUPTED_AT_START = "interrupted: the server stopped before the run ended"
+REPLAYED = re.compile(r"loaded \((\d+) run records replayed\)")
 
 
 ###############################################################################
@@ -91,12 +98,17 @@ def read_log(path: Path) -> list[dict]:
 
 
 def marker_files(marker_dir: Path) -> dict[str, str]:
-    """The run markers in a marker dir, by file name: the files with something in them (an empty marker file
-    is a slot kept for the next run)."""
+    """The run markers in a marker dir (`<run id>.json`), by file name."""
     if not marker_dir.is_dir():
         return {}
-    found = {p.name: p.read_text() for p in marker_dir.iterdir()}
-    return {name: text for name, text in found.items() if text}
+    found = {}
+    for path in marker_dir.iterdir():
+        if path.name.endswith(".json") and not path.name.startswith(schedserver.TEMP_PREFIX):
+            try:
+                found[path.name] = path.read_text()
+            except FileNotFoundError:       # its run ended meanwhile
+                continue
+    return found
 
 
 def one_marker(data_dir: Path, timeout: float = 5.0) -> dict:
@@ -107,7 +119,13 @@ def one_marker(data_dir: Path, timeout: float = 5.0) -> dict:
 
 
 def markers_left(data_dir: Path) -> list[str]:
-    return sorted(marker_files(data_dir / "running"))
+    """Every file in `<data-dir>/running` (markers, and anything else: all of it should be gone)."""
+    running = data_dir / "running"
+    return sorted(p.name for p in running.iterdir()) if running.is_dir() else []
+
+
+def ms(ts: float) -> str:
+    return schedserver.utc_iso(ts, ms=True)
 
 
 def signal_and_time_exit(server: ServerProcess, sig: int, timeout: float) -> tuple[int | None, float]:
@@ -338,27 +356,25 @@ def test_the_watchdog_is_enabled_only_with_watchdog_usec_and_for_this_process(mo
     assert schedserver.watchdog_enabled() is False
 
 
-def script_service(tmp_path: Path, notifications: list[str],
-                   service_class: type = schedserver.ScriptSchedules) -> schedserver.ScriptSchedules:
-    (tmp_path / "data").mkdir(exist_ok=True)
-    scripts = tmp_path / "scripts"
-    write_script(scripts, "jobs/quiet.sh", f"# @schedule {NEVER}\necho quiet\n")
-    fires = schedserver.NdjsonLog(str(tmp_path / "data" / "fires.log"), 1 << 20, 1)
-    scheduler = schedserver.Scheduler(submit=lambda *args: None, clock=lambda: NOW)
-    return service_class(str(scripts), fires, scheduler, schedserver.ScriptRunner(), clock=lambda: NOW,
-                         notify=notifications.append)
+def notifying_stack(root: Path, notifications: list[str]) -> Stack:
+    """A Stack whose script service tells `notifications` what it would tell systemd, loaded (started) after."""
+    write_script(root / "scripts", "jobs/quiet.sh", f"# @schedule {NEVER}\necho quiet\n")
+    stack = Stack(root, FakeClock(NOW), load=False)
+    stack.scripts.notify = notifications.append
+    stack.server.load()
+    return stack
 
 
 def test_a_reload_is_announced_with_reloading_and_monotonic_usec_then_ready_but_not_the_start_or_a_dry_run(tmp_path):
     notifications: list[str] = []
-    service = script_service(tmp_path, notifications)
-    service.load()
-    service.reload(dry_run=True)
-    assert notifications == []          # the start's READY=1 comes from the server, once it listens
+    with notifying_stack(tmp_path, notifications) as stack:
+        assert stack.scripts.count() == 1
+        stack.scripts.reload(dry_run=True)
+        assert notifications == []          # the start's READY=1 comes from the server, once it listens
 
-    before = monotonic_usec()
-    service.reload(reason="SIGHUP")
-    after = monotonic_usec()
+        before = monotonic_usec()
+        stack.scripts.reload(reason="SIGHUP")
+        after = monotonic_usec()
     assert len(notifications) == 2, notifications
     first = dict(line.split("=", 1) for line in notifications[0].splitlines())
     assert first.keys() == {"RELOADING", "MONOTONIC_USEC"} and first["RELOADING"] == "1", notifications
@@ -366,24 +382,14 @@ def test_a_reload_is_announced_with_reloading_and_monotonic_usec_then_ready_but_
     assert notifications[1] == "READY=1"
 
 
-class VanishingScripts(schedserver.ScriptSchedules):
-    """A script service whose scans fail after the first."""
-
-    scans = 0
-
-    def plan(self) -> schedserver.ReloadPlan:
-        self.scans += 1
-        if self.scans > 1:
-            raise OSError("scripts dir vanished")
-        return super().plan()
-
-
 def test_a_reload_that_fails_still_says_ready_afterwards(tmp_path):
     notifications: list[str] = []
-    service = script_service(tmp_path, notifications, VanishingScripts)
-    service.load()
-    with pytest.raises(OSError):
-        service.reload()
+    with notifying_stack(tmp_path, notifications) as stack:
+        def vanished() -> Any:
+            raise OSError("scripts dir vanished")
+        stack.server.catalog.scan = vanished
+        with pytest.raises(OSError):
+            stack.scripts.reload()
     assert [n.splitlines()[0] for n in notifications] == ["RELOADING=1", "READY=1"]
 
 
@@ -409,11 +415,12 @@ echo never
     assert status == 0, server.stderr_text()
     assert elapsed <= 1 + 2, f"exited {elapsed:.2f} s after SIGTERM with a 1 s grace"
     assert wait_until(lambda: not processes_with(f".{MARK}"), 1.0) is True, "a process of the script survived"
+    assert (marker["kind"], marker["ref"]) == ("script", "jobs/sleeper.sh")
 
-    records = [r for r in read_log(data / "fires.log") if r.get("runId") == marker["runId"]]
+    records = [r for r in read_log(data / "fires.log") if r.get("runId") == marker["run_id"]]
     assert len(records) == 1, records
-    assert records[0]["status"] == "error" and records[0]["error"] == "interrupted by shutdown", records[0]
-    assert records[0]["ts"] == marker["ts"] and records[0]["scriptPath"] == "jobs/sleeper.sh"
+    assert records[0]["status"] == "interrupted" and records[0]["error"] == "interrupted by shutdown", records[0]
+    assert records[0]["ts"] == ms(marker["slot"]) and records[0]["scriptPath"] == "jobs/sleeper.sh"
     assert markers_left(data) == []
     assert "interrupted by shutdown" in server.stderr_text()
 
@@ -437,11 +444,11 @@ echo finished within the grace
     assert elapsed < 5, f"exited {elapsed:.2f} s after SIGTERM; the run needed at most 2 s"
 
     fires = read_log(data / "fires.log")
-    records = [r for r in fires if r.get("runId") == marker["runId"]]
+    records = [r for r in fires if r.get("runId") == marker["run_id"]]
     assert len(records) == 1, records
     assert records[0]["status"] == "ok", records[0]
     assert records[0]["returnPreview"] == "finished within the grace"
-    assert not [r for r in fires if "interrupted" in str(r.get("error"))], fires
+    assert not [r for r in fires if r.get("status") == "interrupted" or "interrupted" in str(r.get("error"))], fires
     assert markers_left(data) == []
 
 
@@ -456,7 +463,7 @@ def test_sigterm_during_an_http_run_records_it_as_interrupted_by_shutdown_and_ex
             schedule_id = created.json()["id"]
             assert wait_until(lambda: target.arrivals, 5.0), server.stderr_text()
             marker = one_marker(data)
-            assert marker["schedule_id"] == schedule_id
+            assert (marker["kind"], marker["ref"]) == ("http", schedule_id)
             status, elapsed = signal_and_time_exit(server, signal.SIGTERM, timeout=6)
         finally:
             server.stop()
@@ -466,8 +473,8 @@ def test_sigterm_during_an_http_run_records_it_as_interrupted_by_shutdown_and_ex
     records = [r for r in read_log(data / "curl-runs.log") if r.get("run_id") == marker["run_id"]]
     assert len(records) == 1, records
     assert records[0]["schedule_id"] == schedule_id
-    assert records[0]["status"] == "error" and records[0]["error"] == "interrupted by shutdown", records[0]
-    assert records[0]["scheduled_at"] == marker["scheduled_at"]
+    assert records[0]["status"] == "interrupted" and records[0]["error"] == "interrupted by shutdown", records[0]
+    assert records[0]["scheduled_at"] == ms(marker["slot"])
     assert markers_left(data) == []
 
 
@@ -492,7 +499,7 @@ def test_an_http_run_that_ends_within_the_grace_is_recorded_as_it_ended(tmp_path
     records = [r for r in runs if r.get("run_id") == marker["run_id"]]
     assert len(records) == 1, (runs, server.stderr_text())
     assert (records[0]["status"], records[0]["status_code"]) == ("ok", 200), records[0]
-    assert not [r for r in runs if "interrupted" in str(r.get("error"))], runs
+    assert not [r for r in runs if r.get("status") == "interrupted" or "interrupted" in str(r.get("error"))], runs
     assert markers_left(data) == []
 
 
@@ -512,6 +519,52 @@ def test_a_second_sigint_exits_at_once_while_the_first_waits_for_a_long_run(tmp_
     assert status is not None and elapsed <= 2.0, f"still running {elapsed:.2f} s after the second SIGINT"
 
 
+def test_a_stop_signal_while_the_start_runs_syntax_checks_ends_the_start_exits_0_and_leaves_no_check_running(
+        tmp_path):
+    scripts, data = tmp_path / "scripts", tmp_path / "data"
+    write_script(scripts, "slow.chk", "# @schedule 0 0 1 1 *\n")
+    config = tmp_path / "schedserver.toml"
+    config.write_text('[exec.preflight]\n".chk" = ["/bin/sh", "-c", "sleep 30.%d", "check"]\n'
+                      '[exec.interpreters]\n".chk" = ["/bin/sh"]\n' % MARK)
+    with open(tmp_path / "stderr.log", "w") as stderr:
+        proc = subprocess.Popen(schedserver_argv(data, scripts, 0, "--config", str(config)), cwd=REPO_ROOT,
+                                env=schedserver_env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=stderr)
+    try:
+        assert wait_until(lambda: processes_with(f"30.{MARK}"), 10.0), (tmp_path / "stderr.log").read_text()
+        proc.send_signal(signal.SIGTERM)            # as systemd stopping the unit while it starts
+        try:
+            status = proc.wait(timeout=8)
+        except subprocess.TimeoutExpired:
+            status = None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=5)
+    text = (tmp_path / "stderr.log").read_text()
+    assert status == 0, f"still starting 8 s after SIGTERM (a syntax check may take 20 s); stderr:\n{text}"
+    assert "Traceback" not in text
+    assert not processes_with(f"30.{MARK}"), "the syntax check the start began is still running"
+
+
+def test_a_sighup_while_starting_is_ignored_so_the_starts_own_scan_still_counts_downtime(tmp_path, caplog):
+    config = schedserver.load_config({"data_dir": str(tmp_path / "data"), "scripts_dir": str(tmp_path / "scripts"),
+                                      "port": 0, "host": "127.0.0.1"}, environ={})
+    server = schedserver.Server(config)
+    load = server.http.load
+    server.http.load = lambda: (server.reload_scripts(), load())      # a SIGHUP during the start
+    try:
+        with caplog.at_level("INFO", logger="schedserver"):
+            server.start()
+            server.reload_scripts()                                    # and one after it
+            wait_until(lambda: "scripts reloaded (SIGHUP)" in caplog.text, timeout=10)
+    finally:
+        server.close()
+
+    assert "SIGHUP while starting: ignored" in caplog.text
+    assert caplog.text.count("scripts reloaded (SIGHUP)") == 1 and "scripts reloaded (start)" in caplog.text
+
+
 ###############################################################################
 # Runs cut short by a crash ###################################################
 ###############################################################################
@@ -525,27 +578,48 @@ def test_a_fire_cut_short_by_sigkill_is_recorded_as_interrupted_at_the_next_star
         marker = one_marker(data)
     finally:
         first.kill()
-    assert [json.loads(text)["runId"] for text in marker_files(data / "running").values()] == [marker["runId"]]
+    assert [json.loads(text)["run_id"] for text in marker_files(data / "running").values()] == [marker["run_id"]]
     kill_processes_with(f"32.{MARK}")   # a script runs in its own session: SIGKILL of the server leaves it
     write_script(scripts, "jobs/crashy.sh", f"# @schedule {EVERY_SECOND}\necho after the restart\n")
+    slot = ms(marker["slot"])
 
     with ServerProcess(data, scripts) as second:
         def fires() -> list[dict]:
             return read_log(data / "fires.log")
 
         def fired_again() -> bool:
-            return any(r["status"] == "ok" and r["ts"] > marker["ts"] for r in fires())
+            return any(r["status"] == "ok" and r["ts"] > slot for r in fires())
 
         assert wait_until(fired_again, 5.0), (fires(), second.stderr_text())
         shown = second.api("GET", EXEC + "/history", params={"scriptPath": "jobs/crashy.sh", "limit": 100})
         assert shown.status_code == 200, shown.text
     assert second.returncode == 0, second.stderr_text()
 
-    same_slot = [r for r in fires() if r["ts"] == marker["ts"]]
+    same_slot = [r for r in fires() if r["ts"] == slot]
     assert len(same_slot) == 1, same_slot
-    assert same_slot[0]["runId"] == marker["runId"], same_slot
-    assert same_slot[0]["status"] == "error" and same_slot[0]["error"] == "interrupted", same_slot
-    assert [e["status"] for e in shown.json()["entries"] if e.get("runId") == marker["runId"]] == ["error"]
+    assert same_slot[0]["runId"] == marker["run_id"], same_slot
+    assert same_slot[0]["status"] == "interrupted" and same_slot[0]["error"] == INTERRUPTED_AT_START, same_slot
+    assert [e["status"] for e in shown.json()["entries"] if e.get("runId") == marker["run_id"]] == ["interrupted"]
+    assert markers_left(data) == []
+
+
+def test_what_a_script_run_left_running_when_the_server_was_sigkilled_is_stopped_at_the_next_start(tmp_path):
+    scripts, data = tmp_path / "scripts", tmp_path / "data"
+    write_script(scripts, "jobs/crashy.sh", f"# @schedule {EVERY_SECOND}\nsleep 34.{MARK}\n")
+    first = ServerProcess(data, scripts).start()
+    try:
+        assert wait_until(lambda: processes_with(f"34.{MARK}"), 5.0), first.stderr_text()
+        marker = one_marker(data)
+    finally:
+        first.kill()
+    assert processes_with(f"34.{MARK}"), "the script's process outlives the server (its own session)"
+    write_script(scripts, "jobs/crashy.sh", f"# @schedule {NEVER}\necho quiet\n")
+
+    with ServerProcess(data, scripts) as second:
+        assert wait_until(lambda: not processes_with(f"34.{MARK}"), 5.0), (
+            "the next start left the run's process running", second.stderr_text())
+    records = [r for r in read_log(data / "fires.log") if r.get("runId") == marker["run_id"]]
+    assert [(r["status"], r["error"]) for r in records] == [("interrupted", INTERRUPTED_AT_START)], records
     assert markers_left(data) == []
 
 
@@ -567,10 +641,111 @@ def test_an_http_run_cut_short_by_sigkill_is_recorded_as_interrupted_at_the_next
             shown = second.api("GET", f"{CURL_PATH}/{schedule_id}").json()
     runs = [r for r in read_log(data / "curl-runs.log") if r.get("run_id") == marker["run_id"]]
     assert len(runs) == 1, runs
-    assert runs[0]["status"] == "error" and runs[0]["error"] == "interrupted", runs[0]
-    assert [(h["run_id"], h["error"]) for h in shown["history"] if h["run_id"] == marker["run_id"]] == [
-        (marker["run_id"], "interrupted")]
+    assert runs[0]["status"] == "interrupted" and runs[0]["error"] == INTERRUPTED_AT_START, runs[0]
+    assert runs[0]["scheduled_at"] == ms(marker["slot"])
+    assert [(h["run_id"], h["status"], h["error"]) for h in shown["history"] if h["run_id"] == marker["run_id"]] == [
+        (marker["run_id"], "interrupted", INTERRUPTED_AT_START)]
     assert markers_left(data) == []
+
+
+def test_regression_five_quick_toggles_then_a_clean_stop_leave_no_record_of_a_run_that_did_not_run(tmp_path):
+    # The old server readied a run (its marker written, on a kept connection) in the tenth of a second before its
+    # slot; quick enables and disables around that moment left markers of runs that never ran, and the next start
+    # recorded them as interrupted runs. The toggles here straddle a second, against a keep-alive target.
+    data = tmp_path / "data"
+    with TargetServer(keep_alive=True) as target:
+        server = ServerProcess(data, tmp_path / "scripts").start()
+        try:
+            created = server.api("POST", CURL_PATH, json={"cron": EVERY_SECOND,
+                                                          "request": {"url": target.url + "/toggled"}})
+            assert created.status_code == 201, created.text
+            schedule_id = created.json()["id"]
+            assert len(target.wait_for(2, 5.0, path="/toggled")) >= 2, server.stderr_text()
+            time.sleep((0.75 - time.time() % 1.0) % 1.0)          # 0.25 s before a whole second
+            toggles = []
+            for _ in range(5):                                      # 5 toggles in under 0.5 s
+                toggles.append(server.api("PATCH", f"{CURL_PATH}/{schedule_id}/toggle"))
+                time.sleep(0.08)
+            assert [t.status_code for t in toggles] == [200] * 5, [t.text for t in toggles]
+            assert [t.json()["enabled"] for t in toggles] == [False, True, False, True, False]
+            status = server.stop()
+        finally:
+            server.stop()
+        assert status == 0, server.stderr_text()
+        assert markers_left(data) == []
+
+        with ServerProcess(data, tmp_path / "scripts") as restarted:
+            shown = restarted.api("GET", f"{CURL_PATH}/{schedule_id}")
+            assert shown.status_code == 200, shown.text
+            assert markers_left(data) == []
+        assert restarted.returncode == 0, restarted.stderr_text()
+        arrivals = target.received("/toggled")
+
+    history = shown.json()["history"]
+    records = [r for r in read_log(data / "curl-runs.log") if r.get("schedule_id") == schedule_id]
+    assert [h for h in history if h["status"] == "interrupted"] == [], history
+    assert [r for r in records if r["status"] == "interrupted"] == [], records
+    assert {r["status"] for r in records} <= {"ok", "missed", "skipped"}, records
+    # Every run it holds reached the target, and every request the target got is a run it holds.
+    sent = sorted(a.headers["X-Schedserver-Scheduled-At"] for a in arrivals)
+    assert sorted(schedserver.utc_iso(schedserver.parse_iso(r["scheduled_at"]))
+                  for r in records if r["status"] == "ok") == sent, (records, sent)
+    assert {h["scheduled_at"] for h in history if h["status"] == "ok"} <= set(sent), (history, sent)
+    assert shown.json()["enabled"] is False
+    assert markers_left(data) == []
+
+
+###############################################################################
+# What a stop leaves for the next start #######################################
+###############################################################################
+
+def log_lines(data_dir: Path) -> int:
+    """Complete lines in both runs logs (and their backups)."""
+    total = 0
+    for path in list(data_dir.glob("fires.log*")) + list(data_dir.glob("curl-runs.log*")):
+        total += sum(1 for line in path.read_bytes().split(b"\n")[:-1] if line.strip())
+    return total
+
+
+def replayed(server: ServerProcess) -> int:
+    """How many runs-log lines the server's start replayed (its one start line says)."""
+    found = REPLAYED.findall(server.stderr_text())
+    assert len(found) == 1, server.stderr_text()
+    return int(found[0])
+
+
+def test_a_clean_stop_saves_the_run_state_so_the_next_start_replays_nothing_and_after_a_sigkill_only_what_followed(
+        tmp_path):
+    scripts, data = tmp_path / "scripts", tmp_path / "data"
+    write_script(scripts, "jobs/tick.sh", f"# @schedule {EVERY_SECOND}\necho tick\n")
+    with TargetServer() as target:
+        first = ServerProcess(data, scripts).start()
+        try:
+            created = first.api("POST", CURL_PATH, json={"cron": EVERY_SECOND,
+                                                         "request": {"url": target.url + "/tick"}})
+            assert created.status_code == 201, created.text
+            assert len(target.wait_for(2, 5.0, path="/tick")) >= 2, first.stderr_text()
+            assert wait_until(lambda: len(read_log(data / "fires.log")) >= 2, 5.0), first.stderr_text()
+            status = first.stop()
+        finally:
+            first.stop()
+        assert status == 0, first.stderr_text()
+        assert (data / "run-state.json").is_file()
+        assert markers_left(data) == []
+        saved = log_lines(data)
+
+        second = ServerProcess(data, scripts).start()
+        try:
+            assert replayed(second) == 0, second.stderr_text()
+            assert "(0 run records replayed)" in second.stderr_text()
+            assert wait_until(lambda: log_lines(data) >= saved + 4, 5.0), second.stderr_text()
+        finally:
+            second.kill()
+        written_since = log_lines(data) - saved
+
+        with ServerProcess(data, scripts) as third:
+            assert replayed(third) == written_since, (written_since, third.stderr_text())
+        assert third.returncode == 0, third.stderr_text()
 
 
 ###############################################################################
@@ -597,24 +772,20 @@ def test_healthz_answers_without_a_token_with_exactly_the_documented_fields(tmp_
 
 
 class HealthHarness:
-    """The app as the server builds it, with /healthz, over a scheduler whose clocks are fakes."""
+    """The server as it starts (the harness's Stack, with /healthz) over a scheduler whose clocks are fakes."""
 
-    def __init__(self, data_dir: Path):
-        self.wall, self.monotonic = FakeClock(NOW), FakeClock(5000.0)
-        self.scheduler = schedserver.Scheduler(submit=lambda *args: None, clock=self.wall, monotonic=self.monotonic)
-        curl = schedserver.CurlSchedules(
-            schedserver.JournalStore(str(data_dir / "curl-schedules.json")),
-            schedserver.NdjsonLog(str(data_dir / "curl-runs.log"), 1 << 20, 1),
-            self.scheduler, schedserver.HttpRunner(), clock=self.wall)
-        health = schedserver.Health(self.scheduler, curl, None)
-        self.app = webtest.TestApp(schedserver.make_app(curl, schedserver.Auth(("admin-token",)), None, health))
+    def __init__(self, root: Path):
+        self.stack = Stack(root, FakeClock(NOW), load=False)
+        self.wall, self.monotonic = self.stack.clock, FakeClock(5000.0)
+        self.stack.scheduler.monotonic = self.monotonic
+        self.stack.server.load()
 
     def healthz(self) -> tuple[int, dict]:
-        answer = self.app.get("/healthz", expect_errors=True)
+        answer = self.stack.app.get("/healthz", expect_errors=True)
         return answer.status_int, answer.json
 
     def tick(self) -> None:
-        self.scheduler.tick(self.wall())
+        self.stack.tick()
 
     def pass_seconds(self, seconds: float) -> None:
         """Time passes and the ticker does not tick (blocked)."""
@@ -622,42 +793,58 @@ class HealthHarness:
         self.monotonic.advance(seconds)
 
 
-def test_healthz_is_ok_right_after_a_tick(tmp_path):
+@pytest.fixture
+def health(tmp_path):
     harness = HealthHarness(tmp_path)
-    harness.pass_seconds(1.5)
-    harness.tick()
-    status, body = harness.healthz()
+    yield harness
+    harness.stack.close()
+
+
+def test_healthz_is_ok_right_after_a_tick(health):
+    health.pass_seconds(1.5)
+    health.tick()
+    status, body = health.healthz()
     assert status == 200 and body["status"] == "ok", body
     assert set(body) == HEALTH_KEYS
     assert body["last_tick_age_ms"] == 0 and body["uptime_s"] == 1.5
     assert body["schedules"] == {"scripts": 0, "http": 0} and body["running"] == 0
 
 
-def test_healthz_reports_stalled_with_503_once_the_ticker_has_not_ticked_for_5_seconds_and_ok_after_a_tick(tmp_path):
-    harness = HealthHarness(tmp_path)
-    harness.tick()
-    harness.pass_seconds(4.5)
-    status, body = harness.healthz()
+def test_healthz_counts_the_runs_in_flight(health):
+    health.stack.http_runner.hold = True
+    health.stack.app.post_json(CURL_PATH, {"cron": EVERY_SECOND, "request": {"url": "http://127.0.0.1:9/"}},
+                               headers=ADMIN)
+    health.pass_seconds(1)
+    health.stack.run_due()
+    status, body = health.healthz()
+    assert (status, body["running"], body["schedules"]) == (200, 1, {"scripts": 0, "http": 1}), body
+    health.stack.http_runner.release()
+    assert health.healthz()[1]["running"] == 0
+
+
+def test_healthz_reports_stalled_with_503_once_the_ticker_has_not_ticked_for_5_seconds_and_ok_after_a_tick(health):
+    health.tick()
+    health.pass_seconds(4.5)
+    status, body = health.healthz()
     assert (status, body["status"], body["last_tick_age_ms"]) == (200, "ok", 4500)
 
-    harness.pass_seconds(0.5)
-    status, body = harness.healthz()
+    health.pass_seconds(0.5)
+    status, body = health.healthz()
     assert (status, body["status"], body["last_tick_age_ms"]) == (503, "stalled", 5000), body
     assert set(body) == HEALTH_KEYS
 
-    harness.pass_seconds(60)
-    assert harness.healthz()[0] == 503
+    health.pass_seconds(60)
+    assert health.healthz()[0] == 503
 
-    harness.tick()
-    status, body = harness.healthz()
+    health.tick()
+    status, body = health.healthz()
     assert (status, body["status"], body["last_tick_age_ms"]) == (200, "ok", 0)
 
 
-def test_healthz_reports_stalled_when_no_tick_happened_in_the_5_seconds_after_start(tmp_path):
-    harness = HealthHarness(tmp_path)
-    assert harness.healthz()[0] == 200
-    harness.pass_seconds(5)
-    status, body = harness.healthz()
+def test_healthz_reports_stalled_when_no_tick_happened_in_the_5_seconds_after_start(health):
+    assert health.healthz()[0] == 200
+    health.pass_seconds(5)
+    status, body = health.healthz()
     assert (status, body["status"], body["last_tick_age_ms"], body["uptime_s"]) == (503, "stalled", 5000, 5.0)
 
 
@@ -667,7 +854,7 @@ def test_healthz_reports_stalled_when_no_tick_happened_in_the_5_seconds_after_st
 
 def test_the_ticker_calls_on_tick_after_each_tick_with_the_ticks_now():
     calls: list[float] = []
-    scheduler = schedserver.Scheduler(submit=lambda *args: None, on_tick=calls.append)
+    scheduler = schedserver.Scheduler(on_tick=calls.append)
     scheduler.start()
     try:
         assert wait_until(lambda: len(calls) >= 1, 2.5), "no on_tick call within 2.5 s"
@@ -682,14 +869,14 @@ class BrokenTicker(schedserver.Scheduler):
 
     attempts = 0
 
-    def tick(self, now: float) -> None:
+    def tick(self, now: float) -> list[schedserver.Due]:
         self.attempts += 1
         raise RuntimeError("the ticker broke")
 
 
 def test_the_ticker_does_not_call_on_tick_when_the_tick_fails_so_a_failing_ticker_never_pings_the_watchdog():
     calls: list[float] = []
-    scheduler = BrokenTicker(submit=lambda *args: None, on_tick=calls.append)
+    scheduler = BrokenTicker(on_tick=calls.append)
     scheduler.start()
     try:
         assert wait_until(lambda: scheduler.attempts >= 1, 2.5), "the ticker never ticked"
@@ -739,336 +926,254 @@ def test_without_access_log_requests_log_no_access_lines(tmp_path):
 
 
 ###############################################################################
-# In-flight run markers #######################################################
+# Run markers and the recorder ################################################
 ###############################################################################
 
-EXEC_MARKER = {"surface": "exec", "ts": "2025-01-15T10:30:00.000Z", "scriptPath": "jobs/a.sh",
-               "expression": EVERY_SECOND, "runId": "run-1", "trigger": "cron",
-               "startedAt": "2025-01-15T10:30:00.004Z"}
+def http_schedule(stack: Stack, cron: str = EVERY_SECOND) -> str:
+    answer = stack.app.post_json(CURL_PATH, {"cron": cron, "request": {"url": "http://127.0.0.1:9/"}},
+                                 headers=ADMIN)
+    return answer.json["id"]
 
 
-class InterruptRecorder:
-    def __init__(self):
-        self.calls: list[tuple[dict, str]] = []
-
-    def __call__(self, marker: dict, reason: str) -> None:
-        self.calls.append((marker, reason))
-
-
-def test_begin_writes_a_private_marker_file_and_done_after_finish_removes_it(tmp_path):
-    marker_dir = tmp_path / "running"
-    runs = schedserver.InFlightRuns(str(marker_dir))
-    assert marker_dir.stat().st_mode & 0o077 == 0
-    runs.begin("run-1", EXEC_MARKER, InterruptRecorder())
-    (name, text), = marker_files(marker_dir).items()
-    assert json.loads(text) == EXEC_MARKER
-    assert (marker_dir / name).stat().st_mode & 0o077 == 0
-    assert runs.count() == 1
-
-    assert runs.finish("run-1") is True
-    # Finished but not yet recorded: shutdown still waits for it, and a crash now still finds its marker.
-    assert runs.count() == 1 and marker_files(marker_dir) == {name: text}
-    assert runs.wait_idle(time.monotonic() + 0.05) is False
-
-    runs.done("run-1")
-    assert runs.count() == 0 and marker_files(marker_dir) == {}
-    assert runs.wait_idle(time.monotonic()) is True
+def held_stack(root: Path, kind: str) -> tuple[Stack, str]:
+    """A Stack whose runs of `kind` ("http" or "script") stay in flight until released, and an every-second
+    schedule of that kind; (stack, the schedule's key)."""
+    clock = FakeClock(NOW)
+    held = ScriptedHttpRunner(clock)
+    held.hold = True
+    if kind == "script":
+        write_script(root / "scripts", "jobs/a.sh", f"# @schedule {EVERY_SECOND}\necho a\n")
+        stack = Stack(root, clock, script_runner=held)
+        return stack, "script:jobs/a.sh"
+    stack = Stack(root, clock, http_runner=held)
+    return stack, f"http:{http_schedule(stack)}"
 
 
-def test_a_reserved_marker_is_on_disk_before_its_run_begins_and_is_the_one_the_run_keeps_or_is_emptied(tmp_path):
-    marker_dir = tmp_path / "running"
-    runs = schedserver.InFlightRuns(str(marker_dir))
-    kept = runs.reserve(EXEC_MARKER)
-    let_go = runs.reserve({**EXEC_MARKER, "runId": "run-2"})
-    assert len(marker_files(marker_dir)) == 2 and runs.count() == 0     # nothing in flight yet
-    assert runs.recover() == []                                         # this process's own, not a dead one's
-    runs.begin("run-1", EXEC_MARKER, InterruptRecorder(), reserved=kept)
-    runs.release(let_go)
-    assert runs.count() == 1
-    assert list(marker_files(marker_dir).values()) == [(marker_dir / os.path.basename(kept[1])).read_text()]
-    assert json.loads((marker_dir / os.path.basename(kept[1])).read_text()) == EXEC_MARKER
-    runs.finish("run-1")
-    runs.done("run-1")
-    assert marker_files(marker_dir) == {} and len(list(marker_dir.iterdir())) == 2     # both slots kept empty
-    assert schedserver.InFlightRuns(None).reserve(EXEC_MARKER) is None
+def records(stack: Stack, kind: str) -> list[dict]:
+    return read_log(stack.data_dir / ("fires.log" if kind == "script" else "curl-runs.log"))
 
 
-def test_stock_makes_empty_marker_files_ahead_that_the_next_runs_use_instead_of_creating_their_own(tmp_path):
-    marker_dir = tmp_path / "running"
-    runs = schedserver.InFlightRuns(str(marker_dir))
-    assert runs.wants_stock(3) is True
-    assert runs.wants_stock(3) is False                             # asked for once, until it has run
-    runs.stock(3)
-    made = sorted(p.name for p in marker_dir.iterdir())
-    assert len(made) == 3 and marker_files(marker_dir) == {}       # empty: no run in them
-    assert runs.wants_stock(3) is False and runs.wants_stock(4) is True
-    runs.stock(4)
-    assert len(list(marker_dir.iterdir())) == 4
-    runs.release(runs.reserve(EXEC_MARKER))                         # no run needs one made for it now
-    assert len(list(marker_dir.iterdir())) == 4
-    made = sorted(p.name for p in marker_dir.iterdir())
-    for n in range(3):
-        runs.begin(f"run-{n}", {**EXEC_MARKER, "runId": f"run-{n}"}, InterruptRecorder())
-    assert sorted(p.name for p in marker_dir.iterdir()) == made   # the stocked files, no new ones
-    assert len(marker_files(marker_dir)) == 3
-    assert schedserver.InFlightRuns(None).wants_stock(3) is False
+def run_id_of(record: dict) -> str:
+    return record.get("run_id") or record["runId"]
 
 
-def test_a_marker_dir_where_files_cannot_be_made_is_logged_once_and_tried_again_only_a_minute_later(
-        tmp_path, monkeypatch, caplog):
-    runs = schedserver.InFlightRuns(str(tmp_path / "running"))
-    real_open = os.open
-    monkeypatch.setattr(schedserver.os, "open", lambda *args, **kwargs: (_ for _ in ()).throw(OSError(28, "No space")))
-    assert runs.wants_stock(2) is True
-    runs.stock(2)
-    assert "cannot make run marker files" in caplog.text and list((tmp_path / "running").iterdir()) == []
-    assert runs.wants_stock(2) is False                             # not each second
-    monkeypatch.setattr(schedserver.os, "open", real_open)
-    monkeypatch.setattr(schedserver.time, "monotonic", lambda: real_monotonic() + 61)
-    assert runs.wants_stock(2) is True
+def crash(stack: Stack) -> None:
+    """As a SIGKILL would leave it: nothing more recorded, no marker removed, the data dir's lock gone."""
+    stack._closed = True                # never closed: a close would record the runs in flight
+    stack.server.data_dir.release()     # the kernel lets go of a dead process's lock
+    for runner in stack.server.runners.values():
+        runner.close()                  # threads and descriptors only: no run of theirs is in flight
+    stack.server.deadlines.close()
+    stack.deadlines.close()
 
 
-real_monotonic = time.monotonic
+def test_a_run_in_flight_has_a_private_marker_file_that_is_gone_once_its_end_is_recorded(tmp_path):
+    with Stack(tmp_path, FakeClock(NOW)) as stack:
+        stack.http_runner.hold = True
+        schedule_id = http_schedule(stack)
+        stack.pass_seconds(1)
+        [run] = stack.http_runner.runs
+        marker_dir = stack.data_dir / "running"
+        assert stat.S_IMODE(marker_dir.stat().st_mode) == 0o700
+        path = marker_dir / f"{run.run_id}.json"
+        assert markers_left(stack.data_dir) == [path.name]
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        marker = json.loads(path.read_text())
+        assert {k: marker[k] for k in ("run_id", "kind", "ref", "slot", "trigger", "attempt")} == {
+            "run_id": run.run_id, "kind": "http", "ref": schedule_id, "slot": NOW + 1, "trigger": "cron",
+            "attempt": 1}
+        assert records(stack, "http") == []         # nothing recorded while it is in flight
+
+        assert stack.http_runner.release() == 1
+        assert markers_left(stack.data_dir) == []
+        assert [(run_id_of(r), r["status"]) for r in records(stack, "http")] == [(run.run_id, "ok")]
 
 
-def test_the_empty_marker_files_kept_are_bounded_by_the_descriptor_limit(tmp_path, monkeypatch):
-    monkeypatch.setattr(schedserver.resource, "getrlimit", lambda which: (800, 4096))
-    runs = schedserver.InFlightRuns(str(tmp_path / "running"))
-    assert runs.slots_kept == 100
-    runs.stock(500)
-    assert len(list((tmp_path / "running").iterdir())) == 100
+def test_a_script_runs_marker_names_its_process_once_it_is_spawned(tmp_path):
+    write_script(tmp_path / "scripts", "jobs/slow.sh", f"# @schedule {EVERY_SECOND}\nsleep 38.{MARK}\n")
+    with Stack(tmp_path, FakeClock(NOW)) as stack:
+        stack.pass_seconds(1)
+        assert wait_until(lambda: processes_with(f"38.{MARK}"), 5.0)
+        [run] = stack.recorder.running("script:jobs/slow.sh")
+        marker = json.loads((stack.data_dir / "running" / f"{run.run_id}.json").read_text())
+        pid = marker["process"]["pid"]
+        assert "jobs/slow.sh" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        assert marker["process"]["start_time"] == schedserver.ProcessTable.stat(pid)[2]
 
 
-def test_after_each_tick_the_server_has_marker_files_made_for_the_runs_due_next(tmp_path):
-    config = schedserver.load_config({"data_dir": str(tmp_path / "data"), "scripts_dir": str(tmp_path / "scripts")},
-                                     environ={})
-    server = schedserver.Server(config)
-    try:
-        server.inflight = schedserver.InFlightRuns(str(tmp_path / "running"))
-        server.scheduler._submit = lambda fn, *args: fn(*args)          # a worker, at once
-        due = [schedserver.Job(f"exec:job-{n}.sh", schedserver.parse_cron("* * * * * *"), ZoneInfo("UTC"),
-                               fire=lambda slot: None, record=lambda *args: None) for n in range(5)]
-        server._get_ready(due)
-        assert len(list((tmp_path / "running").iterdir())) == 5
-    finally:
-        server.scheduler.stop()
+def test_a_run_whose_marker_cannot_be_written_still_runs_and_is_recorded_and_the_failure_is_logged(
+        tmp_path, caplog):
+    with Stack(tmp_path, FakeClock(NOW)) as stack:
+        def disk_full(run_id: str, marker: dict, new: bool = True) -> None:
+            raise OSError(28, "No space left on device")
+        stack.server.markers.write = disk_full
+        schedule_id = http_schedule(stack)
+        with caplog.at_level(logging.ERROR, logger="schedserver"):
+            stack.pass_seconds(1)
+        [run] = stack.http_runner.runs
+        assert [(r["schedule_id"], r["run_id"], r["status"]) for r in records(stack, "http")] == [
+            (schedule_id, run.run_id, "ok")]
+        assert markers_left(stack.data_dir) == []
+    assert f"cannot write the marker of run {run.run_id}" in caplog.text
 
 
-def test_marker_files_are_used_again_and_only_a_bounded_number_of_empty_ones_stays(tmp_path, monkeypatch):
-    monkeypatch.setattr(schedserver, "MARKER_SLOTS_KEPT", 2)
-    marker_dir = tmp_path / "running"
-    runs = schedserver.InFlightRuns(str(marker_dir))
-    for n in range(5):
-        runs.begin(f"run-{n}", {**EXEC_MARKER, "runId": f"run-{n}"}, InterruptRecorder())
-    assert len(marker_files(marker_dir)) == 5
-    for n in range(5):
-        runs.finish(f"run-{n}")
-        runs.done(f"run-{n}")
-    assert marker_files(marker_dir) == {} and len(list(marker_dir.iterdir())) == 2
-    runs.begin("run-9", {**EXEC_MARKER, "runId": "run-9"}, InterruptRecorder())
-    assert len(list(marker_dir.iterdir())) == 2         # an empty one was used again
-    assert [json.loads(t)["runId"] for t in marker_files(marker_dir).values()] == ["run-9"]
-    # A later start finds the marker, and nothing in the empty slot.
-    assert schedserver.InFlightRuns(str(marker_dir)).recover() == [{**EXEC_MARKER, "runId": "run-9"}]
-    assert list(marker_dir.iterdir()) == []
+def test_interrupt_all_records_each_run_once_with_the_reason_and_a_later_finish_returns_none(tmp_path):
+    with Stack(tmp_path, FakeClock(NOW)) as stack:
+        stack.http_runner.hold = True
+        http_schedule(stack)
+        http_schedule(stack)
+        stack.pass_seconds(1)
+        runs = list(stack.http_runner.runs)
+        assert len(runs) == 2 and len(markers_left(stack.data_dir)) == 2
+        stack.clock.advance(2)
+
+        interrupted = stack.recorder.interrupt_all("interrupted by shutdown")
+
+        assert sorted(r.run_id for r in interrupted) == sorted(r.run_id for r in runs)
+        assert [r.cancelled for r in runs] == ["interrupted by shutdown"] * 2
+        assert sorted((run_id_of(r), r["status"], r["error"], r["duration_ms"]) for r in records(stack, "http")) == \
+            sorted((r.run_id, "interrupted", "interrupted by shutdown", 2000) for r in runs)
+        assert stack.recorder.count() == 0 and markers_left(stack.data_dir) == []
+        assert stack.recorder.wait_idle(time.monotonic()) is True
+        for run in runs:
+            assert stack.recorder.finish(run, schedserver.RunResult("ok", stack.clock(), 5, status_code=200)) is None
+        assert stack.http_runner.release() == 2      # the runs' own ends, later still
+        assert len(records(stack, "http")) == 2, records(stack, "http")
 
 
-def test_interrupt_all_records_each_run_with_the_reason_and_finish_afterwards_returns_false(tmp_path):
-    marker_dir = tmp_path / "running"
-    runs = schedserver.InFlightRuns(str(marker_dir))
-    recorder = InterruptRecorder()
-    other = {**EXEC_MARKER, "runId": "run-2"}
-    runs.begin("run-1", EXEC_MARKER, recorder)
-    runs.begin("run-2", other, recorder)
-
-    assert runs.interrupt_all("interrupted by shutdown", kill_grace=0.1) == 2
-    assert sorted(recorder.calls, key=lambda call: call[0]["runId"]) == [
-        (EXEC_MARKER, "interrupted by shutdown"), (other, "interrupted by shutdown")]
-    assert runs.finish("run-1") is False and runs.finish("run-2") is False
-    assert runs.count() == 0 and marker_files(marker_dir) == {}
-    assert runs.wait_idle(time.monotonic()) is True
-
-
-def test_interrupt_all_stops_the_runs_whole_process_group(tmp_path):
-    runs = schedserver.InFlightRuns(str(tmp_path / "running"))
-    script = f"sleep 35.{MARK} & sleep 36.{MARK}; wait"
-    proc = subprocess.Popen(["/bin/sh", "-c", script], start_new_session=True)
-    try:
-        run = runs.begin("run-1", EXEC_MARKER, InterruptRecorder())
-        run.set_pgid(proc.pid)
-        assert wait_until(lambda: len(processes_with(f".{MARK}")) >= 2, 3.0)
-        runs.interrupt_all("interrupted by shutdown", kill_grace=0.5)
-        assert proc.wait(timeout=3) < 0
-        assert wait_until(lambda: not processes_with(f".{MARK}"), 2.0) is True
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=3)
-
-
-def test_a_run_whose_process_starts_after_shutdown_gave_up_on_it_is_killed_at_once(tmp_path):
-    runs = schedserver.InFlightRuns(str(tmp_path / "running"))
-    run = runs.begin("run-1", EXEC_MARKER, InterruptRecorder())
-    runs.interrupt_all("interrupted by shutdown", kill_grace=0.1)
-    proc = subprocess.Popen(["sleep", f"37.{MARK}"], start_new_session=True)
-    try:
-        run.set_pgid(proc.pid)
-        assert proc.wait(timeout=3) == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=3)
-
-
-def test_recover_returns_the_markers_left_on_disk_ignores_unreadable_ones_and_deletes_them_all(tmp_path):
-    marker_dir = tmp_path / "running"
-    marker_dir.mkdir()
-    curl_marker = {"surface": "curl", "schedule_id": "0f8c1b9e-0000-4000-8000-000000000001", "run_id": "run-9",
-                   "scheduled_at": "2025-01-15T10:30:00.000Z", "started_at": "2025-01-15T10:30:00.010Z",
-                   "trigger": "cron"}
-    (marker_dir / "run-1.json").write_text(json.dumps(EXEC_MARKER))
-    (marker_dir / "run-9.json").write_text(json.dumps(curl_marker))
-    (marker_dir / "torn.json").write_text('{"surface": "exec", "runId"')
-    (marker_dir / "list.json").write_text("[1, 2]")
-    (marker_dir / "run-3.json.tmp-123-456").write_text("{}")      # an atomic write cut short
-    (marker_dir / "slot-1-1.json").write_text("")                   # an empty marker slot
-
-    runs = schedserver.InFlightRuns(str(marker_dir))
-    found = runs.recover()
-    assert sorted(found, key=json.dumps) == sorted([EXEC_MARKER, curl_marker], key=json.dumps)
-    assert list(marker_dir.iterdir()) == []
-    assert runs.recover() == []
-
-
-def test_without_a_marker_dir_runs_are_tracked_in_memory_only(tmp_path):
-    runs = schedserver.InFlightRuns()
-    runs.begin("run-1", EXEC_MARKER, InterruptRecorder())
-    assert runs.count() == 1 and runs.finish("run-1") is True
-    assert runs.recover() == []
-    assert list(tmp_path.iterdir()) == []
+def test_a_shutdown_past_the_grace_records_an_http_run_interrupted_in_its_schedules_history(tmp_path):
+    with Stack(tmp_path, FakeClock(NOW)) as stack:
+        stack.http_runner.hold = True
+        schedule_id = http_schedule(stack)
+        stack.pass_seconds(1)
+        [run] = stack.http_runner.runs
+        stack.clock.advance(2)
+        assert stack.server.runs.stop(time.monotonic()) == 1     # the grace is over at once
+        assert stack.http_runner.release() == 0                  # its runner was told to stop it
+        shown = stack.app.get(f"{CURL_PATH}/{schedule_id}", headers=ADMIN).json
+    assert shown["last_status"] == "interrupted"
+    assert [(h["run_id"], h["status"], h["error"], h["duration_ms"]) for h in shown["history"]] == [
+        (run.run_id, "interrupted", "interrupted by shutdown", 2000)]
+    assert shown["history"][0]["scheduled_at"] == schedserver.utc_iso(NOW + 1)
 
 
 def test_a_script_fire_recorded_as_interrupted_keeps_its_slot_and_run_id_and_counts_its_duration(tmp_path):
-    service = script_service(tmp_path, [])
-    service.clock = lambda: NOW + 2.5
-    marker = {**EXEC_MARKER, "ts": schedserver.utc_iso(NOW, ms=True),
-              "startedAt": schedserver.utc_iso(NOW + 0.5, ms=True)}
-    service.record_interrupted(marker, "interrupted")
-    [record] = read_log(tmp_path / "data" / "fires.log")
-    assert {k: record[k] for k in ("ts", "scriptPath", "runId", "trigger", "status", "error", "durationMs")} == {
-        "ts": marker["ts"], "scriptPath": "jobs/a.sh", "runId": "run-1", "trigger": "cron", "status": "error",
-        "error": "interrupted", "durationMs": 2000}
+    stack, key = held_stack(tmp_path, "script")
+    with stack:
+        stack.pass_seconds(1)
+        [run] = stack.script_runner.runs
+        stack.clock.advance(2.5)
+        assert stack.server.runs.stop(time.monotonic()) == 1
+        [record] = records(stack, "script")
+        shown = stack.app.get(EXEC + "/history", params={"scriptPath": "jobs/a.sh"}, headers=ADMIN).json
+    assert {k: record[k] for k in ("ts", "scriptPath", "runId", "trigger", "attempt", "status", "error",
+                                   "durationMs", "startedAt")} == {
+        "ts": ms(NOW + 1), "scriptPath": "jobs/a.sh", "runId": run.run_id, "trigger": "cron", "attempt": 1,
+        "status": "interrupted", "error": "interrupted by shutdown", "durationMs": 2500, "startedAt": ms(NOW + 1)}
+    assert [(e["runId"], e["status"]) for e in shown["entries"]] == [(run.run_id, "interrupted")]
 
 
-def test_an_http_run_recorded_as_interrupted_shows_in_its_schedules_history(tmp_path):
-    clock = FakeClock(NOW)
-    scheduler = schedserver.Scheduler(submit=lambda *args: None, clock=clock)
-    curl = schedserver.CurlSchedules(
-        schedserver.JournalStore(str(tmp_path / "curl-schedules.json")),
-        schedserver.NdjsonLog(str(tmp_path / "curl-runs.log"), 1 << 20, 1),
-        scheduler, schedserver.HttpRunner(), clock=clock)
-    created = curl.create({"cron": NEVER, "request": {"url": "http://127.0.0.1:9/"}})
-    clock.advance(3)
-    marker = {"surface": "curl", "schedule_id": created["id"], "run_id": "run-7",
-              "scheduled_at": schedserver.utc_iso(NOW, ms=True), "started_at": schedserver.utc_iso(NOW + 1, ms=True),
-              "trigger": "cron"}
-    curl.record_interrupted(marker, "interrupted by shutdown")
-    [record] = read_log(tmp_path / "curl-runs.log")
-    assert (record["run_id"], record["status"], record["error"], record["duration_ms"]) == (
-        "run-7", "error", "interrupted by shutdown", 2000)
-    shown = curl.get(created["id"])
-    assert shown["last_status"] == "error"
-    assert shown["history"][0]["run_id"] == "run-7" and shown["history"][0]["error"] == "interrupted by shutdown"
+def test_a_shutdown_stops_the_whole_process_tree_of_a_script_run_in_flight(tmp_path):
+    write_script(tmp_path / "scripts", "jobs/tree.sh",
+                 f"# @schedule {EVERY_SECOND}\nsleep 35.{MARK} & sleep 36.{MARK}; wait\n")
+    with Stack(tmp_path, FakeClock(NOW)) as stack:
+        stack.pass_seconds(1)
+        assert wait_until(lambda: len(processes_with(f".{MARK}")) >= 2, 5.0)
+        [run] = stack.recorder.running("script:jobs/tree.sh")
+        assert stack.server.runs.stop(time.monotonic()) == 1
+        assert wait_until(lambda: not processes_with(f".{MARK}"), 5.0) is True, "a process of the run survived"
+        assert wait_until(lambda: not stack.script_runner.busy(), 10.0) is True
+        found = [r for r in records(stack, "script") if r["runId"] == run.run_id]
+    assert [(r["status"], r["error"]) for r in found] == [("interrupted", "interrupted by shutdown")]
 
+
+def test_a_run_whose_process_starts_after_shutdown_gave_up_on_it_is_killed_at_once(tmp_path):
+    write_script(tmp_path / "scripts", "jobs/late.sh", f"# @schedule {NEVER}\nsleep 37.{MARK}\n")
+    with Stack(tmp_path, FakeClock(NOW)) as stack:
+        job = stack.scheduler.get("script:jobs/late.sh")
+        run = stack.recorder.begin(job, NOW, "manual")
+        stack.recorder.interrupt_all("interrupted by shutdown")
+        ended: list[schedserver.RunResult] = []
+        done = threading.Event()
+        stack.script_runner.start(run, lambda result: (ended.append(result), done.set()))
+        assert done.wait(10), "the run never ended"
+        assert not processes_with(f"37.{MARK}")
+        found = [r for r in records(stack, "script") if r["runId"] == run.run_id]
+    assert ended[0].signal == "SIGKILL", ended
+    assert [r["status"] for r in found] == ["interrupted"]
+
+
+@pytest.mark.parametrize("kind", ["http", "script"])
+def test_markers_a_dead_server_left_are_recorded_interrupted_once_at_the_next_start_removed_and_not_run_again(
+        tmp_path, kind):
+    stack, key = held_stack(tmp_path, kind)
+    stack.pass_seconds(1)
+    [run] = stack.recorder.running(key)
+    assert markers_left(stack.data_dir) == [f"{run.run_id}.json"]
+    crash(stack)
+
+    with Stack(tmp_path, FakeClock(NOW + 1), http_runner=ScriptedHttpRunner(FakeClock(NOW + 1)),
+               script_runner=ScriptedHttpRunner(FakeClock(NOW + 1))) as restarted:
+        assert markers_left(restarted.data_dir) == []
+        found = [r for r in records(restarted, kind) if run_id_of(r) == run.run_id]
+        assert len(found) == 1, found
+        assert (found[0]["status"], found[0]["error"], found[0]["trigger"], found[0]["attempt"]) == (
+            "interrupted", INTERRUPTED_AT_START, "cron", 1)
+        assert found[0]["scheduled_at" if kind == "http" else "ts"] == ms(NOW + 1)
+        restarted.pass_seconds(1)
+        runner = restarted.http_runner if kind == "http" else restarted.script_runner
+        assert [r.slot for r in runner.runs] == [NOW + 2]          # the interrupted slot is not run again
+        if kind == "http":
+            shown = restarted.app.get(f"{CURL_PATH}/{key.split(':', 1)[1]}", headers=ADMIN).json
+            assert (run.run_id, "interrupted") in [(h["run_id"], h["status"]) for h in shown["history"]]
+
+    with Stack(tmp_path, FakeClock(NOW + 2)) as again:
+        assert len([r for r in records(again, kind) if run_id_of(r) == run.run_id]) == 1
+
+
+def test_an_unreadable_marker_is_removed_and_ignored(tmp_path, caplog):
+    running = tmp_path / "data" / "running"
+    running.mkdir(parents=True, mode=0o700)
+    (tmp_path / "data").chmod(0o700)
+    (running / "torn.json").write_text('{"run_id": "torn", "kind": "htt')
+    (running / "list.json").write_text("[1, 2]")
+    (running / "not-its-name.json").write_text(json.dumps({"run_id": "another-run", "kind": "http", "ref": "x"}))
+    with caplog.at_level(logging.WARNING, logger="schedserver"):
+        with Stack(tmp_path, FakeClock(NOW)) as stack:
+            assert markers_left(stack.data_dir) == []
+            assert records(stack, "http") == [] and records(stack, "script") == []
+            assert stack.app.get(CURL_PATH, headers=ADMIN).json["meta"]["total"] == 0
+    assert "unreadable run marker" in caplog.text
+
+
+def test_without_markers_the_recorder_tracks_runs_in_memory_only(tmp_path):
+    logs = {"http": schedserver.NdjsonLog(str(tmp_path / "curl-runs.log"), 1 << 20, 1)}
+    recorder = schedserver.Recorder(logs, schedserver.RunState(str(tmp_path / "run-state.json"), logs), None,
+                                    FakeClock(NOW))
+    job = schedserver.Job(key="http:x", kind="http", ref="x", cron=schedserver.parse_cron(EVERY_SECOND),
+                          tz=ZoneInfo("UTC"), target=schedserver.HttpTarget({"url": "http://127.0.0.1:9/"}))
+    run = recorder.begin(job, NOW, "cron")
+    assert recorder.count() == 1 and recorder.begin(job, NOW, "cron") is None     # one at a time
+    record = recorder.finish(run, schedserver.RunResult("ok", NOW, 3, status_code=200))
+    assert (record["run_id"], record["status"]) == (run.run_id, "ok")
+    assert recorder.count() == 0
+    assert sorted(os.listdir(tmp_path)) == ["curl-runs.log"]
+
+
+###############################################################################
+# Process limits ##############################################################
+###############################################################################
 
 @pytest.mark.parametrize("limits, wanted, expected_set", [
     ((1024, 524288), 65536, (65536, 524288)),        # systemd's default: raised
     ((1024, 4096), 65536, (4096, 4096)),             # never past the hard limit
     ((100000, 524288), 65536, None),                  # already above: left alone
 ])
-def test_the_open_files_limit_is_raised_toward_what_kept_connections_need(monkeypatch, limits, wanted, expected_set):
+def test_the_open_files_limit_is_raised_toward_what_client_connections_need(monkeypatch, limits, wanted,
+                                                                            expected_set):
     calls = []
     monkeypatch.setattr(schedserver.resource, "getrlimit", lambda which: limits)
     monkeypatch.setattr(schedserver.resource, "setrlimit", lambda which, value: calls.append(value))
     now = schedserver.raise_open_file_limit(wanted)
     assert calls == ([expected_set] if expected_set else [])
     assert now == (expected_set[0] if expected_set else limits[0])
-
-
-@pytest.mark.parametrize("store", ["good", "corrupt"])
-def test_start_up_loads_with_the_collector_off_and_leaves_it_on_afterwards_even_when_it_fails(tmp_path, store):
-    data = tmp_path / "data"
-    data.mkdir()
-    if store == "corrupt":
-        (data / "curl-schedules.json").write_text('{"version": 1, "schedules": [{"id": 1}]}')
-    config = schedserver.load_config({"data_dir": str(data), "scripts_dir": str(tmp_path / "scripts"), "port": 0,
-                                      "host": "127.0.0.1"}, environ={})
-    server = schedserver.Server(config)
-    seen: list[bool] = []
-    load = server.curl.load
-    server.curl.load = lambda: (seen.append(schedserver.gc.isenabled()), load())[1]
-    try:
-        if store == "corrupt":
-            with pytest.raises(schedserver.StartupError):
-                server.start()
-        else:
-            server.start()
-        assert seen == [False]                  # off while loading
-        assert schedserver.gc.isenabled()       # on again, started or not
-    finally:
-        server.stop()
-        schedserver.gc.unfreeze()
-
-
-def test_a_stop_signal_while_starting_lets_go_of_what_the_start_began_and_exits_0(tmp_path, monkeypatch):
-    for name in [n for n in os.environ if n.startswith("SCHEDSERVER_")]:
-        monkeypatch.delenv(name)
-    scripts = tmp_path / "scripts"
-    write_script(scripts, "slow.chk", "# @schedule 0 0 1 1 *\n")
-    (tmp_path / "schedserver.toml").write_text(
-        '[exec.preflight]\n".chk" = ["/bin/sh", "-c", "sleep 30.%d", "check"]\n'
-        '[exec.interpreters]\n".chk" = ["/bin/sh"]\n' % MARK)
-    services: list[schedserver.ScriptSchedules] = []
-    began: list[schedserver.SyntaxChecks] = []
-    begin_checks, load = schedserver.ScriptSchedules.begin_checks, schedserver.CurlSchedules.load
-
-    def begin_and_remember(self, drivers=1):
-        services.append(self)
-        begin_checks(self, drivers)
-
-    def sigterm_then_load(self):
-        began.append(services[0]._begun)            # the checks are running
-        os.kill(os.getpid(), signal.SIGTERM)         # as systemd stopping the unit while it starts
-        load(self)
-    monkeypatch.setattr(schedserver.ScriptSchedules, "begin_checks", begin_and_remember)
-    monkeypatch.setattr(schedserver.CurlSchedules, "load", sigterm_then_load)
-    try:
-        status = schedserver.main(["--config", str(tmp_path / "schedserver.toml"), "--port", "0",
-                                   "--data-dir", str(tmp_path / "data"), "--scripts-dir", str(scripts)])
-    finally:
-        schedserver.gc.unfreeze()
-
-    assert status == 0
-    assert began and began[0] is not None
-    driver = began[0]._drivers[0]
-    assert driver.done and driver.proc.returncode is not None and not os.path.exists(driver.scratch)
-    assert not processes_with(f"sleep 30.{MARK}")
-
-
-def test_a_sighup_while_starting_is_ignored_so_the_starts_own_scan_still_counts_downtime(tmp_path, caplog):
-    config = schedserver.load_config({"data_dir": str(tmp_path / "data"), "scripts_dir": str(tmp_path / "scripts"),
-                                      "port": 0, "host": "127.0.0.1"}, environ={})
-    server = schedserver.Server(config)
-    load = server.curl.load
-    server.curl.load = lambda: (server.reload_scripts(), load())      # a SIGHUP during the start
-    try:
-        with caplog.at_level("INFO", logger="schedserver"):
-            server.start()
-            server.reload_scripts()                                    # and one after it
-            wait_until(lambda: "scripts reloaded (SIGHUP)" in caplog.text, timeout=10)
-    finally:
-        server.stop()
-        schedserver.gc.unfreeze()
-
-    assert "SIGHUP while starting: ignored" in caplog.text
-    assert caplog.text.count("scripts reloaded (SIGHUP)") == 1 and "scripts reloaded (start)" in caplog.text

@@ -7,6 +7,7 @@ Every wait has a deadline; all traffic stays on 127.0.0.1.
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 import time
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 import requests
 
 from e2e_helpers import CURL_PATH, DEFAULT_TOKEN, ServerProcess, TargetServer, run_schedserver, schedserver_argv
+from schedserver import TEMP_PREFIX
 from stored import store_files, stored_definitions
 
 CLIENTS = 16
@@ -172,6 +174,10 @@ def test_a_second_server_on_the_same_data_dir_exits_2_naming_it_and_the_first_ke
         assert target.wait_for(1, timeout=4, path="/first"), first.stderr_text()
         stored = store_files(data_dir)
         assert stored["curl-schedules.journal"] is not None, "the create was not written to the journal"
+        in_progress = data_dir / f"{TEMP_PREFIX}curl-schedules.json-{os.getpid()}-1"    # as if the first were writing
+        in_progress.write_bytes(b"a write in progress\n")
+        not_ours = data_dir / "report.tmp-2024.txt"
+        not_ours.write_bytes(b"someone else's file\n")
 
         started = time.monotonic()
         second = run_schedserver(schedserver_argv(data_dir, scripts_dir), timeout=15)
@@ -183,6 +189,7 @@ def test_a_second_server_on_the_same_data_dir_exits_2_naming_it_and_the_first_ke
 
         assert first.returncode is None
         assert store_files(data_dir) == stored
+        assert in_progress.exists(), "the refused server removed a temp file of the server that owns the data dir"
         assert first.api("GET", f"{CURL_PATH}/{schedule_id}").status_code == 200
         another = first.api("POST", CURL_PATH, json={"cron": ONCE_A_YEAR, "request": {"url": target.url + "/x"}})
         assert another.status_code == 201, another.text
@@ -191,3 +198,5 @@ def test_a_second_server_on_the_same_data_dir_exits_2_naming_it_and_the_first_ke
 
     with ServerProcess(data_dir, scripts_dir) as third:         # the first let go of the data dir on exit
         assert set(listed_state(third)) == {schedule_id, another.json()["id"]}
+        assert not in_progress.exists(), "a temp file left behind was not removed by the next owner"
+        assert not_ours.read_bytes() == b"someone else's file\n"

@@ -4,7 +4,9 @@
   data dir only), then for real on a 64 KiB tmpfs when the test may mount one. Mutating routes answer 500 with
   the surface's error code, reads keep working, the schedules snapshot and journal stay byte-identical (a failed
   append is cut back), and once the fault clears writes work again without a restart. A compaction that fails
-  loses nothing, stops no change, and works once the fault clears.
+  loses nothing, stops no change, and works once the fault clears. The server is the real one, loaded by
+  tests/harness.py's Stack; "a restart" is a second server started on a copy of the data dir's files (the first
+  one keeps holding the data dir's lock).
 - Scripts: real subprocesses that hang, ignore SIGTERM, leave children behind, print 1 GB, cannot start or die
   with 137. Each gets the right status; afterwards no process carrying the run's marker is alive, none of our
   children is left a zombie, and this process's RSS has grown by less than 50 MB.
@@ -17,13 +19,16 @@ Each section prints a figure line. Every wait has a deadline; nothing leaves the
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gzip
 import json
 import logging
 import os
+import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 import tracemalloc
@@ -32,39 +37,23 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pytest
-import webtest
 
 import schedserver
+from fakes import FakeClock
+from harness import Stack
 from peers import PEER_STOP_TIMEOUT, RawPeer, read_request_head
-from schedserver import (MAX_OUTPUT_BYTES, MAX_RESPONSE_BYTES, Auth, CurlSchedules, HttpRunner, JournalStore,
-                         NdjsonLog, RunResult, Scheduler, ScriptRunner, ScriptSchedules, make_app)
+from schedserver import (MAX_OUTPUT_BYTES, MAX_RESPONSE_BYTES, TEMP_PREFIX, DeadlineWatcher, HttpRunner, Job,
+                         JsonFile, Run, RunResult, ScriptRunner, ScriptTarget)
 from stored import JOURNAL, SNAPSHOT, store_files, stored_definitions
 
 BASE = "/api/v1/curl/schedule"
-ADMIN = {"Authorization": "Bearer admin-token"}
+ADMIN = {"Authorization": "Bearer admin-token"}        # the harness's tokens
 READER = {"Authorization": "Bearer read-token"}
 NOW = datetime(2025, 1, 15, 10, 30, 0, tzinfo=timezone.utc).timestamp()
 RSS_LIMIT_MB = 50
-
-
-class FakeClock:
-    """Time that moves only when a test says so."""
-
-    def __init__(self, now: float = NOW):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class InlinePool:
-    """Stands in for the worker pool: runs each submitted call at once."""
-
-    def __call__(self, fn, *args) -> None:
-        fn(*args)
 
 
 def rss_mb() -> float:
@@ -147,23 +136,34 @@ def http_tally(tallies) -> Tally:
 # Disk #########################################################################
 ###############################################################################
 
-class NullRunner:
-    def run(self, spec, extra_headers) -> RunResult:
-        return RunResult("ok", NOW, 1, 200)
+_OPEN: list["DiskHarness"] = []         # closed after each test (autouse below), after monkeypatch's undo
+
+
+@pytest.fixture(autouse=True)
+def _close_what_a_test_left_open():
+    yield
+    while _OPEN:
+        _OPEN.pop().close()
 
 
 class DiskHarness:
-    """The HTTP schedule routes over a data dir, through webtest, as the server builds them."""
+    """The real server over `root`/data (tests/harness.py's Stack: fake clock, no threads), its HTTP schedule
+    routes through webtest."""
 
-    def __init__(self, data_dir: Path):
-        self.data_dir = data_dir
-        self.path = data_dir / SNAPSHOT
-        self.store = JournalStore(str(self.path))
-        self.scheduler = Scheduler(clock=FakeClock(), submit=InlinePool())
-        self.service = CurlSchedules(self.store, NdjsonLog(str(data_dir / "curl-runs.log"), 1 << 20, 2),
-                                     self.scheduler, NullRunner(), clock=FakeClock())
-        self.service.load()
-        self.app = webtest.TestApp(make_app(self.service, Auth(("admin-token",), ("read-token",))))
+    def __init__(self, root: Path):
+        self.root = root
+        self.stack = Stack(root, FakeClock(NOW))
+        _OPEN.append(self)
+        self.data_dir = self.stack.data_dir
+        self.path = self.data_dir / SNAPSHOT
+        self.store = self.stack.http.store
+        self.scheduler = self.stack.scheduler
+        self.app = self.stack.app
+
+    def close(self) -> None:
+        if self in _OPEN:
+            _OPEN.remove(self)
+        self.stack.close()
 
     def create(self, name: str):
         return self.app.post_json(BASE, {"cron": "0 0 9 * * *", "name": name,
@@ -189,7 +189,21 @@ class DiskHarness:
         return answers
 
     def leftovers(self) -> list[str]:
-        return sorted(name for name in os.listdir(self.data_dir) if ".tmp-" in name)
+        """Temp files of interrupted writes left in the data dir."""
+        return sorted(name for name in os.listdir(self.data_dir) if name.startswith(TEMP_PREFIX))
+
+
+@contextlib.contextmanager
+def restarted(h: DiskHarness) -> Iterator[DiskHarness]:
+    """A server started on a copy of what `h`'s data dir holds now: what a restart would load and show."""
+    root = Path(tempfile.mkdtemp(prefix="restart-", dir=h.root))
+    shutil.copytree(h.data_dir, root / "data", ignore=shutil.ignore_patterns("schedserver.lock", "filler"))
+    again = DiskHarness(root)
+    try:
+        yield again
+    finally:
+        again.close()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 # Where the stored definitions are when a fault strikes.
@@ -201,19 +215,21 @@ STARTS = {
 }
 
 
-def harness_with_two_schedules(data_dir: Path, start: str) -> DiskHarness:
+def harness_with_two_schedules(root: Path, start: str) -> DiskHarness:
     """A harness holding two schedules, "first" and "second", stored as STARTS[start] says."""
-    h = DiskHarness(data_dir)
+    h = DiskHarness(root)
     for name in ("first", "second"):
         assert h.create(name).status_int == 201
     if start == "snapshot":
         h.store.compact()
-        assert (data_dir / JOURNAL).read_bytes() == b""
+        assert (h.data_dir / JOURNAL).read_bytes() == b""
     elif start == "old-file":
-        schedserver.JsonStore(str(h.path)).save({"version": 1, "schedules": h.store.items()})    # the old save
-        (data_dir / JOURNAL).unlink()
-        h = DiskHarness(data_dir)
-    assert [d["name"] for d in stored_definitions(data_dir)] == ["first", "second"]
+        items = h.store.items()
+        h.close()
+        JsonFile(str(h.path)).save({"version": 1, "schedules": items})      # the previous version's save
+        (h.data_dir / JOURNAL).unlink()
+        h = DiskHarness(root)
+    assert [d["name"] for d in stored_definitions(h.data_dir)] == ["first", "second"]
     return h
 
 
@@ -241,7 +257,7 @@ def check_writes_fail_safely(h: DiskHarness, counts: Tally, arm: Callable[[], No
     items = h.app.get(BASE, headers=ADMIN).json["items"]
     toggled, deleted = items[-1], items[0]         # the oldest and the newest schedule
     files, stored, held, reads = on_disk(h.data_dir), stored_definitions(h.data_dir), h.store.items(), h.reads()
-    registered = {s["id"]: h.scheduler.next_at("curl:" + s["id"]) for s in items}
+    registered = {s["id"]: h.scheduler.next_at("http:" + s["id"]) for s in items}
 
     answers = []
     for label, request, code in (("create", lambda: h.create("during the fault"), "SCHEDULE_CREATION_FAILED"),
@@ -263,11 +279,12 @@ def check_writes_fail_safely(h: DiskHarness, counts: Tally, arm: Callable[[], No
                        ("delete", 500, "STORAGE_ERROR")]
     assert h.reads() == reads                       # reads keep working and show the state as it was
     assert h.store.items() == held                  # and the store's memory did not take the failed changes
-    assert {s["id"]: h.scheduler.next_at("curl:" + s["id"]) for s in items} == registered
+    assert {s["id"]: h.scheduler.next_at("http:" + s["id"]) for s in items} == registered
     # What a restart reads is what the API showed: no create answered 500 comes back, no delete takes effect.
-    restarted = DiskHarness(h.data_dir).app.get(BASE, headers=ADMIN).json["items"]
-    assert [(s["name"], s["enabled"]) for s in restarted] == [(s["name"], s["enabled"]) for s in items]
-    assert DiskHarness(h.data_dir).reads() == reads
+    with restarted(h) as again:
+        shown_again = again.app.get(BASE, headers=ADMIN).json["items"]
+        assert [(s["name"], s["enabled"]) for s in shown_again] == [(s["name"], s["enabled"]) for s in items]
+        assert again.reads() == reads
     assert on_disk(h.data_dir) == files, "the schedules files changed although every write answered 500"
     assert stored_definitions(h.data_dir) == stored
     assert h.leftovers() == []
@@ -286,8 +303,8 @@ def check_writes_work_again(h: DiskHarness) -> None:
         [(s["name"], s["enabled"] != (s["id"] == toggled["id"])) for s in items if s["id"] != deleted["id"]]
         + [("after the fault", True)])
     assert stored_definitions(h.data_dir) == h.store.items()
-    restarted = DiskHarness(h.data_dir)
-    assert restarted.app.get(BASE, headers=ADMIN).json["items"] == shown["items"]
+    with restarted(h) as again:
+        assert again.app.get(BASE, headers=ADMIN).json["items"] == shown["items"]
 
 
 class DataDirFault:
@@ -380,14 +397,14 @@ class DataDirFault:
 
 
 # Faults on the way of a change: the journal append (open, write, fsync, and the directory fsync that makes a new
-# journal file durable) and the file lock around it.
+# journal file durable). A change opens no other file for writing today; "open-erofs" would strike one first.
 DISK_FAULTS = {
     "fsync-enospc": lambda f: f.fsync_of_files(errno.ENOSPC),
     "fsync-fails-once": lambda f: f.fsync_of_files(errno.EIO, once=True),
     "fsync-of-the-dir-eio": lambda f: f.fsync_of_the_dir(errno.EIO),
     "write-erofs": lambda f: f.write(errno.EROFS),
     "short-write-then-enospc": lambda f: f.write(errno.ENOSPC, partial=True),
-    "open-erofs": lambda f: f.open_for_writing(errno.EROFS),            # strikes the lock file first
+    "open-erofs": lambda f: f.open_for_writing(errno.EROFS),            # any file in the data dir
     "open-of-the-journal-erofs": lambda f: (f.open_for_writing(errno.EROFS), setattr(f, "only", JOURNAL)),
 }
 # The directory is fsync'd only when an append starts a new (or empty) journal: not once it holds lines.
@@ -399,7 +416,7 @@ DISK_CASES = [(fault, start) for fault in DISK_FAULTS for start in STARTS
 def test_a_failing_disk_write_answers_500_keeps_reads_and_the_file_and_recovers_without_restart(
         tmp_path, monkeypatch, fault_name, start, disk_tally):
     h = harness_with_two_schedules(tmp_path, start)
-    fault = DataDirFault(monkeypatch, tmp_path)
+    fault = DataDirFault(monkeypatch, h.data_dir)
     DISK_FAULTS[fault_name](fault)
 
     check_writes_fail_safely(h, disk_tally, arm=fault.arm)      # armed again before each request
@@ -411,17 +428,17 @@ def test_a_failing_disk_write_answers_500_keeps_reads_and_the_file_and_recovers_
 
 def test_an_fsync_failure_is_never_retried_into_a_false_success(tmp_path, monkeypatch, disk_tally):
     h = DiskHarness(tmp_path)
-    fault = DataDirFault(monkeypatch, tmp_path)
+    fault = DataDirFault(monkeypatch, h.data_dir)
     fault.fsync_of_files(errno.EIO, once=True)      # a retry would succeed: it must not be tried
-    before = on_disk(tmp_path)
+    before = on_disk(h.data_dir)
     fault.arm()
     response = h.create("first")
     disk_tally.cases += 1
     disk_tally.false_successes += int(response.status_int == 201)
     assert (response.status_int, error_code(response)) == (500, "SCHEDULE_CREATION_FAILED")
     assert fault.calls == 1
-    assert on_disk(tmp_path) == before
-    assert stored_definitions(tmp_path) == []
+    assert on_disk(h.data_dir) == before
+    assert stored_definitions(h.data_dir) == []
     assert h.app.get(BASE, headers=ADMIN).json["meta"]["total"] == 0
     assert len(h.scheduler) == 0
 
@@ -429,13 +446,13 @@ def test_an_fsync_failure_is_never_retried_into_a_false_success(tmp_path, monkey
 # Faults on the way of a compaction (the snapshot written whole, then the journal rewritten without the lines it
 # holds), which runs in a background thread after a change and answers nobody.
 COMPACTION_FAULTS = {
-    "snapshot-open-erofs": lambda f: (f.open_for_writing(errno.EROFS), setattr(f, "only", SNAPSHOT + ".tmp-")),
-    "snapshot-write-enospc": lambda f: (f.write(errno.ENOSPC), setattr(f, "only", SNAPSHOT + ".tmp-")),
-    "snapshot-fsync-eio": lambda f: (f.fsync_of_files(errno.EIO), setattr(f, "only", SNAPSHOT + ".tmp-")),
+    "snapshot-open-erofs": lambda f: (f.open_for_writing(errno.EROFS), setattr(f, "only", TEMP_PREFIX + SNAPSHOT)),
+    "snapshot-write-enospc": lambda f: (f.write(errno.ENOSPC), setattr(f, "only", TEMP_PREFIX + SNAPSHOT)),
+    "snapshot-fsync-eio": lambda f: (f.fsync_of_files(errno.EIO), setattr(f, "only", TEMP_PREFIX + SNAPSHOT)),
     "snapshot-rename-enospc": lambda f: (f.replace(errno.ENOSPC), setattr(f, "only", SNAPSHOT)),
     # the snapshot is in place, the journal not yet rewritten: what a crash between the two leaves
     "dir-fsync-after-the-snapshot-eio": lambda f: f.fsync_of_the_dir(errno.EIO),
-    "journal-rewrite-fsync-eio": lambda f: (f.fsync_of_files(errno.EIO), setattr(f, "only", JOURNAL + ".tmp-")),
+    "journal-rewrite-fsync-eio": lambda f: (f.fsync_of_files(errno.EIO), setattr(f, "only", TEMP_PREFIX + JOURNAL)),
     "journal-rewrite-rename-erofs": lambda f: (f.replace(errno.EROFS), setattr(f, "only", JOURNAL)),
 }
 
@@ -450,7 +467,7 @@ def test_a_failing_compaction_loses_nothing_keeps_writes_working_and_succeeds_on
     assert h.toggle(items[0]["id"], False).status_int == 200
     assert h.delete(items[1]["id"]).status_int == 200
     shown, reads = h.app.get(BASE, headers=ADMIN).json, h.reads()
-    fault = DataDirFault(monkeypatch, tmp_path)
+    fault = DataDirFault(monkeypatch, h.data_dir)
     COMPACTION_FAULTS[fault_name](fault)
     caplog.set_level(logging.ERROR, logger="schedserver")
 
@@ -459,23 +476,25 @@ def test_a_failing_compaction_loses_nothing_keeps_writes_working_and_succeeds_on
     assert fault.calls >= 1, "the fault never struck: the test did not test anything"
     assert "compaction failed" in caplog.text
     disk_tally.cases += 1
-    disk_tally.damaged_files += int(stored_definitions(tmp_path) != h.store.items() or bool(h.leftovers()))
+    disk_tally.damaged_files += int(stored_definitions(h.data_dir) != h.store.items() or bool(h.leftovers()))
     assert h.leftovers() == []
     assert h.reads() == reads
-    assert stored_definitions(tmp_path) == h.store.items()
-    assert DiskHarness(tmp_path).app.get(BASE, headers=ADMIN).json == shown
+    assert stored_definitions(h.data_dir) == h.store.items()
+    with restarted(h) as again:
+        assert again.app.get(BASE, headers=ADMIN).json == shown
 
     check_writes_work_again(h)                      # changes go on while compactions fail
     h.store.compact()
-    assert stored_definitions(tmp_path) == h.store.items()
+    assert stored_definitions(h.data_dir) == h.store.items()
 
     fault.active = False
     h.store.compact()
-    assert stored_definitions(tmp_path) == h.store.items()
+    assert stored_definitions(h.data_dir) == h.store.items()
     assert json.loads(h.path.read_bytes())["schedules"] == h.store.items()
-    assert (tmp_path / JOURNAL).read_bytes() == b"", "the compaction kept lines its snapshot holds"
+    assert (h.data_dir / JOURNAL).read_bytes() == b"", "the compaction kept lines its snapshot holds"
     assert h.leftovers() == []
-    assert DiskHarness(tmp_path).reads() == h.reads()
+    with restarted(h) as again:
+        assert again.reads() == h.reads()
 
 
 def _mount(*args: str) -> subprocess.CompletedProcess:
@@ -546,7 +565,7 @@ def test_on_a_real_tmpfs_that_fills_up_or_turns_read_only_writes_fail_safely_and
                     "the in-process disk faults above still ran")
     page = os.sysconf("SC_PAGE_SIZE")       # tmpfs hands out space a page at a time
     try:
-        h = DiskHarness(data_dir)
+        h = DiskHarness(tmp_path)           # its data dir is tmp_path / "data": the tmpfs
         for name in ("first", "second"):
             assert h.create(name).status_int == 201
 
@@ -570,17 +589,26 @@ def test_on_a_real_tmpfs_that_fills_up_or_turns_read_only_writes_fail_safely_and
         (data_dir / "filler").unlink()
         check_writes_work_again(h)
 
-        # The file system turns read-only.
-        h = DiskHarness(data_dir)
-        assert h.create("another").status_int == 201
+        # The file system turns read-only. A running server holds its data dir lock file open for writing, and
+        # Linux refuses to remount a file system read-only under an open writer: EROFS under a running server is
+        # the in-process cases above ("write-erofs", "open-erofs"). Here the server stops, the file system goes
+        # read-only, and the next start refuses the data dir in one clear line instead of serving writes that
+        # cannot succeed; remounted writable, a start on the same files writes again.
+        h.close()
         remounted = _mount("-o", "remount,ro", str(data_dir))
         assert remounted.returncode == 0, remounted.stderr
         try:
-            check_writes_fail_safely(h, disk_tally)
+            with pytest.raises(schedserver.ConfigError, match=r"data dir .*: not writable"):
+                Stack(tmp_path, FakeClock(NOW))
+            disk_tally.cases += 1
         finally:
             assert _mount("-o", "remount,rw", str(data_dir)).returncode == 0
+        h = DiskHarness(tmp_path)
+        assert h.create("another").status_int == 201
         check_writes_work_again(h)
     finally:
+        while _OPEN:                        # let go of the data dir (its lock file) before unmounting it
+            _OPEN.pop().close()
         done = subprocess.run(["umount", str(data_dir)], capture_output=True, text=True, timeout=10)
         if done.returncode != 0:
             subprocess.run(["umount", "-l", str(data_dir)], capture_output=True, timeout=10)
@@ -629,15 +657,23 @@ def our_zombies() -> list[int]:
     return zombies
 
 
-def run_within(seconds: float, fn: Callable[..., Any], *args: Any) -> Any:
-    """fn(*args) in a helper thread; the test fails (instead of hanging) if it has not returned in `seconds`."""
-    box: dict[str, Any] = {}
-    thread = threading.Thread(target=lambda: box.setdefault("result", fn(*args)), name="test-run-within",
-                              daemon=True)
-    thread.start()
-    thread.join(seconds)
-    assert not thread.is_alive(), f"{getattr(fn, '__qualname__', fn)} did not return within {seconds} s"
-    return box["result"]
+def run_script(runner: ScriptRunner, argv: list[str], path: Path, timeout_ms: int, within: float) -> RunResult:
+    """One run of `argv` through runner.start(), as the server starts every script run (the script at `path`,
+    its directory the scripts dir); the test fails instead of hanging if on_end is not called in `within` s."""
+    target = ScriptTarget(path.name, str(path), tuple(argv), timeout_ms, str(path.parent))
+    job = Job(f"script:{path.name}", "script", path.name, schedserver.parse_cron("0 0 1 1 *"),
+              schedserver.load_timezone("UTC"), target)
+    run = Run(str(uuid.uuid4()), job, time.time(), "manual", 1, time.time())
+    ended = threading.Event()
+    results: list[RunResult] = []
+
+    def on_end(result: RunResult) -> None:
+        results.append(result)
+        ended.set()
+    runner.start(run, on_end)
+    assert ended.wait(within), f"the run had not ended {within} s after it started"
+    assert len(results) == 1, results
+    return results[0]
 
 
 @dataclass
@@ -686,20 +722,24 @@ def test_a_misbehaving_script_gets_its_status_and_leaves_no_process_behind(tmp_p
     case = SCRIPT_CASES[name]
     marker = f"reliability-{uuid.uuid4().hex}"
     env = {"PATH": os.environ["PATH"], "RELIABILITY_MARKER": marker}
+    path = tmp_path / f"script-{marker}"
     if case.file_mode is None:
         argv = ["/bin/sh", "-c", f": {marker}; {case.script}"]
     else:
-        path = tmp_path / f"script-{marker}"
         path.write_text(case.script)
         path.chmod(case.file_mode)
         argv = [str(path)]
-    runner = ScriptRunner(kill_grace=KILL_GRACE)
+    deadlines = DeadlineWatcher()
+    runner = ScriptRunner(deadlines, kill_grace=KILL_GRACE, environment=lambda extra: {**env, **extra})
 
     rss_before = rss_mb()
     started = time.monotonic()
-    result = run_within(case.timeout_ms / 1000 + KILL_GRACE + 15, runner.run, argv, str(tmp_path), env,
-                        case.timeout_ms)
-    elapsed = time.monotonic() - started
+    try:
+        result = run_script(runner, argv, path, case.timeout_ms, case.timeout_ms / 1000 + KILL_GRACE + 15)
+        elapsed = time.monotonic() - started
+    finally:
+        runner.close()
+        deadlines.close()
     wait_until(lambda: not survivors(marker), timeout=3.0)      # SIGKILL takes effect asynchronously
     left = survivors(marker)
     growth = rss_mb() - rss_before
@@ -719,9 +759,8 @@ def test_misbehaving_scheduled_scripts_are_recorded_with_their_status_and_leave_
         tmp_path, monkeypatch, script_tally):
     marker = f"reliability-{uuid.uuid4().hex}"
     monkeypatch.setenv("RELIABILITY_MARKER", marker)        # scripts inherit the server's environment
-    root, data = tmp_path / "scripts", tmp_path / "data"
+    root = tmp_path / "scripts"
     root.mkdir()
-    data.mkdir()
     every_second = "# @schedule * * * * * *\n"
     scripts = {
         "hang.sh": (every_second + "# @timeout 300ms\nsleep 300\n", None),
@@ -737,26 +776,29 @@ def test_misbehaving_scheduled_scripts_are_recorded_with_their_status_and_leave_
         (root / rel).write_text(text)
         if mode is not None:
             (root / rel).chmod(mode)
-    clock = FakeClock()
-    scheduler = Scheduler(workers=8, clock=clock)             # the real worker pool
-    service = ScriptSchedules(str(root), NdjsonLog(str(data / "fires.log"), 1 << 20, 2), scheduler,
-                              ScriptRunner(kill_grace=KILL_GRACE), clock=clock)
-    reloaded = service.reload()
-    assert [f["path"] for f in reloaded["failed"]] == ["not-executable"]
-    assert "no way to run it" in reloaded["failed"][0]["reason"]
-    (root / "lost-exec-bit").chmod(0o644)                   # registered, then someone drops its exec bit
+    clock = FakeClock(NOW)
+    deadlines = DeadlineWatcher()
+    # The real server over tmp_path, its script runner the real one with a short kill grace.
+    stack = Stack(tmp_path, clock, script_runner=ScriptRunner(deadlines, clock, kill_grace=KILL_GRACE))
+    log = stack.data_dir / "fires.log"
 
-    rss_before = rss_mb()
+    def records() -> list[dict]:
+        return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
     try:
-        clock.now = NOW + 1
-        scheduler.tick(clock.now)
-        log = data / "fires.log"
+        reloaded = stack.scripts.reload()
+        assert [f["path"] for f in reloaded["failed"]] == ["not-executable"]
+        assert "no way to run it" in reloaded["failed"][0]["reason"]
+        (root / "lost-exec-bit").chmod(0o644)               # registered, then someone drops its exec bit
 
-        def records():
-            return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
-        assert wait_until(lambda: len(records()) >= 7, timeout=30), records()
+        rss_before = rss_mb()
+        clock.advance(1)                                    # every script's first slot: all fire at once
+        stack.run_due(until=lambda: len(records()) >= 7, timeout=30)
+        assert len(records()) >= 7, records()
+        in_flight = stack.recorder.count()
     finally:
-        scheduler.stop()
+        stack.close()                                       # closes the script runner too
+        deadlines.close()
     wait_until(lambda: not survivors(marker), timeout=3.0)
     left = survivors(marker)
     growth = rss_mb() - rss_before
@@ -776,10 +818,12 @@ def test_misbehaving_scheduled_scripts_are_recorded_with_their_status_and_leave_
     assert by_script["background.sh"]["returnPreview"] == "started"
     assert by_script["loud.sh"]["outputDropped"] == ONE_GB - MAX_OUTPUT_BYTES
     assert by_script["stubborn.sh"]["durationMs"] >= 300 + KILL_GRACE * 1000 * 0.9
+    assert (by_script["hang.sh"].get("signal"), by_script["stubborn.sh"].get("signal")) == ("SIGTERM", "SIGKILL")
+    assert by_script["exit137.sh"]["exitCode"] == 137
     assert left == [], f"still running after the runs ended: {left}"
     assert our_zombies() == []
     assert growth < RSS_LIMIT_MB, f"RSS grew by {growth:.1f} MB"
-    assert not any(scheduler.is_running(f"exec:{rel}") for rel in by_script)
+    assert in_flight == 0, f"{in_flight} runs still in flight once all seven were recorded"
 
 
 ###############################################################################
@@ -895,34 +939,43 @@ def closed_port() -> int:
 
 
 class HttpHarness:
-    """One HTTP schedule per run, fired by a tick, sent by the real HttpRunner, recorded by the service."""
+    """The real server over `root`/data (tests/harness.py's Stack) with the real HttpRunner: one HTTP schedule
+    per run, fired by a tick, sent in this thread, recorded by the recorder."""
 
-    def __init__(self, data_dir: Path):
-        self.clock = FakeClock()
-        self.runs_log = data_dir / "curl-runs.log"
-        self.service = CurlSchedules(JournalStore(str(data_dir / "curl-schedules.json")),
-                                     NdjsonLog(str(self.runs_log), 1 << 20, 2),
-                                     Scheduler(clock=self.clock, submit=InlinePool()), HttpRunner(),
-                                     clock=self.clock)
-        self.scheduler = self.service.scheduler
+    def __init__(self, root: Path):
+        self.clock = FakeClock(NOW)
+        self.deadlines = DeadlineWatcher()
+        self.stack = Stack(root, self.clock, http_runner=HttpRunner(deadlines=self.deadlines, clock=self.clock))
+        self.runs_log = self.stack.data_dir / "curl-runs.log"
 
     def fire(self, request: dict) -> tuple[dict, dict, float, int]:
-        """Create a schedule, tick at its first slot; its history entry, its log record, the wall time the run
-        took and the peak traced memory during it."""
-        created = self.service.create({"cron": "* * * * * *", "request": request})
-        self.clock.now += 1
+        """Create a schedule, tick at its first slot and run what is due; its history entry, its log record, the
+        wall time the run took and the peak traced memory during it."""
+        created = self.stack.http.create({"cron": "* * * * * *", "request": request})
+        self.clock.advance(1)
         tracemalloc.start()
         started = time.monotonic()
         try:
-            self.scheduler.tick(self.clock.now)
+            self.stack.run_due()
             elapsed = time.monotonic() - started
             peak = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
-        [entry] = self.service.get(created["id"])["history"]
+        [entry] = self.stack.http.get(created["id"])["history"]
         records = [json.loads(line) for line in self.runs_log.read_text().splitlines()]
         [record] = [r for r in records if r["schedule_id"] == created["id"]]
         return entry, record, elapsed, peak
+
+    def close(self) -> None:
+        self.stack.close()
+        self.deadlines.close()
+
+
+@pytest.fixture
+def http_harness(tmp_path) -> Iterator[HttpHarness]:
+    harness = HttpHarness(tmp_path)
+    yield harness
+    harness.close()
 
 
 @dataclass
@@ -980,9 +1033,9 @@ class _NoPeer:
 
 @pytest.mark.parametrize("name", list(HTTP_CASES))
 def test_a_misbehaving_http_target_is_recorded_with_its_status_and_a_clear_error_in_bounded_time_and_memory(
-        tmp_path, name, http_tally):
+        http_harness, name, http_tally):
     case = HTTP_CASES[name]
-    h = HttpHarness(tmp_path)
+    h = http_harness
     rss_before = rss_mb()
     with (case.peer() if case.peer else _NoPeer()) as peer:
         url = case.url.format(port=peer.port, closed=closed_port())
@@ -1003,7 +1056,7 @@ def test_a_misbehaving_http_target_is_recorded_with_its_status_and_a_clear_error
     assert growth < RSS_LIMIT_MB, f"RSS grew by {growth:.1f} MB"
 
 
-def test_a_name_resolution_that_hangs_cannot_hold_a_run_past_its_deadline(tmp_path, monkeypatch, http_tally):
+def test_a_name_resolution_that_hangs_cannot_hold_a_run_past_its_deadline(http_harness, monkeypatch, http_tally):
     # A resolver that does not answer (a dead nameserver: glibc waits 5 s per try and server) looks like this.
     real_getaddrinfo = socket.getaddrinfo
     release = threading.Event()
@@ -1014,7 +1067,7 @@ def test_a_name_resolution_that_hangs_cannot_hold_a_run_past_its_deadline(tmp_pa
             raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
         return real_getaddrinfo(host, *args, **kwargs)
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
-    h = HttpHarness(tmp_path)
+    h = http_harness
     try:
         entry, record, elapsed, _ = h.fire({"url": "http://slow-dns.invalid/hook", "timeout": 1})
     finally:

@@ -9,13 +9,22 @@ timestamp}` with the contract's titles; never a 5xx, never HTML or a traceback, 
 a rejected request changes nothing that is stored (the bytes of the schedules snapshot and journal, the logs, and
 what the services list are snapshotted before and compared after).
 
-Most cases go through webtest to an app built as the server builds it (a fake clock, a scheduler whose worker
-pool is a recording `submit` that never runs, real files in a temporary data dir and scripts dir). A smaller
-batch of the same kinds goes over raw sockets to the real server in a subprocess, which must keep running.
+Most cases go through webtest to the real server's app, loaded in-process by tests/harness.py's Stack (a fake
+clock, a worker pool that never runs, real files in a temporary data dir and scripts dir). A smaller batch of
+the same kinds goes over raw sockets to the real server in a subprocess, which must keep running.
+
+The operating features (issue 16) get cases of their own besides: create and edit bodies with the operating fields
+(retry, success, overlap, jitter_seconds, notify) valid, refused by docs/api.md (then a 400) or left open by it;
+run history query strings (limit, status, since, cursor: real cursors, altered ones and garbage); run now with any
+`wait`; and paging through a schedule's runs with next_cursor, with a run in flight and while runs are added. The
+world holds a schedule with runs (run now through the service), so run ids that exist are fuzzed too. A run
+started with `wait=false` stays in flight here (the pool never runs it), so later run-now cases meet 409
+RUN_IN_PROGRESS as well.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -29,12 +38,13 @@ from typing import Callable
 
 import pytest
 import webtest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 import schedserver
 from e2e_helpers import DEFAULT_TOKEN, ServerProcess
-from fakes import FakeClock, RecordingSubmit
+from fakes import FakeClock
+from harness import Stack
 from stored import store_files
 
 CURL = schedserver.CURL_PREFIX
@@ -45,28 +55,42 @@ NOW = datetime.fromisoformat("2026-01-15T11:59:30.250+00:00").timestamp()
 FORMAT_HINT = "second minute hour day month weekday"
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD")
 
-# What each route answers on success: (status, keys every such answer carries). From /work/shared/api/*.md and
-# the README's route table. A route missing here has no documented success, so any 2xx from it fails the test.
+# What each route answers on success: {status: keys every such answer carries}. From docs/api.md and the README's
+# route table. A route missing here has no documented success, so any 2xx from it fails the test.
+OPERATING = {"retry", "success", "overlap", "jitter_seconds", "notify"}
+SCHEDULE = {"id", "cron", "enabled", "created_at", "last_run", "name", "next_run", "request"}
+RUN = {"run_id", "schedule_id", "trigger", "attempt", "scheduled_at", "started_at", "finished_at", "status",
+       "status_code", "duration_ms", "error"}
 SUCCESS = {
-    ("GET", CURL): (200, {"items", "meta"}),
-    ("POST", CURL): (201, {"id", "cron", "enabled", "created_at", "request"}),
-    ("GET", CURL + "/<schedule_id>"): (200, {"id", "cron", "enabled", "created_at", "last_run", "name", "next_run",
-                                            "request"}),
-    ("PATCH", CURL + "/<schedule_id>/toggle"): (200, {"id", "enabled"}),
-    ("DELETE", CURL + "/<schedule_id>"): (200, {"id"}),
-    ("GET", EXEC + "/list"): (200, {"total", "schedules"}),
-    ("GET", EXEC + "/history"): (200, {"total", "limit", "includeRotated", "entries"}),
-    ("POST", EXEC + "/reload"): (200, {"dry_run", "added", "kept", "removed", "failed"}),
-    ("POST", EXEC + "/trigger"): (200, {"triggered", "scriptPath", "runId", "status", "durationMs"}),
-    ("GET", "/healthz"): (200, {"status", "version"}),
+    ("GET", CURL): {200: {"items", "meta"}},
+    ("POST", CURL): {201: {"id", "cron", "enabled", "created_at", "request"} | OPERATING},
+    ("GET", CURL + "/<schedule_id>"): {200: SCHEDULE | OPERATING},
+    ("PATCH", CURL + "/<schedule_id>"): {200: SCHEDULE | OPERATING | {"history"}},
+    ("PATCH", CURL + "/<schedule_id>/toggle"): {200: {"id", "enabled"}},
+    ("POST", CURL + "/<schedule_id>/run"): {200: RUN, 202: {"run_id"}},
+    ("GET", CURL + "/<schedule_id>/runs"): {200: {"items", "next_cursor"}},
+    ("GET", CURL + "/<schedule_id>/runs/<run_id>"): {200: RUN},
+    ("DELETE", CURL + "/<schedule_id>"): {200: {"id"}},
+    ("GET", EXEC + "/list"): {200: {"total", "schedules"}},
+    ("GET", EXEC + "/history"): {200: {"total", "limit", "includeRotated", "entries"}},
+    ("POST", EXEC + "/reload"): {200: {"dry_run", "added", "kept", "removed", "failed"}},
+    ("POST", EXEC + "/trigger"): {200: {"triggered", "scriptPath", "runId", "status", "durationMs"}},
+    ("GET", EXEC + "/runs/<run_id>"): {200: {"ts", "scriptPath", "runId", "status", "trigger", "attempt"}},
+    ("GET", "/healthz"): {200: {"status", "version"}},
+    ("GET", "/api/v1/openapi.json"): {200: {"openapi", "info", "paths"}},
+    ("GET", "/api/v1/cron/preview"): {200: {"expression", "description", "timezone", "next"}},
+    ("GET", "/metrics"): {200: set()},          # Prometheus' text format, not JSON
+    ("GET", "/"): {200: set()},                 # the dashboard: HTML, its script and style sheet
+    ("GET", "/static/<name>"): {200: set()},
 }
+TEXT_ROUTES = {("GET", "/metrics"), ("GET", "/"), ("GET", "/static/<name>")}
 # The script surface's contract: the title and code of each documented error status.
 EXEC_CONTRACT = {400: ("Invalid parameter format", "VALIDATION_ERROR"), 403: ("Access denied", "FORBIDDEN"),
                  404: ("Resource not found", "NOT_FOUND")}
 # The HTTP schedule surface's codes per status (contract and README).
 CURL_CODES = {400: {"INVALID_PARAMETER", "INVALID_CRON_EXPRESSION"}, 401: {"UNAUTHORIZED"}, 403: {"FORBIDDEN"},
-              404: {"SCHEDULE_NOT_FOUND", "NOT_FOUND"}, 405: {"METHOD_NOT_ALLOWED"}, 413: {"PAYLOAD_TOO_LARGE"},
-              431: {"HEADERS_TOO_LARGE"}}
+              404: {"SCHEDULE_NOT_FOUND", "NOT_FOUND", "RUN_NOT_FOUND"}, 405: {"METHOD_NOT_ALLOWED"},
+              409: {"RUN_IN_PROGRESS"}, 413: {"PAYLOAD_TOO_LARGE"}, 431: {"HEADERS_TOO_LARGE"}}
 
 HOURLY = "#!/bin/sh\n# @schedule 0 * * * *\necho hourly\n"
 LOCKED = "#!/bin/sh\n# @schedule 0 0 * * *\n# @token\necho locked\n"
@@ -74,6 +98,7 @@ BROKEN = "#!/bin/sh\n# @schedule every blue moon\necho broken\n"
 EVIL = "#!/bin/sh\n# @schedule * * * * *\ntouch {marker}\necho escaped\n"
 
 STATS = {"cases": 0, "5xx": 0, "changed": 0}
+HISTORY_RUNS = 120
 
 
 ###############################################################################
@@ -98,32 +123,65 @@ def build_scripts_tree(root: Path) -> tuple[Path, Path, Path]:
 
 
 class World:
-    """Both services over one tmp dir and the app over them, as Server.start() wires them (minus threads)."""
+    """Both services over one tmp dir and the app over them: the real server, loaded (tests/harness.py's Stack:
+    a fake clock, a worker pool that never runs, no threads; scripts really run when triggered)."""
 
     def __init__(self, root: Path):
         self.scripts_dir, self.outside, self.marker = build_scripts_tree(root)
-        self.data = root / "data"
-        self.data.mkdir()
-        self.clock = FakeClock(NOW)
-        self.scheduler = schedserver.Scheduler(submit=RecordingSubmit(), clock=self.clock, monotonic=lambda: 0.0)
-        store = schedserver.JournalStore(str(self.data / "curl-schedules.json"))
+        self.stack = Stack(root, FakeClock(NOW), load=False, tokens=(ADMIN_TOKEN,), read_tokens=())
+        self.data = self.stack.data_dir
+        self.clock = self.stack.clock
+        # Nothing ticks here: /healthz must not call the scheduler stalled however long the module runs.
+        self.stack.scheduler.monotonic = lambda: 0.0
         # No compaction: it rewrites both files from a background thread at any moment (without changing what
         # they hold), which would race the byte comparison below. It is tested in test_journal.py.
-        store.COMPACT_MIN_LINES = 1 << 62
-        self.curl = schedserver.CurlSchedules(
-            store, schedserver.NdjsonLog(str(self.data / "curl-runs.log"), 1 << 20, 3),
-            self.scheduler, schedserver.HttpRunner(clock=self.clock), clock=self.clock)
-        self.curl.load()
-        self.scripts = schedserver.ScriptSchedules(
-            str(self.scripts_dir), schedserver.NdjsonLog(str(self.data / "fires.log"), 1 << 20, 3), self.scheduler,
-            schedserver.ScriptRunner(clock=self.clock, kill_grace=0.2), clock=self.clock)
-        self.scripts.load()
-        self.bottle_app = schedserver.make_app(self.curl, schedserver.Auth((ADMIN_TOKEN,)), self.scripts,
-                                               schedserver.Health(self.scheduler, self.curl, self.scripts))
-        self.app = webtest.TestApp(self.bottle_app)
+        self.stack.http.store.COMPACT_MIN_LINES = 1 << 62
+        self.stack.server.load()
+        self.scheduler = self.stack.scheduler
+        self.curl = self.stack.http
+        self.scripts = self.stack.scripts
+        self.bottle_app = self.stack.server.app
+        self.app = self.stack.app
         self.routes = sorted((route.method, route.rule) for route in self.bottle_app.routes)
         self.registered = {s["scriptRel"] for s in self.scripts.list()["schedules"]}
         self.ensure_schedules()
+        self._history_id: str | None = None
+        self.run_ids: list[str] = []            # HTTP runs in the runs log, oldest first
+        self.cursors: list[str] = []            # next_cursor values the server gave
+        self.history_id()
+        self.script_run_ids = [self.scripts.trigger({"scriptPath": "cron/hourly.sh"})["runId"]]
+
+    def close(self) -> None:
+        self.stack.close()
+
+    def known_run_ids(self) -> list[str]:
+        """Runs of both surfaces that exist (in the logs)."""
+        return self.run_ids + self.script_run_ids
+
+    def history_id(self) -> str:
+        """A schedule with HISTORY_RUNS runs in the runs log (run now through the service, one in five failing),
+        so that run ids that exist, pages and cursors get fuzzed too; made again when a case deleted it."""
+        if self._history_id is not None:
+            try:
+                return self.curl.find(self._history_id).id
+            except schedserver.NotFound:
+                pass
+        sid = self.curl.create({"cron": "0 0 0 1 1 *", "request": {"url": "http://127.0.0.1:9/history"},
+                                "name": "history", "retry": {"count": 2}, "overlap": "forbid"})["id"]
+        self.stack.http_runner.script = [("error", 503, "HTTP 503") if n % 5 == 2 else ("ok", 200, None)
+                                         for n in range(HISTORY_RUNS)]
+        for _ in range(HISTORY_RUNS):
+            self.run_ids.append(self.curl.run_now(sid)[1]["run_id"])
+        self.stack.http_runner.script = []
+        cursor = None
+        while True:
+            page = self.curl.list_runs(sid, 17, cursor=cursor)
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+            self.cursors.append(cursor)
+        self._history_id = sid
+        return sid
 
     def ensure_schedules(self) -> None:
         """Keep an enabled and a disabled schedule around, so ids that exist get fuzzed too."""
@@ -139,16 +197,20 @@ class World:
         """Everything stored, as bytes and as the services list it."""
         files = {}
         for name in ("curl-schedules.json", "curl-schedules.journal", "curl-runs.log", "fires.log",
-                     "exec-registered.json"):
+                     "exec-registered.json", "run-state.json", "alerts-outbox.ndjson"):
             path = self.data / name
             files[name] = path.read_bytes() if path.exists() else None
+        for directory in ("running", "output"):
+            files[directory + "/"] = sorted(p.name for p in (self.data / directory).glob("*"))
         return {"files": files, "curl": json.dumps(self.curl.list(), sort_keys=True),
                 "scripts": json.dumps(self.scripts.list(), sort_keys=True)}
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory) -> World:
-    return World(tmp_path_factory.mktemp("fuzz"))
+def world(tmp_path_factory):
+    built = World(tmp_path_factory.mktemp("fuzz"))
+    yield built
+    built.close()
 
 
 ###############################################################################
@@ -190,6 +252,12 @@ def check_answer(app, case: Case, status: int, content_type: str, body: bytes) -
     if status >= 500:
         STATS["5xx"] += 1
     assert status < 500, f"{where} answered {status}: {body[:500]!r}"
+    path_info = case.path_info()
+    if 200 <= status < 300:
+        route = route_for(app, case.method, path_info)
+        if route is not None and (route.method, route.rule) in TEXT_ROUTES:
+            assert content_type.startswith("text/"), f"{where} answered {status} as {content_type!r}"
+            return None
     assert content_type == "application/json", f"{where} answered {status} as {content_type!r}: {body[:300]!r}"
     if case.method == "HEAD":
         assert body == b""
@@ -201,9 +269,9 @@ def check_answer(app, case: Case, status: int, content_type: str, body: bytes) -
         route = route_for(app, case.method, path_info)
         key = (route.method, route.rule) if route is not None else None
         assert key in SUCCESS, f"{where} answered {status} from route {key}, which has no documented success"
-        documented_status, keys = SUCCESS[key]
-        assert status == documented_status, f"{where}: {status}, documented {documented_status}"
-        assert isinstance(answer, dict) and keys <= set(answer), f"{where}: {answer!r} lacks {keys}"
+        assert status in SUCCESS[key], f"{where}: {status}, documented {sorted(SUCCESS[key])}"
+        keys = SUCCESS[key][status]
+        assert isinstance(answer, dict) and keys <= set(answer), f"{where}: {answer!r} lacks {keys - set(answer)}"
         return answer
     assert 400 <= status < 500, f"{where} answered {status}"
     assert isinstance(answer, dict), f"{where}: {answer!r}"
@@ -273,17 +341,36 @@ KINDS = {
 
 
 def of_kinds_other_than(*accepted: str) -> st.SearchStrategy:
-    return st.sampled_from([k for k in KINDS if k not in accepted]).flatmap(lambda kind: KINDS[kind])
+    # JSON does not tell 6.0 from 6: where a whole number is accepted, a whole float is that number, not a wrong type.
+    def kind_of(kind: str) -> st.SearchStrategy:
+        if kind == "float" and "int" in accepted:
+            return KINDS[kind].filter(lambda v: not v.is_integer())
+        return KINDS[kind]
+    return st.sampled_from([k for k in KINDS if k not in accepted]).flatmap(kind_of)
+
+
+def base_operating() -> dict:
+    """The operating fields, each set (valid)."""
+    return {"retry": {"count": 2, "min_backoff_seconds": 1, "max_backoff_seconds": 60, "max_doublings": 3},
+            "success": {"status": ["2xx", 304], "body_contains": "ok"}, "overlap": "allow", "jitter_seconds": 5,
+            "notify": {"url": "http://127.0.0.1:9/notify", "on": ["failure", "recovery"], "after": 2}}
 
 
 def base_create() -> dict:
     return {"cron": "0 0 9 * * MON-FRI", "name": "report", "enabled": True, "timezone": "UTC",
             "request": {"url": "http://127.0.0.1:9/report", "method": "POST", "headers": {"X-A": "1"},
-                        "json": {"a": [1, 2]}, "timeout": 10, "follow_redirects": False}}
+                        "json": {"a": [1, 2]}, "timeout": 10, "follow_redirects": False}, **base_operating()}
 
 
+def base_edit() -> dict:
+    """An edit naming every field it may change."""
+    return {**base_create(), "name": "edited", "cron": "0 30 9 * * MON-FRI", "timezone": "Europe/Berlin"}
+
+
+EDIT = ("PATCH", CURL + "/<schedule_id>")
 BASE_BODIES = {
     ("POST", CURL): base_create,
+    EDIT: base_edit,
     ("PATCH", CURL + "/<schedule_id>/toggle"): lambda: {"enabled": False},
     ("POST", EXEC + "/reload"): lambda: {"dry_run": True},
     ("POST", EXEC + "/trigger"): lambda: {"scriptPath": "cron/hourly.sh", "force": False},
@@ -301,6 +388,20 @@ FIELDS = [
     (("POST", CURL), ("request", "body"), {"str"}),
     (("POST", CURL), ("request", "timeout"), {"int", "float"}),
     (("POST", CURL), ("request", "follow_redirects"), {"bool"}),
+    *[(route, path, kinds) for route in (("POST", CURL), EDIT) for path, kinds in [
+        (("retry",), {"object", "null"}), (("retry", "count"), {"int"}),
+        (("retry", "min_backoff_seconds"), {"int", "float"}), (("retry", "max_backoff_seconds"), {"int", "float"}),
+        (("retry", "max_doublings"), {"int"}), (("success",), {"object", "null"}), (("success", "status"), {"list"}),
+        (("success", "body_contains"), {"str"}), (("overlap",), {"str"}), (("jitter_seconds",), {"int", "float"}),
+        (("notify",), {"object", "null"}), (("notify", "url"), {"str"}), (("notify", "on"), {"list"}),
+        (("notify", "after"), {"int"})]],
+    (EDIT, ("cron",), {"str"}),
+    (EDIT, ("request",), {"object"}),
+    (EDIT, ("name",), {"str", "null"}),
+    (EDIT, ("enabled",), {"bool"}),
+    (EDIT, ("timezone",), {"str", "null"}),
+    (EDIT, ("request", "url"), {"str"}),
+    (EDIT, ("request", "timeout"), {"int", "float"}),
     (("PATCH", CURL + "/<schedule_id>/toggle"), ("enabled",), {"bool"}),
     (("POST", EXEC + "/reload"), ("dry_run",), {"bool"}),
     (("POST", EXEC + "/trigger"), ("scriptPath",), {"str"}),
@@ -336,11 +437,15 @@ def wildcard_ids(known: Callable[[], list[str]]) -> st.SearchStrategy[str]:
                                       "A1B2C3D4-E5F6-7890-ABCD-EF1234567890", "0" * 300]))
 
 
-def concrete_path(draw, known_ids: Callable[[], list[str]], rule: str) -> str:
+def concrete_path(draw, known_ids: Callable[[], list[str]], rule: str,
+                  known_runs: Callable[[], list[str]] | None = None) -> str:
     """The rule with each wildcard replaced by a drawn id (one that exists, or not), percent-encoded; with a
-    slash in it where the rule's filter wants one."""
+    slash in it where the rule's filter wants one. A run id is now and then one of `known_runs`."""
     def fill(match: re.Match) -> str:
-        ident = draw(wildcard_ids(known_ids))
+        if match.group(0) == "<run_id>" and known_runs is not None and known_runs() and draw(st.booleans()):
+            ident = draw(existing_id(known_runs))
+        else:
+            ident = draw(wildcard_ids(known_ids))
         if "/" in match.group(0):           # a filter such as `re:.+/.+`
             ident = ident + "/" + draw(texts.filter(bool))
             return urllib.parse.quote(ident.encode("utf-8", "surrogatepass"), safe="/")
@@ -353,15 +458,18 @@ def draw_route(draw, world: World, known_ids: Callable[[], list[str]] | None = N
     method, rule = draw(st.sampled_from(world.routes))
     if draw(st.integers(0, 5)) == 0:
         method = draw(st.sampled_from(METHODS))
-    return method, concrete_path(draw, known_ids or world.ids, rule)
+    return method, concrete_path(draw, known_ids or world.ids, rule, world.known_run_ids)
 
 
-QUERY_NAMES = ["page", "limit", "since", "includeRotated", "scriptPath", "dry_run", "force", "id", ""]
+QUERY_NAMES = ["page", "limit", "since", "includeRotated", "scriptPath", "dry_run", "force", "id", "status", "cursor",
+               "wait", ""]
 query_values = st.one_of(texts, huge_strings.map(lambda s: s[:5000]),
                          st.sampled_from(["0", "1", "-1", "1000", "1001", "999999999999", "9" * 40, "1.5", "0x10",
                                           " 1", "1 ", "true", "false", "TRUE", "yes", "2026-01-15T00:00:00Z",
                                           "2026-13-45T99:99:99Z", "../../etc/passwd", "/etc/passwd", "cron/hourly.sh",
-                                          "escape.sh", "linkdir/evil.sh", "%", "%ff", "%zz", "&", "="]))
+                                          "escape.sh", "linkdir/evil.sh", "%", "%ff", "%zz", "&", "=", "ok",
+                                          "error,timeout", "running", "ok,,", ",", "OK", "bogus", "eyJvZmZzZXQiOjB9",
+                                          "eyJvZmZzZXQiOi0xfQ", "e30", "!!!", "=" * 8]))
 
 
 @st.composite
@@ -433,6 +541,8 @@ def test_missing_and_unknown_fields_are_a_400(world, data):
         body[data.draw(texts.filter(lambda key: key not in body))] = data.draw(json_values)
     elif route == ("POST", CURL):
         del body[data.draw(st.sampled_from(["cron", "request"]))]
+    elif route == EDIT:
+        body = {}                       # an edit must name at least one field
     else:
         assume(route == ("POST", EXEC + "/trigger"))
         del body["scriptPath"]
@@ -512,6 +622,317 @@ def test_invalid_cron_expressions_are_refused_on_create_with_the_six_field_forma
     assert response.status_int == 400, response.body[:300]
     answer = json.loads(response.body)
     assert answer["error"] == "INVALID_CRON_EXPRESSION" and FORMAT_HINT in answer["message"], answer
+
+
+###############################################################################
+# The operating fields, run now and run history (issue 16) #####################
+###############################################################################
+
+# Values for each operating field, by what docs/api.md says of them: "valid" (accepted), "invalid" (refused: 400
+# INVALID_PARAMETER) and "either" (the docs do not say; any documented answer will do).
+EVENTS = ["failure", "recovery", "success"]
+HOOKS = ["http://127.0.0.1:9/hook", "https://127.0.0.1:9/hook?key=secret", "http://[::1]:9/alerts"]
+
+
+def with_one(valid: st.SearchStrategy, replacements: list[tuple[str, object]]) -> st.SearchStrategy:
+    """A valid object with one of its keys given a value the docs refuse."""
+    return st.tuples(valid, st.sampled_from(replacements)).map(lambda t: {**t[0], t[1][0]: t[1][1]})
+
+
+valid_retry = st.fixed_dictionaries({}, optional={
+    "count": st.integers(0, 5),
+    "min_backoff_seconds": st.one_of(st.integers(1, 30), st.floats(0.1, 30)),
+    "max_backoff_seconds": st.one_of(st.integers(30, 86400), st.floats(30, 86400)),
+    "max_doublings": st.integers(0, 16)})
+valid_success = st.fixed_dictionaries(
+    {"status": st.lists(st.one_of(st.integers(100, 599), st.sampled_from(["1xx", "2xx", "3xx", "4xx", "5xx"])),
+                        min_size=1, max_size=8)},
+    optional={"body_contains": st.text(string.ascii_letters + string.digits + " -_.:", min_size=1, max_size=60)})
+valid_notify = st.fixed_dictionaries({"url": st.sampled_from(HOOKS)}, optional={
+    "on": st.lists(st.sampled_from(EVENTS), min_size=1, max_size=3, unique=True), "after": st.integers(1, 1000)})
+NOT_OBJECTS = [[], [1], "x", 3, 2.5, True, False]
+
+OPERATING_VALUES = {
+    "retry": {
+        "valid": st.one_of(st.none(), valid_retry),
+        "invalid": st.one_of(st.sampled_from(NOT_OBJECTS), with_one(valid_retry, [
+            *[("count", v) for v in (-1, 6, 100, 10**30, 2.5, True, "3", [1])],
+            *[("min_backoff_seconds", v) for v in (0, 0.05, -1, 3601, 1e308, "5", True, {})],
+            *[("max_backoff_seconds", v) for v in (0, 0.09, -5, 86401, "300", False, [])],
+            *[("max_doublings", v) for v in (-1, 17, 1.5, True, "5")],
+            ("every", 5), ("", 1), ("Count", 1)])),
+        "either": st.one_of(with_one(valid_retry, [("count", None), ("min_backoff_seconds", None),
+                                                   ("max_doublings", None), ("count", 3.0)]),
+                            st.just({"min_backoff_seconds": 100, "max_backoff_seconds": 50}), st.just({})),
+    },
+    "success": {
+        "valid": st.one_of(st.none(), valid_success),
+        "invalid": st.one_of(st.sampled_from(NOT_OBJECTS + ["2xx", 200]), with_one(valid_success, [
+            *[("status", v) for v in ([], "2xx", 200, [99], [600], ["6xx"], ["0xx"], ["2x"], ["xx"], [True],
+                                      [200.5], [None], [[200]], [{}], {"2xx": True})],
+            *[("body_contains", v) for v in (5, [], True, {"a": 1})],
+            ("codes", [200]), ("Status", ["2xx"])])),
+        "either": st.one_of(with_one(valid_success, [("status", ["2XX"]), ("status", [200.0]), ("status", ["200"]),
+                                                     ("body_contains", ""),
+                                                     ("body_contains", "x" * 5000), ("status", [200] * 150),
+                                                     ("body_contains", None), ("status", None)]),
+                            st.just({})),
+    },
+    "overlap": {
+        "valid": st.sampled_from(["forbid", "allow", "replace"]),
+        "invalid": st.sampled_from(["FORBID", "Allow", "", " forbid", "skip", "queue", "replace ", 1, True, [], {},
+                                    ["forbid"]]),
+        "either": st.none(),
+    },
+    "jitter_seconds": {
+        "valid": st.one_of(st.integers(0, 3600), st.floats(0, 3600)),
+        "invalid": st.sampled_from([-1, -0.5, 3600.5, 3601, 10**9, 1e308, "5", True, False, [], {}, [5]]),
+        "either": st.none(),
+    },
+    "notify": {
+        "valid": st.one_of(st.none(), valid_notify),
+        "invalid": st.one_of(st.sampled_from(NOT_OBJECTS + ["http://127.0.0.1:9/hook"]), st.just({}), with_one(
+            valid_notify, [
+                *[("url", v) for v in ("", " ", "ftp://127.0.0.1/x", "not a url", "http://", "//127.0.0.1/x", 5, None,
+                                       ["http://127.0.0.1:9/hook"], "http://127.0.0.1:99999/x", "http://a b/")],
+                *[("on", v) for v in ([], ["never"], "failure", [1], [None], ["failure", "sometimes"], {})],
+                *[("after", v) for v in (0, -1, 1.5, True, "2", [])],
+                ("events", ["failure"]), ("URL", "http://127.0.0.1:9/hook")])),
+        "either": with_one(valid_notify, [("on", ["failure", "failure"]), ("after", 1001), ("after", 10**6),
+                                          ("on", None), ("after", None), ("after", 2.0)]),
+    },
+}
+RETRY_DEFAULTS = {"count": 0, "min_backoff_seconds": 5, "max_backoff_seconds": 300, "max_doublings": 5}
+
+
+@st.composite
+def operating_value(draw, name: str) -> tuple[object, str]:
+    verdict = draw(st.sampled_from(["valid", "valid", "invalid", "either"]))
+    return draw(OPERATING_VALUES[name][verdict]), verdict
+
+
+def assert_kept(name: str, given, shown) -> None:
+    """An accepted operating field is shown as it was given, with the documented defaults filled in."""
+    if name == "retry":
+        assert shown == {**RETRY_DEFAULTS, **(given or {})}, (given, shown)
+    elif name == "success":
+        assert shown == (None if given is None else {**given, "status": [c.lower() if isinstance(c, str) else c
+                                                                          for c in given["status"]]}), (given, shown)
+    elif name == "notify":
+        assert shown == (None if given is None else {"on": ["failure", "recovery"], "after": 1, **given}), \
+            (given, shown)
+    else:
+        assert shown == given and type(shown) is type(given), (given, shown)
+
+
+@fuzz(300)
+@given(data=st.data())
+def test_operating_fields_the_docs_refuse_are_a_400_on_create_and_edit_and_accepted_ones_are_kept(world, data):
+    route = data.draw(st.sampled_from([("POST", CURL), EDIT]))
+    names = data.draw(st.lists(st.sampled_from(sorted(OPERATING_VALUES)), min_size=1, max_size=5, unique=True))
+    drawn = {name: data.draw(operating_value(name), label=name) for name in names}
+    body = {k: v for k, v in base_create().items() if k not in OPERATING} if route == ("POST", CURL) else {}
+    body.update({name: value for name, (value, _) in drawn.items()})
+    sid = data.draw(existing_id(world.ids))
+    path = route[1].replace("<schedule_id>", sid)
+
+    response = send(world, Case(route[0], path, body=encode_body(body)))
+
+    verdicts = {verdict for _, verdict in drawn.values()}
+    event(f"{route[0]} {'/'.join(sorted(verdicts))} -> {response.status_int}")
+    if "invalid" in verdicts:
+        assert response.status_int == 400, f"{body!r}: {response.status_int} {response.body[:300]!r}"
+        assert response.json["error"] == "INVALID_PARAMETER", response.json
+    elif verdicts == {"valid"}:
+        assert response.status_int == (201 if route[0] == "POST" else 200), \
+            f"{body!r}: {response.status_int} {response.body[:300]!r}"
+        for name, (value, _) in drawn.items():
+            assert_kept(name, value, response.json[name])
+        if route == EDIT:
+            shown = world.curl.get(sid)
+            assert {name: shown[name] for name in OPERATING} == {name: response.json[name] for name in OPERATING}
+
+
+def run_queries(world: World) -> st.SearchStrategy[tuple[list[tuple[str, str]], set[str]]]:
+    """Query parameters for GET .../runs: (pairs, the verdicts of their values)."""
+    statuses = ["ok", "error", "timeout", "skipped", "missed", "interrupted", "running"]    # docs/api.md
+    cursor_index = st.integers(0, 10**6).map(lambda n: world.cursors[n % len(world.cursors)])
+
+    def mutated(cursor_and_change) -> str:
+        cursor, (key, value) = cursor_and_change
+        position = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        position[key] = value
+        return base64.urlsafe_b64encode(json.dumps(position).encode()).decode().rstrip("=")
+
+    def encoded(value) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).decode()
+
+    values = {
+        "limit": {"valid": st.integers(1, 1000).map(str),
+                  "invalid": st.sampled_from(["0", "-1", "1001", "10000000000000", "abc", "1.5", "", " ", "1e3",
+                                              "0x10", "٣"])},
+        "status": {"valid": st.lists(st.sampled_from(statuses), min_size=1, max_size=4, unique=True).map(",".join),
+                   "invalid": st.sampled_from(["bogus", "OK", "ok,bogus", "", ",", "success", "ok;error", "ok error"])},
+        "since": {"valid": st.sampled_from(["2026-01-15T00:00:00Z", "2026-01-15T11:59:30.250Z", "2026-01-15T11:59:31Z",
+                                            "2000-01-01T00:00:00+02:00", "2030-01-01T00:00:00Z"]),
+                  "invalid": st.sampled_from(["yesterday", "2026-13-45T99:99:99Z", "", "now", "2026-01-15T25:00:00Z",
+                                              "1" * 70])},
+        "cursor": {"valid": cursor_index,
+                   "invalid": st.one_of(st.sampled_from(["!!!", "%%%", "", "a", "null", "e30"]),
+                                        st.sampled_from([[1], "x", 5, None, {"offset": "x"}, {"offset": 1.5},
+                                                         {"inode": 1}]).map(encoded)),
+                   "either": st.one_of(
+                       st.tuples(cursor_index, st.sampled_from([
+                           ("offset", -1), ("offset", 0), ("offset", 10**12), ("offset", 1), ("offset", True),
+                           ("inode", None), ("inode", "x"), ("head", ""), ("head", "zz"), ("head", "00" * 100),
+                           ("extra", 1)])).map(mutated),
+                       st.sampled_from([{"offset": 0}, {"offset": 10**20}, {"offset": -5, "head": "ab"}]).map(encoded),
+                       texts.filter(bool))},
+    }
+
+    @st.composite
+    def draw(draw_one):
+        pairs, verdicts = [], set()
+        for name in draw_one(st.lists(st.sampled_from(sorted(values)), max_size=4, unique=True)):
+            kinds = sorted(values[name])
+            verdict = draw_one(st.sampled_from(["valid"] * 2 + kinds))
+            pairs.append((name, draw_one(values[name][verdict])))
+            verdicts.add(verdict)
+        if draw_one(st.integers(0, 9)) == 0:
+            pairs.append((draw_one(st.sampled_from(["page", "wait", "Limit", "offset", "id"])), "1"))
+            verdicts.add("invalid")     # an unknown parameter
+        if pairs and draw_one(st.integers(0, 9)) == 0:
+            pairs.append(pairs[0])      # a repeated parameter (status may be repeated; the others the docs omit)
+            verdicts.add("either")
+        return pairs, verdicts
+
+    return draw()
+
+
+@fuzz(300)
+@given(data=st.data())
+def test_run_history_with_any_limit_status_since_and_cursor_is_a_page_or_a_400(world, data):
+    sid = data.draw(st.one_of(st.just(world.history_id()), existing_id(world.ids)))
+    pairs, verdicts = data.draw(run_queries(world))
+    query = "&".join(f"{urllib.parse.quote(k)}={urllib.parse.quote(v.encode('utf-8', 'surrogatepass'), safe='')}"
+                     for k, v in pairs)
+
+    response = send(world, Case("GET", f"{CURL}/{sid}/runs", query=query, body=b"", content_type=None))
+
+    event(f"{'/'.join(sorted(verdicts)) or 'no query'} -> {response.status_int}")
+    if "invalid" in verdicts:
+        assert response.status_int == 400, f"{query!r}: {response.status_int} {response.body[:300]!r}"
+        assert response.json["error"] == "INVALID_PARAMETER", response.json
+    elif verdicts <= {"valid"}:
+        assert response.status_int == 200, f"{query!r}: {response.status_int} {response.body[:300]!r}"
+        given = dict(pairs)
+        page = response.json
+        assert len(page["items"]) <= int(given.get("limit", 50)), (query, len(page["items"]))
+        assert page["next_cursor"] is None or isinstance(page["next_cursor"], str), page
+        for item in page["items"]:
+            assert RUN <= set(item) and item["schedule_id"] == sid, item
+            if "status" in given:
+                assert item["status"] in given["status"].split(","), (query, item)
+            if "since" in given and item["finished_at"] is not None:
+                assert schedserver.parse_iso(item["finished_at"]) >= schedserver.parse_iso(given["since"]), (query, item)
+        run_ids = [item["run_id"] for item in page["items"]]
+        assert len(run_ids) == len(set(run_ids)), run_ids
+
+
+def page_through(world: World, sid: str, limit: int, between: Callable[[], None] = lambda: None) -> tuple[list, int]:
+    """Follow next_cursor from the first page to the last: (the finished runs seen, in order; pages)."""
+    seen, cursor, pages = [], None, 0
+    while True:
+        query = f"limit={limit}" + (f"&cursor={cursor}" if cursor else "")
+        response = send(world, Case("GET", f"{CURL}/{sid}/runs", query=query, body=b"", content_type=None))
+        assert response.status_int == 200, response.body[:300]
+        seen += [item["run_id"] for item in response.json["items"] if item["status"] != "running"]
+        cursor, pages = response.json["next_cursor"], pages + 1
+        if cursor is None:
+            return seen, pages
+        assert pages <= 10 * HISTORY_RUNS, "next_cursor never ends"
+        between()
+
+
+def logged_runs(world: World, sid: str) -> list[str]:
+    """The run ids of a schedule in the runs log, newest first (what paging must give)."""
+    return [record["run_id"] for record, _ in world.stack.server.logs["http"].read_newest()
+            if record.get("schedule_id") == sid]
+
+
+@pytest.mark.parametrize("limit", [1, 7, 50, 1000])
+def test_following_next_cursor_pages_through_every_run_in_the_log_once_newest_first_with_a_run_in_flight(world,
+                                                                                                         limit):
+    sid = world.history_id()
+    started = send(world, Case("POST", f"{CURL}/{sid}/run", query="wait=false", body=b"", content_type=None))
+    assert started.status_int in (202, 409), started.body[:300]       # 409: one is in flight already
+
+    seen, pages = page_through(world, sid, limit)
+
+    assert len(seen) == len(set(seen)), "a run was on two pages"
+    in_log = logged_runs(world, sid)
+    assert len(in_log) >= HISTORY_RUNS
+    assert seen == in_log, (f"limit={limit}: {len(seen)} runs paged through in {pages} pages, {len(in_log)} in the "
+                            f"log; first missing: {[r for r in in_log if r not in set(seen)][:3]}")
+
+
+@pytest.mark.parametrize("limit", [1, 7, 50])
+def test_following_next_cursor_while_runs_are_added_gives_every_earlier_run_once_and_no_gap(world, limit):
+    sid = world.curl.create({"cron": "0 0 0 1 1 *", "request": {"url": "http://127.0.0.1:9/paged"},
+                             "overlap": "allow", "name": "paged"})["id"]
+    try:
+        for _ in range(60):
+            world.curl.run_now(sid)
+        before = logged_runs(world, sid)
+
+        seen, pages = page_through(world, sid, limit, between=lambda: world.curl.run_now(sid))
+
+        added = [run_id for run_id in logged_runs(world, sid) if run_id not in set(before)]
+        assert len(added) == pages - 1
+        assert len(seen) == len(set(seen)), "a run was on two pages"
+        assert [run_id for run_id in seen if run_id not in set(added)] == before, \
+            f"limit={limit}: the runs there at the first page, paged through: {len(seen)} of {len(before)}"
+    finally:
+        world.curl.delete(sid)
+
+
+@fuzz(120)
+@given(data=st.data())
+def test_run_now_with_any_wait_value_answers_the_run_its_run_id_or_a_documented_error(world, data):
+    ids = world.ids()
+    sid = data.draw(st.one_of(existing_id(lambda: ids), existing_id(lambda: ids), st.uuids().map(str),
+                              st.sampled_from(["x", "0" * 300])))
+    wait = data.draw(st.one_of(st.none(), st.sampled_from(["true", "false"]),
+                               st.sampled_from(["1", "0", "TRUE", " false", "no", "", "maybe", "falsey", "2"]), texts))
+    query = "" if wait is None else "wait=" + urllib.parse.quote(wait.encode("utf-8", "surrogatepass"), safe="")
+    body = data.draw(st.sampled_from([b""] * 6 + [b"{}", b'{"wait": false}', b"null"]))
+    exists = sid in ids
+
+    response = send(world, Case("POST", f"{CURL}/{urllib.parse.quote(sid, safe='')}/run", query=query, body=body))
+
+    status = response.status_int
+    event(f"{'existing' if exists else 'unknown'} schedule -> {status}")
+    if not exists:
+        assert status == 404 and response.json["error"] == "SCHEDULE_NOT_FOUND", response.body[:300]
+    elif body.strip() not in (b"", b"null"):
+        pass                            # the docs do not say what a body does here: any documented answer
+    elif wait is not None and wait.strip().lower() not in ("true", "false", "1", "0", "yes", "no", "on", "off", ""):
+        assert status == 400 and response.json["error"] == "INVALID_PARAMETER", \
+            f"wait={wait!r}: {status} {response.body[:300]!r}"
+    elif wait in (None, "true", "false"):
+        documented = {409} | ({202} if wait == "false" else {200})
+        assert status in documented, f"wait={wait!r}: {status} {response.body[:300]!r}"
+        if status == 409:
+            assert response.json["error"] == "RUN_IN_PROGRESS", response.json
+        elif status == 202:
+            shown = send(world, Case("GET", f"{CURL}/{sid}/runs/{response.json['run_id']}", body=b"",
+                                     content_type=None))
+            assert shown.status_int == 200 and shown.json["run_id"] == response.json["run_id"], shown.body[:300]
+            world.run_ids.append(response.json["run_id"])
+        else:
+            assert response.json["schedule_id"] == sid and response.json["trigger"] == "manual", response.json
+            assert response.json["attempt"] == 1 and response.json["finished_at"], response.json
+            world.run_ids.append(response.json["run_id"])
 
 
 def escapes(script_path: str, scripts_dir: Path) -> bool:

@@ -1,23 +1,32 @@
 """Reliability, section 6 "Security": who may call what, which files are private, what never reaches a log,
-what a script never sees, and where HTTP runs may connect.
+what a script never sees, what hostile clients cannot lock up, and where HTTP runs may connect.
 
-Grouped by concern: authorization on every route the router knows (the app in-process with webtest, so a
-route added without auth fails here); private files and secrets kept out of logs (the real server in a
-subprocess); script environments; the egress policy (EgressPolicy and its config converter as pure checks,
-HttpRunner in-process behind a hand-written resolver, and real servers with deny_networks / allow_networks).
+Grouped by concern: authorization on every route the router knows (the app in-process through
+tests/harness.py's Stack, so a route added without auth fails here); private files and secrets kept out of logs
+(the real server in a subprocess); script environments; hostile clients (hundreds of idle or slow connections,
+the idle timeout, the connection limit, manual triggers that would take every request thread: the real server
+over real sockets); log lines a file name cannot forge; a run record that cannot be written is never answered
+as a success; the egress policy (EgressPolicy and its config converter as pure checks, HttpRunner in-process
+behind a hand-written resolver, and real servers with deny_networks / allow_networks).
 Every wait has a deadline; all traffic goes to 127.0.0.x.
 
-Figure: `reliability: security R routes checked for auth, F files private, S secrets never logged, egress E cases`.
+Figures: `reliability: security R routes checked for auth, F files private, S secrets never logged, egress E cases`
+and `reliability: security I idle + S slow-header connections, API answered within T s; idle connection dropped
+after D s; L log line at the connection limit`.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
+import resource
+import selectors
 import socket
 import stat
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -26,11 +35,12 @@ from typing import Any, Callable
 
 import bottle
 import pytest
-import webtest
+import requests
 
 import schedserver
 from e2e_helpers import DEFAULT_TOKEN, ServerProcess, TargetServer, run_schedserver, schedserver_argv, \
     schedserver_env, wait_until
+from harness import Stack
 from stored import STORE_FILES, store_files
 
 CURL = schedserver.CURL_PREFIX
@@ -60,6 +70,13 @@ class Tally:
     files: int | None = None
     secrets: int | None = None
     egress: int = 0
+    # Hostile clients: connections held open while the API kept answering, the slowest of those answers,
+    # how long an idle connection lived, and how many lines reaching the connection limit logged.
+    idle_connections: int | None = None
+    slow_connections: int = 0
+    slowest_answer: float | None = None
+    idle_dropped_after: float | None = None
+    limit_lines: int | None = None
     record: Callable[[str], None] | None = None
 
 
@@ -70,6 +87,12 @@ def tally():
     if counts.record and None not in (counts.routes, counts.files, counts.secrets) and counts.egress:
         counts.record(f"reliability: security {counts.routes} routes checked for auth, {counts.files} files "
                       f"private, {counts.secrets} secrets never logged, egress {counts.egress} cases")
+    if counts.record and None not in (counts.idle_connections, counts.slowest_answer, counts.idle_dropped_after,
+                                      counts.limit_lines):
+        counts.record(f"reliability: security {counts.idle_connections} idle + {counts.slow_connections} "
+                      f"slow-header connections, API answered within {counts.slowest_answer:.2f} s; idle "
+                      f"connection dropped after {counts.idle_dropped_after:.1f} s; {counts.limit_lines} log "
+                      f"line at the connection limit")
 
 
 @pytest.fixture(autouse=True)
@@ -129,39 +152,31 @@ def data_dir_entries(data: Path) -> dict[str, int]:
 ###############################################################################
 
 class AppUnderTest:
-    """The app as Server.start() builds it (both services, /healthz, admin and read-only tokens) over temp
-    dirs, without threads: nothing ticks, so the state only changes if a request changes it."""
+    """The app as the server builds it (both services, /healthz, admin and read-only tokens) over temp dirs
+    (tests/harness.py's Stack: the real Server, loaded, with a fake clock and no threads): nothing ticks, so the
+    state only changes if a request changes it. Scripts really run when triggered."""
 
     def __init__(self, tmp_path: Path):
         self.scripts_dir = tmp_path / "scripts"
-        self.data = tmp_path / "data"
         self.triggered = tmp_path / "triggered"
-        self.data.mkdir()
         write_script(self.scripts_dir, "nightly.sh", f"# @schedule 0 0 3 * * *\necho ran >> '{self.triggered}'\n")
-        self.submitted: list[tuple] = []
-        self.scheduler = schedserver.Scheduler(submit=lambda *call: self.submitted.append(call))
-        self.curl = schedserver.CurlSchedules(
-            schedserver.JournalStore(str(self.data / "curl-schedules.json")),
-            schedserver.NdjsonLog(str(self.data / "curl-runs.log"), 1 << 20, 3),
-            self.scheduler, schedserver.HttpRunner())
-        self.curl.load()
-        self.scripts = schedserver.ScriptSchedules(
-            str(self.scripts_dir), schedserver.NdjsonLog(str(self.data / "fires.log"), 1 << 20, 3), self.scheduler,
-            schedserver.ScriptRunner(kill_grace=0.2), secret_values=(ADMIN_TOKEN, READ_TOKEN))
-        self.scripts.load()
+        self.stack = Stack(tmp_path, tokens=(ADMIN_TOKEN,), read_tokens=(READ_TOKEN,))
+        self.data = self.stack.data_dir
+        self.scheduler = self.stack.scheduler
+        self.curl = self.stack.http
+        self.scripts = self.stack.scripts
         self.schedule_id = self.curl.create({"cron": NEVER, "request": {
             "url": "http://127.0.0.1:9/hook", "headers": {"X-Api-Key": "stored-key"}}})["id"]
         # On disk but not registered: a reload that got through would register it.
         write_script(self.scripts_dir, "late.sh", "# @schedule 0 0 4 * * *\necho late\n")
-        health = schedserver.Health(self.scheduler, self.curl, self.scripts)
-        self.bottle = schedserver.make_app(self.curl, schedserver.Auth((ADMIN_TOKEN,), (READ_TOKEN,)), self.scripts,
-                                           health)
-        self.app = webtest.TestApp(self.bottle)
+        self.bottle: bottle.Bottle = self.stack.server.app
+        self.app = self.stack.app
         # What a caller would send to make each route do its job (routes not listed get no body).
         self.bodies = {
             ("POST", CURL): {"cron": EVERY_SECOND, "request": {"url": "http://127.0.0.1:9/new"}},
             ("POST", EXEC + "/reload"): {},
             ("POST", EXEC + "/trigger"): {"scriptPath": "nightly.sh"},
+            ("PATCH", CURL + "/<schedule_id>"): {"name": "edited"},
         }
 
     @property
@@ -170,6 +185,8 @@ class AppUnderTest:
 
     def path_for(self, route: bottle.Route) -> str:
         """The route's rule with its path parameters filled by a real value the router sends to this route."""
+        if route.rule == "/static/<name>":
+            return "/static/app.js"
         candidates = (self.schedule_id, "nightly.sh", f"{self.schedule_id}/extra")
         for value in candidates:
             path = PLACEHOLDER.sub(lambda _: value, route.rule)
@@ -201,8 +218,10 @@ class AppUnderTest:
 
 
 @pytest.fixture
-def app(tmp_path) -> AppUnderTest:
-    return AppUnderTest(tmp_path)
+def app(tmp_path):
+    under_test = AppUnderTest(tmp_path)
+    yield under_test
+    under_test.stack.close()
 
 
 def error_problems(response, path: str, status: int, code: str) -> list[str]:
@@ -223,6 +242,8 @@ def error_problems(response, path: str, status: int, code: str) -> list[str]:
     return problems
 
 
+# Health for probes; the API's description and the dashboard's page and assets hold no data.
+OPEN_ROUTES = {"/healthz", "/api/v1/openapi.json", "/", "/static/<name>"}
 BAD_AUTHORIZATIONS = (
     None,                                   # no header at all
     "Bearer wrong-token",
@@ -239,7 +260,7 @@ def test_every_api_route_answers_401_json_with_a_bearer_challenge_to_a_missing_o
     failures = []
     checked = 0
     for route in app.routes:
-        if route.rule == "/healthz":
+        if route.rule in OPEN_ROUTES:
             continue
         path = app.path_for(route)
         methods = [route.method] + (["HEAD"] if route.method == "GET" else [])
@@ -252,15 +273,15 @@ def test_every_api_route_answers_401_json_with_a_bearer_challenge_to_a_missing_o
                 failures += [f"{method} {route.rule} with {authorization!r}: {p}" for p in problems]
                 checked += 1
     assert not failures, "\n".join(failures)
-    assert checked >= len(BAD_AUTHORIZATIONS) * (len(app.routes) - 1)
+    assert checked >= len(BAD_AUTHORIZATIONS) * (len(app.routes) - len(OPEN_ROUTES))
     assert app.state() == before
     tally.routes = len(app.routes)
 
 
-def test_the_only_route_that_answers_without_a_token_is_healthz(app):
+def test_the_only_routes_that_answer_without_a_token_are_healthz_and_the_openapi_document(app):
     open_routes = {route.rule for route in app.routes
                    if app.call(route.method, app.path_for(route), None, route.rule).status_int != 401}
-    assert open_routes == {"/healthz"}
+    assert open_routes == OPEN_ROUTES
     response = app.app.get("/healthz", expect_errors=True)
     assert response.status_int in (200, 503) and response.content_type == "application/json"
 
@@ -283,7 +304,7 @@ def test_a_read_only_token_gets_403_on_every_route_that_is_not_a_read_and_change
 
 def test_a_read_only_token_may_call_every_read_route(app):
     for route in app.routes:
-        if route.method in READ_ONLY_METHODS and route.rule != "/healthz":
+        if route.method in READ_ONLY_METHODS and route.rule not in OPEN_ROUTES:
             response = app.call(route.method, app.path_for(route), f"Bearer {READ_TOKEN}", route.rule)
             assert response.status_int not in (401, 403), (route.rule, response.body)
 
@@ -292,10 +313,13 @@ def test_the_admin_token_reaches_every_route_with_the_values_filled_in(app):
     """The fills are real: with the admin token each route does its job (the malformed-id route answers 404)."""
     order = {"GET": 0, "HEAD": 0, "POST": 1, "PATCH": 2, "DELETE": 3}
     for route in sorted(app.routes, key=lambda r: order.get(r.method, 1)):
-        path = app.path_for(route)
+        path = app.path_for(route) + ("?expr=@hourly" if route.rule.endswith("/cron/preview") else "")
         response = app.call(route.method, path, f"Bearer {ADMIN_TOKEN}", route.rule)
         if ":re:" in route.rule:        # the routes for ids holding a slash: always an unknown schedule
             assert response.status_int == 404, (route.rule, response.body)
+        elif "<run_id>" in route.rule:  # filled with a schedule's id: an unknown run, told by the route itself
+            assert response.status_int == 404 and response.json.get("code", response.json["error"]) in (
+                "RUN_NOT_FOUND", "NOT_FOUND"), (route.rule, response.body)
         else:
             assert response.status_int < 300, (route.method, route.rule, response.body)
     assert app.triggered.exists() and app.scripts.count() == 2
@@ -346,11 +370,12 @@ echo held
             release.touch()
             holder.join(15)
     assert server.token not in server.stderr_text()     # the generated token is announced by its path only
+    # The run state is written at the clean stop: what is there after it counts too.
+    entries = {**data_dir_entries(data), **entries}
     # The definitions (with their request secrets) are in the journal; the snapshot appears at the first compaction,
     # and is checked too if it is there: every file present must be private.
-    required = {".", "api-token", "schedserver.lock", "curl-schedules.journal", "curl-schedules.json.lock",
-                "curl-runs.log", "curl-runs.log.lock", "fires.log", "fires.log.1", "fires.log.lock",
-                "exec-registered.json", "exec-registered.json.lock", "running/"}
+    required = {".", "api-token", "schedserver.lock", "curl-schedules.journal", "curl-runs.log", "fires.log",
+                "fires.log.1", "exec-registered.json", "run-state.json", "running/"}
     assert required <= set(entries), sorted(entries)
     assert any(name.startswith("running/") and name.endswith(".json") for name in entries), sorted(entries)
     wrong = {name: oct(mode) for name, mode in entries.items()
@@ -471,6 +496,374 @@ print("dumped")
             assert variable not in environment, (name, variable)
         for token in (admin_1, admin_2, reader, from_file):
             assert not [k for k, v in environment.items() if token in v or token in k], (name, token)
+
+
+###############################################################################
+# Hostile clients: idle, slow and too many connections #########################
+###############################################################################
+
+IDLE_CONNECTIONS = 500
+SLOW_CONNECTIONS = 20
+# A request head sent one byte a second that never ends (it would take minutes to send it whole).
+SLOW_HEAD = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"s" * 600
+
+
+@pytest.fixture
+def descriptors():
+    """room_for(n): raise this process's soft RLIMIT_NOFILE (within the hard limit) so that n more sockets fit;
+    the limit is put back afterwards."""
+    saved = resource.getrlimit(resource.RLIMIT_NOFILE)
+
+    def room_for(extra: int) -> None:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        wanted = len(os.listdir("/proc/self/fd")) + extra + 256
+        if soft != resource.RLIM_INFINITY and soft < wanted:
+            if hard != resource.RLIM_INFINITY and hard < wanted:
+                pytest.skip(f"{extra} sockets need {wanted} descriptors; the hard limit is {hard}")
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    yield room_for
+    resource.setrlimit(resource.RLIMIT_NOFILE, saved)
+
+
+def address(server: ServerProcess) -> tuple[str, int]:
+    host, port = server.url.rsplit("//", 1)[1].rsplit(":", 1)
+    return host.strip("[]"), int(port)
+
+
+def connect(server: ServerProcess, count: int, into: list[socket.socket]) -> None:
+    """Open `count` connections that send nothing, appending each to `into` at once (the caller closes them)."""
+    for _ in range(count):
+        into.append(socket.create_connection(address(server), timeout=5))
+
+
+def server_sockets(server: ServerProcess) -> int:
+    """How many sockets the server process holds: its listener and every connection it has accepted (one the
+    kernel has queued but the server has not accepted does not count)."""
+    assert server.proc is not None
+    found = 0
+    for fd in os.listdir(f"/proc/{server.proc.pid}/fd"):
+        try:
+            found += os.readlink(f"/proc/{server.proc.pid}/fd/{fd}").startswith("socket:")
+        except OSError:         # closed meanwhile
+            pass
+    return found
+
+
+def still_open(sock: socket.socket) -> bool:
+    """True while the server has neither closed `sock` nor sent anything (more) on it; never waits."""
+    timeout = sock.gettimeout()
+    sock.settimeout(0.0)
+    try:
+        sock.recv(1, socket.MSG_PEEK)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        sock.settimeout(timeout)
+    return False
+
+
+class Dribbler:
+    """Sends the next byte of SLOW_HEAD to each of its sockets once a second, from a thread of its own."""
+
+    def __init__(self, sockets: list[socket.socket]):
+        self.sockets = sockets
+        self.sent = 0                   # bytes sent on each socket so far
+        self.failures: list[str] = []
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="security-dribbler", daemon=True)
+
+    def _run(self) -> None:
+        for position in range(len(SLOW_HEAD)):
+            for sock in self.sockets:
+                try:
+                    sock.sendall(SLOW_HEAD[position:position + 1])
+                except OSError as e:
+                    self.failures.append(repr(e))
+            self.sent = position + 1
+            if self._stopping.wait(1.0):
+                return
+
+    def __enter__(self) -> "Dribbler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._stopping.set()
+        self._thread.join(5)
+
+
+def test_500_idle_connections_and_slow_header_clients_do_not_lock_out_the_api(tmp_path, descriptors, tally):
+    """waitress reads requests asynchronously: connections that send nothing, or a header byte a second, hold no
+    request thread, so /healthz and authenticated routes keep answering while hundreds of them are open."""
+    descriptors(IDLE_CONNECTIONS + SLOW_CONNECTIONS)
+    idle: list[socket.socket] = []
+    slow: list[socket.socket] = []
+    answer_times: list[float] = []
+    # An idle timeout longer than the test: the server keeps every connection the whole time.
+    with ServerProcess(tmp_path / "data", tmp_path / "scripts",
+                       env={"SCHEDSERVER_IDLE_TIMEOUT_SECONDS": "600"}) as server:
+        schedule = ok(create(server, "http://127.0.0.1:9/hook", cron=NEVER), 201)["id"]
+        before = server_sockets(server)
+        try:
+            connect(server, IDLE_CONNECTIONS, idle)
+            connect(server, SLOW_CONNECTIONS, slow)
+            with Dribbler(slow) as dribbler:
+                accepted = wait_until(lambda: server_sockets(server) >= before + len(idle) + len(slow), 20.0, 0.1)
+                assert accepted, (f"the server accepted {server_sockets(server) - before} of "
+                                  f"{len(idle) + len(slow)} connections")
+                for _ in range(5):      # over a few seconds, while the slow clients keep sending
+                    started = time.monotonic()
+                    health = server.api("GET", "/healthz", token=None, timeout=5)
+                    listing = server.api("GET", CURL, timeout=5)
+                    one = server.api("GET", f"{CURL}/{schedule}", token="wrong-token", timeout=5)
+                    answer_times.append(time.monotonic() - started)
+                    assert health.status_code == 200 and health.json()["status"] == "ok", health.text
+                    assert [item["id"] for item in ok(listing)["items"]] == [schedule]
+                    assert one.status_code == 401           # auth is still checked, promptly
+                    time.sleep(0.5)
+                assert dribbler.sent >= 3 and dribbler.failures == [], (dribbler.sent, dribbler.failures[:3])
+                assert server_sockets(server) >= before + len(idle) + len(slow), "connections were dropped"
+                assert all(still_open(sock) for sock in idle + slow)
+        finally:
+            for sock in idle + slow:
+                sock.close()
+        assert ok(server.api("GET", "/healthz", token=None))["status"] == "ok"
+        assert server.returncode is None
+    tally.idle_connections = len(idle)
+    tally.slow_connections = len(slow)
+    tally.slowest_answer = max(answer_times)
+
+
+def read_answer(sock: socket.socket) -> bytes:
+    """One HTTP answer with a Content-Length, head and body."""
+    answer = b""
+    while b"\r\n\r\n" not in answer or len(answer) < answer.index(b"\r\n\r\n") + 4 + int(
+            re.search(rb"(?i)content-length:\s*(\d+)", answer).group(1)):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        answer += chunk
+    return answer
+
+
+def closed_by_the_server(sock: socket.socket, timeout: float) -> bool:
+    """Wait (at most `timeout`) for the server to close `sock`; False if it is still open then."""
+    sock.settimeout(timeout)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_a_connection_that_goes_silent_is_closed_after_the_idle_timeout(tmp_path, tally):
+    """server.idle_timeout_seconds (2 here): a connection that never sends a byte, and a keep-alive connection
+    silent after its answer, are both closed by the server; the API goes on answering."""
+    with ServerProcess(tmp_path / "data", tmp_path / "scripts",
+                       env={"SCHEDSERVER_IDLE_TIMEOUT_SECONDS": "2"}) as server:
+        with socket.create_connection(address(server), timeout=5) as silent, \
+                socket.create_connection(address(server), timeout=5) as kept_alive:
+            started = time.monotonic()
+            kept_alive.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            assert read_answer(kept_alive).startswith(b"HTTP/1.1 200 ")
+            assert still_open(kept_alive)
+            silent_closed = closed_by_the_server(silent, 15.0)
+            dropped_after = time.monotonic() - started
+            kept_alive_closed = closed_by_the_server(kept_alive, 15.0)
+        assert silent_closed, "a connection that sent nothing was still open 15 s after it was made"
+        assert kept_alive_closed, "a keep-alive connection silent after its answer was never closed"
+        assert dropped_after >= 1.5, f"closed after {dropped_after:.2f} s: before the 2 s idle timeout"
+        assert ok(server.api("GET", "/healthz", token=None))["status"] == "ok"
+    tally.idle_dropped_after = dropped_after
+
+
+LIMIT_REACHED = "reached the connection limit"
+LIMIT_LEFT = "dropped below the connection limit"
+
+
+def test_reaching_the_connection_limit_again_and_again_logs_one_line_not_one_per_connection(
+        tmp_path, descriptors, tally):
+    """server.connection_limit 50 and twice as many silent connections: the server accepts up to the limit, the
+    idle timeout (2 s) drops that batch, it accepts the next one up to the limit, and so on until every
+    connection has had its turn (each one sees the server close it). Reaching the limit several times logs it
+    once."""
+    limit, count = 50, 100
+    descriptors(count)
+    held: list[socket.socket] = []
+    env = {"SCHEDSERVER_CONNECTION_LIMIT": str(limit), "SCHEDSERVER_IDLE_TIMEOUT_SECONDS": "2"}
+    with ServerProcess(tmp_path / "data", tmp_path / "scripts", env=env) as server:
+        before = server_sockets(server)
+        selector = selectors.DefaultSelector()
+        closed: set[int] = set()
+        most_held = 0
+        try:
+            connect(server, count, held)        # the kernel queues the ones the server does not accept yet
+            for n, sock in enumerate(held):
+                sock.setblocking(False)
+                selector.register(sock, selectors.EVENT_READ, n)
+            deadline = time.monotonic() + 60
+            while len(closed) < count and time.monotonic() < deadline:
+                most_held = max(most_held, server_sockets(server) - before)
+                for key, _ in selector.select(0.05):
+                    try:
+                        data = key.fileobj.recv(1)
+                    except BlockingIOError:
+                        continue
+                    except OSError:
+                        data = b""
+                    assert data == b"", f"the server sent {data!r} to a connection that sent nothing"
+                    selector.unregister(key.fileobj)
+                    closed.add(key.data)
+        finally:
+            selector.close()
+            for sock in held:
+                sock.close()
+        assert len(closed) == count, f"{count - len(closed)} connections were never accepted and closed"
+        assert 0 < most_held <= limit, f"the server held {most_held} connections with a limit of {limit}"
+        assert ok(server.api("GET", "/healthz", token=None))["status"] == "ok"     # listening again
+        lines = server.stderr_text().splitlines()
+    # Each batch of at most `limit` connections reached the limit: at least twice for `count` = 2 * limit.
+    reached = [line for line in lines if LIMIT_REACHED in line]
+    assert len(reached) == 1, reached
+    assert len([line for line in lines if LIMIT_LEFT in line]) <= 1, lines
+    tally.limit_lines = len(reached)
+
+
+###############################################################################
+# Manual triggers cannot take every request thread #############################
+###############################################################################
+
+def test_eight_concurrent_triggers_run_at_most_four_the_rest_answer_503_at_once_and_healthz_answers(tmp_path):
+    """A manual trigger holds a request thread until its script ends: with server.threads = 8 at most 4 may
+    (max(1, threads // 2)); the others answer 503 ERROR_503 at once, and /healthz still gets a thread."""
+    data, scripts, release = tmp_path / "data", tmp_path / "scripts", tmp_path / "release"
+    for n in range(8):      # eight scripts of up to 8 s each (over as soon as `release` exists)
+        write_script(scripts, f"slow{n}.sh", f"""
+# @schedule {NEVER}
+i=0
+while [ ! -e '{release}' ] && [ $i -lt 160 ]; do sleep 0.05; i=$((i+1)); done
+echo slow {n} done
+""")
+    answers: dict[int, Any] = {}
+
+    def trigger(server: ServerProcess, n: int) -> None:
+        with requests.Session() as session:
+            session.trust_env = False
+            try:
+                answers[n] = session.post(server.url + EXEC + "/trigger", json={"scriptPath": f"slow{n}.sh"},
+                                          headers={"Authorization": f"Bearer {DEFAULT_TOKEN}"}, timeout=30)
+            except requests.RequestException as e:
+                answers[n] = e
+
+    def refused() -> list[int]:
+        return [n for n, a in list(answers.items()) if getattr(a, "status_code", None) == 503]
+
+    with ServerProcess(data, scripts, env={"SCHEDSERVER_THREADS": "8"}) as server:
+        threads = [threading.Thread(target=trigger, args=(server, n), name=f"security-trigger-{n}", daemon=True)
+                   for n in range(8)]
+        for thread in threads:
+            thread.start()
+        try:
+            wait_until(lambda: len(refused()) >= 4, 6.0)
+            answered_meanwhile = dict(answers)
+            wait_until(lambda: len(list((data / "running").glob("*.json"))) >= 4, 5.0)
+            markers = len(list((data / "running").glob("*.json")))
+            health = server.api("GET", "/healthz", token=None, timeout=5)
+        finally:
+            release.touch()
+            for thread in threads:
+                thread.join(30)
+    assert sorted(n for n, a in answered_meanwhile.items() if getattr(a, "status_code", None) == 503) == \
+        sorted(refused()), answered_meanwhile
+    assert len(answered_meanwhile) == 4, f"answered while four scripts ran: {answered_meanwhile}"
+    assert markers == 4, f"{markers} runs in flight"
+    assert health.status_code == 200, health.text
+    assert health.json()["running"] == 4, health.json()
+    statuses = sorted(getattr(a, "status_code", repr(a)) for a in answers.values())
+    assert statuses == [200] * 4 + [503] * 4, statuses
+    for n in refused():
+        body = answers[n].json()
+        assert (body["error"], body["code"]) == ("Service unavailable", "ERROR_503"), body
+        assert set(body) == {"error", "code", "message", "timestamp"} and body["message"], body
+    ran = [answers[n].json() for n in answers if n not in refused()]
+    assert [r["status"] for r in ran] == ["ok"] * 4, ran
+
+
+###############################################################################
+# Log lines cannot be forged ###################################################
+###############################################################################
+
+FORGED = "forged: all clear"
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_a_script_name_holding_a_newline_cannot_split_or_forge_a_server_log_line(tmp_path, log_format):
+    data, scripts = tmp_path / "data", tmp_path / "scripts"
+    good, broken = f"report\nINFO {FORGED}.sh", f"broken\nWARNING {FORGED}.sh"
+    write_script(scripts, good, f"# @schedule {NEVER}\necho done\n")
+    write_script(scripts, broken, "# @schedule every blue moon\necho never\n")
+    env = {"SCHEDSERVER_LOG_FORMAT": log_format, "SCHEDSERVER_ACCESS_LOG": "true"}
+    with ServerProcess(data, scripts, env=env) as server:
+        assert [s["scriptRel"] for s in ok(server.api("GET", EXEC + "/list"))["schedules"]] == [good]
+        assert ok(server.api("POST", EXEC + "/trigger", json={"scriptPath": good}))["status"] == "ok"
+        # A newline in a request path reaches the access log decoded.
+        assert server.api("GET", EXEC + "/list%0AINFO%20" + FORGED.replace(" ", "%20")).status_code == 404
+        stderr = server.stderr_text()
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    fired = f"script fire {good} trigger=manual status=ok"
+    refused = f"script {broken} not scheduled"
+    if log_format == "json":
+        entries = [json.loads(line) for line in lines]      # every line is one whole JSON object
+        assert all(isinstance(e, dict) and {"ts", "level", "message"} <= set(e) for e in entries), lines
+        messages = [e["message"] for e in entries]
+        assert any(m.startswith(fired) for m in messages), messages
+        assert any(m.startswith(refused) for m in messages), messages
+        return
+    escaped = [text.replace("\n", "\\n") for text in (fired, refused)]
+    assert any(escaped[0] in line for line in lines), stderr
+    assert any(escaped[1] in line for line in lines), stderr
+    forged = [line for line in lines if FORGED in line and not any(
+        legit in line for legit in ("report\\nINFO", "broken\\nWARNING", "%0AINFO"))]
+    assert forged == [], forged
+    assert not [line for line in lines if line.startswith(("INFO ", "WARNING "))], stderr
+
+
+###############################################################################
+# Failures answered honestly ###################################################
+###############################################################################
+
+def test_a_trigger_whose_fires_log_cannot_be_written_answers_500_naming_the_run_never_200(tmp_path, caplog):
+    """A directory in place of fires.log: no append can open it, for root too. The script runs, its record
+    cannot be written, and the caller hears so (500 ERROR_500 with the run id), not a success nobody can find."""
+    scripts, ran = tmp_path / "scripts", tmp_path / "ran"
+    write_script(scripts, "report.sh", f"# @schedule {NEVER}\necho \"$SCHEDSERVER_RUN_ID\" >> '{ran}'\necho done\n")
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    caplog.set_level(logging.ERROR, logger="schedserver")
+    with Stack(tmp_path, tokens=(ADMIN_TOKEN,)) as stack:
+        fires = stack.data_dir / "fires.log"
+        fires.mkdir()
+        response = stack.app.post_json(EXEC + "/trigger", {"scriptPath": "report.sh"}, headers=admin,
+                                       expect_errors=True)
+        run_ids = ran.read_text().split() if ran.exists() else []
+        in_flight = stack.recorder.count()
+        markers = list((stack.data_dir / "running").glob("*.json"))
+        body = response.json
+        assert response.status_int == 500, body
+        assert set(body) == {"error", "code", "message", "timestamp"}, body
+        assert (body["error"], body["code"]) == ("Internal server error", "ERROR_500"), body
+        assert len(run_ids) == 1, f"the script ran {len(run_ids)} times"
+        assert run_ids[0] in body["message"], (run_ids, body)
+        assert in_flight == 0 and markers == [], (in_flight, markers)
+        assert "cannot append to" in caplog.text and run_ids[0] in caplog.text, caplog.text
+        # Once the log can be written again, so can the next run's record.
+        fires.rmdir()
+        again = stack.app.post_json(EXEC + "/trigger", {"scriptPath": "report.sh"}, headers=admin,
+                                    expect_errors=True)
+        assert again.status_int == 200 and again.json["status"] == "ok", again.body
+        assert [json.loads(line)["runId"] for line in fires.read_text().splitlines()] == [again.json["runId"]]
 
 
 ###############################################################################
@@ -757,22 +1150,25 @@ def test_localhost_still_works_under_an_allow_list_of_127_0_0_1(allow_server, ta
     tally.egress += 1
 
 
-@pytest.mark.parametrize("host", ["127.0.0.2", "[::1]"])
+@pytest.mark.parametrize("host", ["127.0.0.2", "[::1]", "2130706434", "0x7f000002", "017700000002"])
 def test_a_literal_address_outside_the_allow_list_is_refused_at_create(allow_server, host, tally):
+    """Short and numeric IPv4 forms (2130706434, 0x7f000002 and 017700000002 are 127.0.0.2 to the resolver) are
+    address literals too: the create check sees through them."""
     server, listener = allow_server
     response = create(server, f"http://{host}:{listener.port}/")
     assert response.status_code == 400 and response.json()["error"] == "INVALID_PARAMETER", response.text
+    assert "egress policy" in response.json()["message"]
     tally.egress += 1
 
 
-def test_a_name_resolving_only_to_refused_addresses_is_created_and_recorded_as_error_at_run_time(allow_server, tally):
-    """2130706434 is a host name to the URL parser (not an address literal) that the resolver turns into
-    127.0.0.2: the create check cannot see it, the run-time check must."""
-    server, listener = allow_server
-    response = create(server, f"http://2130706434:{listener.port}/numeric")
-    schedule = ok(response, 201)["id"]
-    runs = history_of(server, schedule, 1)
-    ok(server.api("DELETE", f"{CURL}/{schedule}"))
+def test_a_name_resolving_only_to_refused_addresses_is_created_and_recorded_as_error_at_run_time(tmp_path, tally):
+    """`localhost` is a name, not an address literal: the create check cannot see where it goes, the run-time
+    check must (every loopback address is denied, whichever ones the machine's resolver gives)."""
+    with Listener() as listener, \
+            ServerProcess(tmp_path / "data", tmp_path / "scripts",
+                          env={"SCHEDSERVER_CURL_DENY_NETWORKS": "127.0.0.0/8,::1/128"}) as server:
+        schedule = ok(create(server, listener.url("localhost") + "/by-name"), 201)["id"]
+        runs = history_of(server, schedule, 1)
     assert runs and all(e["status"] == "error" and "egress policy" in (e["error"] or "") for e in runs), runs
-    assert [a for a in listener.received() if a.path == "/numeric"] == []
+    assert listener.received() == []
     tally.egress += 1
