@@ -4730,7 +4730,8 @@ def encode_cursor(position: dict) -> str:
 def decode_cursor(cursor: str) -> dict:
     try:
         position = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        if isinstance(position, dict) and isinstance(position.get("offset"), int):
+        if isinstance(position, dict) and (isinstance(position.get("offset"), int)        # files
+                                           or isinstance(position.get("seq"), int)):         # PostgreSQL
             return position
     except (ValueError, TypeError):
         pass
@@ -9233,7 +9234,7 @@ def raise_open_file_limit(wanted: int = OPEN_FILES_WANTED) -> int:
 
 
 COMMANDS = ("serve", "ls", "get", "add", "edit", "enable", "disable", "rm", "run", "runs", "history", "reload",
-            "next", "check")
+            "next", "check", "migrate")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -9296,6 +9297,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                 help="check scripts' directives and syntax (no server needed); exit 1 on a failure")
     check.add_argument("scripts", nargs="*", metavar="SCRIPT")
     check.add_argument("--scripts-dir", dest="scripts_dir")
+    migrate = commands.add_parser("migrate", parents=[config_options],
+                                  help="copy a data dir's schedules, registrations and runs into an empty PostgreSQL")
+    migrate.add_argument("--to", required=True, metavar="URL", help="postgresql://... (an empty database)")
+    migrate.add_argument("--data-dir", dest="data_dir", help="the data dir to copy (default: the config's)")
     return parser.parse_args(argv)
 
 
@@ -9310,6 +9315,8 @@ def main(argv: list[str] | None = None) -> int:
             return cli_next(args)
         if args.command == "check":
             return cli_check(args)
+        if args.command == "migrate":
+            return cli_migrate(args)
         return cli_remote(args)
     except ConfigError as e:
         print(f"schedserver: {e}", file=sys.stderr)
@@ -9404,6 +9411,63 @@ def cli_check(args: argparse.Namespace) -> int:
             else:
                 print(f"ok      {path}  {outcome.cron.expression}  ({outcome.cron.describe()})")
     return 1 if failures else 0
+
+
+def cli_migrate(args: argparse.Namespace) -> int:
+    """Copy a single-node data dir into an empty PostgreSQL database (the server must be stopped)."""
+    config = load_config({"config": args.config, "data_dir": args.data_dir})
+    url = _to_storage_url(args.to) if args.to else None
+    if url is None:
+        raise ConfigError("--to must be a postgresql:// URL")
+    if not os.path.isdir(config.data_dir):
+        raise ConfigError(f"data dir {config.data_dir}: not a directory")
+    data_dir = DataDir(config.data_dir)
+    db = PgDatabase(url)
+    try:
+        data_dir.acquire()
+        db.migrate()
+        counts = migrate_to_postgres(config, db)
+    except (StartupError, StorageError) as e:
+        raise ConfigError(getattr(e, "message", None) or str(e)) from None
+    finally:
+        data_dir.release()
+        db.close()
+    print(f"copied {counts['definitions']} http schedules, {counts['registered']} script registrations and "
+          f"{counts['runs']} run records from {config.data_dir} to {shown_storage_url(url)}")
+    return 0
+
+
+def migrate_to_postgres(config: Config, db: PgDatabase) -> dict:
+    """The data dir's definitions, scripts' registry and runs logs (rotated files too), into `db`, in one
+    transaction; refused unless the database holds nothing of schedserver's yet."""
+    definitions = JournalStore(os.path.join(config.data_dir, "curl-schedules.json")).load()
+    registry = JsonFile(os.path.join(config.data_dir, "exec-registered.json")).load(None)
+    logs = {"http": NdjsonLog(os.path.join(config.data_dir, "curl-runs.log"), 0, config.runs_log_backups),
+            "script": NdjsonLog(os.path.join(config.data_dir, "fires.log"), 0, config.fires_log_backups)}
+    jsonb = db.psycopg.types.json.Jsonb
+    counts = {"definitions": len(definitions), "registered": 0, "runs": 0}
+    with db.transaction() as conn:
+        if conn.execute("SELECT EXISTS (SELECT 1 FROM definitions) OR EXISTS (SELECT 1 FROM runs) "
+                        "OR EXISTS (SELECT 1 FROM documents)").fetchone()[0]:
+            raise StartupError("the target database already holds schedserver data; migrate into an empty one")
+        with conn.cursor() as cur:
+            cur.executemany("INSERT INTO definitions (kind, id, doc, version) "
+                            "VALUES ('http', %s, %s, nextval('definition_versions'))",
+                            [(d["id"], jsonb(d)) for d in definitions])
+            if isinstance(registry, dict):
+                cur.execute("INSERT INTO documents (name, doc) VALUES ('exec-registered', %s)", (jsonb(registry),))
+                counts["registered"] = len(registry.get("registered") or ())
+            for kind, runs_log in logs.items():
+                ref_field, id_field = RECORD_FIELDS[kind][:2]
+                batch = []
+                for record in runs_log.read_after(None):
+                    if isinstance(record.get(ref_field), str) and isinstance(record.get(id_field), str):
+                        batch.append((kind, record[ref_field], record[id_field],
+                                      json.dumps(record, separators=(",", ":"), ensure_ascii=False)))
+                cur.executemany("INSERT INTO runs (kind, ref, run_id, line) VALUES (%s, %s, %s, %s) "
+                                "ON CONFLICT (run_id) DO NOTHING", batch)
+                counts["runs"] += len(batch)
+    return counts
 
 
 def cli_connection(args: argparse.Namespace) -> tuple[str, str | None]:
