@@ -1702,7 +1702,8 @@ class PgDatabase:
     """The PostgreSQL database named by storage.url: a few connections kept open (autocommit), each used by one
     thread at a time. A failed statement raises StorageError and drops its connection; the next opens anew."""
 
-    def __init__(self, url: str, size: int = 8, connect_timeout: float = 5.0, statement_timeout_ms: int = 10000):
+    def __init__(self, url: str, size: int = 8, connect_timeout: float = 5.0, statement_timeout_ms: int = 10000,
+                 idle_in_transaction_ms: int = 3000):
         try:
             import psycopg
         except ImportError:
@@ -1712,16 +1713,20 @@ class PgDatabase:
         self.size = size
         self.connect_timeout = connect_timeout
         self.statement_timeout_ms = statement_timeout_ms
+        self.idle_in_transaction_ms = idle_in_transaction_ms
         self._idle: list[Any] = []
         self._lock = threading.Lock()
         self._closed = False
 
     def connect(self) -> Any:
         """A new connection of its own (for LISTEN); raises StorageError."""
+        # A replica stopped (SIGSTOP, a paused VM) inside a transaction must not hold the others' claims up:
+        # PostgreSQL ends its session instead.
+        options = (f"-c statement_timeout={self.statement_timeout_ms} "
+                   f"-c idle_in_transaction_session_timeout={self.idle_in_transaction_ms}")
         try:
             return self.psycopg.connect(self.url, autocommit=True, connect_timeout=max(1, int(self.connect_timeout)),
-                                        options=f"-c statement_timeout={self.statement_timeout_ms}",
-                                        application_name="schedserver")
+                                        options=options, application_name="schedserver")
         except self.psycopg.Error as e:
             raise StorageError(f"cannot reach PostgreSQL at {shown_storage_url(self.url)}: {_pg_error(e)}") from None
 
@@ -1821,16 +1826,18 @@ class PgDefinitions:
 
     def _change(self, item_id: str, item: dict | None) -> None:
         notice = json.dumps({"kind": self.kind, "id": item_id, "origin": self.origin})
-        with self.db.transaction() as conn:
-            if item is None:
-                conn.execute("DELETE FROM definitions WHERE kind = %s AND id = %s", (self.kind, item_id))
-                version = None
-            else:
-                version = conn.execute(
-                    "INSERT INTO definitions (kind, id, doc, version) VALUES (%s, %s, %s, nextval('definition_versions')) "
-                    "ON CONFLICT (kind, id) DO UPDATE SET doc = EXCLUDED.doc, version = EXCLUDED.version "
-                    "RETURNING version", (self.kind, item_id, self.db.psycopg.types.json.Jsonb(item))).fetchone()[0]
-            conn.execute("SELECT pg_notify(%s, %s)", (PG_CHANNEL, notice))
+        # One statement each (the notice goes out when it commits): no transaction is left open between two.
+        if item is None:
+            self.db.execute("WITH gone AS (DELETE FROM definitions WHERE kind = %s AND id = %s) "
+                            "SELECT pg_notify(%s, %s)", (self.kind, item_id, PG_CHANNEL, notice))
+            version = None
+        else:
+            version = self.db.execute(
+                "WITH stored AS (INSERT INTO definitions (kind, id, doc, version) "
+                "VALUES (%s, %s, %s, nextval('definition_versions')) ON CONFLICT (kind, id) "
+                "DO UPDATE SET doc = EXCLUDED.doc, version = EXCLUDED.version RETURNING version) "
+                "SELECT version, pg_notify(%s, %s) FROM stored",
+                (self.kind, item_id, self.db.psycopg.types.json.Jsonb(item), PG_CHANNEL, notice))[0][0]
         with self._lock:
             if item is None:
                 self._items.pop(item_id, None)
@@ -1910,13 +1917,12 @@ class PgRunLog:
         ref_field, id_field = RECORD_FIELDS[self.kind][:2]
         line = json.dumps(record, separators=(",", ":"), ensure_ascii=False)
         with self._lock:
-            with self.db.transaction() as conn:
-                stored = conn.execute("INSERT INTO runs (kind, ref, run_id, line) VALUES (%s, %s, %s, %s) "
-                                      "ON CONFLICT (run_id) DO NOTHING RETURNING seq",
-                                      (self.kind, record[ref_field], record[id_field], line)).fetchone()
-                conn.execute("UPDATE claims SET state = 'done' WHERE run_id = %s AND state = 'running'",
-                             (record[id_field],))
-            if stored is not None and then is not None:
+            stored = self.db.execute(
+                "WITH stored AS (INSERT INTO runs (kind, ref, run_id, line) VALUES (%s, %s, %s, %s) "
+                "ON CONFLICT (run_id) DO NOTHING RETURNING seq), "
+                "settled AS (UPDATE claims SET state = 'done' WHERE run_id = %s AND state = 'running') "
+                "SELECT seq FROM stored", (self.kind, record[ref_field], record[id_field], line, record[id_field]))
+            if stored and then is not None:
                 then()
 
     def position(self) -> dict:
@@ -2069,20 +2075,21 @@ class Cluster:
         "skipped" (claimed, but with `exclusive` a run of the schedule is in flight on another live replica)."""
         marker = {"run_id": run_id, "kind": job.kind, "ref": job.ref, "expression": job.cron.expression,
                   "slot": slot, "trigger": trigger, "attempt": attempt, "started": self.clock()}
-        with self.db.transaction() as conn:
-            claimed = conn.execute(
-                "INSERT INTO claims (kind, ref, slot_ms, trigger, attempt, run_id, replica, state, marker) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s, 'running', %s) ON CONFLICT DO NOTHING RETURNING run_id",
-                (job.kind, job.ref, round(slot * 1000), trigger, attempt, run_id, self.id,
-                 self.db.psycopg.types.json.Jsonb(marker))).fetchone()
-            if claimed is None:
-                return "taken"
-            if exclusive and conn.execute(
-                    "SELECT 1 FROM claims c JOIN replicas r ON r.id = c.replica WHERE c.kind = %s AND c.ref = %s "
-                    "AND c.state = 'running' AND c.replica <> %s AND r.seen > now() - make_interval(secs => %s) "
-                    "LIMIT 1", (job.kind, job.ref, self.id, self.lease)).fetchone():
-                conn.execute("UPDATE claims SET state = 'skipped' WHERE run_id = %s", (run_id,))
-                return "skipped"
+        # One statement: the claim, and whether a run of the schedule is in flight on another live replica.
+        rows = self.db.execute(
+            "WITH claimed AS (INSERT INTO claims (kind, ref, slot_ms, trigger, attempt, run_id, replica, state, marker) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, 'running', %s) ON CONFLICT DO NOTHING RETURNING run_id) "
+            "SELECT (SELECT count(*) FROM claimed), EXISTS (SELECT 1 FROM claims c JOIN replicas r ON r.id = c.replica "
+            "WHERE c.kind = %s AND c.ref = %s AND c.state = 'running' AND c.replica <> %s "
+            "AND r.seen > now() - make_interval(secs => %s))",
+            (job.kind, job.ref, round(slot * 1000), trigger, attempt, run_id, self.id,
+             self.db.psycopg.types.json.Jsonb(marker), job.kind, job.ref, self.id, self.lease))
+        claimed, busy = rows[0]
+        if not claimed:
+            return "taken"
+        if exclusive and busy:
+            self.settle(run_id, "skipped")
+            return "skipped"
         return "run"
 
     def settle(self, run_id: str, state: str) -> None:
@@ -9422,7 +9429,7 @@ def cli_migrate(args: argparse.Namespace) -> int:
     if not os.path.isdir(config.data_dir):
         raise ConfigError(f"data dir {config.data_dir}: not a directory")
     data_dir = DataDir(config.data_dir)
-    db = PgDatabase(url)
+    db = PgDatabase(url, statement_timeout_ms=0, idle_in_transaction_ms=0)     # one long transaction
     try:
         data_dir.acquire()
         db.migrate()
