@@ -3305,10 +3305,13 @@ class Scheduler:
     def add_once(self, job: Job, at: float, slot: float, trigger: str, attempt: int = 1,
                  deferred: bool = False) -> None:
         """Run `job` once at `at` (for slot `slot`), if it is still registered then."""
+        self.add_later(at, Due(job, slot, trigger=trigger, attempt=attempt, at=at, deferred=deferred))
+
+    def add_later(self, at: float, due: Due) -> None:
+        """Hand `due` over at `at`, if its job is still registered then."""
         with self._lock:
             self._seq += 1
-            heapq.heappush(self._once, (at, self._seq, job.key, Due(job, slot, trigger=trigger, attempt=attempt,
-                                                                     at=at, deferred=deferred)))
+            heapq.heappush(self._once, (at, self._seq, due.job.key, due))
 
     def pending(self, key: str) -> list[Due]:
         """The one-off runs waiting for `key`, soonest first."""
@@ -4205,6 +4208,15 @@ class Runs:
                 if slot > last or len(slots) >= MISSED_SCAN_LIMIT:
                     break
                 slots.append(slot)
+            # Missed here, this replica being late, is not missed by the cluster: another replica may still run
+            # a slot within the misfire grace. Those are looked at again once the grace is over.
+            young = [slot for slot in slots if slot > self.clock() - self.misfire_grace]
+            if young and self.scheduler is not None:
+                self.scheduler.add_later(young[-1] + self.misfire_grace + 1,
+                                         Due(job, None, len(young), young[0], young[-1]))
+                slots = slots[:len(slots) - len(young)]
+            if not slots:
+                return
             try:
                 slots = self.cluster.claim_missed(job, slots)
             except StorageError as e:
