@@ -328,6 +328,7 @@ CONFIG_TABLE: tuple[tuple[str, str, Callable[[Any], Any], Any, str | None], ...]
     ("metrics", "public", _to_bool, False, "SCHEDSERVER_METRICS_PUBLIC"),
     ("metrics", "per_schedule", _to_bool, False, "SCHEDSERVER_METRICS_PER_SCHEDULE"),
     ("storage", "url", _to_storage_url, None, "SCHEDSERVER_STORAGE_URL"),
+    ("storage", "runs_retention_days", _to_int(1, 36500), 30, "SCHEDSERVER_STORAGE_RUNS_RETENTION_DAYS"),
     ("cluster", "lease_seconds", _to_int(2, 10), 10, "SCHEDSERVER_CLUSTER_LEASE_SECONDS"),
     ("cluster", "takeover_seconds", _to_int(1, 30), 2, "SCHEDSERVER_CLUSTER_TAKEOVER_SECONDS"),
 )
@@ -379,6 +380,7 @@ class Config:
     metrics_public: bool = False
     metrics_per_schedule: bool = False
     storage_url: str | None = None
+    storage_runs_retention_days: int = 30
     cluster_lease_seconds: int = 10
     cluster_takeover_seconds: int = 2
     config_file: str | None = None
@@ -1901,9 +1903,11 @@ class PgRunLog:
 
     GAP_WAIT = 10.0
 
-    def __init__(self, db: PgDatabase, kind: str, monotonic: Callable[[], float] = time.monotonic):
+    def __init__(self, db: PgDatabase, kind: str, fields: tuple[str, str],
+                 monotonic: Callable[[], float] = time.monotonic):
         self.db = db
         self.kind = kind
+        self.ref_field, self.id_field = fields        # the record's schedule and run id, in its surface's names
         self.monotonic = monotonic
         self.path = f"PostgreSQL (table runs, kind {kind})"
         self._lock = threading.Lock()
@@ -1914,7 +1918,7 @@ class PgRunLog:
     def append(self, record: dict, then: Callable[[], None] | None = None) -> None:
         """Store one record (unless its run id is stored already) and settle its slot claim; raises
         StorageError (an OSError)."""
-        ref_field, id_field = RECORD_FIELDS[self.kind][:2]
+        ref_field, id_field = self.ref_field, self.id_field
         line = json.dumps(record, separators=(",", ":"), ensure_ascii=False)
         with self._lock:
             stored = self.db.execute(
@@ -2010,204 +2014,6 @@ class PgRunLog:
         except (ValueError, RecursionError):
             return None
         return record if isinstance(record, dict) else None
-
-
-class Cluster:
-    """This replica among the others, through PostgreSQL.
-
-    - Its lease: a row in `replicas` it renews every lease/4; a replica whose row is older than the lease is gone.
-    - Slots: a run of a slot begins only once its claim row is inserted, and the primary key (schedule, slot,
-      trigger, attempt) lets exactly one replica insert it. Each schedule has a first replica among the live
-      ones (rendezvous hashing), which claims at the slot; the others try `takeover` seconds later, so a slot
-      whose first replica is dead or stopped still fires, once.
-    - Runs a gone replica left in flight are recorded `interrupted` by a survivor (never re-run).
-    - Change notices (LISTEN/NOTIFY) from the other replicas are handed to `on_notice`; `on_resync` runs at
-      every RESYNC_SECONDS, so a notice that was missed heals.
-    """
-
-    RESYNC_SECONDS = 10.0
-    FEED_SECONDS = 0.5
-
-    def __init__(self, db: PgDatabase, lease: float = 10.0, takeover: float = 2.0,
-                 clock: Callable[[], float] = time.time):
-        self.db = db
-        self.lease = lease
-        self.takeover = takeover
-        self.clock = clock
-        self.id = str(uuid.uuid4())
-        self.live: tuple[str, ...] = (self.id,)
-        self.on_notice: Callable[[dict], None] | None = None
-        self.on_resync: Callable[[], None] | None = None
-        self.on_feed: Callable[[], None] | None = None
-        self.recorder: "Recorder | None" = None
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self._pruned_at = 0.0
-
-    # -- membership -------------------------------------------------------------------------------------------
-    def join(self) -> None:
-        self.db.execute("INSERT INTO replicas (id, host, pid) VALUES (%s, %s, %s)",
-                        (self.id, socket.gethostname(), os.getpid()))
-        self.heartbeat()
-
-    def heartbeat(self) -> None:
-        """Renew this replica's lease and learn which replicas are live."""
-        renewed = self.db.execute("UPDATE replicas SET seen = now() WHERE id = %s RETURNING id", (self.id,))
-        if not renewed:         # pruned while away: come back under the same id
-            self.db.execute("INSERT INTO replicas (id, host, pid) VALUES (%s, %s, %s) ON CONFLICT (id) DO NOTHING",
-                            (self.id, socket.gethostname(), os.getpid()))
-        rows = self.db.execute("SELECT id FROM replicas WHERE seen > now() - make_interval(secs => %s) ORDER BY id",
-                               (self.lease,))
-        self.live = tuple(row[0] for row in rows) or (self.id,)
-
-    def leave(self) -> None:
-        with contextlib.suppress(StorageError):
-            self.db.execute("DELETE FROM replicas WHERE id = %s", (self.id,))
-
-    def first(self, key: str) -> bool:
-        """True when this replica goes first for `key` among the live ones."""
-        return max(self.live, key=lambda replica: hashlib.blake2b(f"{replica}/{key}".encode(),
-                                                                   digest_size=8).digest()) == self.id
-
-    # -- claims -----------------------------------------------------------------------------------------------
-    def claim(self, job: "Job", slot: float, trigger: str, attempt: int, run_id: str, exclusive: bool) -> str:
-        """Claim a slot for run `run_id`: "run" (this replica runs it), "taken" (another claimed it), or
-        "skipped" (claimed, but with `exclusive` a run of the schedule is in flight on another live replica)."""
-        marker = {"run_id": run_id, "kind": job.kind, "ref": job.ref, "expression": job.cron.expression,
-                  "slot": slot, "trigger": trigger, "attempt": attempt, "started": self.clock()}
-        # One statement: the claim, and whether a run of the schedule is in flight on another live replica.
-        rows = self.db.execute(
-            "WITH claimed AS (INSERT INTO claims (kind, ref, slot_ms, trigger, attempt, run_id, replica, state, marker) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s, 'running', %s) ON CONFLICT DO NOTHING RETURNING run_id) "
-            "SELECT (SELECT count(*) FROM claimed), EXISTS (SELECT 1 FROM claims c JOIN replicas r ON r.id = c.replica "
-            "WHERE c.kind = %s AND c.ref = %s AND c.state = 'running' AND c.replica <> %s "
-            "AND r.seen > now() - make_interval(secs => %s))",
-            (job.kind, job.ref, round(slot * 1000), trigger, attempt, run_id, self.id,
-             self.db.psycopg.types.json.Jsonb(marker), job.kind, job.ref, self.id, self.lease))
-        claimed, busy = rows[0]
-        if not claimed:
-            return "taken"
-        if exclusive and busy:
-            self.settle(run_id, "skipped")
-            return "skipped"
-        return "run"
-
-    def settle(self, run_id: str, state: str) -> None:
-        """A claimed run that will not run (`skipped`)."""
-        with contextlib.suppress(StorageError):
-            self.db.execute("UPDATE claims SET state = %s WHERE run_id = %s", (state, run_id))
-
-    def claim_missed(self, job: "Job", slots: list[float]) -> list[float]:
-        """Of `slots` this replica found missed, the ones no replica claimed (now claimed as missed)."""
-        horizon = self.clock() - CLAIMS_KEPT_SECONDS
-        slots = [slot for slot in slots if slot > horizon]
-        if not slots:
-            return []
-        rows = self.db.execute(
-            "INSERT INTO claims (kind, ref, slot_ms, trigger, attempt, run_id, replica, state) "
-            "SELECT %s, %s, s, 'cron', 1, %s || s::text, %s, 'missed' FROM unnest(%s::bigint[]) AS s "
-            "ON CONFLICT DO NOTHING RETURNING slot_ms",
-            (job.kind, job.ref, f"missed:{uuid.uuid4()}:", self.id, [round(slot * 1000) for slot in slots]))
-        return sorted(row[0] / 1000 for row in rows)
-
-    def sweep(self) -> int:
-        """Record `interrupted` the runs in flight of replicas whose lease ran out; how many."""
-        rows = self.db.execute(
-            "SELECT c.run_id, c.marker FROM claims c WHERE c.state = 'running' AND c.marker IS NOT NULL "
-            "AND NOT EXISTS (SELECT 1 FROM replicas r WHERE r.id = c.replica "
-            "AND r.seen > now() - make_interval(secs => %s)) LIMIT 1000", (self.lease,))
-        for run_id, marker in rows:
-            if self.recorder is not None and isinstance(marker, dict):
-                self.recorder.record_leftover(marker, "interrupted: its replica stopped renewing its lease before "
-                                                      "the run ended")
-            self.settle(run_id, "interrupted")
-        return len(rows)
-
-    def prune(self) -> None:
-        """Claims older than CLAIMS_KEPT_SECONDS and replicas gone for as long."""
-        self.db.execute("DELETE FROM claims WHERE claimed_at < now() - make_interval(secs => %s) "
-                        "AND state <> 'running'", (CLAIMS_KEPT_SECONDS,))
-        self.db.execute("DELETE FROM replicas WHERE seen < now() - make_interval(secs => %s)", (CLAIMS_KEPT_SECONDS,))
-
-    # -- threads ----------------------------------------------------------------------------------------------
-    def start(self) -> None:
-        self._stop.clear()
-        for name, target in (("lease", self._lease_loop), ("listen", self._listen_loop),
-                             ("feed", self._feed_loop)):
-            thread = threading.Thread(target=target, name=f"schedserver-cluster-{name}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
-
-    def stop(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            if thread is not threading.current_thread():
-                thread.join(timeout=5)
-        self._threads = []
-
-    def _lease_loop(self) -> None:
-        resync_at = time.monotonic() + self.RESYNC_SECONDS
-        while not self._stop.wait(self.lease / 4):
-            try:
-                self.heartbeat()
-                if self.sweep():
-                    continue
-                if time.monotonic() >= resync_at:
-                    resync_at = time.monotonic() + self.RESYNC_SECONDS
-                    if self.on_resync is not None:
-                        self.on_resync()
-                if time.monotonic() - self._pruned_at > 3600:
-                    self._pruned_at = time.monotonic()
-                    self.prune()
-            except StorageError as e:
-                log.error("cluster: %s (this replica claims nothing while PostgreSQL cannot be reached)", e)
-            except Exception:
-                log.exception("cluster: lease renewal failed")
-
-    def _feed_loop(self) -> None:
-        while not self._stop.wait(self.FEED_SECONDS):
-            try:
-                if self.on_feed is not None:
-                    self.on_feed()
-            except StorageError as e:
-                log.error("cluster: cannot read the other replicas' runs: %s", e)
-            except Exception:
-                log.exception("cluster: reading the other replicas' runs failed")
-
-    def _listen_loop(self) -> None:
-        while not self._stop.is_set():
-            conn = None
-            try:
-                conn = self.db.connect()
-                conn.execute(f"LISTEN {PG_CHANNEL}")
-                if self.on_resync is not None:
-                    self.on_resync()        # what was changed while not listening
-                while not self._stop.is_set():
-                    for notice in conn.notifies(timeout=1.0):
-                        self._notice(notice.payload)
-            except (StorageError, self.db.psycopg.Error) as e:
-                log.error("cluster: change notices interrupted (%s); listening again", _pg_error(e))
-                self._stop.wait(1.0)
-            except Exception:
-                log.exception("cluster: change notices failed")
-                self._stop.wait(1.0)
-            finally:
-                if conn is not None:
-                    with contextlib.suppress(Exception):
-                        conn.close()
-
-    def _notice(self, payload: str) -> None:
-        try:
-            notice = json.loads(payload)
-        except ValueError:
-            return
-        if isinstance(notice, dict) and notice.get("origin") != self.id and self.on_notice is not None:
-            try:
-                self.on_notice(notice)
-            except StorageError as e:
-                log.error("cluster: cannot apply a change from another replica (the next resync will): %s", e)
-            except Exception:
-                log.exception("cluster: applying a change from another replica failed")
 
 
 ###############################################################################
@@ -3879,6 +3685,219 @@ class Recorder:
         if self.metrics is not None:
             self.metrics.observe(kind, ref, record, run.get("lateness"))
         return record
+
+
+###############################################################################
+# Cluster: several replicas on PostgreSQL #####################################
+###############################################################################
+
+class Cluster:
+    """This replica among the others, through PostgreSQL.
+
+    - Its lease: a row in `replicas` it renews every lease/4; a replica whose row is older than the lease is gone.
+    - Slots: a run of a slot begins only once its claim row is inserted, and the primary key (schedule, slot,
+      trigger, attempt) lets exactly one replica insert it. Each schedule has a first replica among the live
+      ones (rendezvous hashing), which claims at the slot; the others try `takeover` seconds later, so a slot
+      whose first replica is dead or stopped still fires, once.
+    - Runs a gone replica left in flight are recorded `interrupted` by a survivor (never re-run).
+    - Change notices (LISTEN/NOTIFY) from the other replicas are handed to `on_notice`; `on_resync` runs at
+      every RESYNC_SECONDS, so a notice that was missed heals.
+    """
+
+    RESYNC_SECONDS = 10.0
+    FEED_SECONDS = 0.5
+
+    def __init__(self, db: PgDatabase, lease: float = 10.0, takeover: float = 2.0,
+                 clock: Callable[[], float] = time.time, retention_days: int = 30):
+        self.db = db
+        self.lease = lease
+        self.takeover = takeover
+        self.retention_days = retention_days    # run records older than this are deleted (as logs rotate)
+        self.clock = clock
+        self.id = str(uuid.uuid4())
+        self.live: tuple[str, ...] = (self.id,)
+        self.on_notice: Callable[[dict], None] | None = None
+        self.on_resync: Callable[[], None] | None = None
+        self.on_feed: Callable[[], None] | None = None
+        self.recorder: "Recorder | None" = None
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._pruned_at = 0.0
+
+    # -- membership -------------------------------------------------------------------------------------------
+    def join(self) -> None:
+        self.db.execute("INSERT INTO replicas (id, host, pid) VALUES (%s, %s, %s)",
+                        (self.id, socket.gethostname(), os.getpid()))
+        self.heartbeat()
+
+    def heartbeat(self) -> None:
+        """Renew this replica's lease and learn which replicas are live."""
+        renewed = self.db.execute("UPDATE replicas SET seen = now() WHERE id = %s RETURNING id", (self.id,))
+        if not renewed:         # pruned while away: come back under the same id
+            self.db.execute("INSERT INTO replicas (id, host, pid) VALUES (%s, %s, %s) ON CONFLICT (id) DO NOTHING",
+                            (self.id, socket.gethostname(), os.getpid()))
+        rows = self.db.execute("SELECT id FROM replicas WHERE seen > now() - make_interval(secs => %s) ORDER BY id",
+                               (self.lease,))
+        self.live = tuple(row[0] for row in rows) or (self.id,)
+
+    def leave(self) -> None:
+        with contextlib.suppress(StorageError):
+            self.db.execute("DELETE FROM replicas WHERE id = %s", (self.id,))
+
+    def first(self, key: str) -> bool:
+        """True when this replica goes first for `key` among the live ones."""
+        return max(self.live, key=lambda replica: hashlib.blake2b(f"{replica}/{key}".encode(),
+                                                                   digest_size=8).digest()) == self.id
+
+    # -- claims -----------------------------------------------------------------------------------------------
+    def claim(self, job: "Job", slot: float, trigger: str, attempt: int, run_id: str, exclusive: bool) -> str:
+        """Claim a slot for run `run_id`: "run" (this replica runs it), "taken" (another claimed it), or
+        "skipped" (claimed, but with `exclusive` a run of the schedule is in flight on another live replica)."""
+        marker = {"run_id": run_id, "kind": job.kind, "ref": job.ref, "expression": job.cron.expression,
+                  "slot": slot, "trigger": trigger, "attempt": attempt, "started": self.clock()}
+        # One statement: the claim, and whether a run of the schedule is in flight on another live replica.
+        rows = self.db.execute(
+            "WITH claimed AS (INSERT INTO claims (kind, ref, slot_ms, trigger, attempt, run_id, replica, state, marker) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, 'running', %s) ON CONFLICT DO NOTHING RETURNING run_id) "
+            "SELECT (SELECT count(*) FROM claimed), EXISTS (SELECT 1 FROM claims c JOIN replicas r ON r.id = c.replica "
+            "WHERE c.kind = %s AND c.ref = %s AND c.state = 'running' AND c.replica <> %s "
+            "AND r.seen > now() - make_interval(secs => %s))",
+            (job.kind, job.ref, round(slot * 1000), trigger, attempt, run_id, self.id,
+             self.db.psycopg.types.json.Jsonb(marker), job.kind, job.ref, self.id, self.lease))
+        claimed, busy = rows[0]
+        if not claimed:
+            return "taken"
+        if exclusive and busy:
+            self.settle(run_id, "skipped")
+            return "skipped"
+        return "run"
+
+    def settle(self, run_id: str, state: str) -> None:
+        """A claimed run that will not run (`skipped`)."""
+        with contextlib.suppress(StorageError):
+            self.db.execute("UPDATE claims SET state = %s WHERE run_id = %s", (state, run_id))
+
+    def claim_missed(self, job: "Job", slots: list[float]) -> list[float]:
+        """Of `slots` this replica found missed, the ones no replica claimed (now claimed as missed)."""
+        horizon = self.clock() - CLAIMS_KEPT_SECONDS
+        slots = [slot for slot in slots if slot > horizon]
+        if not slots:
+            return []
+        rows = self.db.execute(
+            "INSERT INTO claims (kind, ref, slot_ms, trigger, attempt, run_id, replica, state) "
+            "SELECT %s, %s, s, 'cron', 1, %s || s::text, %s, 'missed' FROM unnest(%s::bigint[]) AS s "
+            "ON CONFLICT DO NOTHING RETURNING slot_ms",
+            (job.kind, job.ref, f"missed:{uuid.uuid4()}:", self.id, [round(slot * 1000) for slot in slots]))
+        return sorted(row[0] / 1000 for row in rows)
+
+    def sweep(self) -> int:
+        """Record `interrupted` the runs in flight of replicas whose lease ran out; how many."""
+        rows = self.db.execute(
+            "SELECT c.run_id, c.marker FROM claims c WHERE c.state = 'running' AND c.marker IS NOT NULL "
+            "AND NOT EXISTS (SELECT 1 FROM replicas r WHERE r.id = c.replica "
+            "AND r.seen > now() - make_interval(secs => %s)) LIMIT 1000", (self.lease,))
+        for run_id, marker in rows:
+            if self.recorder is not None and isinstance(marker, dict):
+                self.recorder.record_leftover(marker, "interrupted: its replica stopped renewing its lease before "
+                                                      "the run ended")
+            self.settle(run_id, "interrupted")
+        return len(rows)
+
+    def prune(self) -> int:
+        """Claims older than CLAIMS_KEPT_SECONDS, replicas gone for as long, and run records older than the
+        retention (a batch at a time, so no statement holds the table long); how many run records went."""
+        self.db.execute("DELETE FROM claims WHERE claimed_at < now() - make_interval(secs => %s) "
+                        "AND state <> 'running'", (CLAIMS_KEPT_SECONDS,))
+        self.db.execute("DELETE FROM replicas WHERE seen < now() - make_interval(secs => %s)", (CLAIMS_KEPT_SECONDS,))
+        removed = 0
+        while not self._stop.is_set():
+            rows = self.db.execute("DELETE FROM runs WHERE seq IN (SELECT seq FROM runs WHERE logged_at < "
+                                   "now() - make_interval(days => %s) ORDER BY seq LIMIT 10000) RETURNING 1",
+                                   (self.retention_days,))
+            removed += len(rows)
+            if len(rows) < 10000:
+                return removed
+        return removed
+
+    # -- threads ----------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._stop.clear()
+        for name, target in (("lease", self._lease_loop), ("listen", self._listen_loop),
+                             ("feed", self._feed_loop)):
+            thread = threading.Thread(target=target, name=f"schedserver-cluster-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(timeout=5)
+        self._threads = []
+
+    def _lease_loop(self) -> None:
+        resync_at = time.monotonic() + self.RESYNC_SECONDS
+        while not self._stop.wait(self.lease / 4):
+            try:
+                self.heartbeat()
+                if self.sweep():
+                    continue
+                if time.monotonic() >= resync_at:
+                    resync_at = time.monotonic() + self.RESYNC_SECONDS
+                    if self.on_resync is not None:
+                        self.on_resync()
+                if time.monotonic() - self._pruned_at > 3600:
+                    self._pruned_at = time.monotonic()
+                    self.prune()
+            except StorageError as e:
+                log.error("cluster: %s (this replica claims nothing while PostgreSQL cannot be reached)", e)
+            except Exception:
+                log.exception("cluster: lease renewal failed")
+
+    def _feed_loop(self) -> None:
+        while not self._stop.wait(self.FEED_SECONDS):
+            try:
+                if self.on_feed is not None:
+                    self.on_feed()
+            except StorageError as e:
+                log.error("cluster: cannot read the other replicas' runs: %s", e)
+            except Exception:
+                log.exception("cluster: reading the other replicas' runs failed")
+
+    def _listen_loop(self) -> None:
+        while not self._stop.is_set():
+            conn = None
+            try:
+                conn = self.db.connect()
+                conn.execute(f"LISTEN {PG_CHANNEL}")
+                if self.on_resync is not None:
+                    self.on_resync()        # what was changed while not listening
+                while not self._stop.is_set():
+                    for notice in conn.notifies(timeout=1.0):
+                        self._notice(notice.payload)
+            except (StorageError, self.db.psycopg.Error) as e:
+                log.error("cluster: change notices interrupted (%s); listening again", _pg_error(e))
+                self._stop.wait(1.0)
+            except Exception:
+                log.exception("cluster: change notices failed")
+                self._stop.wait(1.0)
+            finally:
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        conn.close()
+
+    def _notice(self, payload: str) -> None:
+        try:
+            notice = json.loads(payload)
+        except ValueError:
+            return
+        if isinstance(notice, dict) and notice.get("origin") != self.id and self.on_notice is not None:
+            try:
+                self.on_notice(notice)
+            except StorageError as e:
+                log.error("cluster: cannot apply a change from another replica (the next resync will): %s", e)
+            except Exception:
+                log.exception("cluster: applying a change from another replica failed")
 
 
 ###############################################################################
@@ -8692,10 +8711,10 @@ class Server:
         # With storage.url, definitions, runs and the scripts' registry live in PostgreSQL and this server is one
         # replica of several; the data dir keeps what is this replica's own (token, run state, markers, output).
         self.db = PgDatabase(cfg.storage_url, size=cfg.workers + cfg.threads + 2) if cfg.storage_url else None
-        self.cluster = Cluster(self.db, cfg.cluster_lease_seconds, cfg.cluster_takeover_seconds, clock) \
-            if self.db is not None else None
+        self.cluster = Cluster(self.db, cfg.cluster_lease_seconds, cfg.cluster_takeover_seconds, clock,
+                               cfg.storage_runs_retention_days) if self.db is not None else None
         if self.db is not None:
-            self.logs = {"http": PgRunLog(self.db, "http"), "script": PgRunLog(self.db, "script")}
+            self.logs = {kind: PgRunLog(self.db, kind, RECORD_FIELDS[kind][:2]) for kind in ("http", "script")}
         else:
             self.logs = {"http": NdjsonLog(os.path.join(cfg.data_dir, "curl-runs.log"), cfg.runs_log_max_bytes,
                                            cfg.runs_log_backups),

@@ -42,7 +42,7 @@ def backend(request, tmp_path):
         db = S.PgDatabase(url)
         db.migrate()
         dbs.append(db)
-        return S.PgDefinitions(db, "http", "test-replica"), S.PgRunLog(db, "http")
+        return S.PgDefinitions(db, "http", "test-replica"), S.PgRunLog(db, "http", S.RECORD_FIELDS["http"][:2])
     yield make
     for db in dbs:
         db.close()
@@ -163,7 +163,7 @@ def test_storage_url_must_be_postgresql_and_is_treated_as_a_secret():
 
 
 def test_a_record_is_stored_once_per_run_id_whoever_writes_it_first(db):
-    runs_log = S.PgRunLog(db, "http")
+    runs_log = S.PgRunLog(db, "http", S.RECORD_FIELDS["http"][:2])
     ref, run_id = str(uuid.uuid4()), str(uuid.uuid4())
     applied = []
     runs_log.append(http_record(ref, run_id, "interrupted"), then=lambda: applied.append(1))
@@ -175,8 +175,8 @@ def test_a_record_is_stored_once_per_run_id_whoever_writes_it_first(db):
 
 def test_poll_hands_over_other_writers_records_once_in_order_and_waits_for_a_row_not_yet_committed(db, pg_url):
     clock = [0.0]
-    reader = S.PgRunLog(db, "http", monotonic=lambda: clock[0])
-    writer = S.PgRunLog(S.PgDatabase(pg_url), "http")
+    reader = S.PgRunLog(db, "http", S.RECORD_FIELDS["http"][:2], monotonic=lambda: clock[0])
+    writer = S.PgRunLog(S.PgDatabase(pg_url), "http", S.RECORD_FIELDS["http"][:2])
     ref = str(uuid.uuid4())
     assert reader.poll() == []
     # A row numbered first but committed last: the reader must not pass it by.
@@ -276,7 +276,7 @@ def test_runs_in_flight_on_a_replica_whose_lease_ran_out_are_recorded_interrupte
     dead, survivor = S.Cluster(db, lease=2), S.Cluster(db, lease=2)
     dead.join()
     survivor.join()
-    logs = {"http": S.PgRunLog(db, "http"), "script": S.PgRunLog(db, "script")}
+    logs = {kind: S.PgRunLog(db, kind, S.RECORD_FIELDS[kind][:2]) for kind in ("http", "script")}
     state = S.RunState(str(tmp_path / "run-state.json"), logs)
     survivor.recorder = S.Recorder(logs, state, None)
     the_job = job()
@@ -419,3 +419,22 @@ def test_a_replica_shows_the_runs_and_last_run_other_replicas_recorded(replicas)
     runs = b.app.get(f"/api/v1/curl/schedule/{sid}/runs?limit=1", headers=ADMIN).json
     nxt = b.app.get(f"/api/v1/curl/schedule/{sid}/runs?limit=5&cursor={runs['next_cursor']}", headers=ADMIN).json
     assert [r["run_id"] for r in runs["items"] + nxt["items"]] == [h["run_id"] for h in got["history"]]
+
+
+def test_prune_deletes_run_records_past_the_retention_and_old_claims_but_never_a_running_one(db):
+    cluster = S.Cluster(db, retention_days=30)
+    runs_log = S.PgRunLog(db, "http", S.RECORD_FIELDS["http"][:2])
+    ref = str(uuid.uuid4())
+    old, new = http_record(ref), http_record(ref)
+    runs_log.append(old)
+    runs_log.append(new)
+    db.execute("UPDATE runs SET logged_at = now() - interval '31 days' WHERE run_id = %s", (old["run_id"],))
+    the_job = job()
+    kept, done = str(uuid.uuid4()), str(uuid.uuid4())
+    cluster.claim(the_job, 1_800_000_000.0, "cron", 1, kept, False)
+    cluster.claim(the_job, 1_800_000_001.0, "cron", 1, done, False)
+    cluster.settle(done, "done")
+    db.execute("UPDATE claims SET claimed_at = now() - interval '2 days'")
+    assert cluster.prune() == 1
+    assert [r["run_id"] for r, _ in runs_log.read_newest(contains=ref.encode())] == [new["run_id"]]
+    assert [row[0] for row in db.execute("SELECT run_id FROM claims")] == [kept]
