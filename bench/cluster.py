@@ -27,6 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(2, str(Path(__file__).resolve().parent.parent / "tests"))
 
+import psycopg  # noqa: E402
+
 import common  # noqa: E402
 from common import Figure, Server, Target, median, percentile, workdir  # noqa: E402
 
@@ -48,7 +50,6 @@ class Databases:
             self.server.start()
 
     def new(self) -> str:
-        import psycopg
         if self.server is not None:
             return self.server.new_database()
         name = "bench_" + uuid.uuid4().hex[:10]
@@ -121,11 +122,12 @@ def bench_anchor(dbs: Databases, quick: bool, reps: int) -> list[Figure]:
                     server.stop()
             # APScheduler: the same job added by two processes on one job store.
             aps_url = dbs.new().replace("postgresql://", "postgresql+psycopg://", 1)
-            peers = [subprocess.Popen([sys.executable, str(common.BENCH / "aps_cluster_peer.py"), aps_url,
-                                       target.url + "/aps", str(seconds + 6)], stdout=subprocess.PIPE, text=True)
-                     for _ in range(2)]
-            for peer in peers:
-                peer.stdout.readline()
+            peers = []
+            for _ in range(2):          # one after the other: two at once race to create its table
+                peers.append(subprocess.Popen([sys.executable, str(common.BENCH / "aps_cluster_peer.py"), aps_url,
+                                               target.url + "/aps", str(seconds + 6)], stdout=subprocess.PIPE,
+                                              text=True))
+                assert peers[-1].stdout.readline().strip() == "ready", "the APScheduler peer did not start"
             lo = time.time() + 2
             target.arrivals()
             sleep_until(lo + seconds)
@@ -161,14 +163,13 @@ def bench_sustained(dbs: Databases, quick: bool, reps: int) -> list[Figure]:
                 c0 = [s.cpu_seconds() for s in servers]
                 sleep_until(hi)
                 c1 = [s.cpu_seconds() for s in servers]
-                sleep_until(hi + 5)
+                sleep_until(hi + 15)        # the late ones arrive too
                 arrivals = target.arrivals()
             finally:
                 for server in servers:
                     server.stop()
             wanted = count * window // every
             arrived, doubled, _, lateness = tally(arrivals, count, lo, hi)
-            import psycopg
             with psycopg.connect(url) as conn:
                 print("   records by status:", conn.execute(
                     "SELECT line::json->>'status', count(*) FROM runs GROUP BY 1").fetchall(),
@@ -220,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes, one repetition")
     parser.add_argument("--db", default=None, help="a PostgreSQL server URL to make databases on")
     parser.add_argument("--reps", type=int, default=None)
+    parser.add_argument("--only", nargs="*", default=None, help="anchor, sustained, failover")
     args = parser.parse_args(argv)
     reps = args.reps or (1 if args.quick else 3)
     info = common.machine()
@@ -228,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = ["| benchmark | figure | median | spread (min-max) | n | target | met |", "|---|---|---:|---:|---:|---|---|"]
     try:
         for name, bench in (("anchor", bench_anchor), ("sustained", bench_sustained), ("failover", bench_failover)):
+            if args.only and name not in args.only:
+                continue
             print(f"-- {name} ...", flush=True)
             for f in bench(dbs, args.quick, reps):
                 met = "" if f.ok is None else ("yes" if f.ok(median(f.values)) else "**no**")
@@ -238,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         dbs.close()
         common.cleanup()
+    if args.only:
+        return 0            # a part alone is not the published table
     out = common.BENCH / ("RESULTS-cluster-quick.md" if args.quick else "RESULTS-cluster.md")
     out.write_text("\n".join([
         "# schedserver cluster benchmark results", "",

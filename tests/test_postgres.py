@@ -438,3 +438,50 @@ def test_prune_deletes_run_records_past_the_retention_and_old_claims_but_never_a
     assert cluster.prune() == 1
     assert [r["run_id"] for r, _ in runs_log.read_newest(contains=ref.encode())] == [new["run_id"]]
     assert [row[0] for row in db.execute("SELECT run_id FROM claims")] == [kept]
+
+
+def test_a_script_fire_is_claimed_like_an_http_run_each_slot_fired_by_one_replica(replicas, tmp_path):
+    shared = tmp_path / "shared-scripts"
+    shared.mkdir()
+    (shared / "tick.sh").write_text("#!/bin/sh\n# @schedule * * * * * *\necho tick\n")
+    a, b = replicas(scripts_dir=str(shared))
+    assert [s["scriptPath"] for s in a.scripts.list()["schedules"]] == \
+        [s["scriptPath"] for s in b.scripts.list()["schedules"]] == [str(shared / "tick.sh")]
+    for _ in range(4):
+        a.clock.advance(1)
+        a.run_due()
+        b.run_due()
+        assert a.wait_idle() and b.wait_idle()
+    fires = [r for r, _ in a.server.logs["script"].read_newest() if r["scriptPath"] == "tick.sh"]
+    assert len(fires) == 4 and len({r["ts"] for r in fires}) == 4
+    assert all(r["status"] == "ok" for r in fires)
+
+
+def test_migrate_copies_a_data_dir_into_an_empty_database_and_refuses_one_that_holds_data(tmp_path, pg_url, capsys):
+    from fakes import FakeClock
+    clock = FakeClock("2025-01-10T12:00:00Z")
+    single = Stack(tmp_path / "single", clock)
+    sid = every_second(single, name="kept")
+    for _ in range(3):
+        clock.advance(1)
+        single.run_due()
+    (single.scripts_dir / "a.sh").write_text("#!/bin/sh\n# @schedule 0 0 * * *\necho a\n")
+    single.app.post_json("/api/v1/exec/schedules/reload", {}, headers=ADMIN)
+    before = single.app.get(f"/api/v1/curl/schedule/{sid}", headers=ADMIN).json
+    # A server still running on the data dir is refused: what it writes next would be lost.
+    assert S.main(["migrate", "--to", pg_url, "--data-dir", str(single.data_dir)]) == 2
+    assert "in use" in capsys.readouterr().err
+    single.close()
+    assert S.main(["migrate", "--to", pg_url, "--data-dir", str(single.data_dir)]) == 0
+    assert capsys.readouterr().out.strip() == (
+        f"copied 1 http schedules, 1 script registrations and 3 run records from {single.data_dir} to {pg_url}")
+    replica = Stack(tmp_path / "replica", clock, storage_url=pg_url)
+    try:
+        after = replica.app.get(f"/api/v1/curl/schedule/{sid}", headers=ADMIN).json
+        assert (after["name"], after["history"], after["last_run"]) == ("kept", before["history"], before["last_run"])
+        assert after["next_run"] == before["next_run"]
+    finally:
+        replica.close()
+    assert S.main(["migrate", "--to", pg_url, "--data-dir", str(single.data_dir)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "already holds schedserver data" in err
