@@ -3772,6 +3772,18 @@ class Cluster:
             return "skipped"
         return "run"
 
+    def unclaimed(self, slots: list[tuple["Job", float]]) -> list[int]:
+        """Which of these cron slots (job, slot) no replica has claimed yet: their indexes."""
+        if not slots:
+            return []
+        rows = self.db.execute(
+            "SELECT t.i - 1 FROM unnest(%s::text[], %s::text[], %s::bigint[]) "
+            "WITH ORDINALITY AS t(kind, ref, slot_ms, i) WHERE NOT EXISTS (SELECT 1 FROM claims c WHERE c.kind = t.kind AND c.ref = t.ref "
+            "AND c.slot_ms = t.slot_ms AND c.trigger = 'cron' AND c.attempt = 1) ORDER BY t.i",
+            ([job.kind for job, _ in slots], [job.ref for job, _ in slots],
+             [round(slot * 1000) for _, slot in slots]))
+        return [row[0] for row in rows]
+
     def settle(self, run_id: str, state: str) -> None:
         """A claimed run that will not run (`skipped`)."""
         with contextlib.suppress(StorageError):
@@ -4171,11 +4183,35 @@ class Runs:
         self.overlap_limit = overlap_limit     # runs of one schedule at once under `overlap: allow`
         self.cluster = cluster          # with several replicas: slots are claimed before they run
         self.stopping = False           # set by stop(): nothing new starts
+        self._second_tries: list[Due] = []      # a replica's later tries at slots another goes first for
+        self._second_tries_lock = threading.Lock()
 
     def on_due(self, due: Due) -> None:
         """The ticker's hand-over: a worker takes it from here."""
+        if due.deferred and self.cluster is not None:
+            # Nearly always the first replica has claimed the slot: one query for every such try due together.
+            with self._second_tries_lock:
+                self._second_tries.append(due)
+                queued = len(self._second_tries) > 1       # a worker is to look at them already
+            if queued or (self.pool is not None and self.pool.submit(self._second_try)):
+                return
+            with self._second_tries_lock:
+                self._second_tries.clear()
         if self.pool is None or not self.pool.submit(self.due, due):
             log.warning("worker pool is shut down; dropped a fire of %s", due.job.key)
+
+    def _second_try(self) -> None:
+        """Of the later tries handed over, run on (claim) the slots still unclaimed."""
+        with self._second_tries_lock:
+            dues, self._second_tries = self._second_tries, []
+        try:
+            unclaimed = self.cluster.unclaimed([(due.job, due.slot) for due in dues])
+        except StorageError as e:
+            log.error("cannot look for unclaimed slots (%d not run): %s", len(dues), e)
+            return
+        for index in unclaimed:
+            if self.pool is None or not self.pool.submit(self.due, dues[index]):
+                log.warning("worker pool is shut down; dropped a fire of %s", dues[index].job.key)
 
     def due(self, due: Due) -> None:
         """Record what was missed, then run the due slot (in a worker)."""

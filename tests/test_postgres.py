@@ -485,3 +485,13 @@ def test_migrate_copies_a_data_dir_into_an_empty_database_and_refuses_one_that_h
     assert S.main(["migrate", "--to", pg_url, "--data-dir", str(single.data_dir)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "already holds schedserver data" in err
+
+
+def test_unclaimed_names_the_slots_no_replica_has_claimed_in_one_query(db):
+    cluster = S.Cluster(db)
+    one, two = job(), job()
+    cluster.claim(one, 1_800_000_000.0, "cron", 1, str(uuid.uuid4()), False)
+    cluster.claim(two, 1_800_000_001.0, "retry", 2, str(uuid.uuid4()), False)      # a retry: not the cron slot
+    asked = [(one, 1_800_000_000.0), (one, 1_800_000_001.0), (two, 1_800_000_001.0), (two, 1_800_000_000.0)]
+    assert cluster.unclaimed(asked) == [1, 2, 3]
+    assert cluster.unclaimed([]) == []
