@@ -1897,8 +1897,8 @@ class PgRunLog:
 
     A record is stored once per run id, whoever writes it first: a run a lapsed replica left is recorded
     `interrupted` by a survivor, and a late record of the same run from that replica changes nothing.
-    `poll()` hands over the records the other replicas wrote, in order; rows are numbered before they are
-    committed, so a gap is waited for (PG_GAP_WAIT seconds) before it is passed as a number never used.
+    `poll()` hands over the records every replica wrote, in order; rows are numbered before they are
+    committed, so a gap is waited for (GAP_WAIT seconds) before it is passed as a number never used.
     """
 
     GAP_WAIT = 10.0
@@ -1920,14 +1920,14 @@ class PgRunLog:
         StorageError (an OSError)."""
         ref_field, id_field = self.ref_field, self.id_field
         line = json.dumps(record, separators=(",", ":"), ensure_ascii=False)
-        with self._lock:
-            stored = self.db.execute(
-                "WITH stored AS (INSERT INTO runs (kind, ref, run_id, line) VALUES (%s, %s, %s, %s) "
-                "ON CONFLICT (run_id) DO NOTHING RETURNING seq), "
-                "settled AS (UPDATE claims SET state = 'done' WHERE run_id = %s AND state = 'running') "
-                "SELECT seq FROM stored", (self.kind, record[ref_field], record[id_field], line, record[id_field]))
-            if stored and then is not None:
-                then()
+        # No lock held: the saved run state pairs with what poll() took in, and poll() brings this record too.
+        stored = self.db.execute(
+            "WITH stored AS (INSERT INTO runs (kind, ref, run_id, line) VALUES (%s, %s, %s, %s) "
+            "ON CONFLICT (run_id) DO NOTHING RETURNING seq), "
+            "settled AS (UPDATE claims SET state = 'done' WHERE run_id = %s AND state = 'running') "
+            "SELECT seq FROM stored", (self.kind, record[ref_field], record[id_field], line, record[id_field]))
+        if stored and then is not None:
+            then()
 
     def position(self) -> dict:
         return {"seq": self._seen, "head": "postgresql"}
@@ -1953,18 +1953,20 @@ class PgRunLog:
         with self._lock:
             self._seen = max(self._seen, seq)
 
-    def poll(self) -> list[dict]:
-        """Records stored since the last poll (by any replica), oldest first."""
+    def poll(self, take: Callable[[dict], None]) -> int:
+        """Hand the records stored since the last poll (by any replica) to `take`, oldest first, under the lock
+        position() is read under; how many."""
         with self._lock:
             rows = self.db.execute("SELECT seq, line FROM runs WHERE kind = %s AND seq > %s ORDER BY seq LIMIT %s",
                                    (self.kind, self._seen, PG_BATCH * 4))
-            records = []
+            taken = 0
             for seq, line in rows:
                 if seq in self._ahead:
                     continue
                 record = self._parse(line)
                 if record is not None:
-                    records.append(record)
+                    take(record)
+                    taken += 1
                 self._ahead.add(seq)
             # Move past every row read in a row; a missing number is waited for, then passed.
             while self._seen + 1 in self._ahead:
@@ -1981,7 +1983,7 @@ class PgRunLog:
                     self._gap_since = now if self._ahead else None
             else:
                 self._gap_since = None
-            return records
+            return taken
 
     def read_newest(self, include_rotated: bool = True, contains: bytes | None = None,
                     before: dict | None = None) -> Iterator[tuple[dict, dict]]:
@@ -9020,8 +9022,7 @@ class Server:
     def _feed(self) -> None:
         """Runs the other replicas recorded, into this replica's run state (last runs, streaks, slots)."""
         for kind, runs_log in self.logs.items():
-            for record in runs_log.poll():
-                self.state.apply(kind, record)
+            runs_log.poll(functools.partial(self.state.apply, kind))
 
     def cancel_start(self) -> None:
         """A stop asked for while start() runs (from a signal handler): the scan stops checking scripts, and

@@ -173,12 +173,18 @@ def test_a_record_is_stored_once_per_run_id_whoever_writes_it_first(db):
     assert applied == [1]
 
 
+def polled(runs_log: S.PgRunLog) -> list[dict]:
+    taken: list[dict] = []
+    runs_log.poll(taken.append)
+    return taken
+
+
 def test_poll_hands_over_other_writers_records_once_in_order_and_waits_for_a_row_not_yet_committed(db, pg_url):
     clock = [0.0]
     reader = S.PgRunLog(db, "http", S.RECORD_FIELDS["http"][:2], monotonic=lambda: clock[0])
     writer = S.PgRunLog(S.PgDatabase(pg_url), "http", S.RECORD_FIELDS["http"][:2])
     ref = str(uuid.uuid4())
-    assert reader.poll() == []
+    assert polled(reader) == []
     # A row numbered first but committed last: the reader must not pass it by.
     slow = psycopg.connect(pg_url)
     slow.execute("INSERT INTO runs (kind, ref, run_id, line) VALUES ('http', %s, 'late', %s)",
@@ -186,11 +192,11 @@ def test_poll_hands_over_other_writers_records_once_in_order_and_waits_for_a_row
     quick = [http_record(ref) for _ in range(3)]
     for record in quick:
         writer.append(record)
-    assert [r["run_id"] for r in reader.poll()] == [r["run_id"] for r in quick]
+    assert [r["run_id"] for r in polled(reader)] == [r["run_id"] for r in quick]
     slow.commit()
     slow.close()
-    assert [r["run_id"] for r in reader.poll()] == ["late"]
-    assert reader.poll() == []
+    assert [r["run_id"] for r in polled(reader)] == ["late"]
+    assert polled(reader) == []
     assert reader.position()["seq"] == max(r[0] for r in db.execute("SELECT seq FROM runs"))
     # A number never committed (a rolled-back row) is passed after the wait.
     with psycopg.connect(pg_url) as conn:
@@ -198,10 +204,10 @@ def test_poll_hands_over_other_writers_records_once_in_order_and_waits_for_a_row
         conn.rollback()
     after = http_record(ref)
     writer.append(after)
-    assert [r["run_id"] for r in reader.poll()] == [after["run_id"]]
+    assert [r["run_id"] for r in polled(reader)] == [after["run_id"]]
     stuck = reader.position()["seq"]
     clock[0] += S.PgRunLog.GAP_WAIT + 1
-    reader.poll()
+    polled(reader)
     assert reader.position()["seq"] > stuck
 
 
