@@ -8879,7 +8879,9 @@ class Server:
                        cfg.metrics_public)
         self.app = AccessLog(app) if cfg.access_log else app
         log.info("%d http schedules and %d script schedules loaded (%d run records replayed); data dir %s, "
-                 "scripts dir %s", self.http.count(), self.scripts.count(), replayed, cfg.data_dir, cfg.scripts_dir)
+                 "scripts dir %s%s", self.http.count(), self.scripts.count(), replayed, cfg.data_dir, cfg.scripts_dir,
+                 f"; PostgreSQL {shown_storage_url(cfg.storage_url)}, this replica {self.cluster.id}"
+                 if self.cluster is not None else "")
 
     def start(self, listen: bool = False) -> None:
         """load(), then run the scheduler; with `listen`, serve the API on config.host:port too. Once: a closed

@@ -501,3 +501,13 @@ def test_unclaimed_names_the_slots_no_replica_has_claimed_in_one_query(db):
     asked = [(one, 1_800_000_000.0), (one, 1_800_000_001.0), (two, 1_800_000_001.0), (two, 1_800_000_000.0)]
     assert cluster.unclaimed(asked) == [1, 2, 3]
     assert cluster.unclaimed([]) == []
+
+
+def test_the_start_line_names_the_database_without_its_password(tmp_path, pg_url, caplog):
+    url = pg_url.replace("postgres@", "postgres:not-a-real-pw@")
+    with caplog.at_level("INFO", logger="schedserver"):
+        stack = Stack(tmp_path / "r", storage_url=url)
+        stack.close()
+    text = caplog.text
+    assert "this replica" in text and "postgres:***@127.0.0.1" in text
+    assert "not-a-real-pw" not in text
