@@ -24,6 +24,7 @@ import calendar
 import contextlib
 import ctypes
 import functools
+import hashlib
 import hmac
 import heapq
 import ipaddress
@@ -273,6 +274,15 @@ def _to_optional_url(value: Any) -> str | None:
     return url
 
 
+def _to_storage_url(value: Any) -> str | None:
+    """None (the files in the data dir), or a postgresql:// URL."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or urllib.parse.urlsplit(value).scheme not in ("postgresql", "postgres"):
+        raise ValueError("must be a postgresql:// URL, or empty for the files in the data dir")
+    return value
+
+
 def _to_notify_events(value: Any) -> tuple[str, ...]:
     events = _to_str_list(value)
     if not events or any(e not in ("failure", "recovery", "success") for e in events):
@@ -317,14 +327,18 @@ CONFIG_TABLE: tuple[tuple[str, str, Callable[[Any], Any], Any, str | None], ...]
     ("notify", "after", _to_int(1, 1000), 1, "SCHEDSERVER_NOTIFY_AFTER"),
     ("metrics", "public", _to_bool, False, "SCHEDSERVER_METRICS_PUBLIC"),
     ("metrics", "per_schedule", _to_bool, False, "SCHEDSERVER_METRICS_PER_SCHEDULE"),
+    ("storage", "url", _to_storage_url, None, "SCHEDSERVER_STORAGE_URL"),
+    ("storage", "runs_retention_days", _to_int(1, 36500), 30, "SCHEDSERVER_STORAGE_RUNS_RETENTION_DAYS"),
+    ("cluster", "lease_seconds", _to_int(2, 10), 10, "SCHEDSERVER_CLUSTER_LEASE_SECONDS"),
+    ("cluster", "takeover_seconds", _to_int(1, 30), 2, "SCHEDSERVER_CLUSTER_TAKEOVER_SECONDS"),
 )
 PATH_KEYS = ("data_dir", "scripts_dir", "token_file")
-SECRET_SECTIONS = ("auth", "notify")        # a webhook URL may carry a key
+SECRET_SECTIONS = ("auth", "notify", "storage")     # a webhook URL may carry a key, a database URL a password
 
 
 def config_attribute(section: str, key: str) -> str:
-    """The Config field of a table key: its name, or `<table>_<name>` for the [notify] and [metrics] tables."""
-    return f"{section}_{key}" if section in ("notify", "metrics") else key
+    """The Config field of a table key: its name, or `<table>_<name>` for the tables named below."""
+    return f"{section}_{key}" if section in ("notify", "metrics", "storage", "cluster") else key
 
 
 @dataclass(frozen=True)
@@ -365,6 +379,10 @@ class Config:
     notify_after: int = 1
     metrics_public: bool = False
     metrics_per_schedule: bool = False
+    storage_url: str | None = None
+    storage_runs_retention_days: int = 30
+    cluster_lease_seconds: int = 10
+    cluster_takeover_seconds: int = 2
     config_file: str | None = None
 
     def __post_init__(self) -> None:
@@ -1642,6 +1660,365 @@ class RunMarkers:
 
 
 ###############################################################################
+# Storage: PostgreSQL, for several replicas ####################################
+###############################################################################
+
+PG_CHANNEL = "schedserver"
+PG_LOCK = 0x5C4ED5E4           # the advisory lock that serialises schema migrations between replicas
+# The schema, one step per version. A server applies the steps its database lacks, in one transaction each.
+PG_MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE definitions (kind text NOT NULL, id text NOT NULL, doc jsonb NOT NULL, version bigint NOT NULL,
+                              PRIMARY KEY (kind, id));
+    CREATE SEQUENCE definition_versions;
+    CREATE TABLE documents (name text PRIMARY KEY, doc jsonb NOT NULL);
+    CREATE TABLE runs (seq bigserial PRIMARY KEY, kind text NOT NULL, ref text NOT NULL, run_id text NOT NULL UNIQUE,
+                       line text NOT NULL, logged_at timestamptz NOT NULL DEFAULT now());
+    CREATE INDEX runs_by_ref ON runs (kind, ref, seq);
+    CREATE INDEX runs_by_age ON runs (logged_at);
+    CREATE TABLE claims (kind text NOT NULL, ref text NOT NULL, slot_ms bigint NOT NULL, trigger text NOT NULL,
+                         attempt int NOT NULL, run_id text NOT NULL, replica text NOT NULL, state text NOT NULL,
+                         marker jsonb, claimed_at timestamptz NOT NULL DEFAULT now(),
+                         PRIMARY KEY (kind, ref, slot_ms, trigger, attempt));
+    CREATE INDEX claims_by_run ON claims (run_id);
+    CREATE INDEX claims_running ON claims (kind, ref) WHERE state = 'running';
+    CREATE INDEX claims_by_age ON claims (claimed_at);
+    CREATE TABLE replicas (id text PRIMARY KEY, host text NOT NULL, pid int NOT NULL,
+                           started timestamptz NOT NULL DEFAULT now(), seen timestamptz NOT NULL DEFAULT now());
+    """,
+)
+PG_BATCH = 500                  # rows read per query when walking the runs table
+CLAIMS_KEPT_SECONDS = 86400     # slot claims older than this are pruned (no replica may still fire those slots)
+
+
+def shown_storage_url(url: str) -> str:
+    """A storage URL as logs may show it: without its password."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+class PgDatabase:
+    """The PostgreSQL database named by storage.url: a few connections kept open (autocommit), each used by one
+    thread at a time. A failed statement raises StorageError and drops its connection; the next opens anew."""
+
+    def __init__(self, url: str, size: int = 8, connect_timeout: float = 5.0, statement_timeout_ms: int = 10000,
+                 idle_in_transaction_ms: int = 3000):
+        try:
+            import psycopg
+        except ImportError:
+            raise ConfigError("storage.url needs psycopg: pip install 'schedserver[postgres]'") from None
+        self.psycopg = psycopg
+        self.url = url
+        self.size = size
+        self.connect_timeout = connect_timeout
+        self.statement_timeout_ms = statement_timeout_ms
+        self.idle_in_transaction_ms = idle_in_transaction_ms
+        self._idle: list[Any] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def connect(self) -> Any:
+        """A new connection of its own (for LISTEN); raises StorageError."""
+        # A replica stopped (SIGSTOP, a paused VM) inside a transaction must not hold the others' claims up:
+        # PostgreSQL ends its session instead.
+        options = (f"-c statement_timeout={self.statement_timeout_ms} "
+                   f"-c idle_in_transaction_session_timeout={self.idle_in_transaction_ms}")
+        try:
+            return self.psycopg.connect(self.url, autocommit=True, connect_timeout=max(1, int(self.connect_timeout)),
+                                        options=options, application_name="schedserver")
+        except self.psycopg.Error as e:
+            raise StorageError(f"cannot reach PostgreSQL at {shown_storage_url(self.url)}: {_pg_error(e)}") from None
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[Any]:
+        with self._lock:
+            conn = self._idle.pop() if self._idle else None
+        if conn is None:
+            conn = self.connect()
+        try:
+            yield conn
+        except self.psycopg.Error as e:
+            conn.close()
+            raise StorageError(f"PostgreSQL: {_pg_error(e)}") from None
+        except BaseException:
+            conn.close()
+            raise
+        with self._lock:
+            if not self._closed and not conn.closed and len(self._idle) < self.size:
+                self._idle.append(conn)
+                conn = None
+        if conn is not None:
+            conn.close()
+
+    def execute(self, sql: str, params: Any = ()) -> list[tuple]:
+        with self.connection() as conn:
+            cur = conn.execute(sql, params)
+            return cur.fetchall() if cur.description else []
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Any]:
+        with self.connection() as conn, conn.transaction():
+            yield conn
+
+    def migrate(self) -> int:
+        """Bring the schema up to date (one replica at a time); the version it is at."""
+        with self.connection() as conn:
+            conn.execute("SELECT pg_advisory_lock(%s)", (PG_LOCK,))
+            try:
+                conn.execute("CREATE TABLE IF NOT EXISTS schedserver_schema (version int NOT NULL)")
+                row = conn.execute("SELECT max(version) FROM schedserver_schema").fetchone()
+                version = row[0] or 0
+                if version > len(PG_MIGRATIONS):
+                    raise StartupError(f"the database's schema is version {version}, newer than this schedserver "
+                                       f"knows ({len(PG_MIGRATIONS)}): upgrade schedserver")
+                for number in range(version + 1, len(PG_MIGRATIONS) + 1):
+                    with conn.transaction():
+                        conn.execute(PG_MIGRATIONS[number - 1])
+                        conn.execute("INSERT INTO schedserver_schema VALUES (%s)", (number,))
+                    log.info("PostgreSQL schema migrated to version %d", number)
+                return len(PG_MIGRATIONS)
+            finally:
+                conn.execute("SELECT pg_advisory_unlock(%s)", (PG_LOCK,))
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+
+def _pg_error(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+class PgDefinitions:
+    """Definitions of one kind in PostgreSQL, with the JournalStore's interface. A change is one transaction
+    that also tells the other replicas (NOTIFY); `versions` lets a periodic resync find what a notice missed."""
+
+    def __init__(self, db: PgDatabase, kind: str, origin: str):
+        self.db = db
+        self.kind = kind
+        self.origin = origin            # this replica's id: its own notices are not applied twice
+        self.path = f"PostgreSQL (table definitions, kind {kind})"
+        self._lock = threading.Lock()
+        self._items: dict[str, dict] = {}
+        self.versions: dict[str, int] = {}
+
+    def load(self) -> list[dict]:
+        rows = self.db.execute("SELECT id, doc, version FROM definitions WHERE kind = %s ORDER BY version",
+                               (self.kind,))
+        with self._lock:
+            self._items = {row[0]: row[1] for row in rows}
+            self.versions = {row[0]: row[2] for row in rows}
+            return list(self._items.values())
+
+    def items(self) -> list[dict]:
+        with self._lock:
+            return list(self._items.values())
+
+    def put(self, item: dict) -> None:
+        self._change(item["id"], item)
+
+    def delete(self, item_id: str) -> None:
+        self._change(item_id, None)
+
+    def _change(self, item_id: str, item: dict | None) -> None:
+        notice = json.dumps({"kind": self.kind, "id": item_id, "origin": self.origin})
+        # One statement each (the notice goes out when it commits): no transaction is left open between two.
+        if item is None:
+            self.db.execute("WITH gone AS (DELETE FROM definitions WHERE kind = %s AND id = %s) "
+                            "SELECT pg_notify(%s, %s)", (self.kind, item_id, PG_CHANNEL, notice))
+            version = None
+        else:
+            version = self.db.execute(
+                "WITH stored AS (INSERT INTO definitions (kind, id, doc, version) "
+                "VALUES (%s, %s, %s, nextval('definition_versions')) ON CONFLICT (kind, id) "
+                "DO UPDATE SET doc = EXCLUDED.doc, version = EXCLUDED.version RETURNING version) "
+                "SELECT version, pg_notify(%s, %s) FROM stored",
+                (self.kind, item_id, self.db.psycopg.types.json.Jsonb(item), PG_CHANNEL, notice))[0][0]
+        with self._lock:
+            if item is None:
+                self._items.pop(item_id, None)
+                self.versions.pop(item_id, None)
+            else:
+                self._items[item_id] = item
+                self.versions[item_id] = version
+
+    def fetch(self, item_id: str) -> tuple[dict | None, int | None]:
+        """The stored definition and its version (None, None when there is none), as another replica left it."""
+        rows = self.db.execute("SELECT doc, version FROM definitions WHERE kind = %s AND id = %s",
+                               (self.kind, item_id))
+        return (rows[0][0], rows[0][1]) if rows else (None, None)
+
+    def stored_versions(self) -> dict[str, int]:
+        return dict(self.db.execute("SELECT id, version FROM definitions WHERE kind = %s", (self.kind,)))
+
+    def taken(self, item_id: str, item: dict | None, version: int | None) -> None:
+        """Hold what another replica stored (its notice, or a resync), without storing it again."""
+        with self._lock:
+            if item is None:
+                self._items.pop(item_id, None)
+                self.versions.pop(item_id, None)
+            else:
+                self._items[item_id] = item
+                self.versions[item_id] = version
+
+    def wait_compacted(self, timeout: float = 30.0) -> None:
+        """Nothing to compact: PostgreSQL keeps the table."""
+
+    def compact(self) -> None:
+        """Nothing to compact: PostgreSQL keeps the table."""
+
+
+class PgDocument:
+    """One JSON document in PostgreSQL, with JsonFile's interface (the scripts' registry)."""
+
+    def __init__(self, db: PgDatabase, name: str):
+        self.db = db
+        self.name = name
+        self.path = f"PostgreSQL (table documents, {name})"
+
+    def load(self, default: Any) -> Any:
+        rows = self.db.execute("SELECT doc FROM documents WHERE name = %s", (self.name,))
+        return rows[0][0] if rows else default
+
+    def save(self, document: Any, durable: bool = True) -> None:
+        self.db.execute("INSERT INTO documents (name, doc) VALUES (%s, %s) "
+                        "ON CONFLICT (name) DO UPDATE SET doc = EXCLUDED.doc",
+                        (self.name, self.db.psycopg.types.json.Jsonb(document)))
+
+
+class PgRunLog:
+    """One kind's run records in PostgreSQL, with NdjsonLog's interface. A position is a row's `seq`.
+
+    A record is stored once per run id, whoever writes it first: a run a lapsed replica left is recorded
+    `interrupted` by a survivor, and a late record of the same run from that replica changes nothing.
+    `poll()` hands over the records every replica wrote, in order; rows are numbered before they are
+    committed, so a gap is waited for (GAP_WAIT seconds) before it is passed as a number never used.
+    """
+
+    GAP_WAIT = 10.0
+
+    def __init__(self, db: PgDatabase, kind: str, fields: tuple[str, str],
+                 monotonic: Callable[[], float] = time.monotonic):
+        self.db = db
+        self.kind = kind
+        self.ref_field, self.id_field = fields        # the record's schedule and run id, in its surface's names
+        self.monotonic = monotonic
+        self.path = f"PostgreSQL (table runs, kind {kind})"
+        self._lock = threading.Lock()
+        self._seen = 0                          # every row up to this one was read by poll()
+        self._ahead: set[int] = set()           # rows above `_seen` read already (past a gap)
+        self._gap_since: float | None = None
+
+    def append(self, record: dict, then: Callable[[], None] | None = None) -> None:
+        """Store one record (unless its run id is stored already) and settle its slot claim; raises
+        StorageError (an OSError)."""
+        ref_field, id_field = self.ref_field, self.id_field
+        line = json.dumps(record, separators=(",", ":"), ensure_ascii=False)
+        # No lock held: the saved run state pairs with what poll() took in, and poll() brings this record too.
+        stored = self.db.execute(
+            "WITH stored AS (INSERT INTO runs (kind, ref, run_id, line) VALUES (%s, %s, %s, %s) "
+            "ON CONFLICT (run_id) DO NOTHING RETURNING seq), "
+            "settled AS (UPDATE claims SET state = 'done' WHERE run_id = %s AND state = 'running') "
+            "SELECT seq FROM stored", (self.kind, record[ref_field], record[id_field], line, record[id_field]))
+        if stored and then is not None:
+            then()
+
+    def position(self) -> dict:
+        return {"seq": self._seen, "head": "postgresql"}
+
+    def locked(self) -> threading.Lock:
+        return self._lock
+
+    def files(self, include_rotated: bool = True) -> list[str]:
+        return []
+
+    def read_after(self, position: dict | None) -> Iterator[dict]:
+        """Records after `position`, oldest first; and poll() goes on from the end."""
+        seq = position.get("seq", 0) if isinstance(position, dict) and isinstance(position.get("seq"), int) else 0
+        while True:
+            rows = self.db.execute("SELECT seq, line FROM runs WHERE kind = %s AND seq > %s ORDER BY seq LIMIT %s",
+                                   (self.kind, seq, PG_BATCH))
+            for seq, line in rows:
+                record = self._parse(line)
+                if record is not None:
+                    yield record
+            if len(rows) < PG_BATCH:
+                break
+        with self._lock:
+            self._seen = max(self._seen, seq)
+
+    def poll(self, take: Callable[[dict], None]) -> int:
+        """Hand the records stored since the last poll (by any replica) to `take`, oldest first, under the lock
+        position() is read under; how many."""
+        with self._lock:
+            rows = self.db.execute("SELECT seq, line FROM runs WHERE kind = %s AND seq > %s ORDER BY seq LIMIT %s",
+                                   (self.kind, self._seen, PG_BATCH * 4))
+            taken = 0
+            for seq, line in rows:
+                if seq in self._ahead:
+                    continue
+                record = self._parse(line)
+                if record is not None:
+                    take(record)
+                    taken += 1
+                self._ahead.add(seq)
+            # Move past every row read in a row; a missing number is waited for, then passed.
+            while self._seen + 1 in self._ahead:
+                self._seen += 1
+                self._ahead.discard(self._seen)
+            if self._ahead:
+                now = self.monotonic()
+                self._gap_since = self._gap_since if self._gap_since is not None else now
+                if now - self._gap_since >= self.GAP_WAIT:
+                    self._seen = min(self._ahead) - 1
+                    while self._seen + 1 in self._ahead:
+                        self._seen += 1
+                        self._ahead.discard(self._seen)
+                    self._gap_since = now if self._ahead else None
+            else:
+                self._gap_since = None
+            return taken
+
+    def read_newest(self, include_rotated: bool = True, contains: bytes | None = None,
+                    before: dict | None = None) -> Iterator[tuple[dict, dict]]:
+        """(record, position) newest first. `contains` is what the services look for: a schedule id, a run id,
+        or a script path as JSON; records are checked field by field by the caller as with the files."""
+        where, params = "kind = %s", [self.kind]
+        if contains is not None:
+            text = contains.decode("utf-8", "replace")
+            if text.startswith('"'):
+                with contextlib.suppress(ValueError):
+                    text = json.loads(text)
+            where += " AND (ref = %s OR run_id = %s)"
+            params += [text, text]
+        seq = before.get("seq") if isinstance(before, dict) and isinstance(before.get("seq"), int) else None
+        while True:
+            rows = self.db.execute(f"SELECT seq, line FROM runs WHERE {where}"
+                                   + (" AND seq < %s" if seq is not None else "")
+                                   + " ORDER BY seq DESC LIMIT %s",
+                                   (*params, *((seq,) if seq is not None else ()), PG_BATCH))
+            for seq, line in rows:
+                record = self._parse(line)
+                if record is not None:
+                    yield record, {"seq": seq, "head": "postgresql"}
+            if len(rows) < PG_BATCH:
+                return
+
+    def _parse(self, line: str) -> dict | None:
+        try:
+            record = json.loads(line)
+        except (ValueError, RecursionError):
+            return None
+        return record if isinstance(record, dict) else None
+
+
+###############################################################################
 # Jobs and runs ################################################################
 ###############################################################################
 
@@ -2682,6 +3059,7 @@ class Due:
     trigger: str = "cron"
     attempt: int = 1
     at: float | None = None         # when it was due to start (a retry, or a slot after its jitter): its slot else
+    deferred: bool = False          # a cluster replica's second try at a slot another replica goes first for
 
 
 class Scheduler:
@@ -2732,12 +3110,16 @@ class Scheduler:
             heapq.heapify(self._once)
             self._compact()
 
-    def add_once(self, job: Job, at: float, slot: float, trigger: str, attempt: int = 1) -> None:
+    def add_once(self, job: Job, at: float, slot: float, trigger: str, attempt: int = 1,
+                 deferred: bool = False) -> None:
         """Run `job` once at `at` (for slot `slot`), if it is still registered then."""
+        self.add_later(at, Due(job, slot, trigger=trigger, attempt=attempt, at=at, deferred=deferred))
+
+    def add_later(self, at: float, due: Due) -> None:
+        """Hand `due` over at `at`, if its job is still registered then."""
         with self._lock:
             self._seq += 1
-            heapq.heappush(self._once, (at, self._seq, job.key, Due(job, slot, trigger=trigger, attempt=attempt,
-                                                                     at=at)))
+            heapq.heappush(self._once, (at, self._seq, due.job.key, due))
 
     def pending(self, key: str) -> list[Due]:
         """The one-off runs waiting for `key`, soonest first."""
@@ -3147,12 +3529,13 @@ class Recorder:
         self._ending: set[str] = set()         # runs whose record is being written: still in flight
 
     # -- runs in flight -------------------------------------------------------------------------------------
-    def begin(self, job: Job, slot: float, trigger: str, attempt: int = 1, exclusive: bool = True) -> Run | None:
+    def begin(self, job: Job, slot: float, trigger: str, attempt: int = 1, exclusive: bool = True,
+              run_id: str | None = None) -> Run | None:
         """A new run in flight, its marker written; None when `exclusive` and a run of the job is in flight."""
         with self._cond:
             if exclusive and any(r.job.key == job.key for r in self._runs.values()):
                 return None
-            run = Run(str(uuid.uuid4()), job, slot, trigger, attempt, self.clock(),
+            run = Run(run_id or str(uuid.uuid4()), job, slot, trigger, attempt, self.clock(),
                       on_process=functools.partial(self._mark, new=False))
             self._runs[run.run_id] = run
         self._mark(run)
@@ -3262,17 +3645,18 @@ class Recorder:
                           "trigger": trigger, "attempt": attempt, "started": None, "status": "skipped",
                           "duration_ms": 0, "error": "previous run still in progress"})
 
-    def record_leftover(self, marker: dict) -> None:
+    def record_leftover(self, marker: dict,
+                        error: str = "interrupted: the server stopped before the run ended") -> None:
         """A run a crashed process left in flight (its marker): recorded `interrupted`, never re-run."""
         kind, ref = marker.get("kind"), marker.get("ref")
         if kind not in self.logs or not isinstance(ref, str):
             return
         started = marker.get("started") if isinstance(marker.get("started"), (int, float)) else None
         slot = marker.get("slot") if isinstance(marker.get("slot"), (int, float)) else started
-        self._write_as(kind, ref, marker.get("expression"), {"run_id": str(marker.get("run_id")), "slot": slot, "trigger": marker.get("trigger")
-                           or "cron", "attempt": marker.get("attempt") or 1, "started": started,
-                           "status": "interrupted", "duration_ms": 0,
-                           "error": "interrupted: the server stopped before the run ended"})
+        self._write_as(kind, ref, marker.get("expression"), {
+            "run_id": str(marker.get("run_id")), "slot": slot, "trigger": marker.get("trigger") or "cron",
+            "attempt": marker.get("attempt") or 1, "started": started, "status": "interrupted", "duration_ms": 0,
+            "error": error})
 
     def _write(self, job: Job, run: dict) -> dict:
         return self._write_as(job.kind, job.ref, job.cron.expression, run)
@@ -3303,6 +3687,231 @@ class Recorder:
         if self.metrics is not None:
             self.metrics.observe(kind, ref, record, run.get("lateness"))
         return record
+
+
+###############################################################################
+# Cluster: several replicas on PostgreSQL #####################################
+###############################################################################
+
+class Cluster:
+    """This replica among the others, through PostgreSQL.
+
+    - Its lease: a row in `replicas` it renews every lease/4; a replica whose row is older than the lease is gone.
+    - Slots: a run of a slot begins only once its claim row is inserted, and the primary key (schedule, slot,
+      trigger, attempt) lets exactly one replica insert it. Each schedule has a first replica among the live
+      ones (rendezvous hashing), which claims at the slot; the others try `takeover` seconds later, so a slot
+      whose first replica is dead or stopped still fires, once.
+    - Runs a gone replica left in flight are recorded `interrupted` by a survivor (never re-run).
+    - Change notices (LISTEN/NOTIFY) from the other replicas are handed to `on_notice`; `on_resync` runs at
+      every RESYNC_SECONDS, so a notice that was missed heals.
+    """
+
+    RESYNC_SECONDS = 10.0
+    FEED_SECONDS = 0.5
+
+    def __init__(self, db: PgDatabase, lease: float = 10.0, takeover: float = 2.0,
+                 clock: Callable[[], float] = time.time, retention_days: int = 30):
+        self.db = db
+        self.lease = lease
+        self.takeover = takeover
+        self.retention_days = retention_days    # run records older than this are deleted (as logs rotate)
+        self.clock = clock
+        self.id = str(uuid.uuid4())
+        self.live: tuple[str, ...] = (self.id,)
+        self.on_notice: Callable[[dict], None] | None = None
+        self.on_resync: Callable[[], None] | None = None
+        self.on_feed: Callable[[], None] | None = None
+        self.recorder: "Recorder | None" = None
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._pruned_at = 0.0
+
+    # -- membership -------------------------------------------------------------------------------------------
+    def join(self) -> None:
+        self.db.execute("INSERT INTO replicas (id, host, pid) VALUES (%s, %s, %s)",
+                        (self.id, socket.gethostname(), os.getpid()))
+        self.heartbeat()
+
+    def heartbeat(self) -> None:
+        """Renew this replica's lease and learn which replicas are live."""
+        renewed = self.db.execute("UPDATE replicas SET seen = now() WHERE id = %s RETURNING id", (self.id,))
+        if not renewed:         # pruned while away: come back under the same id
+            self.db.execute("INSERT INTO replicas (id, host, pid) VALUES (%s, %s, %s) ON CONFLICT (id) DO NOTHING",
+                            (self.id, socket.gethostname(), os.getpid()))
+        rows = self.db.execute("SELECT id FROM replicas WHERE seen > now() - make_interval(secs => %s) ORDER BY id",
+                               (self.lease,))
+        self.live = tuple(row[0] for row in rows) or (self.id,)
+
+    def leave(self) -> None:
+        with contextlib.suppress(StorageError):
+            self.db.execute("DELETE FROM replicas WHERE id = %s", (self.id,))
+
+    def first(self, key: str) -> bool:
+        """True when this replica goes first for `key` among the live ones."""
+        return max(self.live, key=lambda replica: hashlib.blake2b(f"{replica}/{key}".encode(),
+                                                                   digest_size=8).digest()) == self.id
+
+    # -- claims -----------------------------------------------------------------------------------------------
+    def claim(self, job: "Job", slot: float, trigger: str, attempt: int, run_id: str, exclusive: bool) -> str:
+        """Claim a slot for run `run_id`: "run" (this replica runs it), "taken" (another claimed it), or
+        "skipped" (claimed, but with `exclusive` a run of the schedule is in flight on another live replica)."""
+        marker = {"run_id": run_id, "kind": job.kind, "ref": job.ref, "expression": job.cron.expression,
+                  "slot": slot, "trigger": trigger, "attempt": attempt, "started": self.clock()}
+        # One statement: the claim, and whether a run of the schedule is in flight on another live replica.
+        rows = self.db.execute(
+            "WITH claimed AS (INSERT INTO claims (kind, ref, slot_ms, trigger, attempt, run_id, replica, state, marker) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, 'running', %s) ON CONFLICT DO NOTHING RETURNING run_id) "
+            "SELECT (SELECT count(*) FROM claimed), EXISTS (SELECT 1 FROM claims c JOIN replicas r ON r.id = c.replica "
+            "WHERE c.kind = %s AND c.ref = %s AND c.state = 'running' AND c.replica <> %s "
+            "AND r.seen > now() - make_interval(secs => %s))",
+            (job.kind, job.ref, round(slot * 1000), trigger, attempt, run_id, self.id,
+             self.db.psycopg.types.json.Jsonb(marker), job.kind, job.ref, self.id, self.lease))
+        claimed, busy = rows[0]
+        if not claimed:
+            return "taken"
+        if exclusive and busy:
+            self.settle(run_id, "skipped")
+            return "skipped"
+        return "run"
+
+    def unclaimed(self, slots: list[tuple["Job", float]]) -> list[int]:
+        """Which of these cron slots (job, slot) no replica has claimed yet: their indexes."""
+        if not slots:
+            return []
+        rows = self.db.execute(
+            "SELECT t.i - 1 FROM unnest(%s::text[], %s::text[], %s::bigint[]) "
+            "WITH ORDINALITY AS t(kind, ref, slot_ms, i) WHERE NOT EXISTS (SELECT 1 FROM claims c WHERE c.kind = t.kind AND c.ref = t.ref "
+            "AND c.slot_ms = t.slot_ms AND c.trigger = 'cron' AND c.attempt = 1) ORDER BY t.i",
+            ([job.kind for job, _ in slots], [job.ref for job, _ in slots],
+             [round(slot * 1000) for _, slot in slots]))
+        return [row[0] for row in rows]
+
+    def settle(self, run_id: str, state: str) -> None:
+        """A claimed run that will not run (`skipped`)."""
+        with contextlib.suppress(StorageError):
+            self.db.execute("UPDATE claims SET state = %s WHERE run_id = %s", (state, run_id))
+
+    def claim_missed(self, job: "Job", slots: list[float]) -> list[float]:
+        """Of `slots` this replica found missed, the ones no replica claimed (now claimed as missed)."""
+        horizon = self.clock() - CLAIMS_KEPT_SECONDS
+        slots = [slot for slot in slots if slot > horizon]
+        if not slots:
+            return []
+        rows = self.db.execute(
+            "INSERT INTO claims (kind, ref, slot_ms, trigger, attempt, run_id, replica, state) "
+            "SELECT %s, %s, s, 'cron', 1, %s || s::text, %s, 'missed' FROM unnest(%s::bigint[]) AS s "
+            "ON CONFLICT DO NOTHING RETURNING slot_ms",
+            (job.kind, job.ref, f"missed:{uuid.uuid4()}:", self.id, [round(slot * 1000) for slot in slots]))
+        return sorted(row[0] / 1000 for row in rows)
+
+    def sweep(self) -> int:
+        """Record `interrupted` the runs in flight of replicas whose lease ran out; how many."""
+        rows = self.db.execute(
+            "SELECT c.run_id, c.marker FROM claims c WHERE c.state = 'running' AND c.marker IS NOT NULL "
+            "AND NOT EXISTS (SELECT 1 FROM replicas r WHERE r.id = c.replica "
+            "AND r.seen > now() - make_interval(secs => %s)) LIMIT 1000", (self.lease,))
+        for run_id, marker in rows:
+            if self.recorder is not None and isinstance(marker, dict):
+                self.recorder.record_leftover(marker, "interrupted: its replica stopped renewing its lease before "
+                                                      "the run ended")
+            self.settle(run_id, "interrupted")
+        return len(rows)
+
+    def prune(self) -> int:
+        """Claims older than CLAIMS_KEPT_SECONDS, replicas gone for as long, and run records older than the
+        retention (a batch at a time, so no statement holds the table long); how many run records went."""
+        self.db.execute("DELETE FROM claims WHERE claimed_at < now() - make_interval(secs => %s) "
+                        "AND state <> 'running'", (CLAIMS_KEPT_SECONDS,))
+        self.db.execute("DELETE FROM replicas WHERE seen < now() - make_interval(secs => %s)", (CLAIMS_KEPT_SECONDS,))
+        removed = 0
+        while not self._stop.is_set():
+            rows = self.db.execute("DELETE FROM runs WHERE seq IN (SELECT seq FROM runs WHERE logged_at < "
+                                   "now() - make_interval(days => %s) ORDER BY seq LIMIT 10000) RETURNING 1",
+                                   (self.retention_days,))
+            removed += len(rows)
+            if len(rows) < 10000:
+                return removed
+        return removed
+
+    # -- threads ----------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._stop.clear()
+        for name, target in (("lease", self._lease_loop), ("listen", self._listen_loop),
+                             ("feed", self._feed_loop)):
+            thread = threading.Thread(target=target, name=f"schedserver-cluster-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(timeout=5)
+        self._threads = []
+
+    def _lease_loop(self) -> None:
+        resync_at = time.monotonic() + self.RESYNC_SECONDS
+        while not self._stop.wait(self.lease / 4):
+            try:
+                self.heartbeat()
+                if self.sweep():
+                    continue
+                if time.monotonic() >= resync_at:
+                    resync_at = time.monotonic() + self.RESYNC_SECONDS
+                    if self.on_resync is not None:
+                        self.on_resync()
+                if time.monotonic() - self._pruned_at > 3600:
+                    self._pruned_at = time.monotonic()
+                    self.prune()
+            except StorageError as e:
+                log.error("cluster: %s (this replica claims nothing while PostgreSQL cannot be reached)", e)
+            except Exception:
+                log.exception("cluster: lease renewal failed")
+
+    def _feed_loop(self) -> None:
+        while not self._stop.wait(self.FEED_SECONDS):
+            try:
+                if self.on_feed is not None:
+                    self.on_feed()
+            except StorageError as e:
+                log.error("cluster: cannot read the other replicas' runs: %s", e)
+            except Exception:
+                log.exception("cluster: reading the other replicas' runs failed")
+
+    def _listen_loop(self) -> None:
+        while not self._stop.is_set():
+            conn = None
+            try:
+                conn = self.db.connect()
+                conn.execute(f"LISTEN {PG_CHANNEL}")
+                if self.on_resync is not None:
+                    self.on_resync()        # what was changed while not listening
+                while not self._stop.is_set():
+                    for notice in conn.notifies(timeout=1.0):
+                        self._notice(notice.payload)
+            except (StorageError, self.db.psycopg.Error) as e:
+                log.error("cluster: change notices interrupted (%s); listening again", _pg_error(e))
+                self._stop.wait(1.0)
+            except Exception:
+                log.exception("cluster: change notices failed")
+                self._stop.wait(1.0)
+            finally:
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        conn.close()
+
+    def _notice(self, payload: str) -> None:
+        try:
+            notice = json.loads(payload)
+        except ValueError:
+            return
+        if isinstance(notice, dict) and notice.get("origin") != self.id and self.on_notice is not None:
+            try:
+                self.on_notice(notice)
+            except StorageError as e:
+                log.error("cluster: cannot apply a change from another replica (the next resync will): %s", e)
+            except Exception:
+                log.exception("cluster: applying a change from another replica failed")
 
 
 ###############################################################################
@@ -3563,7 +4172,7 @@ class Runs:
                  clock: Callable[[], float] = time.time, misfire_grace: float = 30.0,
                  scheduler: Scheduler | None = None, alerts: Alerts | None = None,
                  outputs: OutputStore | None = None, random_delay: Callable[[float], float] | None = None,
-                 overlap_limit: int = 10):
+                 overlap_limit: int = 10, cluster: Cluster | None = None):
         self.recorder = recorder
         self.runners = runners
         self.pool = pool
@@ -3574,12 +4183,37 @@ class Runs:
         self.outputs = outputs
         self.random_delay = random_delay or (lambda most: secrets.SystemRandom().uniform(0.0, most))
         self.overlap_limit = overlap_limit     # runs of one schedule at once under `overlap: allow`
+        self.cluster = cluster          # with several replicas: slots are claimed before they run
         self.stopping = False           # set by stop(): nothing new starts
+        self._second_tries: list[Due] = []      # a replica's later tries at slots another goes first for
+        self._second_tries_lock = threading.Lock()
 
     def on_due(self, due: Due) -> None:
         """The ticker's hand-over: a worker takes it from here."""
+        if due.deferred and self.cluster is not None:
+            # Nearly always the first replica has claimed the slot: one query for every such try due together.
+            with self._second_tries_lock:
+                self._second_tries.append(due)
+                queued = len(self._second_tries) > 1       # a worker is to look at them already
+            if queued or (self.pool is not None and self.pool.submit(self._second_try)):
+                return
+            with self._second_tries_lock:
+                self._second_tries.clear()
         if self.pool is None or not self.pool.submit(self.due, due):
             log.warning("worker pool is shut down; dropped a fire of %s", due.job.key)
+
+    def _second_try(self) -> None:
+        """Of the later tries handed over, run on (claim) the slots still unclaimed."""
+        with self._second_tries_lock:
+            dues, self._second_tries = self._second_tries, []
+        try:
+            unclaimed = self.cluster.unclaimed([(due.job, due.slot) for due in dues])
+        except StorageError as e:
+            log.error("cannot look for unclaimed slots (%d not run): %s", len(dues), e)
+            return
+        for index in unclaimed:
+            if self.pool is None or not self.pool.submit(self.due, dues[index]):
+                log.warning("worker pool is shut down; dropped a fire of %s", dues[index].job.key)
 
     def due(self, due: Due) -> None:
         """Record what was missed, then run the due slot (in a worker)."""
@@ -3587,19 +4221,68 @@ class Runs:
             return      # handed over just before the stop: the next start counts it from the run state
         job = due.job
         if due.missed:
-            self._quietly(self.recorder.record_missed, job, due.first_missed, due.last_missed, due.missed)
+            self._missed(job, due.first_missed, due.last_missed, due.missed)
         if due.slot is None:
             return
         if due.trigger == "cron" and due.at is None and job.jitter > 0 and self.scheduler is not None:
             # Jitter: the run waits a random while after its slot; punctuality is measured from then.
             self.scheduler.add_once(job, due.slot + self.random_delay(job.jitter), due.slot, "cron")
             return
+        cluster = self.cluster
+        if cluster is not None and due.trigger == "cron" and not due.deferred and self.scheduler is not None \
+                and not cluster.first(job.key):
+            # Another live replica goes first for this schedule; this one tries later, in case that one is gone.
+            self.scheduler.add_once(job, (due.at or due.slot) + cluster.takeover, due.slot, "cron", deferred=True)
+            return
         if self.clock() - (due.at or due.slot) > self.misfire_grace:
             # Every worker was busy for longer than the grace: too late to be the run that was asked for.
-            self._quietly(self.recorder.record_missed, job, due.slot, due.slot, 1, due.trigger, due.attempt)
+            self._missed(job, due.slot, due.slot, 1, due.trigger, due.attempt)
             return
-        if self.start(job, due.slot, due.trigger, due.attempt, planned=due.at) is None:
+        run_id = None
+        if cluster is not None:
+            run_id = str(uuid.uuid4())
+            try:
+                claimed = cluster.claim(job, due.slot, due.trigger, due.attempt, run_id, job.overlap == "forbid")
+            except StorageError as e:
+                log.error("cannot claim %s's slot %s, not run: %s", job.key, utc_iso(due.slot), e)
+                return
+            if claimed == "taken":
+                return          # another replica runs it
+            if claimed == "skipped":
+                self._quietly(self.recorder.record_skipped, job, due.slot, due.trigger, due.attempt)
+                return
+        if self.start(job, due.slot, due.trigger, due.attempt, planned=due.at, run_id=run_id) is None:
+            if cluster is not None and run_id is not None:
+                cluster.settle(run_id, "skipped")
             self._quietly(self.recorder.record_skipped, job, due.slot, due.trigger, due.attempt)
+
+    def _missed(self, job: Job, first: float, last: float, count: int, trigger: str = "cron",
+                attempt: int = 1) -> None:
+        """Record slots that did not run; with several replicas, only the ones no replica claimed."""
+        if self.cluster is not None and trigger == "cron":
+            slots = [first]
+            for slot in job.cron.iter_after(first, job.tz):
+                if slot > last or len(slots) >= MISSED_SCAN_LIMIT:
+                    break
+                slots.append(slot)
+            # Missed here, this replica being late, is not missed by the cluster: another replica may still run
+            # a slot within the misfire grace. Those are looked at again once the grace is over.
+            young = [slot for slot in slots if slot > self.clock() - self.misfire_grace]
+            if young and self.scheduler is not None:
+                self.scheduler.add_later(young[-1] + self.misfire_grace + 1,
+                                         Due(job, None, len(young), young[0], young[-1]))
+                slots = slots[:len(slots) - len(young)]
+            if not slots:
+                return
+            try:
+                slots = self.cluster.claim_missed(job, slots)
+            except StorageError as e:
+                log.error("cannot claim %s's missed slots: %s", job.key, e)
+                return
+            if not slots:
+                return
+            first, last, count = slots[0], slots[-1], len(slots)
+        self._quietly(self.recorder.record_missed, job, first, last, count, trigger, attempt)
 
     @staticmethod
     def _quietly(record: Callable, *args: Any) -> None:
@@ -3608,7 +4291,7 @@ class Runs:
         except StorageError:
             pass                # logged where it happened; a record that cannot be written stops nothing
 
-    def begin(self, job: Job, slot: float, trigger: str, attempt: int = 1) -> Run | None:
+    def begin(self, job: Job, slot: float, trigger: str, attempt: int = 1, run_id: str | None = None) -> Run | None:
         """A run in flight by the job's overlap policy; None when the policy refuses it now."""
         if job.overlap == "replace":
             for running in self.recorder.running(job.key):
@@ -3616,14 +4299,14 @@ class Runs:
                 self.runners[job.kind].cancel(running)
         elif job.overlap == "allow" and len(self.recorder.running(job.key)) >= self.overlap_limit:
             return None
-        return self.recorder.begin(job, slot, trigger, attempt, exclusive=job.overlap == "forbid")
+        return self.recorder.begin(job, slot, trigger, attempt, exclusive=job.overlap == "forbid", run_id=run_id)
 
     def start(self, job: Job, slot: float, trigger: str, attempt: int = 1,
               on_done: Callable[[Run, dict | None, ApiError | None], None] | None = None,
-              run: Run | None = None, planned: float | None = None) -> Run | None:
+              run: Run | None = None, planned: float | None = None, run_id: str | None = None) -> Run | None:
         """Begin a run (unless `run` was begun already) and hand it to its runner; None when the job's overlap
         policy refuses it. `planned`: when it was to start, if not at its slot (jitter, backoff)."""
-        run = run or self.begin(job, slot, trigger, attempt)
+        run = run or self.begin(job, slot, trigger, attempt, run_id)
         if run is None:
             return None
         run.planned = planned
@@ -4123,7 +4806,8 @@ def encode_cursor(position: dict) -> str:
 def decode_cursor(cursor: str) -> dict:
     try:
         position = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        if isinstance(position, dict) and isinstance(position.get("offset"), int):
+        if isinstance(position, dict) and (isinstance(position.get("offset"), int)        # files
+                                           or isinstance(position.get("seq"), int)):         # PostgreSQL
             return position
     except (ValueError, TypeError):
         pass
@@ -4344,14 +5028,48 @@ class HttpSchedules:
         with self._write_lock:
             schedule = self.find(schedule_id)
             self._store(lambda: self.store.delete(schedule.id), "delete schedule")
-            with self._lock:
-                self._schedules.pop(schedule.id, None)
-                key = self._order_keys.pop(schedule.id, None)
-                if key is not None:
-                    del self._order[bisect.bisect_left(self._order, key)]
-            self.scheduler.remove(schedule.key)
-            self.state.forget(schedule.key)
+            self._drop(schedule)
         return {"id": schedule.id}
+
+    # -- changes another replica made (several replicas on PostgreSQL) --------------------------------------
+    def refresh(self, schedule_id: str) -> None:
+        """Take the stored definition of `schedule_id` as another replica left it: created, changed or deleted."""
+        with self._write_lock:
+            definition, version = self.store.fetch(schedule_id)
+            with self._lock:
+                current = self._schedules.get(schedule_id)
+            if definition is None:
+                if current is not None:
+                    self._drop(current)
+                self.store.taken(schedule_id, None, None)
+                return
+            try:
+                schedule = HttpSchedule.from_definition(definition)
+                job = self._job(schedule)
+            except (KeyError, TypeError, ValueError, AttributeError, ApiError) as e:
+                log.error("schedule %s from another replica is not valid, ignored: %s", _shown(schedule_id),
+                          getattr(e, "message", None) or repr(e))
+                return
+            with self._lock:
+                if current is None:
+                    self._add(schedule)
+                else:
+                    self._schedules[schedule_id] = schedule
+            self.store.taken(schedule_id, definition, version)
+            if not schedule.enabled:
+                self.scheduler.remove(schedule.key)
+            elif current is None or not current.enabled:
+                self._register(schedule, job=job)
+            elif current != schedule:
+                self.scheduler.add(job, self.clock())
+
+    def resync(self) -> None:
+        """Take the changes no notice brought: every stored version that differs from the one held."""
+        stored = self.store.stored_versions()
+        held = dict(self.store.versions)
+        for schedule_id in sorted(set(held) | set(stored)):
+            if held.get(schedule_id) != stored.get(schedule_id):
+                self.refresh(schedule_id)
 
     def find(self, schedule_id: str) -> HttpSchedule:
         with self._lock:
@@ -4369,6 +5087,16 @@ class HttpSchedules:
             return sum(1 for s in self._schedules.values() if s.enabled)
 
     # -- internals -------------------------------------------------------------------------------------------
+    def _drop(self, schedule: HttpSchedule) -> None:
+        """Forget a deleted schedule: memory, listing order, scheduler, run state. Write lock held."""
+        with self._lock:
+            self._schedules.pop(schedule.id, None)
+            key = self._order_keys.pop(schedule.id, None)
+            if key is not None:
+                del self._order[bisect.bisect_left(self._order, key)]
+        self.scheduler.remove(schedule.key)
+        self.state.forget(schedule.key)
+
     def _add(self, schedule: HttpSchedule) -> None:
         """Hold `schedule` in memory and in the listing order (by created_at, then by arrival). Lock held."""
         key = (schedule.created_at, next(self._arrivals), schedule.id)
@@ -4800,14 +5528,16 @@ class ScriptSchedules:
     def __init__(self, catalog: ScriptCatalog, scheduler: Scheduler, runs: Runs, state: RunState,
                  fires_log: NdjsonLog, registry_path: str | None = None, clock: Callable[[], float] = time.time,
                  timezone_name: str = "UTC", notify: Callable[[str], Any] | None = None,
-                 sync: SyncSlots | None = None, outputs: OutputStore | None = None):
+                 sync: SyncSlots | None = None, outputs: OutputStore | None = None, registry: Any = None,
+                 on_reload: Callable[[], None] | None = None):
         self.catalog = catalog
         self.scheduler = scheduler
         self.runs = runs
         self.state = state
         self.fires = fires_log
-        self.registry = JsonFile(registry_path or os.path.join(os.path.dirname(fires_log.path),
-                                                               "exec-registered.json"))
+        self.registry = registry or JsonFile(registry_path or os.path.join(os.path.dirname(fires_log.path),
+                                                                           "exec-registered.json"))
+        self.on_reload = on_reload          # a reload asked for here (API, SIGHUP): tell the other replicas
         self.clock = clock
         self.tz = load_timezone(timezone_name)
         self.notify = notify or (lambda message: None)      # systemd notifications around reloads
@@ -4900,6 +5630,8 @@ class ScriptSchedules:
         for failure in failed:
             log.warning("script %s not scheduled: %s", failure["path"], failure["reason"])
         self._save_registry()
+        if self.on_reload is not None and reason in ("api", "SIGHUP"):
+            self.on_reload()
 
     def _save_registry(self) -> None:
         with self._lock:
@@ -8014,10 +8746,18 @@ class Server:
         cfg = config
         self.data_dir = DataDir(cfg.data_dir)
         self.deadlines = DeadlineWatcher()
-        self.logs = {"http": NdjsonLog(os.path.join(cfg.data_dir, "curl-runs.log"), cfg.runs_log_max_bytes,
-                                       cfg.runs_log_backups),
-                     "script": NdjsonLog(os.path.join(cfg.data_dir, "fires.log"), cfg.fires_log_max_bytes,
-                                         cfg.fires_log_backups)}
+        # With storage.url, definitions, runs and the scripts' registry live in PostgreSQL and this server is one
+        # replica of several; the data dir keeps what is this replica's own (token, run state, markers, output).
+        self.db = PgDatabase(cfg.storage_url, size=cfg.workers + cfg.threads + 2) if cfg.storage_url else None
+        self.cluster = Cluster(self.db, cfg.cluster_lease_seconds, cfg.cluster_takeover_seconds, clock,
+                               cfg.storage_runs_retention_days) if self.db is not None else None
+        if self.db is not None:
+            self.logs = {kind: PgRunLog(self.db, kind, RECORD_FIELDS[kind][:2]) for kind in ("http", "script")}
+        else:
+            self.logs = {"http": NdjsonLog(os.path.join(cfg.data_dir, "curl-runs.log"), cfg.runs_log_max_bytes,
+                                           cfg.runs_log_backups),
+                         "script": NdjsonLog(os.path.join(cfg.data_dir, "fires.log"), cfg.fires_log_max_bytes,
+                                             cfg.fires_log_backups)}
         self.state = RunState(os.path.join(cfg.data_dir, "run-state.json"), self.logs)
         self.markers = RunMarkers(os.path.join(cfg.data_dir, "running"))
         self.metrics = Metrics(cfg.metrics_per_schedule)
@@ -8041,12 +8781,13 @@ class Server:
             self.alert_sender.metrics = self.metrics
         self.outputs = OutputStore(os.path.join(cfg.data_dir, "output"), cfg.output_retention_bytes)
         self.runs = Runs(self.recorder, self.runners, pool, clock, cfg.misfire_grace_seconds, self.scheduler,
-                         self.alerts, self.outputs, overlap_limit=cfg.overlap_limit)
+                         self.alerts, self.outputs, overlap_limit=cfg.overlap_limit, cluster=self.cluster)
         self.scheduler.on_due = self.runs.on_due
         self.sync = SyncSlots(max(1, cfg.threads // 2))
-        self.http = HttpSchedules(JournalStore(os.path.join(cfg.data_dir, "curl-schedules.json")), self.scheduler,
-                                  self.runs, self.state, self.logs["http"], clock, cfg.timezone, self.policy,
-                                  self.sync)
+        store = PgDefinitions(self.db, "http", self.cluster.id) if self.cluster is not None else \
+            JournalStore(os.path.join(cfg.data_dir, "curl-schedules.json"))
+        self.http = HttpSchedules(store, self.scheduler, self.runs, self.state, self.logs["http"], clock,
+                                  cfg.timezone, self.policy, self.sync)
         script_runner = self.runners.get("script")
         self._cancelled = threading.Event()
         self.catalog = ScriptCatalog(cfg.scripts_dir, cfg.default_timeout_ms, cfg.interpreters, cfg.preflight,
@@ -8054,7 +8795,14 @@ class Server:
                                      environment=lambda extra: self.environment(extra), cancelled=self._cancelled)
         self.scripts = ScriptSchedules(self.catalog, self.scheduler, self.runs, self.state, self.logs["script"],
                                        os.path.join(cfg.data_dir, "exec-registered.json"), clock, cfg.timezone,
-                                       notify=self._notify, sync=self.sync, outputs=self.outputs)
+                                       notify=self._notify, sync=self.sync, outputs=self.outputs,
+                                       registry=PgDocument(self.db, "exec-registered") if self.db else None,
+                                       on_reload=self._announce_reload if self.cluster is not None else None)
+        if self.cluster is not None:
+            self.cluster.recorder = self.recorder
+            self.cluster.on_notice = self._on_notice
+            self.cluster.on_resync = self.http.resync
+            self.cluster.on_feed = self._feed
         self.app: Callable | None = None
         self.listener: Any = None
         self._http_thread: threading.Thread | None = None
@@ -8095,6 +8843,15 @@ class Server:
         if not os.access(cfg.scripts_dir, os.R_OK | os.X_OK):
             raise ConfigError(f"scripts dir {cfg.scripts_dir}: not readable")
         self.data_dir.acquire()
+        try:
+            self._load_stored(cfg)
+        except StorageError as e:
+            raise StartupError(e.message) from None
+
+    def _load_stored(self, cfg: Config) -> None:
+        if self.db is not None:
+            self.db.migrate()
+            self.cluster.join()
         admin_tokens = resolve_admin_tokens(cfg)
         self.environment = script_environment(admin_tokens + cfg.read_tokens)
         try:
@@ -8122,7 +8879,9 @@ class Server:
                        cfg.metrics_public)
         self.app = AccessLog(app) if cfg.access_log else app
         log.info("%d http schedules and %d script schedules loaded (%d run records replayed); data dir %s, "
-                 "scripts dir %s", self.http.count(), self.scripts.count(), replayed, cfg.data_dir, cfg.scripts_dir)
+                 "scripts dir %s%s", self.http.count(), self.scripts.count(), replayed, cfg.data_dir, cfg.scripts_dir,
+                 f"; PostgreSQL {shown_storage_url(cfg.storage_url)}, this replica {self.cluster.id}"
+                 if self.cluster is not None else "")
 
     def start(self, listen: bool = False) -> None:
         """load(), then run the scheduler; with `listen`, serve the API on config.host:port too. Once: a closed
@@ -8145,6 +8904,8 @@ class Server:
             if self.alert_sender is not None:
                 self.alert_sender.start()
             self.scheduler.start()
+            if self.cluster is not None:
+                self.cluster.start()
             if listen:
                 self._http_thread = threading.Thread(target=self._serve, name="schedserver-http", daemon=True)
                 self._http_thread.start()
@@ -8244,6 +9005,27 @@ class Server:
             except OSError as e:
                 log.error("cannot save the run state (%s); the next start replays more of the runs logs", e)
 
+    # -- several replicas (PostgreSQL) ---------------------------------------------------------------------------
+    def _on_notice(self, notice: dict) -> None:
+        """A change another replica made: a schedule stored, or a reload of the scripts asked for there."""
+        if notice.get("kind") == "http" and isinstance(notice.get("id"), str):
+            self.http.refresh(notice["id"])
+        elif notice.get("kind") == "script-reload":     # a scan takes a while: not in the listening thread
+            threading.Thread(target=self.scripts.reload, kwargs={"reason": "another replica"},
+                             name="schedserver-reload", daemon=True).start()
+
+    def _announce_reload(self) -> None:
+        try:
+            self.db.execute("SELECT pg_notify(%s, %s)",
+                            (PG_CHANNEL, json.dumps({"kind": "script-reload", "origin": self.cluster.id})))
+        except StorageError as e:
+            log.error("cannot tell the other replicas to reload their scripts: %s", e)
+
+    def _feed(self) -> None:
+        """Runs the other replicas recorded, into this replica's run state (last runs, streaks, slots)."""
+        for kind, runs_log in self.logs.items():
+            runs_log.poll(functools.partial(self.state.apply, kind))
+
     def cancel_start(self) -> None:
         """A stop asked for while start() runs (from a signal handler): the scan stops checking scripts, and
         start() returns without firing or serving; close() follows."""
@@ -8295,8 +9077,14 @@ class Server:
             runner.close()
         self.deadlines.close()
         self.http.store.wait_compacted()
+        if self.cluster is not None:
+            self.cluster.stop()
+            if self.app is not None:
+                self.cluster.leave()
         if self.app is not None:
             self.save_state()
+        if self.db is not None:
+            self.db.close()
         self.app = None
         self.data_dir.release()
 
@@ -8523,7 +9311,7 @@ def raise_open_file_limit(wanted: int = OPEN_FILES_WANTED) -> int:
 
 
 COMMANDS = ("serve", "ls", "get", "add", "edit", "enable", "disable", "rm", "run", "runs", "history", "reload",
-            "next", "check")
+            "next", "check", "migrate")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -8586,6 +9374,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                 help="check scripts' directives and syntax (no server needed); exit 1 on a failure")
     check.add_argument("scripts", nargs="*", metavar="SCRIPT")
     check.add_argument("--scripts-dir", dest="scripts_dir")
+    migrate = commands.add_parser("migrate", parents=[config_options],
+                                  help="copy a data dir's schedules, registrations and runs into an empty PostgreSQL")
+    migrate.add_argument("--to", required=True, metavar="URL", help="postgresql://... (an empty database)")
+    migrate.add_argument("--data-dir", dest="data_dir", help="the data dir to copy (default: the config's)")
     return parser.parse_args(argv)
 
 
@@ -8600,6 +9392,8 @@ def main(argv: list[str] | None = None) -> int:
             return cli_next(args)
         if args.command == "check":
             return cli_check(args)
+        if args.command == "migrate":
+            return cli_migrate(args)
         return cli_remote(args)
     except ConfigError as e:
         print(f"schedserver: {e}", file=sys.stderr)
@@ -8694,6 +9488,63 @@ def cli_check(args: argparse.Namespace) -> int:
             else:
                 print(f"ok      {path}  {outcome.cron.expression}  ({outcome.cron.describe()})")
     return 1 if failures else 0
+
+
+def cli_migrate(args: argparse.Namespace) -> int:
+    """Copy a single-node data dir into an empty PostgreSQL database (the server must be stopped)."""
+    config = load_config({"config": args.config, "data_dir": args.data_dir})
+    url = _to_storage_url(args.to) if args.to else None
+    if url is None:
+        raise ConfigError("--to must be a postgresql:// URL")
+    if not os.path.isdir(config.data_dir):
+        raise ConfigError(f"data dir {config.data_dir}: not a directory")
+    data_dir = DataDir(config.data_dir)
+    db = PgDatabase(url, statement_timeout_ms=0, idle_in_transaction_ms=0)     # one long transaction
+    try:
+        data_dir.acquire()
+        db.migrate()
+        counts = migrate_to_postgres(config, db)
+    except (StartupError, StorageError) as e:
+        raise ConfigError(getattr(e, "message", None) or str(e)) from None
+    finally:
+        data_dir.release()
+        db.close()
+    print(f"copied {counts['definitions']} http schedules, {counts['registered']} script registrations and "
+          f"{counts['runs']} run records from {config.data_dir} to {shown_storage_url(url)}")
+    return 0
+
+
+def migrate_to_postgres(config: Config, db: PgDatabase) -> dict:
+    """The data dir's definitions, scripts' registry and runs logs (rotated files too), into `db`, in one
+    transaction; refused unless the database holds nothing of schedserver's yet."""
+    definitions = JournalStore(os.path.join(config.data_dir, "curl-schedules.json")).load()
+    registry = JsonFile(os.path.join(config.data_dir, "exec-registered.json")).load(None)
+    logs = {"http": NdjsonLog(os.path.join(config.data_dir, "curl-runs.log"), 0, config.runs_log_backups),
+            "script": NdjsonLog(os.path.join(config.data_dir, "fires.log"), 0, config.fires_log_backups)}
+    jsonb = db.psycopg.types.json.Jsonb
+    counts = {"definitions": len(definitions), "registered": 0, "runs": 0}
+    with db.transaction() as conn:
+        if conn.execute("SELECT EXISTS (SELECT 1 FROM definitions) OR EXISTS (SELECT 1 FROM runs) "
+                        "OR EXISTS (SELECT 1 FROM documents)").fetchone()[0]:
+            raise StartupError("the target database already holds schedserver data; migrate into an empty one")
+        with conn.cursor() as cur:
+            cur.executemany("INSERT INTO definitions (kind, id, doc, version) "
+                            "VALUES ('http', %s, %s, nextval('definition_versions'))",
+                            [(d["id"], jsonb(d)) for d in definitions])
+            if isinstance(registry, dict):
+                cur.execute("INSERT INTO documents (name, doc) VALUES ('exec-registered', %s)", (jsonb(registry),))
+                counts["registered"] = len(registry.get("registered") or ())
+            for kind, runs_log in logs.items():
+                ref_field, id_field = RECORD_FIELDS[kind][:2]
+                batch = []
+                for record in runs_log.read_after(None):
+                    if isinstance(record.get(ref_field), str) and isinstance(record.get(id_field), str):
+                        batch.append((kind, record[ref_field], record[id_field],
+                                      json.dumps(record, separators=(",", ":"), ensure_ascii=False)))
+                cur.executemany("INSERT INTO runs (kind, ref, run_id, line) VALUES (%s, %s, %s, %s) "
+                                "ON CONFLICT (run_id) DO NOTHING", batch)
+                counts["runs"] += len(batch)
+    return counts
 
 
 def cli_connection(args: argparse.Namespace) -> tuple[str, str | None]:

@@ -192,11 +192,12 @@ class Arrival:
 
 
 class TargetServer:
-    """A real HTTP server on 127.0.0.1:<free port> that records every request and answers `status`; HTTP/1.0
-    (a connection per request) unless `keep_alive`."""
+    """A real HTTP server on 127.0.0.1:<free port> that records every request and answers `status`, `delay`
+    seconds after reading it; HTTP/1.0 (a connection per request) unless `keep_alive`."""
 
-    def __init__(self, status: int = 200, keep_alive: bool = False):
+    def __init__(self, status: int = 200, keep_alive: bool = False, delay: float = 0.0):
         self.status = status
+        self.delay = delay
         self.arrivals: list[Arrival] = []
         self._lock = threading.Lock()
         target = self
@@ -212,6 +213,8 @@ class TargetServer:
                     target.arrivals.append(Arrival(self.command, self.path, CaseInsensitiveDict(self.headers.items()),
                                                    body, at))
                 payload = b"recorded\n"
+                if target.delay:
+                    time.sleep(target.delay)
                 self.send_response(target.status)
                 self.send_header("Content-Type", "text/plain")
                 self.send_header("Content-Length", str(len(payload)))

@@ -42,6 +42,7 @@ README = REPO / "README.md"
 UNIT = "schedserver"
 DATA_DIR = "/var/lib/schedserver"
 SCRIPTS_DIR = "/etc/schedserver/scripts"
+CONFIG = "/etc/schedserver/schedserver.toml"
 VENV_PYTHON = "/opt/schedserver/venv/bin/python"
 BASE_URL = "http://127.0.0.1:8080"
 TOKEN_FILE = f"{DATA_DIR}/api-token"
@@ -537,6 +538,54 @@ def test_dropin_optional_path_may_be_missing(vm, figure):
     s = vm.show("ActiveState", "SubState")
     assert r.ok and (s["ActiveState"], s["SubState"]) == ("active", "running"), vm.why(f"{s}\n{r}")
     figure("deploy: drop-in: with /srv/backups missing the service still starts (ReadWritePaths=-...)")
+
+
+PG_PASSWORD = "deploytest-pw-5e1b9c"
+
+
+def test_the_same_unit_runs_on_postgresql_and_back_on_the_files(vm, figure):
+    """Both storage modes through the one unit: PostgreSQL beside it, the postgres extra installed as the README's
+    "Running more than one replica" says, `[storage] url` in the config; the unit starts, stores a schedule in
+    PostgreSQL and keeps the password out of the journal. Then the config goes back to the files."""
+    vm.ensure_active()
+    t0 = time.monotonic()
+    r = vm.sh("DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >/dev/null && "
+              "systemctl start postgresql && "
+              f"runuser -u postgres -- psql -q -c \"CREATE ROLE schedserver LOGIN PASSWORD '{PG_PASSWORD}'\" && "
+              "runuser -u postgres -- createdb -O schedserver schedserver",
+              timeout=600, check=False, host_net=True)
+    assert r.ok, vm.why(r)
+    section = guide.section(README.read_text(), "Running more than one replica")
+    extra = re.search(r"```sh\n(.*pip install '\.\[postgres\]'.*)\n```", section)
+    assert extra, "the README's replica section shows no pip install of the postgres extra"
+    r = vm.sh(f"cd {shlex.quote(vm.box.checkout_in_container)} && {extra.group(1)}", timeout=600, check=False,
+              host_net=True)
+    assert r.ok, vm.why(r)
+    installed = time.monotonic() - t0
+    url = f"postgresql://schedserver:{PG_PASSWORD}@127.0.0.1:5432/schedserver"
+    cursor = vm.cursor()
+    r = vm.sh(f"cp -p {CONFIG} {CONFIG}.files && printf '\\n[storage]\\nurl = \"%s\"\\n' '{url}' >> {CONFIG} && "
+              f"systemctl restart {UNIT}", check=False)
+    try:
+        assert r.ok and vm.prop("ActiveState") == "active", vm.why(f"{r}\n{vm.journal(cursor)}")
+        assert vm.http("GET", "/healthz", auth=False)[0] == 200
+        status, created = vm.http("POST", "/api/v1/curl/schedule", body={
+            "cron": "0 0 * * * *", "name": "deploytest-pg", "request": {"url": "http://127.0.0.1:9/"}})
+        assert status == 201, created
+        stored = vm.sh("runuser -u postgres -- psql -At -d schedserver -c "
+                       "\"SELECT doc->>'name' FROM definitions\"").out.split()
+        assert stored == ["deploytest-pg"], stored
+        journal = vm.journal(cursor)
+        assert "PostgreSQL schema migrated to version" in journal, journal
+        assert PG_PASSWORD not in journal and "Traceback" not in journal, journal
+    finally:
+        vm.sh(f"mv {CONFIG}.files {CONFIG} && systemctl restart {UNIT}", check=False)
+    assert vm.prop("ActiveState") == "active"
+    status, listing = vm.http("GET", "/api/v1/curl/schedule")
+    assert status == 200 and "deploytest-pg" not in [s["name"] for s in listing["items"]], listing
+    figure(f"deploy: postgresql: PostgreSQL and the postgres extra installed in {installed:.0f} s; the unit ran on "
+           "[storage] url (schema migrated, schedule stored in PostgreSQL, password not in the journal) and back "
+           "on the files")
 
 
 def test_journal_has_no_traceback(vm, figure):
