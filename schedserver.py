@@ -1840,13 +1840,7 @@ class PgDefinitions:
                 "DO UPDATE SET doc = EXCLUDED.doc, version = EXCLUDED.version RETURNING version) "
                 "SELECT version, pg_notify(%s, %s) FROM stored",
                 (self.kind, item_id, self.db.psycopg.types.json.Jsonb(item), PG_CHANNEL, notice))[0][0]
-        with self._lock:
-            if item is None:
-                self._items.pop(item_id, None)
-                self.versions.pop(item_id, None)
-            else:
-                self._items[item_id] = item
-                self.versions[item_id] = version
+        self.taken(item_id, item, version)
 
     def fetch(self, item_id: str) -> tuple[dict | None, int | None]:
         """The stored definition and its version (None, None when there is none), as another replica left it."""
@@ -1858,7 +1852,7 @@ class PgDefinitions:
         return dict(self.db.execute("SELECT id, version FROM definitions WHERE kind = %s", (self.kind,)))
 
     def taken(self, item_id: str, item: dict | None, version: int | None) -> None:
-        """Hold what another replica stored (its notice, or a resync), without storing it again."""
+        """Hold what is stored now (by this replica, or another: its notice or a resync), without storing it."""
         with self._lock:
             if item is None:
                 self._items.pop(item_id, None)
