@@ -8944,6 +8944,15 @@ class Server:
             if self.listener is not None:
                 log.exception("the HTTP listener failed")
 
+    @staticmethod
+    def _in_loop(listener: Any, thunk: Callable[[], None]) -> None:
+        """Have the listener's loop thread run `thunk`. Once the loop's wake-up pipe is closed the loop is ending
+        (waitress closes it with the listener), and there is nothing left to ask of it."""
+        try:
+            listener.trigger.pull_trigger(thunk)
+        except OSError as e:
+            log.debug("the HTTP loop's wake-up pipe is closed already (%s)", e)
+
     def _stop_listening(self) -> None:
         listener, self.listener = self.listener, None
         if listener is None:
@@ -8952,7 +8961,7 @@ class Server:
             def close_all() -> None:
                 for channel in list(listener._map.values()):
                     channel.handle_close()
-            listener.trigger.pull_trigger(close_all)
+            self._in_loop(listener, close_all)
             self._http_thread.join(timeout=5)
             self._http_thread = None
         else:
@@ -9055,7 +9064,7 @@ class Server:
         self.scripts.close()
         if self.listener is not None and self._http_thread is not None:
             listener = self.listener        # no new connections: its socket closed (its trigger stays)
-            listener.trigger.pull_trigger(lambda: waitress.wasyncore.dispatcher.close(listener))
+            self._in_loop(listener, lambda: waitress.wasyncore.dispatcher.close(listener))
         if self.recorder.count():
             log.info("waiting up to %.0f s for %d run(s) in flight", grace, self.recorder.count())
         stopped = self.runs.stop(time.monotonic() + grace)

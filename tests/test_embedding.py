@@ -648,3 +648,14 @@ def test_the_readme_python_client_example_runs_against_a_real_server(tmp_path):
     assert re.fullmatch(r"[0-9a-f-]{36} 0 \*/5 \* \* \* \* \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", printed[0]), printed
     assert printed[1] == "['ok']"
     assert printed[2] == "1"
+
+
+def test_close_goes_on_when_the_http_loops_wake_up_pipe_is_closed_already(tmp_path):
+    """Seen once under systemd: the HTTP loop's wake-up pipe closed before close() asked the loop to end, and
+    close() raised OSError (EBADF), so the process exited 1 with a traceback instead of stopping cleanly."""
+    server = schedserver.Server(schedserver.Config(data_dir=str(tmp_path / "data"), scripts_dir=str(tmp_path / "s"),
+                                                   port=0, tokens=("t",)))
+    server.start(listen=True)
+    server.listener.trigger._close()        # the pipe's descriptors, as waitress closes them
+    server.close(grace=0)
+    assert not server.serving
