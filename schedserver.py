@@ -2137,7 +2137,8 @@ class DeadlineWatcher:
             if self._thread is None and not self._closed:
                 self._thread = threading.Thread(target=self._watch, name="schedserver-deadlines", daemon=True)
                 self._thread.start()
-            self._cond.notify()
+            if self._heap[0][1] == self._seq:
+                self._cond.notify()     # the soonest now: the watcher waits for it instead (else it sleeps on)
             return self._seq
 
     def cancel(self, handle: int) -> None:
@@ -3746,39 +3747,40 @@ class Cluster:
                                                                    digest_size=8).digest()) == self.id
 
     # -- claims -----------------------------------------------------------------------------------------------
-    def claim(self, job: "Job", slot: float, trigger: str, attempt: int, run_id: str, exclusive: bool) -> str:
-        """Claim a slot for run `run_id`: "run" (this replica runs it), "taken" (another claimed it), or
-        "skipped" (claimed, but with `exclusive` a run of the schedule is in flight on another live replica)."""
-        marker = {"run_id": run_id, "kind": job.kind, "ref": job.ref, "expression": job.cron.expression,
-                  "slot": slot, "trigger": trigger, "attempt": attempt, "started": self.clock()}
-        # One statement: the claim, and whether a run of the schedule is in flight on another live replica.
-        rows = self.db.execute(
-            "WITH claimed AS (INSERT INTO claims (kind, ref, slot_ms, trigger, attempt, run_id, replica, state, marker) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s, 'running', %s) ON CONFLICT DO NOTHING RETURNING run_id) "
-            "SELECT (SELECT count(*) FROM claimed), EXISTS (SELECT 1 FROM claims c JOIN replicas r ON r.id = c.replica "
-            "WHERE c.kind = %s AND c.ref = %s AND c.state = 'running' AND c.replica <> %s "
-            "AND r.seen > now() - make_interval(secs => %s))",
-            (job.kind, job.ref, round(slot * 1000), trigger, attempt, run_id, self.id,
-             self.db.psycopg.types.json.Jsonb(marker), job.kind, job.ref, self.id, self.lease))
-        claimed, busy = rows[0]
-        if not claimed:
-            return "taken"
-        if exclusive and busy:
-            self.settle(run_id, "skipped")
-            return "skipped"
-        return "run"
-
-    def unclaimed(self, slots: list[tuple["Job", float]]) -> list[int]:
-        """Which of these cron slots (job, slot) no replica has claimed yet: their indexes."""
-        if not slots:
+    def claim(self, asks: list[tuple["Job", float, str, int, bool]]) -> list[tuple[str, str]]:
+        """Claim slots, each ask (job, slot, trigger, attempt, exclusive), all in one statement. For each ask,
+        (outcome, run id): "run" (this replica runs it under that run id), "taken" (another replica claimed it),
+        or "skipped" (claimed, but with `exclusive` a run of the schedule is in flight on another live replica).
+        """
+        if not asks:
             return []
+        run_ids = [str(uuid.uuid4()) for _ in asks]
+        now = self.clock()
+        Jsonb = self.db.psycopg.types.json.Jsonb
+        markers = [Jsonb({"run_id": run_id, "kind": job.kind, "ref": job.ref, "expression": job.cron.expression,
+                          "slot": slot, "trigger": trigger, "attempt": attempt, "started": now})
+                   for run_id, (job, slot, trigger, attempt, _) in zip(run_ids, asks)]
+        # The primary key decides who claims (ON CONFLICT needs no plan); the same statement says whether a run
+        # of the schedule is in flight on another live replica.
         rows = self.db.execute(
-            "SELECT t.i - 1 FROM unnest(%s::text[], %s::text[], %s::bigint[]) "
-            "WITH ORDINALITY AS t(kind, ref, slot_ms, i) WHERE NOT EXISTS (SELECT 1 FROM claims c WHERE c.kind = t.kind AND c.ref = t.ref "
-            "AND c.slot_ms = t.slot_ms AND c.trigger = 'cron' AND c.attempt = 1) ORDER BY t.i",
-            ([job.kind for job, _ in slots], [job.ref for job, _ in slots],
-             [round(slot * 1000) for _, slot in slots]))
-        return [row[0] for row in rows]
+            "WITH asked AS (SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[], %s::int[], "
+            "%s::text[], %s::jsonb[], %s::bool[]) AS t(kind, ref, slot_ms, trigger, attempt, run_id, marker, exclusive)), "
+            "claimed AS (INSERT INTO claims (kind, ref, slot_ms, trigger, attempt, run_id, replica, state, marker) "
+            "SELECT kind, ref, slot_ms, trigger, attempt, run_id, %s, 'running', marker FROM asked "
+            "ON CONFLICT DO NOTHING RETURNING run_id) "
+            "SELECT a.run_id, a.exclusive AND EXISTS (SELECT 1 FROM claims c JOIN replicas r ON r.id = c.replica "
+            "WHERE c.kind = a.kind AND c.ref = a.ref AND c.state = 'running' AND c.replica <> %s "
+            "AND r.seen > now() - make_interval(secs => %s)) FROM asked a JOIN claimed USING (run_id)",
+            ([job.kind for job, *_ in asks], [job.ref for job, *_ in asks],
+             [round(slot * 1000) for _, slot, *_ in asks], [ask[2] for ask in asks], [ask[3] for ask in asks],
+             run_ids, markers, [ask[4] for ask in asks], self.id, self.id, self.lease))
+        won = dict(rows)
+        busy = [run_id for run_id, skip in won.items() if skip]
+        if busy:
+            with contextlib.suppress(StorageError):
+                self.db.execute("UPDATE claims SET state = 'skipped' WHERE run_id = ANY(%s)", (busy,))
+        return [("taken" if run_id not in won else "skipped" if won[run_id] else "run", run_id)
+                for run_id in run_ids]
 
     def settle(self, run_id: str, state: str) -> None:
         """A claimed run that will not run (`skipped`)."""
@@ -4179,75 +4181,81 @@ class Runs:
         self.overlap_limit = overlap_limit     # runs of one schedule at once under `overlap: allow`
         self.cluster = cluster          # with several replicas: slots are claimed before they run
         self.stopping = False           # set by stop(): nothing new starts
-        self._second_tries: list[Due] = []      # a replica's later tries at slots another goes first for
-        self._second_tries_lock = threading.Lock()
+        self._to_claim: list[Due] = []          # with several replicas: dues handed over, to claim together
+        self._to_claim_lock = threading.Lock()
 
     def on_due(self, due: Due) -> None:
-        """The ticker's hand-over: a worker takes it from here."""
-        if due.deferred and self.cluster is not None:
-            # Nearly always the first replica has claimed the slot: one query for every such try due together.
-            with self._second_tries_lock:
-                self._second_tries.append(due)
-                queued = len(self._second_tries) > 1       # a worker is to look at them already
-            if queued or (self.pool is not None and self.pool.submit(self._second_try)):
+        """The ticker's hand-over: a worker takes it from here. With several replicas, the dues handed over
+        together are claimed together, in one statement, by one worker."""
+        if self.cluster is not None:
+            with self._to_claim_lock:
+                self._to_claim.append(due)
+                if len(self._to_claim) > 1:
+                    return          # a worker is to claim them already
+            if self.pool is not None and self.pool.submit(self._claim_and_run):
                 return
-            with self._second_tries_lock:
-                self._second_tries.clear()
-        if self.pool is None or not self.pool.submit(self.due, due):
-            log.warning("worker pool is shut down; dropped a fire of %s", due.job.key)
-
-    def _second_try(self) -> None:
-        """Of the later tries handed over, run on (claim) the slots still unclaimed."""
-        with self._second_tries_lock:
-            dues, self._second_tries = self._second_tries, []
-        try:
-            unclaimed = self.cluster.unclaimed([(due.job, due.slot) for due in dues])
-        except StorageError as e:
-            log.error("cannot look for unclaimed slots (%d not run): %s", len(dues), e)
+            with self._to_claim_lock:
+                self._to_claim.clear()
+        elif self.pool is not None and self.pool.submit(self.due, due):
             return
-        for index in unclaimed:
-            if self.pool is None or not self.pool.submit(self.due, dues[index]):
-                log.warning("worker pool is shut down; dropped a fire of %s", dues[index].job.key)
+        log.warning("worker pool is shut down; dropped a fire of %s", due.job.key)
 
     def due(self, due: Due) -> None:
-        """Record what was missed, then run the due slot (in a worker)."""
+        """Record what was missed, then run the due slot (in a worker; one node)."""
+        ready = self._ready(due)
+        if ready is not None:
+            self._run(ready)
+
+    def _claim_and_run(self) -> None:
+        """Claim the slots handed over since the last claim, then run the ones this replica won (one per worker)."""
+        with self._to_claim_lock:
+            dues, self._to_claim = self._to_claim, []
+        dues = [ready for ready in map(self._ready, dues) if ready is not None]
+        try:
+            outcomes = self.cluster.claim([(due.job, due.slot, due.trigger, due.attempt, due.job.overlap == "forbid")
+                                           for due in dues])
+        except StorageError as e:
+            log.error("cannot claim %d slot(s), not run: %s", len(dues), e)
+            return
+        for due, (outcome, run_id) in zip(dues, outcomes):
+            if outcome == "run":
+                if self.pool is None or not self.pool.submit(self._run, due, run_id):
+                    log.warning("worker pool is shut down; dropped a fire of %s", due.job.key)
+            elif outcome == "skipped":
+                self._quietly(self.recorder.record_skipped, due.job, due.slot, due.trigger, due.attempt)
+
+    def _ready(self, due: Due) -> Due | None:
+        """`due`, if its slot is to be run (claimed, with several replicas) now: what it missed is recorded first;
+        None when nothing runs now (only misses, a jitter or a second try put off, or too late)."""
         if self.stopping:
-            return      # handed over just before the stop: the next start counts it from the run state
+            return None     # handed over just before the stop: the next start counts it from the run state
         job = due.job
         if due.missed:
             self._missed(job, due.first_missed, due.last_missed, due.missed)
         if due.slot is None:
-            return
+            return None
         if due.trigger == "cron" and due.at is None and job.jitter > 0 and self.scheduler is not None:
             # Jitter: the run waits a random while after its slot; punctuality is measured from then.
             self.scheduler.add_once(job, due.slot + self.random_delay(job.jitter), due.slot, "cron")
-            return
+            return None
         cluster = self.cluster
         if cluster is not None and due.trigger == "cron" and not due.deferred and self.scheduler is not None \
                 and not cluster.first(job.key):
             # Another live replica goes first for this schedule; this one tries later, in case that one is gone.
             self.scheduler.add_once(job, (due.at or due.slot) + cluster.takeover, due.slot, "cron", deferred=True)
-            return
+            return None
         if self.clock() - (due.at or due.slot) > self.misfire_grace:
             # Every worker was busy for longer than the grace: too late to be the run that was asked for.
             self._missed(job, due.slot, due.slot, 1, due.trigger, due.attempt)
-            return
-        run_id = None
-        if cluster is not None:
-            run_id = str(uuid.uuid4())
-            try:
-                claimed = cluster.claim(job, due.slot, due.trigger, due.attempt, run_id, job.overlap == "forbid")
-            except StorageError as e:
-                log.error("cannot claim %s's slot %s, not run: %s", job.key, utc_iso(due.slot), e)
-                return
-            if claimed == "taken":
-                return          # another replica runs it
-            if claimed == "skipped":
-                self._quietly(self.recorder.record_skipped, job, due.slot, due.trigger, due.attempt)
-                return
+            return None
+        return due
+
+    def _run(self, due: Due, run_id: str | None = None) -> None:
+        """Run a ready due slot (claimed as `run_id`, with several replicas), or record it skipped."""
+        job = due.job
         if self.start(job, due.slot, due.trigger, due.attempt, planned=due.at, run_id=run_id) is None:
-            if cluster is not None and run_id is not None:
-                cluster.settle(run_id, "skipped")
+            if self.cluster is not None and run_id is not None:
+                self.cluster.settle(run_id, "skipped")
             self._quietly(self.recorder.record_skipped, job, due.slot, due.trigger, due.attempt)
 
     def _missed(self, job: Job, first: float, last: float, count: int, trigger: str = "cron",

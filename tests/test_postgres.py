@@ -216,6 +216,13 @@ def job(ref: str | None = None, kind: str = "http") -> S.Job:
                  cron=S.parse_cron("* * * * * *"), tz=S.load_timezone("UTC"), target=None)
 
 
+def claim(cluster: S.Cluster, the_job, slot: float, trigger: str = "cron", attempt: int = 1,
+          exclusive: bool = False) -> tuple[str, str]:
+    """One slot's claim: (outcome, run id)."""
+    [outcome] = cluster.claim([(the_job, slot, trigger, attempt, exclusive)])
+    return outcome
+
+
 def test_each_slot_is_claimed_by_exactly_one_of_many_replicas_racing_for_it(db, pg_url):
     clusters = [S.Cluster(S.PgDatabase(pg_url)) for _ in range(6)]
     for cluster in clusters:
@@ -227,7 +234,7 @@ def test_each_slot_is_claimed_by_exactly_one_of_many_replicas_racing_for_it(db, 
     def race(n: int, cluster: S.Cluster) -> None:
         barrier.wait()
         for slot in range(1_800_000_000, 1_800_000_040):
-            if cluster.claim(the_job, float(slot), "cron", 1, str(uuid.uuid4()), False) == "run":
+            if claim(cluster, the_job, float(slot))[0] == "run":
                 wins.append((n, slot))
     threads = [threading.Thread(target=race, args=(n, c)) for n, c in enumerate(clusters)]
     for t in threads:
@@ -236,8 +243,8 @@ def test_each_slot_is_claimed_by_exactly_one_of_many_replicas_racing_for_it(db, 
         t.join()
     assert sorted(slot for _, slot in wins) == list(range(1_800_000_000, 1_800_000_040))
     # A retry attempt of a slot is a claim of its own.
-    assert clusters[0].claim(the_job, 1_800_000_000.0, "retry", 2, str(uuid.uuid4()), False) == "run"
-    assert clusters[1].claim(the_job, 1_800_000_000.0, "retry", 2, str(uuid.uuid4()), False) == "taken"
+    assert claim(clusters[0], the_job, 1_800_000_000.0, "retry", 2)[0] == "run"
+    assert claim(clusters[1], the_job, 1_800_000_000.0, "retry", 2)[0] == "taken"
 
 
 def test_under_overlap_forbid_a_slot_is_skipped_while_another_live_replica_runs_the_schedule(db):
@@ -245,12 +252,14 @@ def test_under_overlap_forbid_a_slot_is_skipped_while_another_live_replica_runs_
     a.join()
     b.join()
     the_job = job()
-    running = str(uuid.uuid4())
-    assert a.claim(the_job, 1_800_000_000.0, "cron", 1, running, True) == "run"
-    assert b.claim(the_job, 1_800_000_001.0, "cron", 1, str(uuid.uuid4()), True) == "skipped"
-    assert b.claim(the_job, 1_800_000_002.0, "cron", 1, str(uuid.uuid4()), False) == "run"   # allow/replace
+    outcome, running = claim(a, the_job, 1_800_000_000.0, exclusive=True)
+    assert outcome == "run"
+    outcome, skipped = claim(b, the_job, 1_800_000_001.0, exclusive=True)
+    assert outcome == "skipped"
+    assert db.execute("SELECT state FROM claims WHERE run_id = %s", (skipped,)) == [("skipped",)]
+    assert claim(b, the_job, 1_800_000_002.0)[0] == "run"        # allow/replace
     a.settle(running, "done")
-    assert b.claim(the_job, 1_800_000_003.0, "cron", 1, str(uuid.uuid4()), True) == "run"
+    assert claim(b, the_job, 1_800_000_003.0, exclusive=True)[0] == "run"
 
 
 def test_missed_slots_are_recorded_only_for_the_slots_no_replica_claimed(db):
@@ -258,7 +267,7 @@ def test_missed_slots_are_recorded_only_for_the_slots_no_replica_claimed(db):
     the_job = job()
     base = time.time() // 1 - 100
     for slot in (base + 1, base + 2, base + 5):
-        assert a.claim(the_job, slot, "cron", 1, str(uuid.uuid4()), False) == "run"
+        assert claim(a, the_job, slot)[0] == "run"
     missed = b.claim_missed(the_job, [base + n for n in range(8)])
     assert missed == [base, base + 3, base + 4, base + 6, base + 7]
     assert a.claim_missed(the_job, [base + n for n in range(8)]) == []
@@ -286,8 +295,8 @@ def test_runs_in_flight_on_a_replica_whose_lease_ran_out_are_recorded_interrupte
     state = S.RunState(str(tmp_path / "run-state.json"), logs)
     survivor.recorder = S.Recorder(logs, state, None)
     the_job = job()
-    run_id = str(uuid.uuid4())
-    assert dead.claim(the_job, 1_800_000_000.0, "cron", 1, run_id, True) == "run"
+    outcome, run_id = claim(dead, the_job, 1_800_000_000.0, exclusive=True)
+    assert outcome == "run"
     assert survivor.sweep() == 0                # its lease still holds
     db.execute("UPDATE replicas SET seen = now() - interval '3 seconds' WHERE id = %s", (dead.id,))
     assert survivor.sweep() == 1
@@ -299,8 +308,8 @@ def test_runs_in_flight_on_a_replica_whose_lease_ran_out_are_recorded_interrupte
     logs["http"].append(http_record(the_job.ref, run_id, "ok"))
     assert [r["status"] for r, _ in logs["http"].read_newest(contains=the_job.ref.encode())] == ["interrupted"]
     # Nor may it claim a slot the survivor claimed meanwhile.
-    assert survivor.claim(the_job, 1_800_000_001.0, "cron", 1, str(uuid.uuid4()), True) == "run"
-    assert dead.claim(the_job, 1_800_000_001.0, "cron", 1, str(uuid.uuid4()), True) == "taken"
+    assert claim(survivor, the_job, 1_800_000_001.0, exclusive=True)[0] == "run"
+    assert claim(dead, the_job, 1_800_000_001.0, exclusive=True)[0] == "taken"
 
 
 # -- replicas in one process, on a fake clock (tests/harness.py) ---------------------------------------------------
@@ -436,9 +445,8 @@ def test_prune_deletes_run_records_past_the_retention_and_old_claims_but_never_a
     runs_log.append(new)
     db.execute("UPDATE runs SET logged_at = now() - interval '31 days' WHERE run_id = %s", (old["run_id"],))
     the_job = job()
-    kept, done = str(uuid.uuid4()), str(uuid.uuid4())
-    cluster.claim(the_job, 1_800_000_000.0, "cron", 1, kept, False)
-    cluster.claim(the_job, 1_800_000_001.0, "cron", 1, done, False)
+    _, kept = claim(cluster, the_job, 1_800_000_000.0)
+    _, done = claim(cluster, the_job, 1_800_000_001.0)
     cluster.settle(done, "done")
     db.execute("UPDATE claims SET claimed_at = now() - interval '2 days'")
     assert cluster.prune() == 1
@@ -493,14 +501,20 @@ def test_migrate_copies_a_data_dir_into_an_empty_database_and_refuses_one_that_h
     assert err.count("\n") == 1 and "already holds schedserver data" in err
 
 
-def test_unclaimed_names_the_slots_no_replica_has_claimed_in_one_query(db):
-    cluster = S.Cluster(db)
+def test_slots_handed_over_together_are_claimed_in_one_statement_each_with_its_own_outcome(db):
+    a, b = S.Cluster(db), S.Cluster(db)
     one, two = job(), job()
-    cluster.claim(one, 1_800_000_000.0, "cron", 1, str(uuid.uuid4()), False)
-    cluster.claim(two, 1_800_000_001.0, "retry", 2, str(uuid.uuid4()), False)      # a retry: not the cron slot
-    asked = [(one, 1_800_000_000.0), (one, 1_800_000_001.0), (two, 1_800_000_001.0), (two, 1_800_000_000.0)]
-    assert cluster.unclaimed(asked) == [1, 2, 3]
-    assert cluster.unclaimed([]) == []
+    claim(a, one, 1_800_000_000.0)
+    claim(a, two, 1_800_000_001.0, "retry", 2)          # a retry's claim is not the cron slot's
+    asks = [(one, 1_800_000_000.0, "cron", 1, False), (one, 1_800_000_001.0, "cron", 1, False),
+            (two, 1_800_000_001.0, "cron", 1, False), (two, 1_800_000_001.0, "retry", 2, False),
+            (two, 1_800_000_002.0, "cron", 1, False), (two, 1_800_000_002.0, "cron", 1, False)]
+    outcomes = b.claim(asks)
+    assert [outcome for outcome, _ in outcomes] == ["taken", "run", "run", "taken", "run", "taken"]
+    assert len({run_id for _, run_id in outcomes}) == len(asks)
+    won = {run_id for outcome, run_id in outcomes if outcome == "run"}
+    assert {row[0] for row in db.execute("SELECT run_id FROM claims WHERE replica = %s", (b.id,))} == won
+    assert b.claim([]) == []
 
 
 def test_the_start_line_names_the_database_without_its_password(tmp_path, pg_url, caplog):
