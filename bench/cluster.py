@@ -138,14 +138,16 @@ def bench_anchor(dbs: Databases, quick: bool, reps: int) -> list[Figure]:
     return [ours, theirs]
 
 
-def bench_sustained(dbs: Databases, quick: bool, reps: int) -> list[Figure]:
-    count, window = (2000, 15) if quick else (10000, 60)
+def bench_sustained(dbs: Databases, quick: bool, reps: int, rate: int = 500) -> list[Figure]:
     every = 20                                          # each schedule fires every 20 s: count / 20 runs a second
+    count, window = (2000, 15) if quick else (rate * every, 60)
     expected = Figure("slots expected", "", "informative")
     arrived_f = Figure("slots arrived / expected", "%", "100", lambda v: v == 100)
     doubled_f = Figure("slots doubled", "", "0", lambda v: v == 0)
     p50 = Figure("run-start lateness p50 (arrival at the target)", "ms", "informative")
-    p99 = Figure("run-start lateness p99 (arrival at the target)", "ms", "<= 50 ms", lambda v: v <= 50)
+    p99 = Figure("run-start lateness p99 (arrival at the target)", "ms",
+                 "<= 50 ms" if count == 10000 else "informative (the target is at 500 runs/s)",
+                 (lambda v: v <= 50) if count == 10000 else None)
     cpu = Figure("CPU per replica", "%", "informative")
     with Target() as target:
         for _ in range(reps):
@@ -222,7 +224,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--db", default=None, help="a PostgreSQL server URL to make databases on")
     parser.add_argument("--reps", type=int, default=None)
     parser.add_argument("--only", nargs="*", default=None, help="anchor, sustained, failover")
+    parser.add_argument("--rate", type=int, default=500, help="runs a second in the sustained part (with --only)")
     args = parser.parse_args(argv)
+    if args.rate != 500 and not args.only:
+        parser.error("--rate is for a part alone (--only sustained): the published table is at 500 runs/s")
     reps = args.reps or (1 if args.quick else 3)
     info = common.machine()
     dbs = Databases(args.db)
@@ -233,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.only and name not in args.only:
                 continue
             print(f"-- {name} ...", flush=True)
-            for f in bench(dbs, args.quick, reps):
+            extra = {"rate": args.rate} if name == "sustained" else {}
+            for f in bench(dbs, args.quick, reps, **extra):
                 met = "" if f.ok is None else ("yes" if f.ok(median(f.values)) else "**no**")
                 row = (f"| {name} | {f.name} | {median(f.values):.4g} {f.unit} | {min(f.values):.4g}-"
                        f"{max(f.values):.4g} | {len(f.values)} | {f.target} | {met} |")
